@@ -1,0 +1,3 @@
+//! # hark-engine
+//!
+//! The per-call state machine of hark (sans-IO). Filled in by the engine-core work.
