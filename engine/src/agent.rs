@@ -1,0 +1,244 @@
+//! The agent side of a call: what the core tells an agent and what an agent may ask for.
+//!
+//! An agent is sans-IO like the core: it reacts to events with [`Action`]s. Agents that talk to
+//! providers (STT/LLM/TTS over HTTP, ElevenLabs or OpenAI Realtime over WebSocket) do so through
+//! [`ProviderCommand`]s that the driver's connectors carry out, and get the answers back as
+//! [`ProviderEvent`]s; the agent never touches a socket.
+//!
+//! [`EchoAgent`] is the offline default: when a caller turn ends it plays the utterance back.
+
+use std::time::Instant;
+
+use hark_codecs::SampleRate;
+
+use crate::playout::{AgentAudio, Interrupted, UtteranceId};
+
+/// Identifies one provider pipe (an HTTP request, a WebSocket) opened by an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// A message on a provider pipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderMessage {
+    /// A text message (a WebSocket text frame, an SSE `data:` line, a JSON body).
+    Text(String),
+    /// Binary data (a WebSocket binary frame, a chunk of an audio body).
+    Binary(Vec<u8>),
+}
+
+/// A command for the driver's provider connectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderCommand {
+    /// Open pipe `peer` as described by `spec` (connector-specific, e.g. `{"kind":"http", …}`).
+    Open {
+        /// The new pipe's id (chosen by the agent, unique in the call).
+        peer: PeerId,
+        /// What to open.
+        spec: serde_json::Value,
+    },
+    /// Send a message on an open pipe.
+    Send {
+        /// The pipe.
+        peer: PeerId,
+        /// The message.
+        message: ProviderMessage,
+    },
+    /// Close (or cancel, for a request in flight) a pipe. Dropping the connection is the
+    /// cancellation: the provider stops generating.
+    Close {
+        /// The pipe.
+        peer: PeerId,
+    },
+}
+
+/// What a provider pipe did, fed back into the call as an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// The pipe is open (HTTP response headers arrived, WebSocket handshake done).
+    Opened {
+        /// The pipe.
+        peer: PeerId,
+        /// HTTP status, when there is one.
+        status: Option<u16>,
+    },
+    /// A message arrived.
+    Message {
+        /// The pipe.
+        peer: PeerId,
+        /// The message.
+        message: ProviderMessage,
+    },
+    /// The pipe closed normally (end of body, WebSocket close).
+    Closed {
+        /// The pipe.
+        peer: PeerId,
+    },
+    /// The pipe failed (connect error, timeout, bad status, reset).
+    Failed {
+        /// The pipe.
+        peer: PeerId,
+        /// What went wrong, for logs.
+        error: String,
+        /// HTTP status, when the failure is one.
+        status: Option<u16>,
+    },
+}
+
+/// What an agent asks the call to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Play audio as part of utterance `id` (created on first use), optionally with the text it
+    /// speaks so the call can report what was heard.
+    Play {
+        /// The utterance.
+        id: UtteranceId,
+        /// The audio.
+        audio: AgentAudio,
+        /// The text this audio speaks, if known.
+        text: Option<String>,
+    },
+    /// No more audio for `id` will come.
+    Finish(UtteranceId),
+    /// A provider command for the driver.
+    Provider(ProviderCommand),
+    /// Stop the stream once all queued audio has played (end of call: Twilio then runs the
+    /// TwiML after `<Connect>`, `<Hangup/>` by default).
+    Hangup {
+        /// Why, for logs and the call record.
+        reason: String,
+    },
+    /// Hand the call to `to` (E.164 number or SIP URI) after queued audio has played. The
+    /// gateway carries it out through Twilio's REST API.
+    Transfer {
+        /// Where to.
+        to: String,
+    },
+    /// Ask to be woken at this time ([`Agent::on_timeout`]).
+    WakeAt(Instant),
+}
+
+/// Facts about the call given to the agent at start.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallInfo {
+    /// Twilio's `callSid`.
+    pub call_sid: String,
+    /// Twilio's `streamSid`.
+    pub stream_sid: String,
+    /// `customParameters` from the TwiML `<Parameter>`s.
+    pub parameters: Vec<(String, String)>,
+}
+
+/// A caller turn handed to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserTurn {
+    /// Media time of the first voiced frame, ms from stream start.
+    pub start_ms: u64,
+    /// Media time at the end of the last voiced frame.
+    pub end_ms: u64,
+    /// The utterance audio at [`UserTurn::rate`], from `pre_roll_ms` before `start_ms` to
+    /// `end_ms`; empty when the agent does not ask for it ([`AgentNeeds::utterance_audio`]).
+    pub audio: Vec<i16>,
+    /// Rate of `audio`.
+    pub rate: SampleRate,
+}
+
+/// One 20 ms inbound frame, for agents that stream caller audio to a provider.
+#[derive(Debug, Clone, Copy)]
+pub struct AudioFrame<'a> {
+    /// Media time of the frame's start, ms.
+    pub media_ms: u64,
+    /// The original μ-law bytes (160).
+    pub mulaw: &'a [u8],
+    /// PCM at the call's agent rate (160 samples at 8 kHz, 320 at 16 kHz).
+    pub pcm: &'a [i16],
+    /// Whether the VAD called it speech.
+    pub voiced: bool,
+}
+
+/// What an agent needs from the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentNeeds {
+    /// Buffer each caller utterance and hand it over with [`Agent::on_user_turn`] (echo, STT).
+    pub utterance_audio: bool,
+    /// Call [`Agent::on_audio`] for every inbound frame (speech-to-speech relays).
+    pub streaming_audio: bool,
+}
+
+/// An agent: the brain behind a call. All methods have a `now` and push [`Action`]s.
+pub trait Agent {
+    /// Short name for logs and metrics (`echo`, `cascade`, …).
+    fn name(&self) -> &'static str;
+    /// What the agent needs from the call.
+    fn needs(&self) -> AgentNeeds;
+    /// The stream started; a greeting goes here.
+    fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>);
+    /// An inbound frame (only with [`AgentNeeds::streaming_audio`]).
+    fn on_audio(&mut self, _now: Instant, _frame: &AudioFrame<'_>, _out: &mut Vec<Action>) {}
+    /// The caller started speaking (VAD), whether or not the agent is speaking.
+    fn on_user_speech_start(&mut self, _now: Instant, _media_ms: u64, _out: &mut Vec<Action>) {}
+    /// The caller's turn ended (endpointing).
+    fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>);
+    /// The caller barged in: the playout is already cleared and the interrupted utterances
+    /// cancelled; the agent cancels its in-flight work and records what was heard.
+    fn on_barge_in(&mut self, now: Instant, heard: &Interrupted, out: &mut Vec<Action>);
+    /// Utterance `id` played to the end.
+    fn on_played(&mut self, _now: Instant, _id: UtteranceId, _out: &mut Vec<Action>) {}
+    /// The caller pressed a key.
+    fn on_dtmf(&mut self, _now: Instant, _digit: &str, _out: &mut Vec<Action>) {}
+    /// A provider pipe reported something.
+    fn on_provider(&mut self, _now: Instant, _event: ProviderEvent, _out: &mut Vec<Action>) {}
+    /// A time asked for with [`Action::WakeAt`] has come.
+    fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
+    /// The stream stopped; close provider pipes.
+    fn on_stop(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
+}
+
+/// The offline default agent: plays each caller utterance back, with the text "(echo)".
+/// Interruptible like any agent.
+#[derive(Debug, Default)]
+pub struct EchoAgent {
+    next: u64,
+}
+
+impl EchoAgent {
+    /// A new echo agent.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Agent for EchoAgent {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn needs(&self) -> AgentNeeds {
+        AgentNeeds {
+            utterance_audio: true,
+            streaming_audio: false,
+        }
+    }
+
+    fn on_start(&mut self, _now: Instant, _info: &CallInfo, _out: &mut Vec<Action>) {}
+
+    fn on_user_turn(&mut self, _now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
+        if turn.audio.is_empty() {
+            return;
+        }
+        self.next += 1;
+        let id = UtteranceId(self.next);
+        out.push(Action::Play {
+            id,
+            audio: AgentAudio::Pcm {
+                rate: turn.rate,
+                samples: turn.audio,
+            },
+            text: Some("(echo)".to_string()),
+        });
+        out.push(Action::Finish(id));
+    }
+
+    fn on_barge_in(&mut self, _now: Instant, _heard: &Interrupted, _out: &mut Vec<Action>) {
+        // Nothing in flight: the echo is produced at once, and the playout already dropped it.
+    }
+}

@@ -1,0 +1,924 @@
+//! [`Call`]: one Twilio Media Stream's state machine, sans-IO.
+//!
+//! The driver feeds [`Input`]s (each with its `Instant`) to [`Call::handle_input`] and drains
+//! [`Call::poll_output`] until it returns [`Output::Timeout`]; then it waits for the Twilio
+//! socket, the provider pipes, or that deadline. The call never reads the clock and never
+//! touches a socket, so a whole call runs in virtual time in tests.
+//!
+//! Inbound path per `media`: base64 → μ-law → PCM 8 kHz → 20 ms frames (payloads of any size
+//! are re-framed; 8 bytes = 1 ms) → optional 8 → 16 kHz resampling → VAD → turn detector →
+//! agent. Outbound: agent audio → [`Playout`] → `media` + `mark` messages; barge-in → `clear`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use hark_codecs::{Resampler, SampleRate, mulaw};
+
+use crate::agent::{
+    Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderCommand, ProviderEvent, UserTurn,
+};
+use crate::config::CallConfig;
+use crate::playout::{Interrupted, Playout, PlayoutEvent, PlayoutStats, Send, UtteranceId};
+use crate::turn::{TurnDetector, TurnEvent, VoiceDetector};
+use crate::twilio::{self, Inbound, Track};
+
+/// An input to the call. Every input carries the time it happened (arrival at the driver).
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A text frame from Twilio's WebSocket.
+    Twilio {
+        /// Arrival time.
+        at: Instant,
+        /// The frame's text.
+        text: &'a str,
+    },
+    /// A binary frame from Twilio (Twilio sends only text; counted as malformed).
+    TwilioBinary {
+        /// Arrival time.
+        at: Instant,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Twilio's socket closed (with or without `stop`).
+    TwilioClosed {
+        /// When.
+        at: Instant,
+    },
+    /// A provider pipe reported something.
+    Provider {
+        /// Arrival time.
+        at: Instant,
+        /// What happened.
+        event: ProviderEvent,
+    },
+    /// The deadline from the last [`Output::Timeout`] has come.
+    Timeout(Instant),
+}
+
+/// Why the call asks the driver to close Twilio's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Twilio sent `stop`.
+    Stopped,
+    /// The agent hung up (reason given); queued audio has played.
+    Hangup(String),
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// Send this JSON text frame to Twilio.
+    Transmit(&'a str),
+    /// Carry out a provider command.
+    Provider(ProviderCommand),
+    /// Report an event (logs, metrics, the call record).
+    Event(Event),
+    /// Close Twilio's socket: for `<Connect><Stream>` that makes Twilio continue with the TwiML
+    /// after `</Connect>`.
+    Close(CloseReason),
+    /// Nothing more to do now; call [`Call::handle_input`] with [`Input::Timeout`] at this time
+    /// (`None`: only new input can wake the call).
+    Timeout(Option<Instant>),
+}
+
+/// Kinds of bad or unexpected input, each counted in [`CallStats::malformed`]. None of them ends
+/// the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Malformed {
+    /// Not JSON, or JSON of the wrong shape.
+    Json,
+    /// A known event lacking a required field.
+    MissingField,
+    /// `media.payload` is not valid base64.
+    BadBase64,
+    /// `media.payload` decodes to nothing.
+    EmptyPayload,
+    /// A text frame over `max_message_bytes`.
+    TooLarge,
+    /// A binary frame.
+    Binary,
+    /// `media` (or `mark`/`dtmf`) before `start`.
+    BeforeStart,
+    /// A second `start`.
+    SecondStart,
+    /// A message after `stop`.
+    AfterStop,
+    /// `mediaFormat` other than μ-law 8 kHz mono.
+    UnsupportedFormat,
+    /// A `mark` echo hark never sent.
+    UnknownMark,
+    /// `streamSid` differs from the one in `start`.
+    WrongStream,
+}
+
+impl Malformed {
+    /// All kinds, in a fixed order (for metrics).
+    pub const ALL: [Malformed; 12] = [
+        Malformed::Json,
+        Malformed::MissingField,
+        Malformed::BadBase64,
+        Malformed::EmptyPayload,
+        Malformed::TooLarge,
+        Malformed::Binary,
+        Malformed::BeforeStart,
+        Malformed::SecondStart,
+        Malformed::AfterStop,
+        Malformed::UnsupportedFormat,
+        Malformed::UnknownMark,
+        Malformed::WrongStream,
+    ];
+
+    /// A stable snake_case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Malformed::Json => "json",
+            Malformed::MissingField => "missing_field",
+            Malformed::BadBase64 => "bad_base64",
+            Malformed::EmptyPayload => "empty_payload",
+            Malformed::TooLarge => "too_large",
+            Malformed::Binary => "binary",
+            Malformed::BeforeStart => "before_start",
+            Malformed::SecondStart => "second_start",
+            Malformed::AfterStop => "after_stop",
+            Malformed::UnsupportedFormat => "unsupported_format",
+            Malformed::UnknownMark => "unknown_mark",
+            Malformed::WrongStream => "wrong_stream",
+        }
+    }
+}
+
+/// A barge-in: the caller spoke over the agent and playback was cleared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BargeIn {
+    /// When the `clear` was emitted.
+    pub at: Instant,
+    /// Media time of the caller's first voiced frame.
+    pub speech_start_ms: u64,
+    /// Media time when the barge-in was decided (end of the deciding frame).
+    pub decided_ms: u64,
+    /// What was interrupted and what of it was heard.
+    pub interrupted: Interrupted,
+}
+
+impl BargeIn {
+    /// Media ms from the start of the first voiced frame to the decision (the `clear`).
+    pub fn delay_ms(&self) -> u64 {
+        self.decided_ms - self.speech_start_ms
+    }
+}
+
+/// Events for logs, metrics, the call record and tests. Times are `Instant`s of the inputs that
+/// caused them; `*_ms` are media times (ms of inbound audio since the stream started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `connected` arrived.
+    Connected,
+    /// `start` arrived.
+    Started(CallInfo),
+    /// The caller started speaking.
+    UserSpeechStarted {
+        /// Media time of the first voiced frame.
+        media_ms: u64,
+        /// Arrival of the frame that confirmed it.
+        at: Instant,
+    },
+    /// The caller's turn ended (endpointing), and was handed to the agent.
+    UserTurnEnded {
+        /// Media time of the first voiced frame.
+        start_ms: u64,
+        /// Media time at the end of the last voiced frame.
+        end_ms: u64,
+        /// Arrival of the last voiced frame.
+        speech_end_at: Instant,
+        /// When endpointing decided (`stop_ms` later).
+        at: Instant,
+        /// `max_utterance_ms` forced the end.
+        forced: bool,
+    },
+    /// Voice too short to be a turn (cough, click), dropped.
+    UserSpeechDiscarded {
+        /// Media time of the first voiced frame.
+        start_ms: u64,
+        /// Media time at the end of the last voiced frame.
+        end_ms: u64,
+    },
+    /// The first `media` of an agent utterance was sent.
+    AgentAudioStarted {
+        /// The utterance.
+        id: UtteranceId,
+        /// When.
+        at: Instant,
+        /// Time since the caller's last voiced frame arrived, when this answers a turn: the
+        /// engine-side voice-to-voice latency (endpointing wait included).
+        since_user_end: Option<Duration>,
+    },
+    /// The first mark of an agent utterance was echoed: the caller heard it begin.
+    AgentAudioHeard {
+        /// The utterance.
+        id: UtteranceId,
+        /// When the echo arrived.
+        at: Instant,
+    },
+    /// An agent utterance played to the end.
+    UtterancePlayed {
+        /// The utterance.
+        id: UtteranceId,
+        /// Audio heard, ms.
+        heard_ms: u64,
+    },
+    /// The caller barged in.
+    BargeIn(BargeIn),
+    /// The caller pressed a key.
+    Dtmf {
+        /// The digit.
+        digit: String,
+        /// When.
+        at: Instant,
+    },
+    /// Bad input, counted and skipped.
+    Malformed {
+        /// What kind.
+        kind: Malformed,
+        /// Details for the log.
+        detail: String,
+    },
+    /// The agent asked to transfer the call.
+    TransferRequested {
+        /// Destination.
+        to: String,
+    },
+    /// `stop` arrived or the socket closed.
+    Stopped {
+        /// When.
+        at: Instant,
+    },
+}
+
+/// Counters for one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallStats {
+    /// Text frames received.
+    pub messages: u64,
+    /// `media` messages accepted (inbound track).
+    pub media_messages: u64,
+    /// 20 ms frames run through the VAD.
+    pub frames: u64,
+    /// Inbound audio, ms (from payload bytes).
+    pub inbound_ms: u64,
+    /// Malformed inputs by kind, in [`Malformed::ALL`] order.
+    pub malformed: [u64; 12],
+    /// JSON fields the parser skipped (extra fields).
+    pub ignored_fields: u64,
+    /// Messages with an unknown `event`.
+    pub unknown_events: u64,
+    /// `media` on tracks other than inbound (skipped).
+    pub other_track: u64,
+    /// Caller turns handed to the agent.
+    pub turns: u64,
+    /// Voice discarded as too short.
+    pub discarded: u64,
+    /// Barge-ins.
+    pub barge_ins: u64,
+    /// Playout totals.
+    pub playout: PlayoutStats,
+}
+
+impl CallStats {
+    /// Total malformed inputs of all kinds.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.iter().sum()
+    }
+
+    /// Count of one kind.
+    pub fn malformed(&self, kind: Malformed) -> u64 {
+        self.malformed[Malformed::ALL.iter().position(|k| *k == kind).unwrap_or(0)]
+    }
+}
+
+enum Pending {
+    Tx(String),
+    Provider(ProviderCommand),
+    Event(Event),
+    Close(CloseReason),
+}
+
+const FRAME_8K: usize = 160;
+
+/// One call's state machine. See the module docs.
+pub struct Call {
+    cfg: CallConfig,
+    agent: Box<dyn Agent>,
+    needs: AgentNeeds,
+    vad: VoiceDetector,
+    turn: TurnDetector,
+    playout: Playout,
+    /// 8 → 16 kHz for the VAD and/or the agent, when either runs at 16 kHz.
+    up: Option<Resampler>,
+    info: Option<CallInfo>,
+    stopped: bool,
+    closing: Option<CloseReason>,
+    now: Option<Instant>,
+    agent_wake: Option<Instant>,
+    // Inbound buffers (reused: no allocation per frame in steady state).
+    ulaw: Vec<u8>,
+    frame_ulaw: [u8; FRAME_8K],
+    frame_fill: usize,
+    pcm8: [i16; FRAME_8K],
+    pcm16: Vec<i16>,
+    media_ms: u64,
+    // Utterance capture (agent rate).
+    preroll: VecDeque<i16>,
+    utterance: Vec<i16>,
+    utterance_start_ms: u64,
+    last_voiced_at: Option<Instant>,
+    user_end_at: Option<Instant>,
+    barged_this_speech: bool,
+    // Output.
+    out: VecDeque<Pending>,
+    pool: Vec<String>,
+    current: String,
+    actions: Vec<Action>,
+    pevents: Vec<PlayoutEvent>,
+    stats: CallStats,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("agent", &self.agent.name())
+            .field("info", &self.info)
+            .field("stopped", &self.stopped)
+            .field("media_ms", &self.media_ms)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Call {
+    /// A call with `cfg`, driven by `agent`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when `cfg` is invalid.
+    pub fn new(cfg: CallConfig, agent: Box<dyn Agent>) -> Result<Self, crate::Error> {
+        cfg.validate()?;
+        let needs = agent.needs();
+        let up = if cfg.vad.rate == SampleRate::HZ_16000 || cfg.agent_rate == SampleRate::HZ_16000 {
+            Some(Resampler::new(SampleRate::HZ_8000, SampleRate::HZ_16000)?)
+        } else {
+            None
+        };
+        let preroll_cap = cfg
+            .agent_rate
+            .samples_in_ms(cfg.turn.pre_roll_ms as u64 + cfg.turn.start_window_ms as u64);
+        Ok(Call {
+            vad: VoiceDetector::new(&cfg.vad),
+            turn: TurnDetector::new(cfg.turn),
+            playout: Playout::new(cfg.playout),
+            cfg,
+            agent,
+            needs,
+            up,
+            info: None,
+            stopped: false,
+            closing: None,
+            now: None,
+            agent_wake: None,
+            ulaw: Vec::with_capacity(1024),
+            frame_ulaw: [0; FRAME_8K],
+            frame_fill: 0,
+            pcm8: [0; FRAME_8K],
+            pcm16: Vec::with_capacity(640),
+            media_ms: 0,
+            preroll: VecDeque::with_capacity(preroll_cap),
+            utterance: Vec::new(),
+            utterance_start_ms: 0,
+            last_voiced_at: None,
+            user_end_at: None,
+            barged_this_speech: false,
+            out: VecDeque::with_capacity(16),
+            pool: Vec::with_capacity(16),
+            current: String::new(),
+            actions: Vec::with_capacity(8),
+            pevents: Vec::with_capacity(4),
+            stats: CallStats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> CallStats {
+        let mut s = self.stats.clone();
+        s.playout = self.playout.stats();
+        s
+    }
+
+    /// Stream facts once `start` has arrived.
+    pub fn info(&self) -> Option<&CallInfo> {
+        self.info.as_ref()
+    }
+
+    /// Media time so far: ms of inbound audio received.
+    pub fn media_ms(&self) -> u64 {
+        self.media_ms
+    }
+
+    /// Whether the stream has stopped (after `stop` or a socket close).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Whether agent audio is still unplayed (queued or not yet confirmed by a mark).
+    pub fn agent_speaking(&self) -> bool {
+        self.playout.is_speaking()
+    }
+
+    /// Feeds one input. Never fails: bad input is counted, reported as [`Event::Malformed`] and
+    /// skipped.
+    pub fn handle_input(&mut self, input: Input<'_>) {
+        match input {
+            Input::Twilio { at, text } => {
+                self.now = Some(at);
+                self.on_twilio(at, text);
+            }
+            Input::TwilioBinary { at, len } => {
+                self.now = Some(at);
+                self.malformed(Malformed::Binary, format!("binary frame of {len} bytes"));
+            }
+            Input::TwilioClosed { at } => {
+                self.now = Some(at);
+                self.stop(at, false);
+            }
+            Input::Provider { at, event } => {
+                self.now = Some(at);
+                if !self.stopped {
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.agent.on_provider(at, event, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
+            }
+            Input::Timeout(at) => {
+                self.now = Some(at);
+                if self.agent_wake.is_some_and(|w| w <= at) && !self.stopped {
+                    self.agent_wake = None;
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.agent.on_timeout(at, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
+            }
+        }
+        if let Some(now) = self.now {
+            self.pump(now);
+        }
+    }
+
+    /// The next thing for the driver to do. Call until it returns [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output<'_> {
+        match self.out.pop_front() {
+            Some(Pending::Tx(s)) => {
+                let old = std::mem::replace(&mut self.current, s);
+                if old.capacity() > 0 && self.pool.len() < 32 {
+                    self.pool.push(old);
+                }
+                Output::Transmit(&self.current)
+            }
+            Some(Pending::Provider(c)) => Output::Provider(c),
+            Some(Pending::Event(e)) => Output::Event(e),
+            Some(Pending::Close(r)) => Output::Close(r),
+            None => Output::Timeout(self.next_timeout()),
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let now = self.now?;
+        let a = self.playout.next_wake(now);
+        match (a, self.agent_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn buf(&mut self) -> String {
+        let mut s = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| String::with_capacity(320));
+        s.clear();
+        s
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Pending::Event(e));
+    }
+
+    fn malformed(&mut self, kind: Malformed, detail: String) {
+        if let Some(i) = Malformed::ALL.iter().position(|k| *k == kind) {
+            self.stats.malformed[i] += 1;
+        }
+        self.event(Event::Malformed { kind, detail });
+    }
+
+    fn on_twilio(&mut self, at: Instant, text: &str) {
+        self.stats.messages += 1;
+        if self.stopped {
+            self.malformed(Malformed::AfterStop, "message after stop".into());
+            return;
+        }
+        if text.len() > self.cfg.max_message_bytes {
+            self.malformed(
+                Malformed::TooLarge,
+                format!(
+                    "{} bytes > limit {}",
+                    text.len(),
+                    self.cfg.max_message_bytes
+                ),
+            );
+            return;
+        }
+        let parsed = match twilio::parse(text) {
+            Ok(p) => p,
+            Err(e) => {
+                let kind = match e {
+                    twilio::ParseError::Missing { .. } => Malformed::MissingField,
+                    _ => Malformed::Json,
+                };
+                self.malformed(kind, e.to_string());
+                return;
+            }
+        };
+        self.stats.ignored_fields += parsed.ignored_fields as u64;
+        if let (Some(info), Some(sid)) = (&self.info, &parsed.stream_sid) {
+            if info.stream_sid != *sid {
+                let detail = format!("streamSid {sid} != {}", info.stream_sid);
+                self.malformed(Malformed::WrongStream, detail);
+                return;
+            }
+        }
+        match parsed.message {
+            Inbound::Connected => self.event(Event::Connected),
+            Inbound::Start(start) => {
+                if self.info.is_some() {
+                    self.malformed(Malformed::SecondStart, "second start ignored".into());
+                    return;
+                }
+                if start.encoding != "audio/x-mulaw"
+                    || start.sample_rate != 8000
+                    || start.channels != 1
+                {
+                    let detail = format!(
+                        "mediaFormat {} {} Hz x{}: treating as audio/x-mulaw 8000 Hz mono",
+                        start.encoding, start.sample_rate, start.channels
+                    );
+                    self.malformed(Malformed::UnsupportedFormat, detail);
+                }
+                let info = CallInfo {
+                    call_sid: start.call_sid,
+                    stream_sid: start.stream_sid,
+                    parameters: start.custom_parameters,
+                };
+                self.info = Some(info.clone());
+                self.event(Event::Started(info.clone()));
+                let mut actions = std::mem::take(&mut self.actions);
+                self.agent.on_start(at, &info, &mut actions);
+                self.run_actions(at, &mut actions);
+                self.actions = actions;
+            }
+            Inbound::Media(m) => {
+                if self.info.is_none() {
+                    self.malformed(Malformed::BeforeStart, "media before start".into());
+                    return;
+                }
+                if m.track != Track::Inbound {
+                    self.stats.other_track += 1;
+                    return;
+                }
+                self.ulaw.clear();
+                let mut ulaw = std::mem::take(&mut self.ulaw);
+                match twilio::decode_payload(&m.payload, &mut ulaw) {
+                    Err(e) => self.malformed(Malformed::BadBase64, e.to_string()),
+                    Ok(0) => self.malformed(Malformed::EmptyPayload, "empty media payload".into()),
+                    Ok(_) => {
+                        self.stats.media_messages += 1;
+                        self.on_audio(at, &ulaw);
+                    }
+                }
+                self.ulaw = ulaw;
+            }
+            Inbound::Dtmf { digit } => {
+                if self.info.is_none() {
+                    self.malformed(Malformed::BeforeStart, "dtmf before start".into());
+                    return;
+                }
+                self.event(Event::Dtmf {
+                    digit: digit.clone(),
+                    at,
+                });
+                let mut actions = std::mem::take(&mut self.actions);
+                self.agent.on_dtmf(at, &digit, &mut actions);
+                self.run_actions(at, &mut actions);
+                self.actions = actions;
+            }
+            Inbound::Mark { name } => {
+                let mut pevents = std::mem::take(&mut self.pevents);
+                if !self.playout.on_mark(&name, at, &mut pevents) {
+                    self.malformed(
+                        Malformed::UnknownMark,
+                        format!("mark {name:?} was not sent by hark"),
+                    );
+                }
+                self.playout_events(at, &mut pevents);
+                self.pevents = pevents;
+            }
+            Inbound::Stop => self.stop(at, true),
+            Inbound::Unknown { event } => {
+                self.stats.unknown_events += 1;
+                let _ = event;
+            }
+        }
+    }
+
+    fn stop(&mut self, at: Instant, by_message: bool) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.turn.reset();
+        let mut actions = std::mem::take(&mut self.actions);
+        self.agent.on_stop(at, &mut actions);
+        // Only provider commands still make sense (closing pipes).
+        for a in actions.drain(..) {
+            if let Action::Provider(c) = a {
+                self.out.push_back(Pending::Provider(c));
+            }
+        }
+        self.actions = actions;
+        self.event(Event::Stopped { at });
+        if by_message {
+            self.out.push_back(Pending::Close(CloseReason::Stopped));
+        }
+    }
+
+    fn on_audio(&mut self, at: Instant, ulaw: &[u8]) {
+        let mut rest = ulaw;
+        while !rest.is_empty() {
+            let n = (FRAME_8K - self.frame_fill).min(rest.len());
+            self.frame_ulaw[self.frame_fill..self.frame_fill + n].copy_from_slice(&rest[..n]);
+            self.frame_fill += n;
+            rest = &rest[n..];
+            if self.frame_fill == FRAME_8K {
+                self.frame_fill = 0;
+                self.on_frame(at);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, at: Instant) {
+        self.stats.frames += 1;
+        mulaw::decode(&self.frame_ulaw, &mut self.pcm8);
+        let frame_start = self.media_ms;
+        self.media_ms += 20;
+        self.stats.inbound_ms += 20;
+        if let Some(up) = self.up.as_mut() {
+            self.pcm16.clear();
+            if up.process(&self.pcm8, &mut self.pcm16).is_err() {
+                self.pcm16.resize(320, 0);
+            }
+        }
+        let voiced = if self.cfg.vad.rate == SampleRate::HZ_16000 {
+            self.vad.is_voiced(&self.pcm16)
+        } else {
+            self.vad.is_voiced(&self.pcm8)
+        };
+        if voiced {
+            self.last_voiced_at = Some(at);
+        }
+        let agent_pcm_16 = self.cfg.agent_rate == SampleRate::HZ_16000;
+        let mut actions = std::mem::take(&mut self.actions);
+        if self.needs.streaming_audio {
+            let pcm: &[i16] = if agent_pcm_16 {
+                &self.pcm16
+            } else {
+                &self.pcm8
+            };
+            let frame = AudioFrame {
+                media_ms: frame_start,
+                mulaw: &self.frame_ulaw,
+                pcm,
+                voiced,
+            };
+            self.agent.on_audio(at, &frame, &mut actions);
+        }
+        // Utterance capture at the agent rate.
+        if self.needs.utterance_audio {
+            let pcm: &[i16] = if agent_pcm_16 {
+                &self.pcm16
+            } else {
+                &self.pcm8
+            };
+            if self.turn.is_speaking() {
+                self.utterance.extend_from_slice(pcm);
+            } else {
+                let cap = self.preroll.capacity().max(1);
+                for &s in pcm {
+                    if self.preroll.len() == cap {
+                        self.preroll.pop_front();
+                    }
+                    self.preroll.push_back(s);
+                }
+            }
+        }
+        match self.turn.on_frame(frame_start, 20, voiced) {
+            Some(TurnEvent::SpeechStart { start_ms }) => {
+                self.barged_this_speech = false;
+                if self.needs.utterance_audio {
+                    self.utterance.clear();
+                    self.utterance.extend(self.preroll.drain(..));
+                    let have_ms = self.cfg.agent_rate.ms_of(self.utterance.len());
+                    self.utterance_start_ms = self.media_ms.saturating_sub(have_ms);
+                }
+                self.event(Event::UserSpeechStarted {
+                    media_ms: start_ms,
+                    at,
+                });
+                self.agent.on_user_speech_start(at, start_ms, &mut actions);
+            }
+            Some(TurnEvent::SpeechEnd {
+                start_ms,
+                end_ms,
+                forced,
+            }) => {
+                self.stats.turns += 1;
+                let speech_end_at = self.last_voiced_at.unwrap_or(at);
+                self.user_end_at = Some(speech_end_at);
+                let audio = if self.needs.utterance_audio {
+                    let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
+                    let keep = self
+                        .cfg
+                        .agent_rate
+                        .samples_in_ms(keep_ms)
+                        .min(self.utterance.len());
+                    self.utterance.truncate(keep);
+                    std::mem::take(&mut self.utterance)
+                } else {
+                    Vec::new()
+                };
+                self.event(Event::UserTurnEnded {
+                    start_ms,
+                    end_ms,
+                    speech_end_at,
+                    at,
+                    forced,
+                });
+                self.agent.on_user_turn(
+                    at,
+                    UserTurn {
+                        start_ms,
+                        end_ms,
+                        audio,
+                        rate: self.cfg.agent_rate,
+                    },
+                    &mut actions,
+                );
+            }
+            Some(TurnEvent::Discarded { start_ms, end_ms }) => {
+                self.stats.discarded += 1;
+                self.utterance.clear();
+                self.event(Event::UserSpeechDiscarded { start_ms, end_ms });
+            }
+            None => {}
+        }
+        // Barge-in: enough caller voice while agent audio is unplayed.
+        if self.turn.is_speaking()
+            && !self.barged_this_speech
+            && self.turn.voiced_ms() >= self.cfg.turn.min_interruption_ms as u64
+            && self.playout.is_speaking()
+        {
+            self.barged_this_speech = true;
+            let speech_start_ms = self.turn.speech_start_ms().unwrap_or(frame_start);
+            self.barge_in(at, speech_start_ms, self.media_ms, &mut actions);
+        }
+        self.run_actions(at, &mut actions);
+        self.actions = actions;
+    }
+
+    fn barge_in(
+        &mut self,
+        at: Instant,
+        speech_start_ms: u64,
+        decided_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(interrupted) = self.playout.clear() else {
+            return;
+        };
+        // `clear` goes out before anything else queued after it.
+        let mut s = self.buf();
+        if let Some(info) = &self.info {
+            twilio::encode_clear(&info.stream_sid, &mut s);
+        }
+        self.out.push_back(Pending::Tx(s));
+        self.stats.barge_ins += 1;
+        self.agent.on_barge_in(at, &interrupted, actions);
+        self.event(Event::BargeIn(BargeIn {
+            at,
+            speech_start_ms,
+            decided_ms,
+            interrupted,
+        }));
+    }
+
+    fn run_actions(&mut self, at: Instant, actions: &mut Vec<Action>) {
+        for a in actions.drain(..) {
+            match a {
+                Action::Play { id, audio, text } => {
+                    if let Err(e) = self.playout.push(id, audio, text) {
+                        self.event(Event::Malformed {
+                            kind: Malformed::UnsupportedFormat,
+                            detail: format!("agent audio for {id} dropped: {e}"),
+                        });
+                    }
+                }
+                Action::Finish(id) => {
+                    if let Err(e) = self.playout.finish(id) {
+                        self.event(Event::Malformed {
+                            kind: Malformed::UnsupportedFormat,
+                            detail: format!("tail of {id} lost: {e}"),
+                        });
+                    }
+                }
+                Action::Provider(c) => self.out.push_back(Pending::Provider(c)),
+                Action::Hangup { reason } => {
+                    if self.closing.is_none() {
+                        self.closing = Some(CloseReason::Hangup(reason));
+                    }
+                }
+                Action::Transfer { to } => self.event(Event::TransferRequested { to }),
+                Action::WakeAt(t) => {
+                    self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));
+                }
+            }
+        }
+        let _ = at;
+    }
+
+    fn pump(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        let Some(sid) = self.info.as_ref().map(|i| i.stream_sid.clone()) else {
+            return;
+        };
+        let mut pevents = std::mem::take(&mut self.pevents);
+        let mut pool = std::mem::take(&mut self.pool);
+        let out = &mut self.out;
+        self.playout.pump(now, &mut pevents, |send| {
+            let mut s = pool.pop().unwrap_or_else(|| String::with_capacity(320));
+            match send {
+                Send::Media(bytes) => twilio::encode_media(&sid, bytes, &mut s),
+                Send::Mark(name) => twilio::encode_mark(&sid, name, &mut s),
+            }
+            out.push_back(Pending::Tx(s));
+        });
+        self.pool = pool;
+        self.playout_events(now, &mut pevents);
+        self.pevents = pevents;
+        if let Some(reason) = self.closing.clone() {
+            if !self.playout.is_speaking() {
+                self.closing = None;
+                self.stopped = true;
+                self.out.push_back(Pending::Close(reason));
+            }
+        }
+    }
+
+    fn playout_events(&mut self, at: Instant, pevents: &mut Vec<PlayoutEvent>) {
+        for e in pevents.drain(..) {
+            match e {
+                PlayoutEvent::Started { id, at } => {
+                    let since = self
+                        .user_end_at
+                        .take()
+                        .map(|u| at.saturating_duration_since(u));
+                    self.event(Event::AgentAudioStarted {
+                        id,
+                        at,
+                        since_user_end: since,
+                    });
+                }
+                PlayoutEvent::FirstHeard { id, at } => {
+                    self.event(Event::AgentAudioHeard { id, at })
+                }
+                PlayoutEvent::Played { id, heard_ms, .. } => {
+                    self.event(Event::UtterancePlayed { id, heard_ms });
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.agent.on_played(at, id, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
+            }
+        }
+    }
+}

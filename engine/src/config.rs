@@ -1,0 +1,178 @@
+//! Per-call settings: VAD, turn-taking, barge-in and playout. All durations are in ms.
+//!
+//! Defaults follow `DESIGN.md` ("Turn-taking defaults") and what peer systems use
+//! (`shared/reference/anchors.md`): speech start after 60 ms of voice within 100 ms, end of turn
+//! after 600 ms of silence, barge-in after 80 ms of caller voice, ≤ 200 ms of agent audio
+//! queued at Twilio.
+
+use hark_codecs::SampleRate;
+
+/// How eagerly webrtc-vad calls a frame speech (its "mode"; 0 = least aggressive, 3 = most).
+/// Higher modes reject more noise and miss more soft speech.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadAggressiveness {
+    /// Mode 0, "quality".
+    Quality,
+    /// Mode 1, "low bitrate".
+    LowBitrate,
+    /// Mode 2, "aggressive".
+    Aggressive,
+    /// Mode 3, "very aggressive".
+    VeryAggressive,
+}
+
+impl VadAggressiveness {
+    /// From the 0–3 mode number used by WebRTC; `None` outside that range.
+    pub fn from_level(level: u8) -> Option<Self> {
+        Some(match level {
+            0 => Self::Quality,
+            1 => Self::LowBitrate,
+            2 => Self::Aggressive,
+            3 => Self::VeryAggressive,
+            _ => return None,
+        })
+    }
+}
+
+/// Voice activity detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VadConfig {
+    /// Aggressiveness (default [`VadAggressiveness::Aggressive`], mode 2).
+    pub aggressiveness: VadAggressiveness,
+    /// Rate the VAD runs at: 8 kHz (the wire rate, default, no resampling delay) or 16 kHz
+    /// (after the streaming resampler; adds its 5 ms delay).
+    pub rate: SampleRate,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        VadConfig {
+            aggressiveness: VadAggressiveness::Aggressive,
+            rate: SampleRate::HZ_8000,
+        }
+    }
+}
+
+/// Turn-taking (endpointing) and barge-in thresholds, all in ms of media time.
+/// The VAD decides per 20 ms frame, so thresholds are effectively rounded up to 20 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnConfig {
+    /// Window in which voiced frames are counted to declare speech start (default 100).
+    pub start_window_ms: u32,
+    /// Voiced ms needed within `start_window_ms` to declare speech start (default 60).
+    pub start_voiced_ms: u32,
+    /// Silence after the last voiced frame that ends the caller's turn (default 600).
+    pub stop_ms: u32,
+    /// Utterances shorter than this (first to last voiced frame) are discarded as noise
+    /// rather than handed to the agent as a turn (default 200).
+    pub min_utterance_ms: u32,
+    /// Caller voice needed while the agent speaks before it counts as a barge-in (default 80).
+    /// Shorter sounds (a cough, a click) do not stop the agent. With the defaults `clear` is
+    /// emitted 80 ms of media after the first voiced frame began.
+    pub min_interruption_ms: u32,
+    /// A turn longer than this is ended by force (default 30 000), which bounds the memory a
+    /// call holds for one utterance (8 kHz: 16 KB per second).
+    pub max_utterance_ms: u32,
+    /// Audio kept from before the detected speech start and prepended to the utterance, so
+    /// the first syllable is not lost (default 200).
+    pub pre_roll_ms: u32,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            start_window_ms: 100,
+            start_voiced_ms: 60,
+            stop_ms: 600,
+            min_utterance_ms: 200,
+            min_interruption_ms: 80,
+            max_utterance_ms: 30_000,
+            pre_roll_ms: 200,
+        }
+    }
+}
+
+/// Outbound playout pacing and marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayoutConfig {
+    /// Most agent audio queued at Twilio ahead of real time (default 200). A `clear` drops at
+    /// most this much; more lead only hides network jitter.
+    pub lead_ms: u32,
+    /// Audio per outbound `media` message (default 20, as Twilio sends inbound).
+    pub frame_ms: u32,
+    /// A `mark` is sent after at least this much audio (default 100) and at the end of every
+    /// utterance. "Heard" is known to this granularity.
+    pub mark_every_ms: u32,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        PlayoutConfig {
+            lead_ms: 200,
+            frame_ms: 20,
+            mark_every_ms: 100,
+        }
+    }
+}
+
+/// Everything a [`crate::Call`] needs to know up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallConfig {
+    /// VAD settings.
+    pub vad: VadConfig,
+    /// Turn-taking and barge-in.
+    pub turn: TurnConfig,
+    /// Playout.
+    pub playout: PlayoutConfig,
+    /// Rate of the PCM handed to the agent (utterances and streamed frames): 8 or 16 kHz.
+    pub agent_rate: SampleRate,
+    /// Inbound text frames longer than this (bytes) are counted and skipped (default 65 536;
+    /// a 20 ms `media` message is about 300 bytes).
+    pub max_message_bytes: usize,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            vad: VadConfig::default(),
+            turn: TurnConfig::default(),
+            playout: PlayoutConfig::default(),
+            agent_rate: SampleRate::HZ_8000,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl CallConfig {
+    /// Checks the settings against what the engine can do.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: &str| Err(crate::Error::Config(what.to_string()));
+        if ![8_000, 16_000].contains(&self.vad.rate.hz()) {
+            return bad("vad.rate must be 8000 or 16000 Hz");
+        }
+        if ![8_000, 16_000].contains(&self.agent_rate.hz()) {
+            return bad("agent_rate must be 8000 or 16000 Hz");
+        }
+        let t = &self.turn;
+        if t.start_window_ms < 20 || t.start_voiced_ms == 0 || t.start_voiced_ms > t.start_window_ms
+        {
+            return bad(
+                "turn: need 20 <= start_window_ms and 0 < start_voiced_ms <= start_window_ms",
+            );
+        }
+        if t.stop_ms < 20 || t.max_utterance_ms < 1000 {
+            return bad("turn: stop_ms must be >= 20 and max_utterance_ms >= 1000");
+        }
+        let p = &self.playout;
+        if p.frame_ms == 0 || p.frame_ms > 1000 || p.lead_ms < p.frame_ms {
+            return bad("playout: need 0 < frame_ms <= 1000 and lead_ms >= frame_ms");
+        }
+        if p.mark_every_ms == 0 {
+            return bad("playout.mark_every_ms must be > 0");
+        }
+        Ok(())
+    }
+}
