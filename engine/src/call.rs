@@ -550,12 +550,12 @@ impl Call {
             }
         };
         self.stats.ignored_fields += parsed.ignored_fields as u64;
-        if let (Some(info), Some(sid)) = (&self.info, &parsed.stream_sid) {
-            if info.stream_sid != *sid {
-                let detail = format!("streamSid {sid} != {}", info.stream_sid);
-                self.malformed(Malformed::WrongStream, detail);
-                return;
-            }
+        if let (Some(info), Some(sid)) = (&self.info, &parsed.stream_sid)
+            && info.stream_sid != *sid
+        {
+            let detail = format!("streamSid {sid} != {}", info.stream_sid);
+            self.malformed(Malformed::WrongStream, detail);
+            return;
         }
         match parsed.message {
             Inbound::Connected => self.event(Event::Connected),
@@ -885,12 +885,12 @@ impl Call {
         self.pool = pool;
         self.playout_events(now, &mut pevents);
         self.pevents = pevents;
-        if let Some(reason) = self.closing.clone() {
-            if !self.playout.is_speaking() {
-                self.closing = None;
-                self.stopped = true;
-                self.out.push_back(Pending::Close(reason));
-            }
+        if let Some(reason) = self.closing.clone()
+            && !self.playout.is_speaking()
+        {
+            self.closing = None;
+            self.stopped = true;
+            self.out.push_back(Pending::Close(reason));
         }
     }
 

@@ -42,6 +42,16 @@ pub struct VadConfig {
     /// Rate the VAD runs at: 8 kHz (the wire rate, default, no resampling delay) or 16 kHz
     /// (after the streaming resampler; adds its 5 ms delay).
     pub rate: SampleRate,
+    /// Energy gate: a frame counts as voiced only if its level is at least this many dB above
+    /// the noise floor (default 10). webrtc-vad alone calls steady background noise around
+    /// -40 dBFS (crowd, room, TV) speech; the gate stops that noise from holding a turn open
+    /// or interrupting the agent. 0 disables the adaptive gate.
+    pub noise_margin_db: u8,
+    /// The noise floor is the quietest 20 ms frame level within this window (default 1500).
+    pub noise_window_ms: u32,
+    /// Frames quieter than this never count as voiced (default -55 dBFS; a quiet phone line
+    /// sits near -65 dBFS).
+    pub min_level_dbfs: i16,
 }
 
 impl Default for VadConfig {
@@ -49,6 +59,9 @@ impl Default for VadConfig {
         VadConfig {
             aggressiveness: VadAggressiveness::Aggressive,
             rate: SampleRate::HZ_8000,
+            noise_margin_db: 10,
+            noise_window_ms: 1500,
+            min_level_dbfs: -55,
         }
     }
 }
@@ -155,6 +168,9 @@ impl CallConfig {
         }
         if ![8_000, 16_000].contains(&self.agent_rate.hz()) {
             return bad("agent_rate must be 8000 or 16000 Hz");
+        }
+        if self.vad.noise_window_ms < 100 || self.vad.noise_window_ms > 60_000 {
+            return bad("vad.noise_window_ms must be within 100..=60000");
         }
         let t = &self.turn;
         if t.start_window_ms < 20 || t.start_voiced_ms == 0 || t.start_voiced_ms > t.start_window_ms

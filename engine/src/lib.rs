@@ -19,6 +19,7 @@ pub mod call;
 pub mod config;
 mod error;
 pub mod playout;
+pub mod sim;
 pub mod turn;
 pub mod twilio;
 

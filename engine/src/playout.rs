@@ -394,7 +394,7 @@ impl Playout {
         if let Some(u) = self
             .utts
             .iter_mut()
-            .find(|u| u.id == id && !(id.0 < self.cancelled_below))
+            .find(|u| u.id == id && (id.0 >= self.cancelled_below))
         {
             if let Some(mut r) = u.resampler.take() {
                 res = r.flush(&mut pcm8).map(|_| ()).map_err(crate::Error::from);
@@ -404,11 +404,11 @@ impl Playout {
                 self.spare.push(r);
             }
             u.finished = true;
-            if let Some(t) = u.pending_text.take() {
-                if let Some(last) = u.texts.last_mut() {
-                    last.text.push(' ');
-                    last.text.push_str(&t);
-                }
+            if let Some(t) = u.pending_text.take()
+                && let Some(last) = u.texts.last_mut()
+            {
+                last.text.push(' ');
+                last.text.push_str(&t);
             }
         }
         self.pcm8 = pcm8;
@@ -581,10 +581,10 @@ impl Playout {
                 if m.is_final {
                     let heard_ms = u.heard / 8;
                     let id = u.id;
-                    if let Some(mut u) = self.utts.remove(i) {
-                        if let Some(r) = u.resampler.take() {
-                            self.spare.push(r);
-                        }
+                    if let Some(mut u) = self.utts.remove(i)
+                        && let Some(r) = u.resampler.take()
+                    {
+                        self.spare.push(r);
                     }
                     events.push(PlayoutEvent::Played {
                         id,

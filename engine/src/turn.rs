@@ -21,6 +21,53 @@ use crate::config::{TurnConfig, VadAggressiveness, VadConfig};
 pub struct VoiceDetector {
     vad: Vad,
     frame: usize,
+    gate: NoiseGate,
+}
+
+/// Level gate over a noise floor tracked by minimum statistics: the floor is the quietest frame
+/// level in the last `window` (kept as per-100 ms minima, so it follows a rising background
+/// within one window and drops at once when the line gets quieter).
+#[derive(Debug, Clone)]
+struct NoiseGate {
+    margin_db: f64,
+    min_level_db: f64,
+    buckets: VecDeque<f64>,
+    max_buckets: usize,
+    current: f64,
+    in_current: u32,
+}
+
+impl NoiseGate {
+    const FRAMES_PER_BUCKET: u32 = 5;
+
+    fn new(cfg: &VadConfig) -> Self {
+        NoiseGate {
+            margin_db: cfg.noise_margin_db as f64,
+            min_level_db: cfg.min_level_dbfs as f64,
+            buckets: VecDeque::with_capacity(64),
+            max_buckets: (cfg.noise_window_ms / 100).max(1) as usize,
+            current: f64::INFINITY,
+            in_current: 0,
+        }
+    }
+
+    /// Feeds a frame's level (dBFS) and says whether it is loud enough to be speech.
+    fn pass(&mut self, level_db: f64) -> bool {
+        // Digital silence has no level; count it as very quiet.
+        let level = level_db.max(-120.0);
+        self.current = self.current.min(level);
+        self.in_current += 1;
+        let floor = self.buckets.iter().copied().fold(self.current, f64::min);
+        if self.in_current == Self::FRAMES_PER_BUCKET {
+            if self.buckets.len() == self.max_buckets {
+                self.buckets.pop_front();
+            }
+            self.buckets.push_back(self.current);
+            self.current = f64::INFINITY;
+            self.in_current = 0;
+        }
+        level >= self.min_level_db && (self.margin_db == 0.0 || level >= floor + self.margin_db)
+    }
 }
 
 impl std::fmt::Debug for VoiceDetector {
@@ -48,6 +95,7 @@ impl VoiceDetector {
         VoiceDetector {
             vad: Vad::new_with_rate_and_mode(rate, mode),
             frame: hz.samples_in_ms(20),
+            gate: NoiseGate::new(cfg),
         }
     }
 
@@ -56,13 +104,17 @@ impl VoiceDetector {
         self.frame
     }
 
-    /// Whether a 20 ms frame holds speech. A frame of the wrong length (webrtc-vad takes only
-    /// 10, 20 or 30 ms; an empty slice would make it panic) counts as not voiced.
+    /// Whether a 20 ms frame holds speech: webrtc-vad says so and the frame passes the level
+    /// gate (see [`VadConfig::noise_margin_db`]). A frame of the wrong length (webrtc-vad takes
+    /// only 10, 20 or 30 ms; an empty slice would make it panic) counts as not voiced.
     pub fn is_voiced(&mut self, frame: &[i16]) -> bool {
         if frame.len() != self.frame {
             return false;
         }
-        self.vad.is_voice_segment(frame).unwrap_or(false)
+        let loud = self.gate.pass(hark_codecs::pcm::rms_dbfs(frame));
+        // Run the VAD on every frame so its own noise model keeps adapting.
+        let vad = self.vad.is_voice_segment(frame).unwrap_or(false);
+        vad && loud
     }
 }
 
@@ -305,6 +357,30 @@ mod tests {
                 forced: true
             }
         );
+    }
+
+    #[test]
+    fn gate_follows_the_noise_floor() {
+        let mut g = NoiseGate::new(&VadConfig::default());
+        // Quiet line, then a -40 dBFS background: the background stops passing within the
+        // window, speech 20 dB above it passes.
+        for _ in 0..50 {
+            assert!(!g.pass(-64.0));
+        }
+        let mut passed_late = false;
+        for i in 0..200 {
+            let p = g.pass(-40.0);
+            if i > 80 {
+                passed_late |= p;
+            }
+        }
+        assert!(
+            !passed_late,
+            "steady background still passes after the window"
+        );
+        assert!(g.pass(-20.0));
+        assert!(!g.pass(-33.0));
+        assert!(!g.pass(f64::NEG_INFINITY));
     }
 
     #[test]

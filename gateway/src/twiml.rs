@@ -1,0 +1,995 @@
+//! TwiML documents for Twilio's voice webhooks, written the way twilio-python writes them.
+//!
+//! Output conventions (twilio-python 9.x `twilio/twiml/__init__.py`, which serialises with
+//! CPython's `xml.etree.ElementTree`; `reference/twilio.md` §4):
+//! - `<?xml version="1.0" encoding="UTF-8"?>` immediately followed by `<Response>` (no newline),
+//!   no whitespace between elements;
+//! - attributes sorted by name (byte order), camelCase names (`statusCallback`, `callerId`);
+//! - elements with neither text nor children written as `<Hangup />` (space before `/>`);
+//! - text escapes `&`, `<`, `>`; attribute values also escape `"`, and `\r`, `\n`, `\t` as
+//!   `&#13;`, `&#10;`, `&#09;` (ElementTree's `_escape_attrib`; otherwise an XML parser would
+//!   normalise them to spaces, XML 1.0 §3.3.3). `'` is never escaped.
+//!
+//! Twilio ignores whitespace and attribute order; the fixed form exists so documents can be
+//! compared byte for byte with golden files (`fixtures/twiml/`).
+//!
+//! Checks done here because they are cheap and Twilio would otherwise fail the call later:
+//! the `<Stream>` URL must be `ws://` or `wss://` with a host and **no query string**
+//! (twilio.com/docs/voice/twiml/stream; a query string is a listed cause of error 31920;
+//! `reference/twilio.md` §1.1); each `<Parameter>` name + value must be under 500 characters
+//! combined (§1.7); `<Dial>` needs at least one `<Number>`; and every string must consist of
+//! characters XML 1.0 can represent (no NUL or other C0 controls except tab, LF, CR).
+//!
+//! Serve the result as `Content-Type: text/xml`.
+//!
+//! ```
+//! use hark_gateway::twiml::{agent_connect, Connect, Stream, DEFAULT_AFTER_CONNECT};
+//!
+//! let stream = Stream::new("wss://hark.example/media-stream").parameter("callId", "abc123");
+//! let xml = agent_connect(&Connect::new(stream), DEFAULT_AFTER_CONNECT).unwrap();
+//! assert_eq!(
+//!     xml,
+//!     "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Connect><Stream url=\"wss://hark.example/media-stream\">\
+//!      <Parameter name=\"callId\" value=\"abc123\" /></Stream></Connect><Hangup /></Response>"
+//! );
+//! ```
+
+/// The XML declaration twilio-python writes before `<Response>`.
+pub const XML_DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// The media type to serve TwiML with.
+pub const CONTENT_TYPE: &str = "text/xml";
+
+/// `<Parameter>` name + value must be shorter than this many characters (Unicode scalar values)
+/// combined (twilio.com/docs/voice/twiml/stream, "Custom parameters"; `reference/twilio.md` §1.7).
+pub const MAX_PARAMETER_CHARS: usize = 500;
+
+/// What hark puts after `</Connect>` unless told otherwise: hang up. When hark closes the media
+/// WebSocket, Twilio runs the next verb (`reference/twilio.md` §1.6); without one the call would
+/// also end, but an explicit `<Hangup />` says so, and covers a stream that fails to connect.
+pub const DEFAULT_AFTER_CONNECT: &[Verb] = &[Verb::Hangup];
+
+/// A TwiML document could not be written.
+///
+/// Each variant means this document is refused; the caller should answer with a fallback
+/// document (e.g. [`say_hangup`]) rather than an error status, so the call can still end cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TwimlError {
+    /// `<Stream url>` is not an absolute `ws://` / `wss://` URL with a host. Twilio connects only
+    /// to `wss://` (error 31922 otherwise); `ws://` is accepted here for local tests.
+    #[error("Stream url must be an absolute ws:// or wss:// URL, got {url:?}")]
+    StreamUrlScheme {
+        /// The URL given.
+        url: String,
+    },
+    /// `<Stream url>` carries a query string, which Twilio rejects (error 31920); pass per-call
+    /// data as `<Parameter>` elements instead.
+    #[error("Stream url must not have a query string (use <Parameter>), got {url:?}")]
+    StreamUrlQuery {
+        /// The URL given.
+        url: String,
+    },
+    /// A `<Parameter>`'s name + value is [`MAX_PARAMETER_CHARS`] characters or more.
+    #[error(
+        "Parameter {name:?}: name + value is {chars} characters, must be under {MAX_PARAMETER_CHARS}"
+    )]
+    ParameterTooLong {
+        /// The parameter's name.
+        name: String,
+        /// Characters in name + value.
+        chars: usize,
+    },
+    /// A `<Dial>` has no `<Number>` to dial.
+    #[error("Dial needs at least one Number")]
+    DialWithoutNumber,
+    /// A string holds a character XML 1.0 cannot represent (C0 controls other than tab, LF, CR;
+    /// U+FFFE, U+FFFF).
+    #[error("{place} contains U+{codepoint:04X}, which XML 1.0 cannot represent")]
+    InvalidCharacter {
+        /// Element or `Element@attribute` where it was found.
+        place: String,
+        /// The offending code point.
+        codepoint: u32,
+    },
+}
+
+/// `GET` or `POST`, for `method`-style attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `POST` (Twilio's default wherever a method attribute exists).
+    Post,
+}
+
+impl HttpMethod {
+    /// The attribute value: `"GET"` or `"POST"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// `<Stream>` inside `<Connect>`: a bidirectional Media Stream to hark
+/// (twilio.com/docs/voice/twiml/stream; `reference/twilio.md` §1.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    /// `url`: absolute `wss://` URL of hark's media WebSocket, no query string.
+    pub url: String,
+    /// `name`: unique per call; Twilio reports it as `StreamName` in status callbacks.
+    pub name: Option<String>,
+    /// `statusCallback`: absolute URL for `stream-started` / `stream-stopped` / `stream-error`.
+    pub status_callback: Option<String>,
+    /// `statusCallbackMethod` (Twilio's default: `POST`).
+    pub status_callback_method: Option<HttpMethod>,
+    /// `<Parameter name value />` children, in order; they arrive as `start.customParameters`.
+    pub parameters: Vec<(String, String)>,
+}
+
+impl Stream {
+    /// A stream to `url` with no optional attributes and no parameters.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: None,
+            status_callback: None,
+            status_callback_method: None,
+            parameters: Vec::new(),
+        }
+    }
+
+    /// Sets `name`.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets `statusCallback` and, if given, `statusCallbackMethod`.
+    #[must_use]
+    pub fn status_callback(mut self, url: impl Into<String>, method: Option<HttpMethod>) -> Self {
+        self.status_callback = Some(url.into());
+        self.status_callback_method = method;
+        self
+    }
+
+    /// Appends a `<Parameter name value />`.
+    #[must_use]
+    pub fn parameter(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.parameters.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// `<Connect>` holding one `<Stream>` (one bidirectional stream per call, §1.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// `action`: URL Twilio requests when the stream ends, instead of running the next verb.
+    pub action: Option<String>,
+    /// `method` for `action` (Twilio's default: `POST`).
+    pub method: Option<HttpMethod>,
+    /// The stream.
+    pub stream: Stream,
+}
+
+impl Connect {
+    /// `<Connect>` with no `action`.
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            action: None,
+            method: None,
+            stream,
+        }
+    }
+
+    /// Sets `action` and, if given, `method`.
+    #[must_use]
+    pub fn action(mut self, url: impl Into<String>, method: Option<HttpMethod>) -> Self {
+        self.action = Some(url.into());
+        self.method = method;
+        self
+    }
+}
+
+/// `<Dial>` with `<Number>` nouns (twilio.com/docs/voice/twiml/dial). Without `action`, Twilio
+/// continues with the rest of the document after the dialed call ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// `callerId`: the number shown to the callee (E.164, must be a number on the account).
+    pub caller_id: Option<String>,
+    /// `action`: URL Twilio requests when the dialed call ends.
+    pub action: Option<String>,
+    /// `timeout`: seconds to ring before giving up (Twilio's default: 30).
+    pub timeout_s: Option<u32>,
+    /// The numbers to ring, each a `<Number>` (E.164, e.g. `+14155550100`); at least one.
+    pub numbers: Vec<String>,
+}
+
+impl Dial {
+    /// `<Dial><Number>number</Number></Dial>` with no attributes.
+    pub fn number(number: impl Into<String>) -> Self {
+        Self {
+            caller_id: None,
+            action: None,
+            timeout_s: None,
+            numbers: vec![number.into()],
+        }
+    }
+
+    /// Sets `callerId`.
+    #[must_use]
+    pub fn caller_id(mut self, caller_id: impl Into<String>) -> Self {
+        self.caller_id = Some(caller_id.into());
+        self
+    }
+}
+
+/// `<Say>`: text-to-speech by Twilio (twilio.com/docs/voice/twiml/say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Say {
+    /// The words to speak (escaped on output).
+    pub text: String,
+    /// `voice`, e.g. `alice` or `Polly.Joanna`; Twilio's default if `None`.
+    pub voice: Option<String>,
+    /// `language`, e.g. `en-US`; Twilio's default if `None`.
+    pub language: Option<String>,
+}
+
+impl Say {
+    /// `<Say>text</Say>` with Twilio's default voice and language.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            voice: None,
+            language: None,
+        }
+    }
+}
+
+/// One verb of a `<Response>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verb {
+    /// `<Connect><Stream …>…</Stream></Connect>`.
+    Connect(Connect),
+    /// `<Dial …><Number>…</Number>…</Dial>`.
+    Dial(Dial),
+    /// `<Say …>text</Say>`.
+    Say(Say),
+    /// `<Pause length="s" />`, or `<Pause />` for Twilio's default of 1 s.
+    Pause {
+        /// Seconds of silence.
+        length_s: Option<u32>,
+    },
+    /// `<Redirect [method]>url</Redirect>`: fetch more TwiML from `url`.
+    Redirect {
+        /// Absolute or relative URL.
+        url: String,
+        /// Twilio's default: `POST`.
+        method: Option<HttpMethod>,
+    },
+    /// `<Hangup />`.
+    Hangup,
+}
+
+impl From<Connect> for Verb {
+    fn from(connect: Connect) -> Self {
+        Verb::Connect(connect)
+    }
+}
+
+impl From<Dial> for Verb {
+    fn from(dial: Dial) -> Self {
+        Verb::Dial(dial)
+    }
+}
+
+impl From<Say> for Verb {
+    fn from(say: Say) -> Self {
+        Verb::Say(say)
+    }
+}
+
+/// A `<Response>` document: verbs run in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Response {
+    /// The verbs, in order.
+    pub verbs: Vec<Verb>,
+}
+
+impl Response {
+    /// An empty `<Response />` (Twilio hangs up).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a verb.
+    #[must_use]
+    pub fn push(mut self, verb: impl Into<Verb>) -> Self {
+        self.verbs.push(verb.into());
+        self
+    }
+
+    /// Writes the document (declaration included) or says why it is invalid; see the module docs
+    /// for the format and the checks.
+    pub fn render(&self) -> Result<String, TwimlError> {
+        let mut xml = Writer {
+            out: String::with_capacity(256),
+        };
+        xml.out.push_str(XML_DECLARATION);
+        if self.verbs.is_empty() {
+            xml.empty("Response", &mut [])?;
+            return Ok(xml.out);
+        }
+        xml.start("Response", &mut [])?;
+        for verb in &self.verbs {
+            xml.verb(verb)?;
+        }
+        xml.end("Response");
+        Ok(xml.out)
+    }
+}
+
+/// (a) The agent call: `<Connect [action]><Stream …>…</Stream></Connect>` followed by `after`
+/// (usually [`DEFAULT_AFTER_CONNECT`], i.e. `<Hangup />`).
+///
+/// Errors: the [`TwimlError`] checks on the stream URL, parameters and characters.
+pub fn agent_connect(connect: &Connect, after: &[Verb]) -> Result<String, TwimlError> {
+    let mut response = Response {
+        verbs: Vec::with_capacity(1 + after.len()),
+    };
+    response.verbs.push(Verb::Connect(connect.clone()));
+    response.verbs.extend_from_slice(after);
+    response.render()
+}
+
+/// (b) An outbound leg: `<Dial callerId="caller_id"><Number>number</Number></Dial>`.
+///
+/// Errors: [`TwimlError::InvalidCharacter`].
+pub fn dial_number(number: &str, caller_id: &str) -> Result<String, TwimlError> {
+    Response::new()
+        .push(Dial::number(number).caller_id(caller_id))
+        .render()
+}
+
+/// (c) Tell the caller something and hang up: `<Say>message</Say><Hangup />`; hark's answer
+/// when it cannot serve the call.
+///
+/// Errors: [`TwimlError::InvalidCharacter`] (see [`say_hangup_lossy`] for a version that cannot
+/// fail).
+pub fn say_hangup(message: &str) -> Result<String, TwimlError> {
+    Response::new()
+        .push(Say::new(message))
+        .push(Verb::Hangup)
+        .render()
+}
+
+/// [`say_hangup`] for error paths: characters XML cannot represent are dropped from `message`
+/// first, so this always returns a document.
+pub fn say_hangup_lossy(message: &str) -> String {
+    let clean: String = message.chars().filter(|&c| is_xml_char(c)).collect();
+    match say_hangup(&clean) {
+        Ok(xml) => xml,
+        // Unreachable: the only possible error is an invalid character, all removed above.
+        // Fall back to a document without the message rather than panicking.
+        Err(_) => format!("{XML_DECLARATION}<Response><Hangup /></Response>"),
+    }
+}
+
+/// (d) A transfer of the caller to `number`: `<Dial><Number>number</Number></Dial>`; the call
+/// continues with the caller's own caller ID.
+///
+/// Errors: [`TwimlError::InvalidCharacter`].
+pub fn transfer(number: &str) -> Result<String, TwimlError> {
+    Response::new().push(Dial::number(number)).render()
+}
+
+/// Minimal writer in ElementTree's output conventions.
+struct Writer {
+    out: String,
+}
+
+/// An attribute: name, value (`None`: omitted).
+type Attr<'a> = (&'static str, Option<&'a str>);
+
+impl Writer {
+    fn verb(&mut self, verb: &Verb) -> Result<(), TwimlError> {
+        match verb {
+            Verb::Connect(connect) => self.connect(connect),
+            Verb::Dial(dial) => {
+                if dial.numbers.is_empty() {
+                    return Err(TwimlError::DialWithoutNumber);
+                }
+                let timeout = dial.timeout_s.map(|s| s.to_string());
+                self.start(
+                    "Dial",
+                    &mut [
+                        ("action", dial.action.as_deref()),
+                        ("callerId", dial.caller_id.as_deref()),
+                        ("timeout", timeout.as_deref()),
+                    ],
+                )?;
+                for number in &dial.numbers {
+                    self.text_element("Number", &mut [], number)?;
+                }
+                self.end("Dial");
+                Ok(())
+            }
+            Verb::Say(say) => self.text_element(
+                "Say",
+                &mut [
+                    ("language", say.language.as_deref()),
+                    ("voice", say.voice.as_deref()),
+                ],
+                &say.text,
+            ),
+            Verb::Pause { length_s } => {
+                let length = length_s.map(|s| s.to_string());
+                self.empty("Pause", &mut [("length", length.as_deref())])
+            }
+            Verb::Redirect { url, method } => self.text_element(
+                "Redirect",
+                &mut [("method", method.map(HttpMethod::as_str))],
+                url,
+            ),
+            Verb::Hangup => self.empty("Hangup", &mut []),
+        }
+    }
+
+    fn connect(&mut self, connect: &Connect) -> Result<(), TwimlError> {
+        let stream = &connect.stream;
+        check_stream_url(&stream.url)?;
+        for (name, value) in &stream.parameters {
+            let chars = name.chars().count() + value.chars().count();
+            if chars >= MAX_PARAMETER_CHARS {
+                return Err(TwimlError::ParameterTooLong {
+                    name: name.clone(),
+                    chars,
+                });
+            }
+        }
+        self.start(
+            "Connect",
+            &mut [
+                ("action", connect.action.as_deref()),
+                ("method", connect.method.map(HttpMethod::as_str)),
+            ],
+        )?;
+        let mut attrs = [
+            ("name", stream.name.as_deref()),
+            ("statusCallback", stream.status_callback.as_deref()),
+            (
+                "statusCallbackMethod",
+                stream.status_callback_method.map(HttpMethod::as_str),
+            ),
+            ("url", Some(stream.url.as_str())),
+        ];
+        if stream.parameters.is_empty() {
+            self.empty("Stream", &mut attrs)?;
+        } else {
+            self.start("Stream", &mut attrs)?;
+            for (name, value) in &stream.parameters {
+                self.empty(
+                    "Parameter",
+                    &mut [("name", Some(name)), ("value", Some(value))],
+                )?;
+            }
+            self.end("Stream");
+        }
+        self.end("Connect");
+        Ok(())
+    }
+
+    /// `<name attrs>text</name>`, or `<name attrs />` if `text` is empty (as ElementTree does).
+    fn text_element(
+        &mut self,
+        name: &'static str,
+        attrs: &mut [Attr<'_>],
+        text: &str,
+    ) -> Result<(), TwimlError> {
+        if text.is_empty() {
+            return self.empty(name, attrs);
+        }
+        self.start(name, attrs)?;
+        check_chars(text, || name.to_owned())?;
+        escape_into(&mut self.out, text, false);
+        self.end(name);
+        Ok(())
+    }
+
+    fn start(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
+        self.open(name, attrs)?;
+        self.out.push('>');
+        Ok(())
+    }
+
+    fn empty(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
+        self.open(name, attrs)?;
+        self.out.push_str(" />");
+        Ok(())
+    }
+
+    fn end(&mut self, name: &'static str) {
+        self.out.push_str("</");
+        self.out.push_str(name);
+        self.out.push('>');
+    }
+
+    /// `<name a="v" …` with attributes sorted by name and `None` values left out.
+    fn open(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
+        attrs.sort_by(|a, b| a.0.cmp(b.0));
+        self.out.push('<');
+        self.out.push_str(name);
+        for &mut (attr, value) in attrs {
+            let Some(value) = value else { continue };
+            check_chars(value, || format!("{name}@{attr}"))?;
+            self.out.push(' ');
+            self.out.push_str(attr);
+            self.out.push_str("=\"");
+            escape_into(&mut self.out, value, true);
+            self.out.push('"');
+        }
+        Ok(())
+    }
+}
+
+/// `url` must be `ws://` / `wss://` (any case), have a host, and have no query string.
+fn check_stream_url(url: &str) -> Result<(), TwimlError> {
+    let rest = url.split_once("://").and_then(|(scheme, rest)| {
+        (scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ws")).then_some(rest)
+    });
+    let host_present =
+        rest.is_some_and(|rest| !rest.starts_with(['/', '?', '#', ':']) && !rest.is_empty());
+    if !host_present {
+        return Err(TwimlError::StreamUrlScheme {
+            url: url.to_owned(),
+        });
+    }
+    if url.contains('?') {
+        return Err(TwimlError::StreamUrlQuery {
+            url: url.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// XML 1.0 `Char`: `#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]`
+/// (surrogates cannot occur in a Rust `char`).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+fn check_chars(value: &str, place: impl FnOnce() -> String) -> Result<(), TwimlError> {
+    match value.chars().find(|&c| !is_xml_char(c)) {
+        Some(c) => Err(TwimlError::InvalidCharacter {
+            place: place(),
+            codepoint: u32::from(c),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Appends `value` escaped as ElementTree does: text escapes `& < >`; attributes also `"` and
+/// CR, LF, TAB as character references.
+fn escape_into(out: &mut String, value: &str, attribute: bool) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' if attribute => out.push_str("&quot;"),
+            '\r' if attribute => out.push_str("&#13;"),
+            '\n' if attribute => out.push_str("&#10;"),
+            '\t' if attribute => out.push_str("&#09;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    use quick_xml::events::Event;
+    use quick_xml::{Reader, XmlVersion};
+
+    /// Compares `actual` with `fixtures/twiml/<name>` byte for byte; `BLESS=1` rewrites the file.
+    fn golden(name: &str, actual: &str) {
+        let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "fixtures", "twiml", name]
+            .iter()
+            .collect();
+        assert_well_formed(actual);
+        if std::env::var_os("BLESS").is_some_and(|v| v == "1") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run with BLESS=1 to create it", path.display()));
+        assert_eq!(
+            actual, expected,
+            "{name} differs from its golden file; BLESS=1 rewrites it"
+        );
+    }
+
+    /// Parses `xml` with quick-xml, checking balance and escapes; returns a flat trace of
+    /// `start name [attr=value…]`, `text …`, `end name` with attribute values and text unescaped.
+    fn assert_well_formed(xml: &str) -> Vec<String> {
+        assert!(xml.starts_with(XML_DECLARATION), "{xml}");
+        let mut reader = Reader::from_str(xml);
+        reader.config_mut().check_end_names = true;
+        let mut depth = 0usize;
+        let mut roots = 0usize;
+        let mut trace = Vec::new();
+        let attrs = |e: &quick_xml::events::BytesStart<'_>| -> String {
+            e.attributes()
+                .map(|a| {
+                    let a = a.expect("attribute");
+                    let value = a
+                        .normalized_value(XmlVersion::Explicit1_0)
+                        .expect("attribute value");
+                    format!(" {}={value}", a.key.as_ref() as &str)
+                })
+                .collect()
+        };
+        loop {
+            match reader
+                .read_event()
+                .unwrap_or_else(|e| panic!("not well-formed: {e}\n{xml}"))
+            {
+                Event::Decl(_) => assert_eq!(depth, 0),
+                Event::Start(e) => {
+                    roots += usize::from(depth == 0);
+                    depth += 1;
+                    trace.push(format!("start {}{}", e.name().as_ref() as &str, attrs(&e)));
+                }
+                Event::Empty(e) => {
+                    roots += usize::from(depth == 0);
+                    trace.push(format!("empty {}{}", e.name().as_ref() as &str, attrs(&e)));
+                }
+                Event::End(e) => {
+                    depth = depth.checked_sub(1).expect("unbalanced end tag");
+                    trace.push(format!("end {}", e.name().as_ref() as &str));
+                }
+                Event::Text(t) => {
+                    assert!(depth > 0, "text outside the root element");
+                    let text = t.xml10_content();
+                    push_text(&mut trace, &text);
+                }
+                Event::GeneralRef(r) => {
+                    if let Some(c) = r.resolve_char_ref().expect("character reference") {
+                        push_text(&mut trace, &c.to_string());
+                        continue;
+                    }
+                    let name = r.xml10_content();
+                    let resolved = match &*name {
+                        "amp" => "&",
+                        "lt" => "<",
+                        "gt" => ">",
+                        "quot" => "\"",
+                        "apos" => "'",
+                        other => panic!("unexpected entity &{other};"),
+                    };
+                    push_text(&mut trace, resolved);
+                }
+                Event::Eof => break,
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+        assert_eq!(depth, 0, "unclosed elements");
+        assert_eq!(roots, 1, "exactly one root element");
+        assert!(trace[0].starts_with("start Response") || trace[0] == "empty Response");
+        trace
+    }
+
+    /// Appends text to the trace, merging with a preceding text entry (quick-xml splits text at
+    /// entity references).
+    fn push_text(trace: &mut Vec<String>, text: &str) {
+        match trace.last_mut() {
+            Some(last) if last.starts_with("text ") => last.push_str(text),
+            _ => trace.push(format!("text {text}")),
+        }
+    }
+
+    #[test]
+    fn reference_agent_example_byte_exact() {
+        // reference/twilio.md §4, "Agent call (Python style, illustrative host)".
+        let stream = Stream::new("wss://hark.example/twilio/media")
+            .name("agent")
+            .status_callback("https://hark.example/twilio/stream-status", None)
+            .parameter("callId", "abc123");
+        let xml = agent_connect(
+            &Connect::new(stream),
+            &[Say::new("Goodbye").into(), Verb::Hangup],
+        )
+        .unwrap();
+        assert_eq!(
+            xml,
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream name="agent" statusCallback="https://hark.example/twilio/stream-status" url="wss://hark.example/twilio/media"><Parameter name="callId" value="abc123" /></Stream></Connect><Say>Goodbye</Say><Hangup /></Response>"#
+        );
+        golden("reference-agent.xml", &xml);
+    }
+
+    #[test]
+    fn python_and_node_test_strings() {
+        // twilio-python tests/unit/twiml/test_voice_response.py: `<Response><Hangup /></Response>`.
+        let xml = Response::new().push(Verb::Hangup).render().unwrap();
+        assert_eq!(
+            xml,
+            format!("{XML_DECLARATION}<Response><Hangup /></Response>")
+        );
+        golden("hangup.xml", &xml);
+        // twilio-node spec/unit/twiml/VoiceResponse.spec.js `<Pause length="5"/>`, Python spacing.
+        let xml = Response::new()
+            .push(Verb::Pause { length_s: Some(5) })
+            .render()
+            .unwrap();
+        assert_eq!(
+            xml,
+            format!(r#"{XML_DECLARATION}<Response><Pause length="5" /></Response>"#)
+        );
+        // An empty response.
+        assert_eq!(
+            Response::new().render().unwrap(),
+            format!("{XML_DECLARATION}<Response />")
+        );
+    }
+
+    #[test]
+    fn reference_escaping_example() {
+        // reference/twilio.md §4: `a<b & "c"` → `<Say>a&lt;b &amp; "c"</Say>`.
+        let xml = say_hangup(r#"a<b & "c""#).unwrap();
+        assert_eq!(
+            xml,
+            format!(
+                r#"{XML_DECLARATION}<Response><Say>a&lt;b &amp; "c"</Say><Hangup /></Response>"#
+            )
+        );
+        let trace = assert_well_formed(&xml);
+        assert_eq!(
+            trace,
+            [
+                "start Response",
+                r#"start Say"#,
+                r#"text a<b & "c""#,
+                "end Say",
+                "empty Hangup",
+                "end Response"
+            ]
+        );
+        golden("say-escaping.xml", &xml);
+    }
+
+    #[test]
+    fn attribute_escaping_round_trips() {
+        let tricky = "a<b & \"c\" 'd' >\r\n\tend";
+        let stream = Stream::new("wss://h.example/media-stream").parameter("note", tricky);
+        let xml = agent_connect(&Connect::new(stream), DEFAULT_AFTER_CONNECT).unwrap();
+        assert!(
+            xml.contains(r#"value="a&lt;b &amp; &quot;c&quot; 'd' &gt;&#13;&#10;&#09;end""#),
+            "{xml}"
+        );
+        let trace = assert_well_formed(&xml);
+        assert_eq!(
+            trace[3],
+            format!("empty Parameter name=note value={tricky}")
+        );
+        golden("connect-escaping.xml", &xml);
+    }
+
+    #[test]
+    fn connect_minimal() {
+        let xml = agent_connect(
+            &Connect::new(Stream::new("wss://hark.example/media-stream")),
+            DEFAULT_AFTER_CONNECT,
+        )
+        .unwrap();
+        assert_eq!(
+            xml,
+            format!(
+                r#"{XML_DECLARATION}<Response><Connect><Stream url="wss://hark.example/media-stream" /></Connect><Hangup /></Response>"#
+            )
+        );
+        golden("connect-minimal.xml", &xml);
+    }
+
+    #[test]
+    fn connect_full_with_after_verbs() {
+        let stream = Stream::new("wss://hark.example/media-stream")
+            .name("agent")
+            .status_callback(
+                "https://hark.example/twilio/stream-status",
+                Some(HttpMethod::Post),
+            )
+            .parameter("callId", "c_01")
+            .parameter("agent", "support");
+        let connect = Connect::new(stream).action(
+            "https://hark.example/twilio/after-stream",
+            Some(HttpMethod::Get),
+        );
+        let after = [
+            Verb::Say(Say {
+                text: "Sorry, something went wrong.".into(),
+                voice: Some("alice".into()),
+                language: Some("en-US".into()),
+            }),
+            Verb::Pause { length_s: Some(1) },
+            Verb::Redirect {
+                url: "https://hark.example/twilio/voice?retry=1&x=y".into(),
+                method: Some(HttpMethod::Post),
+            },
+            Verb::Hangup,
+        ];
+        let xml = agent_connect(&connect, &after).unwrap();
+        let trace = assert_well_formed(&xml);
+        assert_eq!(
+            trace,
+            [
+                "start Response",
+                "start Connect action=https://hark.example/twilio/after-stream method=GET",
+                "start Stream name=agent statusCallback=https://hark.example/twilio/stream-status statusCallbackMethod=POST url=wss://hark.example/media-stream",
+                "empty Parameter name=callId value=c_01",
+                "empty Parameter name=agent value=support",
+                "end Stream",
+                "end Connect",
+                "start Say language=en-US voice=alice",
+                "text Sorry, something went wrong.",
+                "end Say",
+                "empty Pause length=1",
+                "start Redirect method=POST",
+                "text https://hark.example/twilio/voice?retry=1&x=y",
+                "end Redirect",
+                "empty Hangup",
+                "end Response",
+            ]
+        );
+        golden("connect-full.xml", &xml);
+    }
+
+    #[test]
+    fn dial_with_caller_id() {
+        let xml = dial_number("+14155550100", "+14155550199").unwrap();
+        assert_eq!(
+            xml,
+            format!(
+                r#"{XML_DECLARATION}<Response><Dial callerId="+14155550199"><Number>+14155550100</Number></Dial></Response>"#
+            )
+        );
+        golden("dial.xml", &xml);
+    }
+
+    #[test]
+    fn transfer_document() {
+        let xml = transfer("+14155550123").unwrap();
+        assert_eq!(
+            xml,
+            format!(
+                "{XML_DECLARATION}<Response><Dial><Number>+14155550123</Number></Dial></Response>"
+            )
+        );
+        golden("transfer.xml", &xml);
+        // All attributes, several numbers: sorted attribute order.
+        let dial = Dial {
+            caller_id: Some("+1".into()),
+            action: Some("/a".into()),
+            timeout_s: Some(20),
+            numbers: vec!["+2".into(), "+3".into()],
+        };
+        let xml = Response::new().push(dial).render().unwrap();
+        assert!(
+            xml.contains(r#"<Dial action="/a" callerId="+1" timeout="20"><Number>+2</Number><Number>+3</Number></Dial>"#),
+            "{xml}"
+        );
+        assert_well_formed(&xml);
+    }
+
+    #[test]
+    fn say_hangup_document() {
+        let xml = say_hangup("Sorry, the agent is unavailable. Goodbye.").unwrap();
+        golden("say-hangup.xml", &xml);
+        // Empty text is written as an empty element, as ElementTree does.
+        let xml = say_hangup("").unwrap();
+        assert_eq!(
+            xml,
+            format!("{XML_DECLARATION}<Response><Say /><Hangup /></Response>")
+        );
+    }
+
+    #[test]
+    fn stream_url_checks() {
+        let render =
+            |url: &str| agent_connect(&Connect::new(Stream::new(url)), DEFAULT_AFTER_CONNECT);
+        assert!(render("wss://h.example/media").is_ok());
+        assert!(render("WSS://h.example").is_ok());
+        assert!(render("ws://127.0.0.1:8080/media").is_ok());
+        for bad in [
+            "https://h.example/media",
+            "/media",
+            "wss:///media",
+            "wss://",
+            "h.example/media",
+            "wss://:443/x",
+        ] {
+            assert_eq!(
+                render(bad),
+                Err(TwimlError::StreamUrlScheme { url: bad.into() }),
+                "{bad}"
+            );
+        }
+        for bad in ["wss://h.example/media?callId=1", "wss://h.example?x"] {
+            assert_eq!(
+                render(bad),
+                Err(TwimlError::StreamUrlQuery { url: bad.into() }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn parameter_length_limit() {
+        let render = |name: &str, value: &str| {
+            agent_connect(
+                &Connect::new(Stream::new("wss://h/m").parameter(name, value)),
+                DEFAULT_AFTER_CONNECT,
+            )
+        };
+        assert!(render("n", &"v".repeat(498)).is_ok()); // 499 combined
+        assert_eq!(
+            render("n", &"v".repeat(499)),
+            Err(TwimlError::ParameterTooLong {
+                name: "n".into(),
+                chars: 500
+            })
+        );
+        // Characters, not bytes: 499 two-byte characters pass.
+        assert!(render("é", &"é".repeat(498)).is_ok());
+    }
+
+    #[test]
+    fn invalid_xml_characters_are_refused() {
+        let err = say_hangup("bell\u{7}").unwrap_err();
+        assert_eq!(
+            err,
+            TwimlError::InvalidCharacter {
+                place: "Say".into(),
+                codepoint: 7
+            }
+        );
+        let err = agent_connect(
+            &Connect::new(Stream::new("wss://h/m").parameter("k", "\u{0}")),
+            DEFAULT_AFTER_CONNECT,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            TwimlError::InvalidCharacter {
+                place: "Parameter@value".into(),
+                codepoint: 0
+            }
+        );
+        assert!(say_hangup("\u{FFFF}").is_err());
+        // Tab, LF, CR and astral characters are fine.
+        assert!(say_hangup("a\tb\nc\rd 😀").is_ok());
+        // The lossy form drops what cannot be written.
+        assert_eq!(
+            say_hangup_lossy("bell\u{7} rang"),
+            format!("{XML_DECLARATION}<Response><Say>bell rang</Say><Hangup /></Response>")
+        );
+    }
+
+    #[test]
+    fn dial_without_number_is_refused() {
+        let dial = Dial {
+            caller_id: None,
+            action: None,
+            timeout_s: None,
+            numbers: vec![],
+        };
+        assert_eq!(
+            Response::new().push(dial).render(),
+            Err(TwimlError::DialWithoutNumber)
+        );
+    }
+}
