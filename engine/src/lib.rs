@@ -18,6 +18,8 @@ pub mod agent;
 pub mod call;
 pub mod config;
 mod error;
+#[cfg(feature = "io")]
+pub mod io;
 pub mod playout;
 pub mod sim;
 pub mod turn;

@@ -1,8 +1,14 @@
 //! # hark-gateway
 //!
 //! hark's HTTP side and the `hark` CLI: TwiML for Twilio's voice webhook, X-Twilio-Signature
-//! checks, access tokens, the Media Streams WebSocket upgrade, outbound calls, metrics.
+//! checks, access tokens, the Media Streams WebSocket upgrade and the call workers that run the
+//! engine, metrics.
 
+pub mod config;
+pub mod metrics;
+pub mod pool;
+pub mod server;
 pub mod signature;
 pub mod token;
 pub mod twiml;
+pub mod ws;

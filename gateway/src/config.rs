@@ -1,0 +1,338 @@
+//! Server configuration from the environment (and a `.env` file).
+//!
+//! Names follow `DESIGN.md`: Twilio's own names for Twilio settings (`TWILIO_AUTH_TOKEN`,
+//! `TWILIO_PHONE_NUMBER`, …), `HARK_*` for hark's. Every setting is documented in README.md
+//! ("Configuration"). A bad value is an error naming the variable; nothing is guessed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hark_codecs::SampleRate;
+use hark_engine::config::{CallConfig, VadAggressiveness};
+
+use crate::twiml::Verb;
+
+/// A configuration error: which variable, and what is wrong with it. `hark serve` exits with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Which agent answers calls (`HARK_AGENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    /// Plays each caller turn back (offline default, no keys).
+    Echo,
+}
+
+impl AgentKind {
+    /// The name as written in `HARK_AGENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Echo => "echo",
+        }
+    }
+}
+
+/// Log output format (`HARK_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `hark serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HARK_ADDR`: where to listen (default `127.0.0.1:3000`).
+    pub addr: SocketAddr,
+    /// `HARK_PUBLIC_URL`: the public base URL Twilio reaches hark at (e.g. an ngrok or load
+    /// balancer URL, `https://hark.example.com`), without a trailing slash. When unset, the
+    /// `Host` header of each request is used.
+    pub public_url: Option<String>,
+    /// `HARK_AGENT`: the agent (default `echo`).
+    pub agent: AgentKind,
+    /// `TWILIO_AUTH_TOKEN`: when set, `X-Twilio-Signature` is checked on `/voice` and on the
+    /// `/media-stream` upgrade (403 on failure).
+    pub twilio_auth_token: Option<String>,
+    /// `TWILIO_PHONE_NUMBER`: caller ID for calls dialled from browser clients.
+    pub twilio_phone_number: Option<String>,
+    /// `HARK_STREAM_PARAMS`: comma-separated webhook parameters (query string or form body)
+    /// passed to the stream as `<Parameter>`s, besides `CallSid`, `From` and `To`
+    /// (default `payerId,agent`).
+    pub stream_params: Vec<String>,
+    /// `HARK_AFTER_CONNECT`: TwiML run when the stream ends: `hangup` (default), `none`,
+    /// `say:<text>`, `redirect:<url>`, or several joined by `|` (e.g. `say:Goodbye|hangup`).
+    pub after_connect: Vec<Verb>,
+    /// `HARK_LOG_FORMAT`: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    /// `HARK_SHUTDOWN_TIMEOUT_S`: on SIGINT/SIGTERM, how long live calls may go on (default 30).
+    pub shutdown_timeout: Duration,
+    /// `HARK_WORKERS`: call worker threads (default: the number of cores).
+    pub workers: usize,
+    /// Per-call engine settings: `HARK_VAD_MODE` (0–3, default 2), `HARK_VAD_RATE` (8000 or
+    /// 16000), `HARK_NOISE_MARGIN_DB` (default 10), `HARK_STOP_MS` (600),
+    /// `HARK_MIN_UTTERANCE_MS` (200), `HARK_MIN_INTERRUPTION_MS` (80), `HARK_LEAD_MS` (200),
+    /// `HARK_MARK_EVERY_MS` (100).
+    pub call: CallConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            public_url: None,
+            agent: AgentKind::Echo,
+            twilio_auth_token: None,
+            twilio_phone_number: None,
+            stream_params: vec!["payerId".into(), "agent".into()],
+            after_connect: vec![Verb::Hangup],
+            log_format: LogFormat::Text,
+            shutdown_timeout: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            call: CallConfig::default(),
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError {
+        var,
+        reason: format!("{v:?} is not a valid number"),
+    })
+}
+
+/// Parses `HARK_AFTER_CONNECT`.
+///
+/// # Errors
+/// [`ConfigError`] for an unknown verb.
+pub fn parse_after_connect(v: &str) -> Result<Vec<Verb>, ConfigError> {
+    let mut out = Vec::new();
+    for part in v.split('|').map(str::trim).filter(|p| !p.is_empty()) {
+        let lower = part.to_ascii_lowercase();
+        if lower == "hangup" {
+            out.push(Verb::Hangup);
+        } else if lower == "none" {
+        } else if let Some(text) = part.strip_prefix("say:") {
+            out.push(Verb::Say(crate::twiml::Say::new(text)));
+        } else if let Some(url) = part.strip_prefix("redirect:") {
+            out.push(Verb::Redirect {
+                url: url.to_string(),
+                method: None,
+            });
+        } else {
+            return Err(ConfigError {
+                var: "HARK_AFTER_CONNECT",
+                reason: format!(
+                    "unknown verb {part:?} (use hangup, none, say:<text>, redirect:<url>)"
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads the configuration through `lookup` (a variable name → its value), so tests need
+    /// not touch the process environment. Empty values count as unset.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad variable.
+    pub fn from_lookup(
+        mut lookup: impl FnMut(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let mut c = Config::default();
+        if let Some(v) = get("HARK_ADDR") {
+            c.addr = v.trim().parse().map_err(|_| ConfigError {
+                var: "HARK_ADDR",
+                reason: format!("{v:?} is not an address like 127.0.0.1:3000"),
+            })?;
+        }
+        if let Some(v) = get("HARK_PUBLIC_URL") {
+            let v = v.trim().trim_end_matches('/').to_string();
+            let rest = v
+                .strip_prefix("https://")
+                .or_else(|| v.strip_prefix("http://"))
+                .ok_or_else(|| ConfigError {
+                    var: "HARK_PUBLIC_URL",
+                    reason: format!("{v:?} must start with https:// (or http:// for local tests)"),
+                })?;
+            if rest.is_empty() || rest.contains('?') || rest.contains('#') {
+                return Err(ConfigError {
+                    var: "HARK_PUBLIC_URL",
+                    reason: format!("{v:?} needs a host and no query string or fragment"),
+                });
+            }
+            c.public_url = Some(v);
+        }
+        if let Some(v) = get("HARK_AGENT") {
+            c.agent = match v.trim() {
+                "echo" => AgentKind::Echo,
+                other => {
+                    return Err(ConfigError {
+                        var: "HARK_AGENT",
+                        reason: format!("unknown agent {other:?} (available: echo)"),
+                    });
+                }
+            };
+        }
+        c.twilio_auth_token = get("TWILIO_AUTH_TOKEN");
+        c.twilio_phone_number = get("TWILIO_PHONE_NUMBER");
+        if let Some(v) = get("HARK_STREAM_PARAMS") {
+            c.stream_params = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("HARK_AFTER_CONNECT") {
+            c.after_connect = parse_after_connect(&v)?;
+        }
+        if let Some(v) = get("HARK_LOG_FORMAT") {
+            c.log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError {
+                        var: "HARK_LOG_FORMAT",
+                        reason: format!("{other:?} (use text or json)"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("HARK_SHUTDOWN_TIMEOUT_S") {
+            c.shutdown_timeout = Duration::from_secs(parse_num("HARK_SHUTDOWN_TIMEOUT_S", &v)?);
+        }
+        if let Some(v) = get("HARK_WORKERS") {
+            c.workers = parse_num::<usize>("HARK_WORKERS", &v)?.clamp(1, 256);
+        }
+        if let Some(v) = get("HARK_VAD_MODE") {
+            let level: u8 = parse_num("HARK_VAD_MODE", &v)?;
+            c.call.vad.aggressiveness =
+                VadAggressiveness::from_level(level).ok_or(ConfigError {
+                    var: "HARK_VAD_MODE",
+                    reason: format!("{level} is not 0, 1, 2 or 3"),
+                })?;
+        }
+        if let Some(v) = get("HARK_VAD_RATE") {
+            c.call.vad.rate = SampleRate(parse_num("HARK_VAD_RATE", &v)?);
+        }
+        if let Some(v) = get("HARK_NOISE_MARGIN_DB") {
+            c.call.vad.noise_margin_db = parse_num("HARK_NOISE_MARGIN_DB", &v)?;
+        }
+        if let Some(v) = get("HARK_STOP_MS") {
+            c.call.turn.stop_ms = parse_num("HARK_STOP_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_MIN_UTTERANCE_MS") {
+            c.call.turn.min_utterance_ms = parse_num("HARK_MIN_UTTERANCE_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_MIN_INTERRUPTION_MS") {
+            c.call.turn.min_interruption_ms = parse_num("HARK_MIN_INTERRUPTION_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_LEAD_MS") {
+            c.call.playout.lead_ms = parse_num("HARK_LEAD_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_MARK_EVERY_MS") {
+            c.call.playout.mark_every_ms = parse_num("HARK_MARK_EVERY_MS", &v)?;
+        }
+        c.call.validate().map_err(|e| ConfigError {
+            var: "HARK_* call settings",
+            reason: e.to_string(),
+        })?;
+        Ok(c)
+    }
+
+    /// Reads `.env` (if present, without overriding set variables) and the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_lookup`].
+    pub fn from_env() -> Result<Config, ConfigError> {
+        // A missing .env is normal.
+        let _ = dotenvy::dotenv();
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// The public base URL for a request: `HARK_PUBLIC_URL`, else `https://<Host>`.
+    pub fn base_url(&self, host: Option<&str>) -> Option<String> {
+        match &self.public_url {
+            Some(u) => Some(u.clone()),
+            None => host.map(|h| format!("https://{h}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.agent, AgentKind::Echo);
+        assert_eq!(c.after_connect, vec![Verb::Hangup]);
+        assert!(c.public_url.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        assert_eq!(cfg(&[("HARK_ADDR", "nope")]).unwrap_err().var, "HARK_ADDR");
+        assert_eq!(cfg(&[("HARK_AGENT", "gpt")]).unwrap_err().var, "HARK_AGENT");
+        assert_eq!(
+            cfg(&[("HARK_PUBLIC_URL", "hark.example")]).unwrap_err().var,
+            "HARK_PUBLIC_URL"
+        );
+        assert_eq!(
+            cfg(&[("HARK_PUBLIC_URL", "https://h/x?y=1")])
+                .unwrap_err()
+                .var,
+            "HARK_PUBLIC_URL"
+        );
+        assert_eq!(
+            cfg(&[("HARK_VAD_MODE", "7")]).unwrap_err().var,
+            "HARK_VAD_MODE"
+        );
+        assert_eq!(
+            cfg(&[("HARK_STOP_MS", "x")]).unwrap_err().var,
+            "HARK_STOP_MS"
+        );
+        assert_eq!(
+            cfg(&[("HARK_AFTER_CONNECT", "dance")]).unwrap_err().var,
+            "HARK_AFTER_CONNECT"
+        );
+        assert!(cfg(&[("HARK_VAD_RATE", "44100")]).is_err());
+    }
+
+    #[test]
+    fn values() {
+        let c = cfg(&[
+            ("HARK_PUBLIC_URL", "https://hark.example.com/"),
+            ("HARK_AFTER_CONNECT", "say:Goodbye|hangup"),
+            ("HARK_STREAM_PARAMS", "a, b"),
+            ("HARK_STOP_MS", "700"),
+            ("TWILIO_AUTH_TOKEN", ""),
+        ])
+        .unwrap();
+        assert_eq!(c.public_url.as_deref(), Some("https://hark.example.com"));
+        assert_eq!(c.after_connect.len(), 2);
+        assert_eq!(c.stream_params, vec!["a", "b"]);
+        assert_eq!(c.call.turn.stop_ms, 700);
+        assert!(c.twilio_auth_token.is_none(), "empty counts as unset");
+    }
+}

@@ -1,0 +1,461 @@
+//! `hark serve`: the HTTP server — TwiML for Twilio's voice webhook, the Media Streams WebSocket,
+//! health and metrics.
+//!
+//! Routes:
+//! - `GET /healthz` → `ok`.
+//! - `GET /metrics` → Prometheus text format (see [`crate::metrics`]).
+//! - `POST /voice` (alias `/api/twilio/voice`; GET accepted too) → TwiML connecting the call to
+//!   `wss://<public host>/media-stream`, or `<Dial>` for browser clients.
+//! - `GET /media-stream` → WebSocket upgrade; each call runs the engine on a call worker.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use hark_engine::{Call, EchoAgent, Event};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{Instrument, info, warn};
+
+use crate::config::{AgentKind, Config};
+use crate::pool::CallPool;
+use crate::signature::{self, Validator};
+use crate::twiml::{self, Connect, Stream};
+use crate::ws;
+
+/// Path of the Media Streams WebSocket.
+pub const STREAM_PATH: &str = "/media-stream";
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    pool: CallPool,
+    active: AtomicUsize,
+    idle: Notify,
+    validator: Option<Validator>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl AppState {
+    /// State for `config`, with its call workers started.
+    ///
+    /// # Errors
+    /// An I/O error if the worker threads cannot start.
+    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+        let pool = CallPool::new(config.workers)?;
+        let validator = config.twilio_auth_token.as_ref().map(Validator::new);
+        // Install the recorder before the first call records anything.
+        let _ = crate::metrics::handle();
+        Ok(Arc::new(AppState {
+            config,
+            pool,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            validator,
+        }))
+    }
+
+    /// Calls with an open media stream.
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no call is active, or `timeout` passes. Returns the calls still active.
+    pub async fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            let n = self.active_calls();
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active_calls();
+            }
+        }
+    }
+}
+
+/// The router (used by `hark serve` and by tests without a socket).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/voice", any(voice))
+        .route("/api/twilio/voice", any(voice))
+        .route(STREAM_PATH, get(media_stream))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and
+/// lets live calls finish for up to `config.shutdown_timeout`.
+///
+/// # Errors
+/// An I/O error from the listener.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let left = state.wait_idle(state.config.shutdown_timeout).await;
+    if left > 0 {
+        warn!(calls = left, "shutdown timeout: dropping live calls");
+    } else {
+        info!("all calls finished");
+    }
+    Ok(())
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+fn host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok())
+}
+
+fn bad_request(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, reason.into()).into_response()
+}
+
+/// The URL Twilio requested (for signatures): public base URL + path + query.
+fn request_url(cfg: &Config, headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let base = cfg.base_url(host(headers))?;
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    Some(format!("{base}{pq}"))
+}
+
+fn is_e164(s: &str) -> bool {
+    s.strip_prefix('+').is_some_and(|d| {
+        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+    })
+}
+
+/// `POST /voice`: Twilio's voice webhook.
+async fn voice(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = if method == Method::POST {
+        match form_pairs(&body) {
+            Ok(f) => f,
+            Err(e) => {
+                return bad_request(format!(
+                    "form body is not application/x-www-form-urlencoded: {e}"
+                ));
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    if let Some(v) = &st.validator {
+        let Some(url) = request_url(&st.config, &headers, &uri) else {
+            return bad_request("no Host header and HARK_PUBLIC_URL is unset");
+        };
+        let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
+        let res = if method == Method::POST {
+            v.validate_form(&url, &form, sig)
+        } else {
+            v.validate_get(&url, sig)
+        };
+        if let Err(e) = res {
+            metrics::counter!("hark_signature_failures_total", "route" => "voice").increment(1);
+            warn!(error = %e, "voice webhook refused");
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+            return (status, format!("X-Twilio-Signature check failed: {e}")).into_response();
+        }
+    }
+    let param = |name: &str| -> Option<&str> {
+        form.iter()
+            .chain(query.iter())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let xml = |s: String| ([(header::CONTENT_TYPE, twiml::CONTENT_TYPE)], s).into_response();
+
+    // A Voice SDK (browser) client dialling a phone number: bridge it with <Dial>.
+    let from = param("From").unwrap_or_default();
+    if from.starts_with("client:")
+        && let Some(to) = param("To").filter(|t| is_e164(t))
+    {
+        let Some(caller_id) = &st.config.twilio_phone_number else {
+            warn!("browser call to {to}: TWILIO_PHONE_NUMBER is unset");
+            return xml(twiml::say_hangup_lossy(
+                "This line is not configured for outgoing calls. Goodbye.",
+            ));
+        };
+        return match twiml::dial_number(to, caller_id) {
+            Ok(s) => xml(s),
+            Err(e) => bad_request(format!("cannot dial {to}: {e}")),
+        };
+    }
+
+    let Some(base) = st.config.base_url(host(&headers)) else {
+        return bad_request(
+            "no Host header and HARK_PUBLIC_URL is unset: cannot build the stream URL",
+        );
+    };
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base
+    };
+    let mut stream = Stream::new(format!("{ws_base}{STREAM_PATH}"));
+    for name in ["CallSid", "From", "To"]
+        .into_iter()
+        .chain(st.config.stream_params.iter().map(String::as_str))
+    {
+        if let Some(v) = param(name) {
+            stream = stream.parameter(name, v);
+        }
+    }
+    match twiml::agent_connect(&Connect::new(stream), &st.config.after_connect) {
+        Ok(s) => xml(s),
+        Err(e) => bad_request(format!("cannot build TwiML: {e}")),
+    }
+}
+
+/// Form pairs in order, repeated keys kept (the signature needs them all).
+fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
+    Ok(form_urlencoded::parse(body).into_owned().collect())
+}
+
+/// `GET /media-stream`: the Media Streams WebSocket.
+async fn media_stream(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<
+        IncomingUpgrade,
+        <IncomingUpgrade as axum::extract::FromRequestParts<Arc<AppState>>>::Rejection,
+    >,
+) -> Response {
+    if let Some(v) = &st.validator {
+        let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
+        // Twilio was told wss://<public host>/media-stream (see /voice). Without
+        // HARK_PUBLIC_URL (local runs, the simulator over plain ws://), try both schemes.
+        let pq = uri
+            .path_and_query()
+            .map_or(uri.path(), |p| p.as_str())
+            .to_string();
+        let candidates: Vec<String> = match &st.config.public_url {
+            Some(u) => {
+                let rest = u
+                    .strip_prefix("https://")
+                    .map(|r| format!("wss://{r}"))
+                    .or_else(|| u.strip_prefix("http://").map(|r| format!("ws://{r}")))
+                    .unwrap_or_else(|| u.clone());
+                vec![format!("{rest}{pq}")]
+            }
+            None => match host(&headers) {
+                Some(h) => vec![format!("wss://{h}{pq}"), format!("ws://{h}{pq}")],
+                None => vec![],
+            },
+        };
+        let ok = candidates
+            .iter()
+            .any(|u| v.validate_websocket(u, sig).is_ok());
+        if !ok {
+            metrics::counter!("hark_signature_failures_total", "route" => "media-stream")
+                .increment(1);
+            let reason = if sig.is_none() {
+                "missing X-Twilio-Signature"
+            } else {
+                "X-Twilio-Signature does not match"
+            };
+            warn!(reason, "media stream upgrade refused");
+            return (StatusCode::FORBIDDEN, reason).into_response();
+        }
+    }
+    let Ok(upgrade) = upgrade else {
+        return bad_request("expected a WebSocket upgrade (Twilio Media Streams connects here)");
+    };
+    let (response, fut) = match upgrade.upgrade() {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+            return bad_request(format!("websocket upgrade failed: {e}"));
+        }
+    };
+    st.active.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!("hark_calls_active").increment(1.0);
+    metrics::counter!("hark_calls_total").increment(1);
+    let st2 = st.clone();
+    st.pool.spawn(move || {
+        let span = tracing::info_span!(
+            "call",
+            call_sid = tracing::field::Empty,
+            stream_sid = tracing::field::Empty
+        );
+        async move {
+            match fut.await {
+                Ok(socket) => run_call(&st2, socket).await,
+                Err(e) => {
+                    metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+                    warn!(error = %e, "websocket upgrade failed");
+                }
+            }
+            st2.active.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("hark_calls_active").decrement(1.0);
+            st2.idle.notify_waiters();
+        }
+        .instrument(span)
+    });
+    response.map(axum::body::Body::new).into_response()
+}
+
+async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
+    let agent: Box<dyn hark_engine::Agent> = match st.config.agent {
+        AgentKind::Echo => Box::new(EchoAgent::new()),
+    };
+    let mut call = match Call::new(st.config.call, agent) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot start call");
+            return;
+        }
+    };
+    let mut socket = ws::Socket::new(socket);
+    let mut observer = CallObserver::default();
+    let started = Instant::now();
+    let ended = hark_engine::io::drive(
+        &mut call,
+        &mut socket,
+        &mut hark_engine::io::NoProviders,
+        &mut observer,
+        hark_engine::io::DriveConfig::default(),
+    )
+    .await;
+    observer.flush(&call);
+    let stats = call.stats();
+    match &ended {
+        hark_engine::io::Ended::Failed(e) => {
+            let kind = match e {
+                hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
+                hark_engine::io::SocketError::Io(_) => "io",
+            };
+            metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
+            warn!(error = %e, "call ended by a socket failure");
+        }
+        other => info!(ended = ?other, "call ended"),
+    }
+    info!(
+        secs = started.elapsed().as_secs_f64(),
+        inbound_ms = stats.inbound_ms,
+        turns = stats.turns,
+        barge_ins = stats.barge_ins,
+        malformed = stats.malformed_total(),
+        sent_ms = stats.playout.sent_ms,
+        "call summary"
+    );
+}
+
+/// Turns call events into logs and metrics.
+#[derive(Default)]
+struct CallObserver {
+    messages: u64,
+    frames_reported: u64,
+    out_reported: u64,
+}
+
+impl CallObserver {
+    fn flush(&mut self, call: &Call) {
+        let s = call.stats();
+        metrics::counter!("hark_inbound_frames_total").increment(s.frames - self.frames_reported);
+        self.frames_reported = s.frames;
+        metrics::counter!("hark_outbound_frames_total")
+            .increment(s.playout.frames_sent - self.out_reported);
+        self.out_reported = s.playout.frames_sent;
+    }
+}
+
+impl hark_engine::io::Observer for CallObserver {
+    fn event(&mut self, call: &Call, event: &Event) {
+        match event {
+            Event::Started(info) => {
+                let span = tracing::Span::current();
+                span.record("call_sid", info.call_sid.as_str());
+                span.record("stream_sid", info.stream_sid.as_str());
+                info!(params = ?info.parameters, "stream started");
+            }
+            Event::UserTurnEnded {
+                start_ms, end_ms, ..
+            } => {
+                metrics::counter!("hark_turns_total").increment(1);
+                info!(start_ms, end_ms, "caller turn");
+            }
+            Event::AgentAudioStarted {
+                id,
+                since_user_end: Some(d),
+                ..
+            } => {
+                metrics::histogram!("hark_turn_latency_seconds").record(d.as_secs_f64());
+                info!(utterance = %id, latency_ms = d.as_millis() as u64, "agent speaking");
+            }
+            Event::BargeIn(b) => {
+                metrics::counter!("hark_barge_ins_total").increment(1);
+                metrics::histogram!("hark_barge_in_delay_seconds")
+                    .record(b.delay_ms() as f64 / 1000.0);
+                info!(
+                    utterance = %b.interrupted.id,
+                    delay_ms = b.delay_ms(),
+                    heard_ms = b.interrupted.heard_ms,
+                    heard_text = b.interrupted.heard_text.as_deref().unwrap_or(""),
+                    "barge-in"
+                );
+            }
+            Event::Malformed { kind, detail } => {
+                metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str())
+                    .increment(1);
+                warn!(kind = kind.as_str(), detail, "malformed message skipped");
+            }
+            Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
+            Event::Stopped { .. } => {
+                self.flush(call);
+                info!("stream stopped");
+            }
+            _ => {}
+        }
+    }
+
+    fn processed(&mut self, took: Duration) {
+        self.messages += 1;
+        if self.messages % 50 == 1 {
+            metrics::histogram!("hark_engine_message_seconds").record(took.as_secs_f64());
+        }
+    }
+}
