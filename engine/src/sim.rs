@@ -80,6 +80,9 @@ pub struct Phone {
     echoes: Vec<String>,
     bursts: Vec<Burst>,
     last_play_end: Option<Instant>,
+    /// Bytes played in the current burst (ms are derived, so no rounding is lost per call).
+    burst_bytes: u64,
+    keep_heard: bool,
     stats: PhoneStats,
 }
 
@@ -108,8 +111,17 @@ impl Phone {
             echoes: Vec::new(),
             bursts: Vec::new(),
             last_play_end: None,
+            burst_bytes: 0,
+            keep_heard: true,
             stats: PhoneStats::default(),
         }
+    }
+
+    /// Whether to keep the [`Phone::heard`] timeline (default true). It costs 8 bytes per ms
+    /// of call; load generators running many calls turn it off.
+    pub fn keep_heard(mut self, keep: bool) -> Self {
+        self.keep_heard = keep;
+        self
     }
 
     /// Totals so far.
@@ -122,7 +134,8 @@ impl Phone {
         &self.bursts
     }
 
-    /// Everything the caller heard: μ-law 8 kHz from `t0`, silence (0xFF) where nothing played.
+    /// Everything the caller heard: μ-law 8 kHz from `t0`, silence (0xFF) where nothing played
+    /// (empty when built with `keep_heard(false)`).
     pub fn heard(&self) -> &[u8] {
         &self.heard
     }
@@ -241,21 +254,25 @@ impl Phone {
                         Some(end) => self.cursor.saturating_duration_since(end) > Self::BURST_GAP,
                     } || self.bursts.last().is_some_and(|b| b.interrupted);
                     if new_burst {
+                        self.burst_bytes = 0;
                         self.bursts.push(Burst {
                             start_ms,
                             audio_ms: 0,
                             interrupted: false,
                         });
                     }
-                    if self.heard.len() < pos + n {
-                        self.heard.resize(pos + n, 0xFF);
+                    if self.keep_heard {
+                        if self.heard.len() < pos + n {
+                            self.heard.resize(pos + n, 0xFF);
+                        }
+                        self.heard[pos..pos + n].copy_from_slice(&bytes[*offset..*offset + n]);
                     }
-                    self.heard[pos..pos + n].copy_from_slice(&bytes[*offset..*offset + n]);
                     *offset += n;
                     self.cursor += BYTE * n as u32;
                     self.last_play_end = Some(self.cursor);
+                    self.burst_bytes += n as u64;
                     if let Some(b) = self.bursts.last_mut() {
-                        b.audio_ms += n as u64 / 8;
+                        b.audio_ms = self.burst_bytes / 8;
                     }
                     if *offset == bytes.len() {
                         self.queue.pop_front();
@@ -316,6 +333,22 @@ mod tests {
         assert_eq!(p.take_echoes(), vec!["m1".to_string()]);
         assert_eq!(p.heard().len(), 160);
         assert_eq!(p.bursts()[0].audio_ms, 20);
+    }
+
+    #[test]
+    fn burst_length_does_not_lose_rounding_on_odd_clocks() {
+        let t0 = Instant::now();
+        let mut p = Phone::new("MZ1", t0).keep_heard(false);
+        let mut s = String::new();
+        encode_media("MZ1", &[1u8; 8000], &mut s);
+        p.receive(t0, &s);
+        // Advance in steps of 0.7 ms: each step plays 5 bytes (0.625 ms).
+        for k in 1..=1500u32 {
+            p.advance(t0 + Duration::from_micros(700 * k as u64));
+        }
+        assert_eq!(p.bursts().len(), 1);
+        assert_eq!(p.bursts()[0].audio_ms, 1000);
+        assert!(p.heard().is_empty());
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! checks, access tokens, the Media Streams WebSocket upgrade and the call workers that run the
 //! engine, metrics.
 
+pub mod api;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod signature;
+pub mod simulator;
 pub mod token;
 pub mod twiml;
 pub mod ws;

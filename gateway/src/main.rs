@@ -20,6 +20,22 @@ enum Command {
     /// Run the server: TwiML webhook (/voice), Media Streams WebSocket (/media-stream),
     /// /healthz and /metrics. Configured from the environment and .env (see README).
     Serve,
+    /// Call a hark server the way Twilio does: stream caller audio over a Media Stream, play
+    /// the agent's audio on a virtual phone, report latency, barge-ins and marks.
+    Call(hark_gateway::simulator::CallArgs),
+    /// Run the server in-process with the echo agent and call it with a bundled multi-turn
+    /// real-speech session (one barge-in). No keys, no network, under a minute.
+    Demo {
+        /// Where to write what the caller heard (8 kHz μ-law WAV).
+        #[arg(long, default_value = "demo-out.wav")]
+        out: std::path::PathBuf,
+        /// Playback speed (1 = real time; latencies are only meaningful at 1).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Print the machine-readable report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -91,9 +107,18 @@ async fn serve() -> ExitCode {
         "hark listening"
     );
     if config.twilio_auth_token.is_none() {
-        tracing::warn!("TWILIO_AUTH_TOKEN is unset: X-Twilio-Signature is not checked");
+        tracing::warn!(
+            "TWILIO_AUTH_TOKEN is unset: media-stream upgrades are not signature-checked and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
+        );
     }
-    let state = match server::AppState::new(config) {
+    let api = match hark_gateway::api::ApiState::from_lookup(|k| std::env::var(k).ok()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hark: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let state = match server::AppState::with_api(config, api) {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot start call workers");
@@ -109,7 +134,37 @@ async fn serve() -> ExitCode {
     }
 }
 
+async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> ExitCode {
+    println!(
+        "hark demo: starting hark serve on 127.0.0.1 (echo agent) and calling it with a 28 s real-speech session…"
+    );
+    match hark_gateway::demo::run(speed, Some(&out)).await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("hark demo: {e}"),
+                }
+            } else {
+                hark_gateway::simulator::print_table(&report);
+                println!("what the caller heard: {}", out.display());
+            }
+            if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("hark demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // Settings such as TWILIO_AUTH_TOKEN may come from .env for every subcommand.
+    let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,5 +178,14 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve => rt.block_on(serve()),
+        Command::Call(args) => match rt.block_on(hark_gateway::simulator::command(&args)) {
+            Ok(r) if r.errors.is_empty() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("hark call: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
     }
 }

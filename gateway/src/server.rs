@@ -42,6 +42,7 @@ pub struct AppState {
     active: AtomicUsize,
     idle: Notify,
     validator: Option<Validator>,
+    api: Option<Arc<crate::api::ApiState>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -59,6 +60,20 @@ impl AppState {
     /// # Errors
     /// An I/O error if the worker threads cannot start.
     pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+        Self::build(config, None)
+    }
+
+    /// State for `config` with the gateway API (tokens, outbound calls, callbacks, records,
+    /// Conversations): its routes are served too, `/voice` follows its signature policy, and
+    /// calls are recorded through it.
+    ///
+    /// # Errors
+    /// An I/O error if the worker threads cannot start.
+    pub fn with_api(config: Config, api: Arc<crate::api::ApiState>) -> std::io::Result<Arc<Self>> {
+        Self::build(config, Some(api))
+    }
+
+    fn build(config: Config, api: Option<Arc<crate::api::ApiState>>) -> std::io::Result<Arc<Self>> {
         let pool = CallPool::new(config.workers)?;
         let validator = config.twilio_auth_token.as_ref().map(Validator::new);
         // Install the recorder before the first call records anything.
@@ -69,6 +84,7 @@ impl AppState {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             validator,
+            api,
         }))
     }
 
@@ -95,13 +111,18 @@ impl AppState {
 
 /// The router (used by `hark serve` and by tests without a socket).
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let api = state.api.clone();
+    let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/voice", any(voice))
         .route("/api/twilio/voice", any(voice))
         .route(STREAM_PATH, get(media_stream))
-        .with_state(state)
+        .with_state(state);
+    match api {
+        Some(api) => app.merge(crate::api::router(api)),
+        None => app,
+    }
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and
@@ -123,6 +144,11 @@ pub async fn serve(
         warn!(calls = left, "shutdown timeout: dropping live calls");
     } else {
         info!("all calls finished");
+    }
+    if let Some(api) = &state.api
+        && !api.flush().await
+    {
+        warn!("some call records could not be written before shutdown");
     }
     Ok(())
 }
@@ -179,7 +205,18 @@ async fn voice(
     } else {
         Vec::new()
     };
-    if let Some(v) = &st.validator {
+    if let Some(api) = &st.api {
+        let no_params: &[(String, String)] = &[];
+        let params = if method == Method::POST {
+            &form[..]
+        } else {
+            no_params
+        };
+        if let Err(e) = api.verify_twilio_form("voice", &headers, &uri, params) {
+            warn!(error = %e, "voice webhook refused");
+            return e.into_response();
+        }
+    } else if let Some(v) = &st.validator {
         let Some(url) = request_url(&st.config, &headers, &uri) else {
             return bad_request("no Host header and HARK_PUBLIC_URL is unset");
         };
@@ -226,6 +263,7 @@ async fn voice(
             "no Host header and HARK_PUBLIC_URL is unset: cannot build the stream URL",
         );
     };
+    let base_for_callbacks = base.clone();
     let ws_base = if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
@@ -234,6 +272,12 @@ async fn voice(
         base
     };
     let mut stream = Stream::new(format!("{ws_base}{STREAM_PATH}"));
+    if st.api.is_some() {
+        stream = stream.status_callback(
+            format!("{base_for_callbacks}/api/twilio/stream-status"),
+            None,
+        );
+    }
     for name in ["CallSid", "From", "To"]
         .into_iter()
         .chain(st.config.stream_params.iter().map(String::as_str))
@@ -350,7 +394,10 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
         }
     };
     let mut socket = ws::Socket::new(socket);
-    let mut observer = CallObserver::default();
+    let mut observer = CallObserver {
+        recorder: st.api.as_ref().map(|a| a.recorder()),
+        ..CallObserver::default()
+    };
     let started = Instant::now();
     let ended = hark_engine::io::drive(
         &mut call,
@@ -362,6 +409,25 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     .await;
     observer.flush(&call);
     let stats = call.stats();
+    observer.finish_turn();
+    if let (Some(rec), Some(sid)) = (&observer.recorder, &observer.call_sid) {
+        rec.stream_stopped(
+            sid,
+            crate::api::recorder::StreamSummary {
+                duration_ms: started.elapsed().as_millis() as u64,
+                inbound_ms: stats.inbound_ms,
+                sent_ms: stats.playout.sent_ms,
+                turns: stats.turns,
+                barge_ins: stats.barge_ins,
+                malformed: stats.malformed_total(),
+                ended: match &ended {
+                    hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
+                    hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+                    hark_engine::io::Ended::Failed(e) => format!("failed: {e}"),
+                },
+            },
+        );
+    }
     match &ended {
         hark_engine::io::Ended::Failed(e) => {
             let kind = match e {
@@ -384,15 +450,27 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     );
 }
 
-/// Turns call events into logs and metrics.
+/// Turns call events into logs, metrics and call records.
 #[derive(Default)]
 struct CallObserver {
     messages: u64,
     frames_reported: u64,
     out_reported: u64,
+    recorder: Option<crate::api::recorder::CallRecorder>,
+    call_sid: Option<String>,
+    /// The caller turn whose answer is being played, recorded once its outcome is known.
+    pending: Option<crate::api::recorder::TurnRecord>,
 }
 
 impl CallObserver {
+    fn finish_turn(&mut self) {
+        if let (Some(t), Some(rec), Some(sid)) =
+            (self.pending.take(), &self.recorder, &self.call_sid)
+        {
+            rec.turn(sid, t);
+        }
+    }
+
     fn flush(&mut self, call: &Call) {
         let s = call.stats();
         metrics::counter!("hark_inbound_frames_total").increment(s.frames - self.frames_reported);
@@ -410,6 +488,10 @@ impl hark_engine::io::Observer for CallObserver {
                 let span = tracing::Span::current();
                 span.record("call_sid", info.call_sid.as_str());
                 span.record("stream_sid", info.stream_sid.as_str());
+                self.call_sid = Some(info.call_sid.clone());
+                if let Some(rec) = &self.recorder {
+                    rec.stream_started(&info.call_sid, &info.stream_sid, &info.parameters);
+                }
                 info!(params = ?info.parameters, "stream started");
             }
             Event::UserTurnEnded {
@@ -417,6 +499,15 @@ impl hark_engine::io::Observer for CallObserver {
             } => {
                 metrics::counter!("hark_turns_total").increment(1);
                 info!(start_ms, end_ms, "caller turn");
+                self.finish_turn();
+                self.pending = Some(crate::api::recorder::TurnRecord {
+                    user_start_ms: *start_ms,
+                    user_end_ms: *end_ms,
+                    latency_ms: None,
+                    interrupted: false,
+                    heard_ms: None,
+                    text: None,
+                });
             }
             Event::AgentAudioStarted {
                 id,
@@ -425,9 +516,18 @@ impl hark_engine::io::Observer for CallObserver {
             } => {
                 metrics::histogram!("hark_turn_latency_seconds").record(d.as_secs_f64());
                 info!(utterance = %id, latency_ms = d.as_millis() as u64, "agent speaking");
+                if let Some(t) = self.pending.as_mut() {
+                    t.latency_ms = Some(d.as_millis() as u64);
+                }
             }
             Event::BargeIn(b) => {
                 metrics::counter!("hark_barge_ins_total").increment(1);
+                if let Some(t) = self.pending.as_mut() {
+                    t.interrupted = true;
+                    t.heard_ms = Some(b.interrupted.heard_ms);
+                    t.text = b.interrupted.heard_text.clone();
+                }
+                self.finish_turn();
                 metrics::histogram!("hark_barge_in_delay_seconds")
                     .record(b.delay_ms() as f64 / 1000.0);
                 info!(
@@ -442,6 +542,12 @@ impl hark_engine::io::Observer for CallObserver {
                 metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str())
                     .increment(1);
                 warn!(kind = kind.as_str(), detail, "malformed message skipped");
+            }
+            Event::UtterancePlayed { heard_ms, .. } => {
+                if let Some(t) = self.pending.as_mut() {
+                    t.heard_ms = Some(*heard_ms);
+                }
+                self.finish_turn();
             }
             Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
             Event::Stopped { .. } => {

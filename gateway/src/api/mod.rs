@@ -1,0 +1,505 @@
+//! The gateway API: access tokens, signed Twilio callbacks, outbound calls for schedulers, call
+//! records, and Twilio Conversations seeds for a chat front end.
+//!
+//! Routes ([`router`]; request and response shapes in README.md, "Gateway API"):
+//!
+//! | route | auth | what |
+//! |---|---|---|
+//! | `GET\|POST /voice/token` | caller | Voice SDK token (VoiceGrant) |
+//! | `GET\|POST /api/twilio/token` | caller | Conversations SDK token (ChatGrant) |
+//! | `POST /calls` | API key | place an outbound call (paced, rate-limited) |
+//! | `GET /calls`, `GET /calls/{sid}` | API key | call records: status timeline, turns, latency, recordings |
+//! | `POST /api/twilio/status` | Twilio signature | call progress callback (incl. `AnsweredBy`) |
+//! | `POST /api/twilio/recording` | Twilio signature | recording status callback |
+//! | `POST /api/twilio/stream-status` | Twilio signature | Media Streams status callback |
+//! | `POST /api/twilio/conversation` | caller | create or fetch a conversation by unique name |
+//! | `POST /api/twilio/participant` | caller | add a chat or SMS/WhatsApp participant |
+//! | `POST /api/twilio/messages` | caller | send a message |
+//! | `GET /api/twilio/conversations` | caller | a user's conversations |
+//! | `POST /api/webhooks/{event}` | Twilio signature | Conversations webhooks, stored |
+//!
+//! "Caller" means a bearer `HARK_API_KEY`, or the identity header of a trusted proxy
+//! (`HARK_TRUSTED_IDENTITY_HEADER`), or nothing when `HARK_DEV_INSECURE=open-tokens`; "API key"
+//! means a bearer `HARK_API_KEY` only. Every authenticated route is rate-limited per key or
+//! identity (429 with `Retry-After`). Errors are JSON `{"error": "...", "field"?: "...",
+//! "code"?: <Twilio error code>, "more_info"?: "..."}`.
+//!
+//! Records go through one bounded write queue drained by a background task (see [`recorder`]),
+//! so a slow or failing database never stalls a live call or a webhook answer.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+use tracing::warn;
+
+pub mod auth;
+pub mod callbacks;
+pub mod calls;
+pub mod conversations;
+pub mod recorder;
+pub mod settings;
+pub mod store;
+pub mod tokens;
+pub mod twilio_rest;
+
+pub use recorder::{CallRecorder, StreamSummary, TurnRecord, WriterStats};
+pub use settings::{ApiSettings, DevInsecure};
+pub use store::Store;
+pub use twilio_rest::{TwilioApiError, TwilioRest};
+
+use crate::signature::Validator;
+use crate::token::Credentials;
+
+/// Why an API request or the API's start-up failed.
+///
+/// None of these affects a live call: request errors refuse that request only (the HTTP status
+/// is [`ApiError::status`]), start-up errors stop `hark serve` before it listens.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Start-up: a setting has a bad value; names the variable.
+    #[error("{var}: {reason}")]
+    Setting {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Start-up: the database could not be opened or migrated.
+    #[error("database {url}: {source}")]
+    Database {
+        /// `HARK_DATABASE_URL` (without any password).
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Start-up: the embedded migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Start-up: the HTTP client for Twilio's REST API could not be built (TLS set-up).
+    #[error("cannot build the Twilio HTTP client: {0}")]
+    HttpClient(reqwest::Error),
+    /// 400: a request field is missing or invalid; `field` names it when there is one.
+    #[error("{}{reason}", .field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    BadRequest {
+        /// The field (JSON key, query or form parameter), if the problem is in one.
+        field: Option<String>,
+        /// What is wrong, safe to show the client.
+        reason: String,
+    },
+    /// 401: no or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated but not allowed, or a Twilio signature check failed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such record.
+    #[error("{0}")]
+    NotFound(String),
+    /// 429: the caller's rate limit is used up; retry after `retry_after_s`.
+    #[error("rate limit exceeded; retry in {retry_after_s} s")]
+    RateLimited {
+        /// Seconds until a request will be accepted (`Retry-After`).
+        retry_after_s: u64,
+    },
+    /// 503: the outbound call queue (or the store queue) is full; retry after `retry_after_s`.
+    #[error("{reason}; retry in {retry_after_s} s")]
+    Busy {
+        /// What is full.
+        reason: String,
+        /// Seconds until there is room (`Retry-After`).
+        retry_after_s: u64,
+    },
+    /// 503: settings this request needs are missing; names the environment variables.
+    #[error("not configured: set {}", .names.join(", "))]
+    NotConfigured {
+        /// The variables, e.g. `["TWILIO_API_SECRET"]`.
+        names: Vec<&'static str>,
+        /// What needs them.
+        what: &'static str,
+    },
+    /// Twilio's REST API refused the request; its code and message are passed on (status via
+    /// [`TwilioApiError::gateway_status`]).
+    #[error("Twilio error {}: {}", .0.code.map_or_else(|| "-".to_owned(), |c| c.to_string()), .0.message)]
+    Twilio(TwilioApiError),
+    /// 502: Twilio's REST API could not be reached or answered something unreadable.
+    #[error("Twilio API unavailable: {0}")]
+    TwilioUnavailable(String),
+    /// 500: a database read failed.
+    #[error("database error: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+impl ApiError {
+    /// A 400 for `field`.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: Some(field.into()),
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy { .. } | ApiError::NotConfigured { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Twilio(e) => e.gateway_status(),
+            ApiError::TwilioUnavailable(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Setting { .. }
+            | ApiError::Database { .. }
+            | ApiError::Migrate(_)
+            | ApiError::HttpClient(_)
+            | ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = Map::new();
+        let message = match &self {
+            // Don't leak driver details to clients; they are logged.
+            ApiError::Store(e) => {
+                warn!(error = %e, "database read failed");
+                "database error".to_owned()
+            }
+            ApiError::NotConfigured { names, what } => {
+                format!("{what} is not configured: set {}", names.join(", "))
+            }
+            ApiError::Twilio(e) => e.message.clone(),
+            other => other.to_string(),
+        };
+        body.insert("error".into(), Value::String(message));
+        match &self {
+            ApiError::BadRequest {
+                field: Some(field), ..
+            } => {
+                body.insert("field".into(), Value::String(field.clone()));
+            }
+            ApiError::NotConfigured { names, .. } => {
+                body.insert("missing".into(), json!(names));
+            }
+            ApiError::Twilio(e) => {
+                if let Some(code) = e.code {
+                    body.insert("code".into(), json!(code));
+                }
+                if let Some(more) = &e.more_info {
+                    body.insert("more_info".into(), json!(more));
+                }
+                body.insert("twilio_status".into(), json!(e.status));
+            }
+            _ => {}
+        }
+        let mut resp = (status, axum::Json(Value::Object(body))).into_response();
+        let retry = match &self {
+            ApiError::RateLimited { retry_after_s } | ApiError::Busy { retry_after_s, .. } => {
+                Some(*retry_after_s)
+            }
+            ApiError::Twilio(e) if e.status == 429 => Some(1),
+            _ => None,
+        };
+        if let Some(s) = retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A Conversations webhook as received (signature checked), published to
+/// [`ApiState::conversation_events`] subscribers after it is queued for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationEvent {
+    /// The route's event name: `message-added`, `conversation-state-updated`,
+    /// `participant-added`, `participant-removed` or `twilio-event`.
+    pub route: String,
+    /// Twilio's `EventType` (e.g. `onMessageAdded`), if sent.
+    pub event_type: Option<String>,
+    /// Every form parameter, in order.
+    pub params: Vec<(String, String)>,
+}
+
+/// Shared state of the gateway API.
+pub struct ApiState {
+    /// The settings it was built from.
+    pub settings: ApiSettings,
+    credentials: Result<Credentials, Vec<&'static str>>,
+    validator: Option<Validator>,
+    store: Store,
+    writer: recorder::Writer,
+    limiter: auth::Limiter,
+    twilio: Result<TwilioRest, Vec<&'static str>>,
+    call_queue: calls::CallQueue,
+    conversation_events: broadcast::Sender<ConversationEvent>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("settings", &self.settings)
+            .field("writer", &self.writer.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// Reads [`ApiSettings`] through `lookup` (variable name → value) and builds the state:
+    /// see [`ApiState::new`].
+    ///
+    /// # Errors
+    /// As [`ApiSettings::from_lookup`] and [`ApiState::new`].
+    pub async fn from_lookup(
+        lookup: impl FnMut(&str) -> Option<String>,
+    ) -> Result<Arc<ApiState>, ApiError> {
+        ApiState::new(ApiSettings::from_lookup(lookup)?).await
+    }
+
+    /// Opens the database (creating it and running the embedded migrations), starts the store
+    /// writer and the outbound call pacer (background tasks on the current Tokio runtime), and
+    /// builds the Twilio REST client. Installs rustls' `ring` crypto provider as the process
+    /// default if none is installed yet. Logs a warning for every open development switch and
+    /// for signature checking without `TWILIO_AUTH_TOKEN`.
+    ///
+    /// # Errors
+    /// [`ApiError::Database`], [`ApiError::Migrate`], [`ApiError::HttpClient`].
+    pub async fn new(settings: ApiSettings) -> Result<Arc<ApiState>, ApiError> {
+        // One TLS provider for the process (crates.md: ring everywhere). Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Make sure the Prometheus recorder exists before the first counter.
+        let _ = crate::metrics::handle();
+        describe_metrics();
+
+        if settings.dev.open_tokens {
+            warn!(
+                "HARK_DEV_INSECURE=open-tokens: anyone can mint access tokens and use the Conversations endpoints"
+            );
+        }
+        if settings.dev.no_signatures {
+            warn!(
+                "HARK_DEV_INSECURE=no-signatures: Twilio webhooks are accepted WITHOUT X-Twilio-Signature checks"
+            );
+        } else if settings.auth_token.is_none() {
+            warn!(
+                "TWILIO_AUTH_TOKEN is unset: Twilio callbacks will be refused (503) until it is set"
+            );
+        }
+        if settings.api_keys.is_empty()
+            && settings.trusted_identity_header.is_none()
+            && !settings.dev.open_tokens
+        {
+            warn!(
+                "neither HARK_API_KEY nor HARK_TRUSTED_IDENTITY_HEADER is set: token minting and /calls are closed"
+            );
+        }
+
+        let store = Store::open(&settings.database_url).await?;
+        let writer = recorder::Writer::start(store.clone(), settings.store_queue);
+        let credentials = Credentials::from_lookup(|name| match name {
+            crate::token::ENV_ACCOUNT_SID => settings.account_sid.clone(),
+            crate::token::ENV_API_KEY => settings.api_key_sid.clone(),
+            crate::token::ENV_API_SECRET => settings.api_secret.clone(),
+            crate::token::ENV_TWIML_APP_SID => settings.twiml_app_sid.clone(),
+            crate::token::ENV_CONVERSATIONS_SERVICE_SID => {
+                settings.conversations_service_sid.clone()
+            }
+            _ => None,
+        })
+        .map_err(|e| match e {
+            crate::token::TokenError::MissingSetting { names } => names,
+            _ => Vec::new(),
+        });
+        let twilio = TwilioRest::from_settings(&settings)?;
+        let call_queue = calls::CallQueue::start(settings.call_period(), settings.call_queue);
+        let limiter = auth::Limiter::new(settings.rate_limit_per_min, settings.rate_limit_burst);
+        let validator = settings.auth_token.as_ref().map(Validator::new);
+        let (conversation_events, _) = broadcast::channel(256);
+        Ok(Arc::new(ApiState {
+            credentials,
+            validator,
+            store,
+            writer,
+            limiter,
+            twilio,
+            call_queue,
+            conversation_events,
+            settings,
+        }))
+    }
+
+    /// A handle live calls record through; cheap to clone, never blocks (see [`CallRecorder`]).
+    pub fn recorder(&self) -> CallRecorder {
+        self.writer.recorder()
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Counters of the store write queue.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.writer.stats()
+    }
+
+    /// Waits until every record queued before this call has been written (or given up on).
+    /// For tests and graceful shutdown; `false` if the writer has stopped.
+    pub async fn flush(&self) -> bool {
+        self.writer.flush().await
+    }
+
+    /// Subscribes to Conversations webhooks as they arrive (after the signature check), for
+    /// work that should not delay Twilio's 200 (e.g. an agent answering chat messages). Slow
+    /// subscribers miss events (`RecvError::Lagged`); the store keeps them all.
+    pub fn conversation_events(&self) -> broadcast::Receiver<ConversationEvent> {
+        self.conversation_events.subscribe()
+    }
+
+    fn twilio(&self) -> Result<&TwilioRest, ApiError> {
+        self.twilio
+            .as_ref()
+            .map_err(|names| ApiError::NotConfigured {
+                names: names.clone(),
+                what: "the Twilio REST API",
+            })
+    }
+}
+
+/// The gateway API routes with `state` applied, to `.merge()` into the main router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/voice/token", get(tokens::voice).post(tokens::voice))
+        .route("/api/twilio/token", get(tokens::chat).post(tokens::chat))
+        .route("/calls", post(calls::create).get(calls::list))
+        .route("/calls/{sid}", get(calls::show))
+        .route("/api/twilio/status", post(callbacks::status))
+        .route("/api/twilio/recording", post(callbacks::recording))
+        .route("/api/twilio/stream-status", post(callbacks::stream_status))
+        .route("/api/twilio/conversation", post(conversations::create))
+        .route("/api/twilio/participant", post(conversations::participant))
+        .route("/api/twilio/messages", post(conversations::message))
+        .route("/api/twilio/conversations", get(conversations::list))
+        .route("/api/webhooks/{event}", post(conversations::webhook))
+        .with_state(state)
+}
+
+/// Unix time now, ms.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix time now, s.
+pub(crate) fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Request parameters from the query string and, for a body, a JSON object or a form
+/// (`application/x-www-form-urlencoded`), merged (body wins). JSON values are kept as they are;
+/// query and form values are strings.
+///
+/// # Errors
+/// 400 for a body that is neither a JSON object nor a form.
+pub(crate) fn request_params(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Map<String, Value>, ApiError> {
+    let mut out = Map::new();
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            out.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(out);
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ct.starts_with("application/x-www-form-urlencoded") {
+        for (k, v) in form_urlencoded::parse(body) {
+            out.insert(k.into_owned(), Value::String(v.into_owned()));
+        }
+        return Ok(out);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => {
+            out.extend(m);
+            Ok(out)
+        }
+        Ok(_) => Err(ApiError::BadRequest {
+            field: None,
+            reason: "the body must be a JSON object".into(),
+        }),
+        Err(e) => Err(ApiError::BadRequest {
+            field: None,
+            reason: format!("the body is neither JSON nor application/x-www-form-urlencoded: {e}"),
+        }),
+    }
+}
+
+/// An optional string parameter: absent, `null` or empty → `None`.
+///
+/// # Errors
+/// 400 naming `name` when the value is not a string.
+pub(crate) fn opt_str(params: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::field(name, "must be a string")),
+    }
+}
+
+/// Seconds for a `Retry-After`, at least 1.
+pub(crate) fn retry_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "hark_store_errors_total",
+        "store writes given up after retries, by op"
+    );
+    describe_counter!("hark_store_retries_total", "store write retries");
+    describe_counter!(
+        "hark_store_dropped_total",
+        "records dropped because the store queue was full, by op"
+    );
+    describe_counter!(
+        "hark_api_rate_limited_total",
+        "API requests refused by the per-key rate limit, by route"
+    );
+    describe_counter!(
+        "hark_outbound_calls_total",
+        "POST /calls outcomes: created, twilio_error, unavailable, queue_full, abandoned"
+    );
+    describe_counter!(
+        "hark_webhooks_total",
+        "Twilio callbacks and Conversations webhooks accepted, by kind"
+    );
+    describe_counter!("hark_tokens_total", "access tokens minted, by grant");
+}

@@ -1,0 +1,464 @@
+//! The gateway API's settings, read from the environment (names as in `DESIGN.md`: Twilio's own
+//! names for Twilio settings, `HARK_*` for hark's; the ones shared with [`crate::config`] —
+//! `HARK_PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `TWILIO_PHONE_NUMBER` — follow the same rules there).
+//!
+//! Every setting is listed in README.md ("Gateway API"). A bad value is an error naming the
+//! variable; a missing value that a request needs is reported by that request (503 naming the
+//! variable), so a gateway without, say, Conversations settings still serves tokens and calls.
+
+use std::time::Duration;
+
+use axum::http::HeaderName;
+
+use super::ApiError;
+use crate::token::{DEFAULT_TTL_S, MAX_TTL_S};
+
+/// `HARK_API_KEY`.
+pub const ENV_API_KEY: &str = "HARK_API_KEY";
+/// `HARK_TRUSTED_IDENTITY_HEADER`.
+pub const ENV_TRUSTED_IDENTITY_HEADER: &str = "HARK_TRUSTED_IDENTITY_HEADER";
+/// `HARK_DEV_INSECURE`.
+pub const ENV_DEV_INSECURE: &str = "HARK_DEV_INSECURE";
+/// `TWILIO_AUTH_TOKEN`.
+pub const ENV_AUTH_TOKEN: &str = "TWILIO_AUTH_TOKEN";
+/// `TWILIO_VOICE_REGION`.
+pub const ENV_VOICE_REGION: &str = "TWILIO_VOICE_REGION";
+/// `TWILIO_PHONE_NUMBER`.
+pub const ENV_PHONE_NUMBER: &str = "TWILIO_PHONE_NUMBER";
+/// `HARK_PUBLIC_URL`.
+pub const ENV_PUBLIC_URL: &str = "HARK_PUBLIC_URL";
+/// `HARK_TWILIO_API_BASE`.
+pub const ENV_TWILIO_API_BASE: &str = "HARK_TWILIO_API_BASE";
+/// `HARK_TWILIO_CONVERSATIONS_BASE`.
+pub const ENV_TWILIO_CONVERSATIONS_BASE: &str = "HARK_TWILIO_CONVERSATIONS_BASE";
+/// `HARK_DATABASE_URL`.
+pub const ENV_DATABASE_URL: &str = "HARK_DATABASE_URL";
+/// `HARK_CALLS_PER_SECOND`.
+pub const ENV_CALLS_PER_SECOND: &str = "HARK_CALLS_PER_SECOND";
+/// `HARK_CALL_QUEUE`.
+pub const ENV_CALL_QUEUE: &str = "HARK_CALL_QUEUE";
+/// `HARK_TOKEN_TTL_S`.
+pub const ENV_TOKEN_TTL_S: &str = "HARK_TOKEN_TTL_S";
+/// `HARK_RATE_LIMIT_PER_MIN`.
+pub const ENV_RATE_LIMIT_PER_MIN: &str = "HARK_RATE_LIMIT_PER_MIN";
+/// `HARK_RATE_LIMIT_BURST`.
+pub const ENV_RATE_LIMIT_BURST: &str = "HARK_RATE_LIMIT_BURST";
+/// `HARK_STORE_QUEUE`.
+pub const ENV_STORE_QUEUE: &str = "HARK_STORE_QUEUE";
+
+/// Twilio's REST API base (twilio-oai `twilio_api_v2010.json`, `servers`).
+pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
+/// Twilio's Conversations API base (twilio-oai `twilio_conversations_v1.json`, `servers`).
+pub const DEFAULT_TWILIO_CONVERSATIONS_BASE: &str = "https://conversations.twilio.com";
+/// Default database: the SQLite file `hark.db` in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://hark.db";
+/// Default outbound pace: 1 call per second, Twilio's default CPS per account for REST-created
+/// calls (twilio.com/docs/glossary/cps; `reference/twilio.md` §5.4).
+pub const DEFAULT_CALLS_PER_SECOND: f64 = 1.0;
+/// Default number of `POST /calls` requests that may wait for their pacing slot (at 1 call/s,
+/// the last one waits 30 s).
+pub const DEFAULT_CALL_QUEUE: usize = 30;
+/// Default per-key rate limit, requests per minute.
+pub const DEFAULT_RATE_LIMIT_PER_MIN: u32 = 120;
+/// Default per-key burst, requests.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 20;
+/// Default capacity of the store write queue, records.
+pub const DEFAULT_STORE_QUEUE: usize = 4096;
+
+/// Development-only switches from `HARK_DEV_INSECURE` (comma-separated): `open-tokens` lets
+/// anyone mint tokens and use the Conversations endpoints without credentials; `no-signatures`
+/// accepts Twilio webhooks without checking `X-Twilio-Signature`; `all` (or `1`/`true`) is both.
+/// Each logs a warning at start-up. Never set it on a reachable server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DevInsecure {
+    /// Token minting and the Conversations endpoints need no authentication.
+    pub open_tokens: bool,
+    /// Twilio webhooks are accepted unsigned.
+    pub no_signatures: bool,
+}
+
+/// Everything the gateway API reads from the environment.
+///
+/// `Debug` redacts secrets.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// `HARK_API_KEY`: bearer keys accepted on `/calls`, token minting and the Conversations
+    /// endpoints; comma-separated for several (each is rate-limited separately). Empty: none.
+    pub api_keys: Vec<String>,
+    /// `HARK_TRUSTED_IDENTITY_HEADER`: a header (e.g. `X-Forwarded-User`) set by an
+    /// authenticating reverse proxy; when present, the request is authenticated as that
+    /// identity for token minting and the Conversations endpoints. Only set it when every request
+    /// reaches hark through that proxy, which must strip the header from client requests.
+    pub trusted_identity_header: Option<HeaderName>,
+    /// `HARK_DEV_INSECURE`.
+    pub dev: DevInsecure,
+    /// `TWILIO_ACCOUNT_SID` (`AC…`).
+    pub account_sid: Option<String>,
+    /// `TWILIO_AUTH_TOKEN`: checks `X-Twilio-Signature`; REST Basic auth when no API key is set.
+    pub auth_token: Option<String>,
+    /// `TWILIO_API_KEY` (`SK…`): signs tokens; REST Basic auth user when set.
+    pub api_key_sid: Option<String>,
+    /// `TWILIO_API_SECRET`.
+    pub api_secret: Option<String>,
+    /// `TWILIO_TWIML_APP_SID` (`AP…`): voice tokens' outgoing application.
+    pub twiml_app_sid: Option<String>,
+    /// `TWILIO_CONVERSATIONS_SERVICE_SID` (`IS…`): chat tokens' service and the service the
+    /// Conversations endpoints work in (default service when unset).
+    pub conversations_service_sid: Option<String>,
+    /// `TWILIO_VOICE_REGION`: the `twr` header of voice tokens (e.g. `ie1`). Unset: `us1`,
+    /// Twilio's default, written as no `twr` header (as the SDKs do without a region).
+    pub voice_region: Option<String>,
+    /// `TWILIO_PHONE_NUMBER`: default `from` of `POST /calls` (E.164).
+    pub phone_number: Option<String>,
+    /// `HARK_PUBLIC_URL`: public base URL (`https://host[:port][/prefix]`, no trailing slash);
+    /// used for signature checks (else `https://<Host>`) and required for `POST /calls`.
+    pub public_url: Option<String>,
+    /// `HARK_TWILIO_API_BASE`, default [`DEFAULT_TWILIO_API_BASE`].
+    pub twilio_api_base: String,
+    /// `HARK_TWILIO_CONVERSATIONS_BASE`, default [`DEFAULT_TWILIO_CONVERSATIONS_BASE`].
+    pub twilio_conversations_base: String,
+    /// `HARK_DATABASE_URL`, default [`DEFAULT_DATABASE_URL`]; `sqlite://path`, `sqlite:path`,
+    /// a bare path, or `sqlite::memory:`.
+    pub database_url: String,
+    /// `HARK_CALLS_PER_SECOND` (> 0, ≤ 1000; fractions allowed, e.g. `0.5`), default 1.
+    pub calls_per_second: f64,
+    /// `HARK_CALL_QUEUE`: `POST /calls` requests that may wait for a pacing slot (1..=10000),
+    /// default [`DEFAULT_CALL_QUEUE`]; beyond it, 503 with `Retry-After`.
+    pub call_queue: usize,
+    /// `HARK_TOKEN_TTL_S`: access token lifetime, 1..=86400 s, default 3600.
+    pub token_ttl_s: u64,
+    /// `HARK_RATE_LIMIT_PER_MIN`: sustained requests per minute per API key or identity
+    /// (1..=1_000_000), default [`DEFAULT_RATE_LIMIT_PER_MIN`].
+    pub rate_limit_per_min: u32,
+    /// `HARK_RATE_LIMIT_BURST`: requests allowed at once per key (1..=1_000_000), default
+    /// [`DEFAULT_RATE_LIMIT_BURST`].
+    pub rate_limit_burst: u32,
+    /// `HARK_STORE_QUEUE`: records the store write queue holds (16..=1_000_000), default
+    /// [`DEFAULT_STORE_QUEUE`]; when full, live-call records are dropped and counted.
+    pub store_queue: usize,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ApiSettings")
+            .field("api_keys", &format!("<{} redacted>", self.api_keys.len()))
+            .field("trusted_identity_header", &self.trusted_identity_header)
+            .field("dev", &self.dev)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &redact(&self.auth_token))
+            .field("api_key_sid", &self.api_key_sid)
+            .field("api_secret", &redact(&self.api_secret))
+            .field("twiml_app_sid", &self.twiml_app_sid)
+            .field("conversations_service_sid", &self.conversations_service_sid)
+            .field("voice_region", &self.voice_region)
+            .field("phone_number", &self.phone_number)
+            .field("public_url", &self.public_url)
+            .field("twilio_api_base", &self.twilio_api_base)
+            .field("twilio_conversations_base", &self.twilio_conversations_base)
+            .field("database_url", &self.database_url)
+            .field("calls_per_second", &self.calls_per_second)
+            .field("call_queue", &self.call_queue)
+            .field("token_ttl_s", &self.token_ttl_s)
+            .field("rate_limit_per_min", &self.rate_limit_per_min)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("store_queue", &self.store_queue)
+            .finish()
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            api_keys: Vec::new(),
+            trusted_identity_header: None,
+            dev: DevInsecure::default(),
+            account_sid: None,
+            auth_token: None,
+            api_key_sid: None,
+            api_secret: None,
+            twiml_app_sid: None,
+            conversations_service_sid: None,
+            voice_region: None,
+            phone_number: None,
+            public_url: None,
+            twilio_api_base: DEFAULT_TWILIO_API_BASE.to_owned(),
+            twilio_conversations_base: DEFAULT_TWILIO_CONVERSATIONS_BASE.to_owned(),
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            calls_per_second: DEFAULT_CALLS_PER_SECOND,
+            call_queue: DEFAULT_CALL_QUEUE,
+            token_ttl_s: DEFAULT_TTL_S,
+            rate_limit_per_min: DEFAULT_RATE_LIMIT_PER_MIN,
+            rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+            store_queue: DEFAULT_STORE_QUEUE,
+        }
+    }
+}
+
+fn bad(var: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError::Setting {
+        var,
+        reason: reason.into(),
+    }
+}
+
+fn num<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
+    var: &'static str,
+    v: &str,
+    min: T,
+    max: T,
+) -> Result<T, ApiError> {
+    let n: T = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(var, format!("{v:?} is not a number")))?;
+    if n < min || n > max {
+        return Err(bad(var, format!("{n} is out of range {min}..={max}")));
+    }
+    Ok(n)
+}
+
+/// Checks a base URL setting: `http(s)://host[...]`, no query or fragment; returns it without
+/// a trailing `/`.
+fn base_url(var: &'static str, v: &str) -> Result<String, ApiError> {
+    let v = v.trim().trim_end_matches('/').to_owned();
+    let rest = v
+        .strip_prefix("https://")
+        .or_else(|| v.strip_prefix("http://"))
+        .ok_or_else(|| {
+            bad(
+                var,
+                format!("{v:?} must start with https:// (or http:// for local tests)"),
+            )
+        })?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains('?') || rest.contains('#') {
+        return Err(bad(
+            var,
+            format!("{v:?} needs a host and no query string or fragment"),
+        ));
+    }
+    Ok(v)
+}
+
+impl ApiSettings {
+    /// Reads the settings through `lookup` (a variable name → its value), so tests need not
+    /// touch the process environment. Empty values count as unset.
+    ///
+    /// # Errors
+    /// [`ApiError::Setting`] naming the first bad variable.
+    pub fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ApiError> {
+        let mut get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut s = ApiSettings::default();
+        if let Some(v) = get(ENV_API_KEY) {
+            s.api_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if let Some(short) = s.api_keys.iter().find(|k| k.len() < 16) {
+                return Err(bad(
+                    ENV_API_KEY,
+                    format!(
+                        "a key of {} characters is too short (at least 16; e.g. `openssl rand -hex 32`)",
+                        short.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = get(ENV_TRUSTED_IDENTITY_HEADER) {
+            let name = HeaderName::from_bytes(v.as_bytes()).map_err(|_| {
+                bad(
+                    ENV_TRUSTED_IDENTITY_HEADER,
+                    format!("{v:?} is not a header name"),
+                )
+            })?;
+            if name == axum::http::header::AUTHORIZATION || name == axum::http::header::HOST {
+                return Err(bad(
+                    ENV_TRUSTED_IDENTITY_HEADER,
+                    format!("{v:?} cannot be used"),
+                ));
+            }
+            s.trusted_identity_header = Some(name);
+        }
+        if let Some(v) = get(ENV_DEV_INSECURE) {
+            for part in v.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+                match part.as_str() {
+                    "" | "0" | "false" | "off" => {}
+                    "1" | "true" | "all" => {
+                        s.dev.open_tokens = true;
+                        s.dev.no_signatures = true;
+                    }
+                    "open-tokens" => s.dev.open_tokens = true,
+                    "no-signatures" => s.dev.no_signatures = true,
+                    other => {
+                        return Err(bad(
+                            ENV_DEV_INSECURE,
+                            format!(
+                                "unknown switch {other:?} (use open-tokens, no-signatures, all)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        s.account_sid = get(crate::token::ENV_ACCOUNT_SID);
+        s.auth_token = get(ENV_AUTH_TOKEN);
+        s.api_key_sid = get(crate::token::ENV_API_KEY);
+        s.api_secret = get(crate::token::ENV_API_SECRET);
+        s.twiml_app_sid = get(crate::token::ENV_TWIML_APP_SID);
+        s.conversations_service_sid = get(crate::token::ENV_CONVERSATIONS_SERVICE_SID);
+        if let Some(v) = get(ENV_VOICE_REGION) {
+            if !(v.len() <= 16
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+            {
+                return Err(bad(
+                    ENV_VOICE_REGION,
+                    format!("{v:?} is not a region like us1, ie1, au1"),
+                ));
+            }
+            s.voice_region = Some(v);
+        }
+        if let Some(v) = get(ENV_PHONE_NUMBER) {
+            if !super::calls::is_e164(&v) {
+                return Err(bad(
+                    ENV_PHONE_NUMBER,
+                    format!("{v:?} is not an E.164 number like +14155550100"),
+                ));
+            }
+            s.phone_number = Some(v);
+        }
+        if let Some(v) = get(ENV_PUBLIC_URL) {
+            s.public_url = Some(base_url(ENV_PUBLIC_URL, &v)?);
+        }
+        if let Some(v) = get(ENV_TWILIO_API_BASE) {
+            s.twilio_api_base = base_url(ENV_TWILIO_API_BASE, &v)?;
+        }
+        if let Some(v) = get(ENV_TWILIO_CONVERSATIONS_BASE) {
+            s.twilio_conversations_base = base_url(ENV_TWILIO_CONVERSATIONS_BASE, &v)?;
+        }
+        if let Some(v) = get(ENV_DATABASE_URL) {
+            s.database_url = v;
+        }
+        if let Some(v) = get(ENV_CALLS_PER_SECOND) {
+            let cps: f64 = num(ENV_CALLS_PER_SECOND, &v, 0.0, 1000.0)?;
+            if cps <= 0.0 {
+                return Err(bad(ENV_CALLS_PER_SECOND, "must be above 0"));
+            }
+            s.calls_per_second = cps;
+        }
+        if let Some(v) = get(ENV_CALL_QUEUE) {
+            s.call_queue = num(ENV_CALL_QUEUE, &v, 1, 10_000)?;
+        }
+        if let Some(v) = get(ENV_TOKEN_TTL_S) {
+            s.token_ttl_s = num(ENV_TOKEN_TTL_S, &v, 1, MAX_TTL_S)?;
+        }
+        if let Some(v) = get(ENV_RATE_LIMIT_PER_MIN) {
+            s.rate_limit_per_min = num(ENV_RATE_LIMIT_PER_MIN, &v, 1, 1_000_000)?;
+        }
+        if let Some(v) = get(ENV_RATE_LIMIT_BURST) {
+            s.rate_limit_burst = num(ENV_RATE_LIMIT_BURST, &v, 1, 1_000_000)?;
+        }
+        if let Some(v) = get(ENV_STORE_QUEUE) {
+            s.store_queue = num(ENV_STORE_QUEUE, &v, 16, 1_000_000)?;
+        }
+        Ok(s)
+    }
+
+    /// The time between two outbound call creations: `1 / calls_per_second`.
+    pub fn call_period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.calls_per_second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<ApiSettings, ApiError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ApiSettings::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    fn var_of(r: Result<ApiSettings, ApiError>) -> &'static str {
+        match r {
+            Err(ApiError::Setting { var, .. }) => var,
+            other => panic!("expected a setting error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_closed() {
+        let s = settings(&[]).expect("defaults parse");
+        assert!(s.api_keys.is_empty());
+        assert_eq!(s.dev, DevInsecure::default());
+        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.calls_per_second, 1.0);
+        assert_eq!(s.call_period(), Duration::from_secs(1));
+        assert_eq!(s.token_ttl_s, 3600);
+        assert_eq!(s.twilio_api_base, "https://api.twilio.com");
+    }
+
+    #[test]
+    fn values_and_errors() {
+        let s = settings(&[
+            (ENV_API_KEY, "0123456789abcdef, fedcba9876543210"),
+            (ENV_DEV_INSECURE, "open-tokens"),
+            (ENV_CALLS_PER_SECOND, "0.5"),
+            (ENV_PUBLIC_URL, "https://hark.example/"),
+            (ENV_TRUSTED_IDENTITY_HEADER, "X-Forwarded-User"),
+        ])
+        .expect("valid");
+        assert_eq!(s.api_keys.len(), 2);
+        assert!(s.dev.open_tokens && !s.dev.no_signatures);
+        assert_eq!(s.call_period(), Duration::from_secs(2));
+        assert_eq!(s.public_url.as_deref(), Some("https://hark.example"));
+        assert_eq!(
+            s.trusted_identity_header.as_ref().map(|h| h.as_str()),
+            Some("x-forwarded-user")
+        );
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+
+        assert_eq!(var_of(settings(&[(ENV_API_KEY, "short")])), ENV_API_KEY);
+        assert_eq!(
+            var_of(settings(&[(ENV_DEV_INSECURE, "yes")])),
+            ENV_DEV_INSECURE
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_CALLS_PER_SECOND, "0")])),
+            ENV_CALLS_PER_SECOND
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_TOKEN_TTL_S, "86401")])),
+            ENV_TOKEN_TTL_S
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_PUBLIC_URL, "hark.example")])),
+            ENV_PUBLIC_URL
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_TWILIO_API_BASE, "ftp://x")])),
+            ENV_TWILIO_API_BASE
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_PHONE_NUMBER, "5551234")])),
+            ENV_PHONE_NUMBER
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_VOICE_REGION, "IE 1")])),
+            ENV_VOICE_REGION
+        );
+        assert_eq!(
+            var_of(settings(&[(ENV_TRUSTED_IDENTITY_HEADER, "Authorization")])),
+            ENV_TRUSTED_IDENTITY_HEADER
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! Real sockets on 127.0.0.1: `hark serve` (in-process, port 0) with the echo agent, called by
+//! the Twilio simulator with real-speech sessions, at real time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hark_gateway::config::Config;
+use hark_gateway::server::{self, AppState, STREAM_PATH};
+use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+
+fn fixture(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel)
+}
+
+struct Server {
+    url: String,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(f: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 2,
+        ..Config::default()
+    };
+    f(&mut config);
+    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(config).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Server {
+        url: format!("ws://{addr}{STREAM_PATH}"),
+        state,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The session's caller turns: the annotated segments split at pauses longer than the
+/// server's `stop_ms` (600), where the engine ends a turn.
+fn speech(name: &str) -> UserSpeech {
+    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
+    let mut ann: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut turns = vec![];
+    for seg in ann["segments"].as_array().unwrap() {
+        let mut start = seg["start_ms"].as_u64().unwrap();
+        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
+            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
+            if pe - ps > 600 {
+                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
+                start = pe;
+            }
+        }
+        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
+    }
+    ann["segments"] = serde_json::Value::Array(turns);
+    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
+}
+
+fn session(url: &str, name: &str) -> CallSetup {
+    let audio = std::fs::read(fixture(&format!("audio/{name}-8k.ulaw"))).unwrap();
+    let mut s = CallSetup::new(url, Arc::from(audio));
+    s.speech = Some(speech(name));
+    s.tail_ms = 300;
+    s
+}
+
+/// Every `clear` answers caller speech within budget, except those at or after `noise_from_ms`
+/// (annotated non-speech sounds loud enough to interrupt, e.g. JFK's applause).
+fn check_barge_ins(r: &Report, noise_from_ms: u64) {
+    for b in r.barge_ins.iter().filter(|b| b.clear_ms < noise_from_ms) {
+        let delay = b.delay_ms.expect("every clear answers caller speech");
+        // Budget: 100 ms from the first voiced frame in the engine; on a loaded machine the
+        // two loopback hops and the pacing of the simulator add a little.
+        assert!((0..=150).contains(&delay), "barge-in delay {delay} ms");
+    }
+}
+
+fn check_common(r: &Report) {
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert_eq!(
+        r.marks_sent, r.marks_echoed,
+        "every mark was echoed and matched"
+    );
+    // Nothing plays after a clear until the next answer: all audio received was either heard
+    // in the bursts or dropped by a clear.
+    let d = r.outbound_audio_ms as i64 - (r.heard_audio_ms + r.cleared_ms) as i64;
+    assert!(
+        d.abs() <= 2 * r.bursts as i64 + 2,
+        "audio received {} != heard {} + cleared {}",
+        r.outbound_audio_ms,
+        r.heard_audio_ms,
+        r.cleared_ms
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_turn_and_jfk_through_the_media_stream() {
+    let server = start(|_| {}).await;
+    let (multi, jfk) = tokio::join!(
+        simulator::run_call(session(&server.url, "multi-turn")),
+        simulator::run_call(session(&server.url, "jfk")),
+    );
+    let multi = multi.unwrap();
+    let jfk = jfk.unwrap();
+    eprintln!("{}", simulator::format_table(&multi));
+    eprintln!("{}", simulator::format_table(&jfk));
+
+    check_common(&multi);
+    check_barge_ins(&multi, u64::MAX);
+    assert_eq!(multi.turns.len(), 4);
+    for (i, t) in multi.turns.iter().enumerate() {
+        let lat = t
+            .latency_ms
+            .unwrap_or_else(|| panic!("turn {i} got no answer"));
+        // stop_ms (600) of endpointing, minus the VAD's view of where speech ended.
+        assert!((400..=800).contains(&lat), "turn {i} latency {lat} ms");
+        assert_eq!(
+            t.interrupted,
+            i == 0,
+            "turn {i}: only the first answer is barged in on"
+        );
+    }
+    assert_eq!(multi.clears, 1);
+    assert_eq!(multi.barge_ins[0].speech_start_ms, Some(6800));
+    assert_eq!(
+        multi.bursts, 4,
+        "one burst per answer: no audio of the interrupted answer after the clear"
+    );
+    assert_eq!(multi.inbound_frames as u64 * 20, 27_640 + 300);
+
+    check_common(&jfk);
+    // The applause after the sentence (annotated as other sounds from 10 710 ms, up to
+    // -24 dBFS) is loud enough to interrupt the last echo.
+    check_barge_ins(&jfk, 10_710);
+    // JFK pauses three times for longer than stop_ms; each echo is cut when he resumes.
+    let speech_clears = jfk.barge_ins.iter().filter(|b| b.clear_ms < 10_710).count();
+    assert_eq!(speech_clears, 3, "{:?}", jfk.barge_ins);
+    assert_eq!(jfk.inbound_frames as u64 * 20, 13_500 + 300);
+
+    assert_eq!(server.state.active_calls(), 0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_signature_is_enforced_over_a_real_socket() {
+    let server = start(|c| c.twilio_auth_token = Some("s3cret".into())).await;
+    let audio: Arc<[u8]> = Arc::from(vec![0xFFu8; 8 * 200]);
+
+    let mut bad = CallSetup::new(&server.url, audio.clone());
+    bad.speed = 0.0;
+    bad.auth_token = Some("wrong".into());
+    let err = simulator::run_call(bad)
+        .await
+        .expect_err("a bad signature is refused");
+    assert!(err.to_string().contains("403"), "{err}");
+
+    let mut none = CallSetup::new(&server.url, audio.clone());
+    none.speed = 0.0;
+    assert!(
+        simulator::run_call(none).await.is_err(),
+        "a missing signature is refused"
+    );
+
+    let mut good = CallSetup::new(&server.url, audio);
+    good.speed = 0.0;
+    good.tail_ms = 0;
+    good.auth_token = Some("s3cret".into());
+    let r = simulator::run_call(good).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.inbound_frames, 10);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_simultaneous_calls_at_full_speed() {
+    let server = start(|_| {}).await;
+    // The first 6 s of the multi-turn session: caller turn A and the start of the answer.
+    let mut audio = std::fs::read(fixture("audio/multi-turn-8k.ulaw")).unwrap();
+    audio.truncate(6_000 * 8);
+    let audio: Arc<[u8]> = Arc::from(audio);
+    let speech = speech("multi-turn");
+    let frames = audio.len() as u64 / 160;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let mut s = CallSetup::new(&server.url, audio.clone());
+        s.speed = 0.0;
+        s.tail_ms = 0;
+        s.speech = Some(speech.clone());
+        // 200 calls share two call workers (unoptimised in debug builds): allow for the queue.
+        s.close_timeout = Duration::from_secs(60);
+        set.spawn(simulator::run_call(s));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(120), set.join_all())
+        .await
+        .expect("200 calls finish within 2 minutes");
+    let mut sids = std::collections::HashSet::new();
+    for r in all {
+        let r = r.unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.inbound_frames as u64, frames);
+        // At full speed the phone's clock stops with the last frame, so marks sent after it
+        // are never echoed; none may be echoed that was not sent.
+        assert!(r.marks_echoed <= r.marks_sent);
+        assert!(sids.insert(r.stream_sid.clone()), "stream SIDs are unique");
+    }
+    // Every call ended on the server too.
+    assert_eq!(server.state.wait_idle(Duration::from_secs(10)).await, 0);
+    server.stop().await;
+}
