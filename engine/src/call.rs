@@ -622,6 +622,10 @@ impl Call {
                 self.actions = actions;
             }
             Inbound::Mark { name } => {
+                if self.info.is_none() {
+                    self.malformed(Malformed::BeforeStart, "mark before start".into());
+                    return;
+                }
                 let mut pevents = std::mem::take(&mut self.pevents);
                 if !self.playout.on_mark(&name, at, &mut pevents) {
                     self.malformed(
@@ -868,7 +872,8 @@ impl Call {
         if self.stopped {
             return;
         }
-        let Some(sid) = self.info.as_ref().map(|i| i.stream_sid.clone()) else {
+        // Borrowed, not cloned: this runs after every input (no allocation per frame).
+        let Some(sid) = self.info.as_ref().map(|i| i.stream_sid.as_str()) else {
             return;
         };
         let mut pevents = std::mem::take(&mut self.pevents);
@@ -877,8 +882,8 @@ impl Call {
         self.playout.pump(now, &mut pevents, |send| {
             let mut s = pool.pop().unwrap_or_else(|| String::with_capacity(320));
             match send {
-                Send::Media(bytes) => twilio::encode_media(&sid, bytes, &mut s),
-                Send::Mark(name) => twilio::encode_mark(&sid, name, &mut s),
+                Send::Media(bytes) => twilio::encode_media(sid, bytes, &mut s),
+                Send::Mark(name) => twilio::encode_mark(sid, name, &mut s),
             }
             out.push_back(Pending::Tx(s));
         });

@@ -327,6 +327,22 @@ impl Playout {
                 // Audio after finish: treat as a continuation (re-open).
                 u.finished = false;
             }
+            // A change of format mid-utterance (another PCM rate, or μ-law after PCM): flush
+            // the old converter first, so its tail plays before the new audio, not at `finish`.
+            let switched = match &audio {
+                AgentAudio::Mulaw(_) => u.resampler.is_some(),
+                AgentAudio::Pcm { rate, .. } => {
+                    u.resampler.as_ref().is_some_and(|r| r.from_rate() != *rate)
+                }
+            };
+            if switched && let Some(mut r) = u.resampler.take() {
+                r.flush(&mut pcm8)?;
+                spare.push(r);
+                u.queue
+                    .extend(pcm8.iter().map(|&s| mulaw::encode_sample(s)));
+                u.produced += pcm8.len() as u64;
+                pcm8.clear();
+            }
             let before = u.produced;
             match audio {
                 AgentAudio::Mulaw(bytes) => {
@@ -337,13 +353,6 @@ impl Playout {
                     let src: &[i16] = if rate == SampleRate::HZ_8000 {
                         &samples
                     } else {
-                        if u.resampler.as_ref().is_some_and(|r| r.from_rate() != rate) {
-                            // Rate changed mid-utterance: flush the old converter first.
-                            if let Some(mut r) = u.resampler.take() {
-                                r.flush(&mut pcm8)?;
-                                spare.push(r);
-                            }
-                        }
                         if u.resampler.is_none() {
                             let pos = spare.iter().position(|r| r.from_rate() == rate);
                             u.resampler = Some(match pos {
@@ -549,8 +558,13 @@ impl Playout {
     /// Handles Twilio's echo of a mark. Marks resolve in the order sent; an echo also resolves
     /// any earlier mark whose echo never came. Returns false for a name hark never sent.
     pub fn on_mark(&mut self, name: &str, now: Instant, events: &mut Vec<PlayoutEvent>) -> bool {
+        // Only the exact names hark writes (`hark-<n>`, no sign, no leading zero) match:
+        // `u64::from_str` alone would also take "hark-+3" or "hark-03" for mark 3.
         let Some(seq) = name
             .strip_prefix(MARK_PREFIX)
+            .filter(|s| {
+                s.bytes().all(|b| b.is_ascii_digit()) && !(s.len() > 1 && s.starts_with('0'))
+            })
             .and_then(|s| s.parse::<u64>().ok())
         else {
             self.stats.unknown_marks += 1;

@@ -144,7 +144,7 @@ async fn multi_turn_and_jfk_through_the_media_stream() {
         multi.bursts, 4,
         "one burst per answer: no audio of the interrupted answer after the clear"
     );
-    assert_eq!(multi.inbound_frames as u64 * 20, 27_640 + 300);
+    assert_eq!(multi.inbound_frames * 20, 27_640 + 300);
 
     check_common(&jfk);
     // The applause after the sentence (annotated as other sounds from 10 710 ms, up to
@@ -153,7 +153,7 @@ async fn multi_turn_and_jfk_through_the_media_stream() {
     // JFK pauses three times for longer than stop_ms; each echo is cut when he resumes.
     let speech_clears = jfk.barge_ins.iter().filter(|b| b.clear_ms < 10_710).count();
     assert_eq!(speech_clears, 3, "{:?}", jfk.barge_ins);
-    assert_eq!(jfk.inbound_frames as u64 * 20, 13_500 + 300);
+    assert_eq!(jfk.inbound_frames * 20, 13_500 + 300);
 
     assert_eq!(server.state.active_calls(), 0);
     server.stop().await;
@@ -215,7 +215,7 @@ async fn two_hundred_simultaneous_calls_at_full_speed() {
     for r in all {
         let r = r.unwrap();
         assert!(r.errors.is_empty(), "{:?}", r.errors);
-        assert_eq!(r.inbound_frames as u64, frames);
+        assert_eq!(r.inbound_frames, frames);
         // At full speed the phone's clock stops with the last frame, so marks sent after it
         // are never echoed; none may be echoed that was not sent.
         assert!(r.marks_echoed <= r.marks_sent);
