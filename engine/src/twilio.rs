@@ -133,46 +133,64 @@ pub struct Parsed<'a> {
 /// Integer counters arrive as strings (`"42"`); accept numbers too. A value that is neither a
 /// number nor a numeric string becomes `None` rather than failing the whole message.
 fn counter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<u64>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an integer or a string holding one")
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(Some(v))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(u64::try_from(v).ok())
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            Ok((v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64).then_some(v as u64))
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(v.trim().parse().ok())
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_any(V)
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            while a.next_element::<de::IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-        fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-            while a.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
+    d.deserialize_any(CounterVisitor { lenient: true })
+}
+
+/// [`counter`] for the fast path: an array or object fails (then the general path reads the
+/// message, and counts what it skips inside as ignored fields, so both paths agree).
+fn scalar_counter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(CounterVisitor { lenient: false })
+}
+
+#[derive(Clone, Copy)]
+struct CounterVisitor {
+    /// Skip arrays and objects (as `None`) instead of failing.
+    lenient: bool,
+}
+
+impl<'de> Visitor<'de> for CounterVisitor {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an integer or a string holding one")
     }
-    d.deserialize_any(V)
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(u64::try_from(v).ok())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok((v >= 0.0 && v.fract() == 0.0 && v < u64::MAX as f64).then_some(v as u64))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.trim().parse().ok())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        if !self.lenient {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
+        while a.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        if !self.lenient {
+            return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+        }
+        while a.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
 }
 
 /// Deserializes an optional string, borrowing from the input when it has no escapes
@@ -242,7 +260,11 @@ struct RawMessage<'a> {
 struct Plain<'a> {
     #[serde(borrow, deserialize_with = "cow_str")]
     event: Option<Cow<'a, str>>,
-    #[serde(default, rename = "sequenceNumber", deserialize_with = "counter")]
+    #[serde(
+        default,
+        rename = "sequenceNumber",
+        deserialize_with = "scalar_counter"
+    )]
     sequence_number: Option<u64>,
     #[serde(default, borrow, rename = "streamSid", deserialize_with = "cow_str")]
     stream_sid: Option<Cow<'a, str>>,
@@ -257,9 +279,9 @@ struct Plain<'a> {
 struct PlainMedia<'a> {
     #[serde(default, borrow, deserialize_with = "cow_str")]
     track: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "counter")]
+    #[serde(default, deserialize_with = "scalar_counter")]
     chunk: Option<u64>,
-    #[serde(default, deserialize_with = "counter")]
+    #[serde(default, deserialize_with = "scalar_counter")]
     timestamp: Option<u64>,
     #[serde(borrow, deserialize_with = "cow_str")]
     payload: Option<Cow<'a, str>>,
