@@ -26,15 +26,93 @@ pub enum ProviderMessage {
     Binary(Vec<u8>),
 }
 
+/// How the connector hands an HTTP response body back as [`ProviderEvent::Message`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// The whole body as one message (text if UTF-8, else binary), then `Closed`.
+    Whole,
+    /// Server-sent events: one `Text` message per event's `data` (multi-line data joined with
+    /// `\n`), in order; `Closed` at the end of the body. `[DONE]` is passed on as data.
+    Sse,
+    /// Raw body chunks as `Binary` messages as they arrive (streamed audio).
+    Chunks,
+}
+
+/// An HTTP request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpBody {
+    /// No body.
+    Empty,
+    /// A JSON body (`Content-Type: application/json`).
+    Json(serde_json::Value),
+    /// Raw bytes with their content type.
+    Bytes {
+        /// `Content-Type`.
+        content_type: String,
+        /// The body.
+        data: Vec<u8>,
+    },
+    /// `multipart/form-data` (e.g. an audio file for transcription).
+    Multipart(Vec<MultipartPart>),
+}
+
+/// One part of a `multipart/form-data` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartPart {
+    /// Field name.
+    pub name: String,
+    /// File name, for file parts.
+    pub filename: Option<String>,
+    /// Content type, for file parts.
+    pub content_type: Option<String>,
+    /// The part's bytes (UTF-8 text for plain fields).
+    pub data: Vec<u8>,
+}
+
+/// An HTTP request for a provider (STT, LLM, TTS, signed-URL lookups).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Extra headers (e.g. `Authorization: Bearer …`, `xi-api-key`).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: HttpBody,
+    /// How to hand back the response body.
+    pub response: ResponseMode,
+    /// Whole-request timeout (connect + response), ms; `None` for the connector's default.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A WebSocket to open (ElevenLabs Conversational AI, OpenAI Realtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsRequest {
+    /// `wss://…` (or `ws://` for local doubles).
+    pub url: String,
+    /// Extra handshake headers (e.g. `Authorization`).
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a provider pipe is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenSpec {
+    /// One HTTP request; its response streams back as messages.
+    Http(HttpRequest),
+    /// A WebSocket; `Send` writes frames, messages are frames received.
+    WebSocket(WsRequest),
+}
+
 /// A command for the driver's provider connectors.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderCommand {
-    /// Open pipe `peer` as described by `spec` (connector-specific, e.g. `{"kind":"http", …}`).
+    /// Open pipe `peer` as described by `spec`.
     Open {
         /// The new pipe's id (chosen by the agent, unique in the call).
         peer: PeerId,
         /// What to open.
-        spec: serde_json::Value,
+        spec: OpenSpec,
     },
     /// Send a message on an open pipe.
     Send {
@@ -73,14 +151,19 @@ pub enum ProviderEvent {
         /// The pipe.
         peer: PeerId,
     },
-    /// The pipe failed (connect error, timeout, bad status, reset).
+    /// The pipe failed (connect error, timeout, non-2xx status, reset, WebSocket close with
+    /// an error code). Terminal: no more events for this pipe.
     Failed {
         /// The pipe.
         peer: PeerId,
-        /// What went wrong, for logs.
+        /// What went wrong, for logs (for a non-2xx status: the start of the body).
         error: String,
         /// HTTP status, when the failure is one.
         status: Option<u16>,
+        /// `Retry-After` (seconds) or `retry-after-ms`, as ms, when the response had one.
+        retry_after_ms: Option<u64>,
+        /// WebSocket close code, when the failure is a close.
+        close_code: Option<u16>,
     },
 }
 

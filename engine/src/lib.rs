@@ -15,6 +15,7 @@
 //! Without it (`--no-default-features`) the crate has no tokio in its dependency tree.
 
 pub mod agent;
+pub mod agents;
 pub mod call;
 pub mod config;
 mod error;

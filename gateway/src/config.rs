@@ -27,14 +27,41 @@ pub struct ConfigError {
 pub enum AgentKind {
     /// Plays each caller turn back (offline default, no keys).
     Echo,
+    /// STT → LLM → TTS over any OpenAI-compatible API.
+    Cascade,
+    /// ElevenLabs Conversational AI relayed through hark's engine.
+    ElevenLabs,
+    /// ElevenLabs Conversational AI connected by Twilio directly (`/voice` returns the signed
+    /// URL as the stream).
+    ElevenLabsDirect,
+    /// OpenAI Realtime (speech to speech).
+    Realtime,
 }
 
 impl AgentKind {
+    /// Every kind, for help texts.
+    pub const ALL: [AgentKind; 5] = [
+        AgentKind::Echo,
+        AgentKind::Cascade,
+        AgentKind::ElevenLabs,
+        AgentKind::ElevenLabsDirect,
+        AgentKind::Realtime,
+    ];
+
     /// The name as written in `HARK_AGENT`.
     pub fn as_str(self) -> &'static str {
         match self {
             AgentKind::Echo => "echo",
+            AgentKind::Cascade => "cascade",
+            AgentKind::ElevenLabs => "elevenlabs",
+            AgentKind::ElevenLabsDirect => "elevenlabs-direct",
+            AgentKind::Realtime => "realtime",
         }
+    }
+
+    /// Parses a `HARK_AGENT` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s.trim())
     }
 }
 
@@ -58,6 +85,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `HARK_AGENT`: the agent (default `echo`).
     pub agent: AgentKind,
+    /// The selected agent's own settings (see each agent's section in README.md).
+    pub agent_settings: crate::agents::AgentSettings,
     /// `TWILIO_AUTH_TOKEN`: when set, `X-Twilio-Signature` is checked on `/voice` and on the
     /// `/media-stream` upgrade (403 on failure).
     pub twilio_auth_token: Option<String>,
@@ -89,6 +118,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
             public_url: None,
             agent: AgentKind::Echo,
+            agent_settings: crate::agents::AgentSettings::Echo,
             twilio_auth_token: None,
             twilio_phone_number: None,
             stream_params: vec!["payerId".into(), "agent".into()],
@@ -173,16 +203,15 @@ impl Config {
             c.public_url = Some(v);
         }
         if let Some(v) = get("HARK_AGENT") {
-            c.agent = match v.trim() {
-                "echo" => AgentKind::Echo,
-                other => {
-                    return Err(ConfigError {
-                        var: "HARK_AGENT",
-                        reason: format!("unknown agent {other:?} (available: echo)"),
-                    });
-                }
-            };
+            c.agent = AgentKind::parse(&v).ok_or_else(|| ConfigError {
+                var: "HARK_AGENT",
+                reason: format!(
+                    "unknown agent {v:?} (available: {})",
+                    AgentKind::ALL.map(AgentKind::as_str).join(", ")
+                ),
+            })?;
         }
+        c.agent_settings = crate::agents::AgentSettings::from_lookup(c.agent, &mut get)?;
         c.twilio_auth_token = get("TWILIO_AUTH_TOKEN");
         c.twilio_phone_number = get("TWILIO_PHONE_NUMBER");
         if let Some(v) = get("HARK_STREAM_PARAMS") {

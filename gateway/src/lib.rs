@@ -4,6 +4,7 @@
 //! checks, access tokens, the Media Streams WebSocket upgrade and the call workers that run the
 //! engine, metrics.
 
+pub mod agents;
 pub mod api;
 pub mod config;
 pub mod demo;

@@ -20,12 +20,12 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use fastwebsockets::upgrade::IncomingUpgrade;
-use hark_engine::{Call, EchoAgent, Event};
+use hark_engine::{Call, Event};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{Instrument, info, warn};
 
-use crate::config::{AgentKind, Config};
+use crate::config::Config;
 use crate::pool::CallPool;
 use crate::signature::{self, Validator};
 use crate::twiml::{self, Connect, Stream};
@@ -43,6 +43,8 @@ pub struct AppState {
     idle: Notify,
     validator: Option<Validator>,
     api: Option<Arc<crate::api::ApiState>>,
+    /// One HTTP client for every call's provider requests (shared connection pools).
+    http: hark_engine::io::http::Client,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,6 +87,7 @@ impl AppState {
             idle: Notify::new(),
             validator,
             api,
+            http: hark_engine::io::http::Client::default(),
         }))
     }
 
@@ -383,8 +386,12 @@ async fn media_stream(
 }
 
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
-    let agent: Box<dyn hark_engine::Agent> = match st.config.agent {
-        AgentKind::Echo => Box::new(EchoAgent::new()),
+    let agent = match st.config.agent_settings.build() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot build the agent: call refused");
+            return;
+        }
     };
     let mut call = match Call::new(st.config.call, agent) {
         Ok(c) => c,
@@ -402,7 +409,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     let ended = hark_engine::io::drive(
         &mut call,
         &mut socket,
-        &mut hark_engine::io::NoProviders,
+        &mut hark_engine::io::Connectors::new(st.http.clone()),
         &mut observer,
         hark_engine::io::DriveConfig::default(),
     )

@@ -9,10 +9,16 @@
 //! therefore not `Send` either and runs on a single-threaded runtime (the gateway runs one per
 //! core with a `LocalSet`, and hands each accepted call to one of them).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use crate::agent::{ProviderCommand, ProviderEvent};
+use tokio::sync::mpsc;
+
+use crate::agent::{OpenSpec, PeerId, ProviderCommand, ProviderEvent, ProviderMessage};
+
+pub mod http;
+pub mod ws;
 use crate::call::{Call, CloseReason, Event, Input, Output};
 
 /// What one read from the Twilio socket gave.
@@ -64,6 +70,117 @@ impl Providers for NoProviders {
     fn execute(&mut self, _command: ProviderCommand) {}
     async fn next(&mut self) -> ProviderEvent {
         std::future::pending().await
+    }
+}
+
+/// The real provider connectors: HTTP requests (reqwest) and WebSockets (tokio-tungstenite),
+/// each pipe a tokio task feeding one event channel. `Close` aborts the task, which drops the
+/// connection: that is how an in-flight LLM or TTS request is cancelled on barge-in.
+pub struct Connectors {
+    tx: mpsc::UnboundedSender<ProviderEvent>,
+    rx: mpsc::UnboundedReceiver<ProviderEvent>,
+    pipes: HashMap<PeerId, Pipe>,
+    http: http::Client,
+}
+
+struct Pipe {
+    task: tokio::task::JoinHandle<()>,
+    /// Outgoing messages for a WebSocket pipe.
+    outgoing: Option<mpsc::UnboundedSender<ProviderMessage>>,
+}
+
+impl std::fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connectors")
+            .field("pipes", &self.pipes.len())
+            .finish()
+    }
+}
+
+impl Connectors {
+    /// Connectors sharing `http` (one client per process keeps connection pools warm).
+    pub fn new(http: http::Client) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Connectors {
+            tx,
+            rx,
+            pipes: HashMap::new(),
+            http,
+        }
+    }
+
+    /// Pipes currently open.
+    pub fn open_pipes(&self) -> usize {
+        self.pipes
+            .iter()
+            .filter(|(_, p)| !p.task.is_finished())
+            .count()
+    }
+}
+
+impl Drop for Connectors {
+    fn drop(&mut self) {
+        for (_, p) in self.pipes.drain() {
+            p.task.abort();
+        }
+    }
+}
+
+impl Providers for Connectors {
+    fn execute(&mut self, command: ProviderCommand) {
+        // Forget pipes whose tasks ended.
+        self.pipes.retain(|_, p| !p.task.is_finished());
+        match command {
+            ProviderCommand::Open { peer, spec } => {
+                if let Some(old) = self.pipes.remove(&peer) {
+                    old.task.abort();
+                }
+                let tx = self.tx.clone();
+                let pipe = match spec {
+                    OpenSpec::Http(req) => Pipe {
+                        task: tokio::spawn(http::run(self.http.clone(), peer, req, tx)),
+                        outgoing: None,
+                    },
+                    OpenSpec::WebSocket(req) => {
+                        let (otx, orx) = mpsc::unbounded_channel();
+                        Pipe {
+                            task: tokio::spawn(ws::run(peer, req, orx, tx)),
+                            outgoing: Some(otx),
+                        }
+                    }
+                };
+                self.pipes.insert(peer, pipe);
+            }
+            ProviderCommand::Send { peer, message } => {
+                let sent = self
+                    .pipes
+                    .get(&peer)
+                    .and_then(|p| p.outgoing.as_ref())
+                    .is_some_and(|o| o.send(message).is_ok());
+                if !sent {
+                    let _ = self.tx.send(ProviderEvent::Failed {
+                        peer,
+                        error: "send on a pipe that is not an open WebSocket".into(),
+                        status: None,
+                        retry_after_ms: None,
+                        close_code: None,
+                    });
+                }
+            }
+            ProviderCommand::Close { peer } => {
+                if let Some(p) = self.pipes.remove(&peer) {
+                    p.task.abort();
+                }
+            }
+        }
+    }
+
+    async fn next(&mut self) -> ProviderEvent {
+        match self.rx.recv().await {
+            Some(ev) => ev,
+            // Unreachable while `self.tx` lives; stay pending rather than spin.
+            None => std::future::pending().await,
+        }
     }
 }
 

@@ -1,0 +1,2 @@
+//! Agents beyond the offline [`crate::EchoAgent`], each sans-IO: they turn call events into
+//! [`crate::Action`]s and talk to providers only through [`crate::agent::ProviderCommand`]s.
