@@ -198,6 +198,83 @@ pub enum Action {
     },
     /// Ask to be woken at this time ([`Agent::on_timeout`]).
     WakeAt(Instant),
+    /// Report something for the call's record, logs and metrics (transcripts, stage
+    /// latencies, provider faults, tool calls). Emitted as [`crate::Event::Agent`].
+    Report(AgentReport),
+}
+
+/// Who said a transcript line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The caller.
+    User,
+    /// The agent.
+    Agent,
+}
+
+/// A per-turn latency stage measured by the agent, from the end of the caller's turn
+/// (endpointing) unless stated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Speech-to-text: turn end → final transcript.
+    Stt,
+    /// LLM time to first token: request sent → first content token.
+    LlmFirstToken,
+    /// TTS time to first byte: request sent → first audio byte.
+    TtsFirstByte,
+    /// Greeting: stream start → first greeting audio handed to the playout.
+    Greeting,
+}
+
+impl Stage {
+    /// A stable snake_case name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Stt => "stt",
+            Stage::LlmFirstToken => "llm_ttft",
+            Stage::TtsFirstByte => "tts_ttfb",
+            Stage::Greeting => "greeting",
+        }
+    }
+}
+
+/// What an agent reports (see [`Action::Report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReport {
+    /// A transcript line: the caller's words, or the agent's (only what the caller heard when
+    /// `interrupted`).
+    Transcript {
+        /// Speaker.
+        role: Role,
+        /// Text.
+        text: String,
+        /// The agent was cut off by a barge-in; `text` is the heard prefix.
+        interrupted: bool,
+    },
+    /// A stage latency of the current turn, ms.
+    Latency {
+        /// Which stage.
+        stage: Stage,
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// A provider fault: retried, or answered with a spoken fallback.
+    ProviderFault {
+        /// `stt`, `llm`, `tts`, `elevenlabs`, `realtime`, …
+        provider: String,
+        /// Short kind for metric labels: `http_401`, `http_429`, `http_5xx`, `timeout`,
+        /// `connect`, `stream_error`, `dropped`, `close_1008`, …
+        kind: String,
+        /// Details for the log.
+        detail: String,
+    },
+    /// The agent called a tool.
+    ToolCall {
+        /// Tool name.
+        name: String,
+        /// Arguments as the model gave them (JSON text).
+        arguments: String,
+    },
 }
 
 /// Facts about the call given to the agent at start.

@@ -242,6 +242,8 @@ pub enum Event {
         /// Details for the log.
         detail: String,
     },
+    /// Something the agent reported: transcripts, stage latencies, provider faults, tools.
+    Agent(crate::agent::AgentReport),
     /// The agent asked to transfer the call.
     TransferRequested {
         /// Destination.
@@ -860,6 +862,7 @@ impl Call {
                     }
                 }
                 Action::Transfer { to } => self.event(Event::TransferRequested { to }),
+                Action::Report(r) => self.event(Event::Agent(r)),
                 Action::WakeAt(t) => {
                     self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));
                 }

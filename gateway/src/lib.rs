@@ -8,6 +8,7 @@ pub mod agents;
 pub mod api;
 pub mod config;
 pub mod demo;
+pub mod doubles;
 pub mod metrics;
 pub mod pool;
 pub mod server;
