@@ -55,25 +55,7 @@ const fn decode_slow(code: u8) -> i16 {
     (if a & 0x80 != 0 { t } else { -t }) as i16
 }
 
-static ENCODE: [u8; 65536] = {
-    let mut table = [0u8; 65536];
-    let mut i = 0;
-    while i < 65536 {
-        table[i] = encode_slow(i as u16 as i16);
-        i += 1;
-    }
-    table
-};
-
-static DECODE: [i16; 256] = {
-    let mut table = [0i16; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = decode_slow(i as u8);
-        i += 1;
-    }
-    table
-};
+crate::g711::tables!(encode_slow, decode_slow);
 
 /// Encodes one 16-bit linear PCM sample to an A-law code.
 #[inline]
@@ -92,11 +74,7 @@ pub fn decode_sample(code: u8) -> i16 {
 /// Writes `min(pcm.len(), out.len())` bytes and returns that count; it never allocates.
 #[inline]
 pub fn encode(pcm: &[i16], out: &mut [u8]) -> usize {
-    let n = pcm.len().min(out.len());
-    for (o, &s) in out[..n].iter_mut().zip(&pcm[..n]) {
-        *o = ENCODE[s as u16 as usize];
-    }
-    n
+    crate::g711::encode_into(&ENCODE, pcm, out)
 }
 
 /// Decodes A-law `codes` into 16-bit linear PCM in `out`, one sample per byte.
@@ -104,11 +82,7 @@ pub fn encode(pcm: &[i16], out: &mut [u8]) -> usize {
 /// Writes `min(codes.len(), out.len())` samples and returns that count; it never allocates.
 #[inline]
 pub fn decode(codes: &[u8], out: &mut [i16]) -> usize {
-    let n = codes.len().min(out.len());
-    for (o, &c) in out[..n].iter_mut().zip(&codes[..n]) {
-        *o = DECODE[c as usize];
-    }
-    n
+    crate::g711::decode_into(&DECODE, codes, out)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! - [`pcm`]: conversions between `i16` PCM and `f32`, little-endian bytes, and levels.
 
 pub mod alaw;
+mod g711;
 pub mod mulaw;
 pub mod pcm;
 pub mod rate;

@@ -52,26 +52,7 @@ const fn decode_slow(code: u8) -> i16 {
     (if u & 0x80 != 0 { BIAS - t } else { t - BIAS }) as i16
 }
 
-static ENCODE: [u8; 65536] = {
-    let mut table = [0u8; 65536];
-    let mut i = 0;
-    while i < 65536 {
-        // Index by the sample's bit pattern as u16.
-        table[i] = encode_slow(i as u16 as i16);
-        i += 1;
-    }
-    table
-};
-
-static DECODE: [i16; 256] = {
-    let mut table = [0i16; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = decode_slow(i as u8);
-        i += 1;
-    }
-    table
-};
+crate::g711::tables!(encode_slow, decode_slow);
 
 /// Encodes one 16-bit linear PCM sample to a μ-law code.
 #[inline]
@@ -91,11 +72,7 @@ pub fn decode_sample(code: u8) -> i16 {
 /// Callers that size `out` as `pcm.len()` get every sample encoded.
 #[inline]
 pub fn encode(pcm: &[i16], out: &mut [u8]) -> usize {
-    let n = pcm.len().min(out.len());
-    for (o, &s) in out[..n].iter_mut().zip(&pcm[..n]) {
-        *o = ENCODE[s as u16 as usize];
-    }
-    n
+    crate::g711::encode_into(&ENCODE, pcm, out)
 }
 
 /// Decodes μ-law `codes` into 16-bit linear PCM in `out`, one sample per byte.
@@ -103,11 +80,7 @@ pub fn encode(pcm: &[i16], out: &mut [u8]) -> usize {
 /// Writes `min(codes.len(), out.len())` samples and returns that count; it never allocates.
 #[inline]
 pub fn decode(codes: &[u8], out: &mut [i16]) -> usize {
-    let n = codes.len().min(out.len());
-    for (o, &c) in out[..n].iter_mut().zip(&codes[..n]) {
-        *o = DECODE[c as usize];
-    }
-    n
+    crate::g711::decode_into(&DECODE, codes, out)
 }
 
 #[cfg(test)]
