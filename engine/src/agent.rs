@@ -201,6 +201,12 @@ pub enum Action {
     /// Report something for the call's record, logs and metrics (transcripts, stage
     /// latencies, provider faults, tool calls). Emitted as [`crate::Event::Agent`].
     Report(AgentReport),
+    /// The provider says the caller interrupted (ElevenLabs `interruption`, OpenAI Realtime
+    /// `input_audio_buffer.speech_started`): the call handles it like its own barge-in — Twilio
+    /// `clear`, playout emptied, the utterances so far cancelled, [`crate::Event::BargeIn`]
+    /// emitted and [`Agent::on_barge_in`] called with what was heard (from mark echoes). Does
+    /// nothing when no agent audio is unplayed.
+    Interrupt,
 }
 
 /// Who said a transcript line.
@@ -224,6 +230,10 @@ pub enum Stage {
     TtsFirstByte,
     /// Greeting: stream start → first greeting audio handed to the playout.
     Greeting,
+    /// Speech-to-speech providers (ElevenLabs, OpenAI Realtime): end of the caller's turn
+    /// (the provider's endpointing event, else hark's) → first audio of the answer received
+    /// from the provider.
+    FirstAudio,
 }
 
 impl Stage {
@@ -234,6 +244,7 @@ impl Stage {
             Stage::LlmFirstToken => "llm_ttft",
             Stage::TtsFirstByte => "tts_ttfb",
             Stage::Greeting => "greeting",
+            Stage::FirstAudio => "first_audio",
         }
     }
 }
@@ -330,6 +341,14 @@ pub trait Agent {
     fn name(&self) -> &'static str;
     /// What the agent needs from the call.
     fn needs(&self) -> AgentNeeds;
+    /// Whether the call's own VAD may barge in on this agent's audio (default `true`). Agents
+    /// whose provider decides interruptions itself (ElevenLabs, OpenAI Realtime with server
+    /// turn detection) return `false` and ask for the clear with [`Action::Interrupt`], so a
+    /// cough hark hears but the provider ignores does not cut the answer. Read once, when the
+    /// call is created.
+    fn vad_barge_in(&self) -> bool {
+        true
+    }
     /// The stream started; a greeting goes here.
     fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>);
     /// An inbound frame (only with [`AgentNeeds::streaming_audio`]).

@@ -311,6 +311,8 @@ pub struct Call {
     cfg: CallConfig,
     agent: Box<dyn Agent>,
     needs: AgentNeeds,
+    /// [`Agent::vad_barge_in`], read at creation.
+    vad_barge_in: bool,
     vad: VoiceDetector,
     turn: TurnDetector,
     playout: Playout,
@@ -364,6 +366,7 @@ impl Call {
     pub fn new(cfg: CallConfig, agent: Box<dyn Agent>) -> Result<Self, crate::Error> {
         cfg.validate()?;
         let needs = agent.needs();
+        let vad_barge_in = agent.vad_barge_in();
         let up = if cfg.vad.rate == SampleRate::HZ_16000 || cfg.agent_rate == SampleRate::HZ_16000 {
             Some(Resampler::new(SampleRate::HZ_8000, SampleRate::HZ_16000)?)
         } else {
@@ -379,6 +382,7 @@ impl Call {
             cfg,
             agent,
             needs,
+            vad_barge_in,
             up,
             info: None,
             stopped: false,
@@ -797,7 +801,8 @@ impl Call {
             None => {}
         }
         // Barge-in: enough caller voice while agent audio is unplayed.
-        if self.turn.is_speaking()
+        if self.vad_barge_in
+            && self.turn.is_speaking()
             && !self.barged_this_speech
             && self.turn.voiced_ms() >= self.cfg.turn.min_interruption_ms as u64
             && self.playout.is_speaking()
@@ -837,6 +842,7 @@ impl Call {
     }
 
     fn run_actions(&mut self, at: Instant, actions: &mut Vec<Action>) {
+        let mut interrupt = false;
         for a in actions.drain(..) {
             match a {
                 Action::Play { id, audio, text } => {
@@ -866,9 +872,25 @@ impl Call {
                 Action::WakeAt(t) => {
                     self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));
                 }
+                Action::Interrupt => interrupt = true,
             }
         }
-        let _ = at;
+        // A provider-side interruption: the same path as the VAD's barge-in. The agent's
+        // answer to it runs once more through here; a second `Interrupt` finds nothing to
+        // clear, so this ends.
+        if interrupt && !self.stopped {
+            let decided_ms = self.media_ms;
+            let speech_start_ms = self
+                .turn
+                .speech_start_ms()
+                .unwrap_or(decided_ms)
+                .min(decided_ms);
+            let mut more = Vec::new();
+            self.barge_in(at, speech_start_ms, decided_ms, &mut more);
+            if !more.is_empty() {
+                self.run_actions(at, &mut more);
+            }
+        }
     }
 
     fn pump(&mut self, now: Instant) {

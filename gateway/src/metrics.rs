@@ -15,6 +15,9 @@
 //! | `hark_engine_message_seconds` | histogram | engine time per inbound message (sampled 1 in 50) |
 //! | `hark_ws_errors_total{kind}` | counter | WebSocket failures (upgrade, read, send timeout, idle) |
 //! | `hark_signature_failures_total{route}` | counter | requests refused for a bad `X-Twilio-Signature` |
+//! | `hark_stage_latency_seconds{stage}` | histogram | agent stages per turn: `stt`, `llm_ttft`, `tts_ttfb`, `greeting` |
+//! | `hark_provider_faults_total{provider,kind}` | counter | provider faults (retried or answered with a fallback) |
+//! | `hark_tool_calls_total{name}` | counter | tool calls made by the model |
 
 use std::sync::OnceLock;
 
@@ -50,6 +53,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     b.set_buckets_for_metric(
                         Matcher::Full("hark_engine_message_seconds".into()),
                         SHORT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hark_stage_latency_seconds".into()),
+                        LATENCY_BUCKETS,
                     )
                 })
                 .ok()?;
@@ -95,6 +104,16 @@ fn describe() {
         "hark_signature_failures_total",
         "requests refused for a bad X-Twilio-Signature"
     );
+    describe_histogram!(
+        "hark_stage_latency_seconds",
+        metrics::Unit::Seconds,
+        "agent stage latency per turn: stt, llm_ttft, tts_ttfb, greeting"
+    );
+    describe_counter!(
+        "hark_provider_faults_total",
+        "provider faults by provider and kind"
+    );
+    describe_counter!("hark_tool_calls_total", "tool calls made by the model");
     // Register the unlabelled series so they show (as 0) before the first call.
     metrics::gauge!("hark_calls_active").increment(0.0);
     for c in [

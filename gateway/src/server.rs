@@ -139,6 +139,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    // Small frames both ways: without TCP_NODELAY, Nagle holds each outbound `media` until
+    // the peer's next packet (~20 ms of added latency measured on loopback).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
@@ -235,6 +242,12 @@ async fn voice(
             let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN);
             return (status, format!("X-Twilio-Signature check failed: {e}")).into_response();
         }
+    }
+    // HARK_AGENT=elevenlabs-direct: Twilio connects to ElevenLabs itself.
+    if st.config.agent == crate::config::AgentKind::ElevenLabsDirect
+        && let crate::agents::AgentSettings::ElevenLabs(s) = &st.config.agent_settings
+    {
+        return crate::agents::elevenlabs::direct_voice(s, &form, &st.config.after_connect).await;
     }
     let param = |name: &str| -> Option<&str> {
         form.iter()
@@ -532,7 +545,7 @@ impl hark_engine::io::Observer for CallObserver {
                 if let Some(t) = self.pending.as_mut() {
                     t.interrupted = true;
                     t.heard_ms = Some(b.interrupted.heard_ms);
-                    t.text = b.interrupted.heard_text.clone();
+                    t.text = t.text.take().or_else(|| b.interrupted.heard_text.clone());
                 }
                 self.finish_turn();
                 metrics::histogram!("hark_barge_in_delay_seconds")
@@ -557,6 +570,45 @@ impl hark_engine::io::Observer for CallObserver {
                 self.finish_turn();
             }
             Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
+            Event::Agent(report) => {
+                use hark_engine::agent::{AgentReport, Role};
+                match report {
+                    AgentReport::Latency { stage, ms } => {
+                        metrics::histogram!("hark_stage_latency_seconds", "stage" => stage.as_str())
+                            .record(*ms as f64 / 1000.0);
+                        info!(stage = stage.as_str(), ms, "stage latency");
+                    }
+                    AgentReport::ProviderFault {
+                        provider,
+                        kind,
+                        detail,
+                    } => {
+                        metrics::counter!("hark_provider_faults_total",
+                            "provider" => provider.clone(), "kind" => kind.clone())
+                        .increment(1);
+                        warn!(provider, kind, detail, "provider fault");
+                    }
+                    AgentReport::Transcript {
+                        role,
+                        text,
+                        interrupted,
+                    } => {
+                        info!(role = ?role, interrupted, text, "transcript");
+                        // The turn record keeps what the caller said.
+                        if *role == Role::User
+                            && let Some(t) = self.pending.as_mut()
+                        {
+                            t.text = Some(text.clone());
+                        }
+                    }
+                    AgentReport::ToolCall { name, arguments } => {
+                        metrics::counter!("hark_tool_calls_total", "name" => name.clone())
+                            .increment(1);
+                        info!(name, arguments, "tool call");
+                    }
+                }
+            }
+            Event::TransferRequested { to } => info!(to, "transfer requested"),
             Event::Stopped { .. } => {
                 self.flush(call);
                 info!("stream stopped");

@@ -1,2 +1,6 @@
 //! Agents beyond the offline [`crate::EchoAgent`], each sans-IO: they turn call events into
 //! [`crate::Action`]s and talk to providers only through [`crate::agent::ProviderCommand`]s.
+pub mod elevenlabs;
+
+pub mod cascade;
+pub mod realtime;

@@ -1,28 +1,554 @@
-//! HTTP provider pipes ([`crate::agent::HttpRequest`]): STT, LLM and TTS calls.
+//! HTTP provider pipes ([`crate::agent::HttpRequest`]): STT, LLM and TTS calls, with reqwest
+//! (rustls on the **ring** provider only, see `shared/reference/crates.md`; plain `http://` for
+//! local servers and doubles).
 //!
-//! SCAFFOLD: the cascade-agent work replaces this with the reqwest implementation (rustls on
-//! ring; SSE and chunked bodies streamed as messages; `Retry-After` reported).
+//! One [`Client`] per process: it is a handle to reqwest's connection pool, so every call's
+//! requests to the same provider reuse warm keep-alive connections. [`run`] carries out one
+//! request as one pipe and reports through the driver's event channel:
+//!
+//! - `Opened { status }` when a 2xx response's headers arrive, then the body as
+//!   [`ProviderEvent::Message`]s according to [`ResponseMode`], then `Closed` at its end:
+//!   - `Whole`: one message with the whole body (`Text` if it is UTF-8, else `Binary`);
+//!   - `Sse`: one `Text` message per server-sent event's `data` (lines split on `\n`, `\r\n` or
+//!     `\r`; `data:` with or without one leading space; several `data` lines joined with `\n`;
+//!     comments and `event:`/`id:`/`retry:` lines skipped; `[DONE]` passed on as data; a last
+//!     event without its blank line is still delivered at the end of the body), sent as soon as
+//!     the blank line ending the event arrives (WHATWG HTML "server-sent events" §9.2.6). A 2xx
+//!     answer whose `Content-Type` is not `text/event-stream` (e.g. a server that ignores
+//!     `stream=true` and answers JSON, as `whisper-1` does) is passed on whole, as one message;
+//!   - `Chunks`: each body chunk as a `Binary` message as it arrives (streamed audio).
+//! - `Failed` otherwise; terminal, nothing follows. `error` starts with a kind, then `: ` and
+//!   details, so agents can classify faults without this module:
+//!   - [`ERR_STATUS`] — a non-2xx answer: `status` is set, `retry_after_ms` comes from
+//!     `retry-after-ms` (float ms, what OpenAI's SDKs read first) or else `Retry-After` (integer
+//!     seconds; an HTTP date is not parsed), and `error` holds the start of the body (at most
+//!     [`ERROR_BODY_BYTES`], e.g. OpenAI's `{"error":{"message":…,"code":…}}`);
+//!   - [`ERR_TIMEOUT`] — no complete answer within the request's `timeout_ms` (default
+//!     [`ClientConfig::default_timeout`]) or no connection within
+//!     [`ClientConfig::connect_timeout`];
+//!   - [`ERR_CONNECT`] — the connection could not be made (refused, DNS, TLS);
+//!   - [`ERR_DROPPED`] — the connection broke while the body was streaming;
+//!   - [`ERR_REQUEST`] — the request could not be built or sent (bad method, URL or header).
+//!
+//! Cancellation: the driver aborts the task on `ProviderCommand::Close`; dropping the reqwest
+//! future drops the connection, which is how a provider learns to stop generating (OpenAI stops
+//! a streamed completion when the client goes away).
+
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::agent::{HttpRequest, PeerId, ProviderEvent};
+use crate::agent::{
+    HttpBody, HttpRequest, MultipartPart, PeerId, ProviderEvent, ProviderMessage, ResponseMode,
+};
 
-/// The shared HTTP client.
-#[derive(Debug, Clone, Default)]
-pub struct Client {}
+/// `error` prefix of a non-2xx answer.
+pub const ERR_STATUS: &str = "status";
+/// `error` prefix of a connect or whole-request timeout.
+pub const ERR_TIMEOUT: &str = "timeout";
+/// `error` prefix of a failed connection.
+pub const ERR_CONNECT: &str = "connect";
+/// `error` prefix of a connection that broke while the body streamed.
+pub const ERR_DROPPED: &str = "dropped";
+/// `error` prefix of a request that could not be built or sent.
+pub const ERR_REQUEST: &str = "request";
+/// At most this many bytes of a non-2xx body are put in `Failed.error`.
+pub const ERROR_BODY_BYTES: usize = 2048;
+/// How long reading a non-2xx body may take before the error is reported without it.
+const ERROR_BODY_WAIT: Duration = Duration::from_millis(500);
 
-/// Runs one request to completion, reporting through `tx`.
+/// Settings of the shared [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// TCP connect (and TLS handshake) timeout. Default 3 s.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (connect, headers and the whole body) when a request gives none.
+    /// Default 60 s: long enough for a streamed reply, short enough to free a stuck pipe.
+    pub default_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long. Default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per host. Default 64.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout: Duration::from_secs(3),
+            default_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+/// Errors building a [`Client`]. The server cannot make provider requests without one.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// reqwest could not build the client (its TLS backend failed to initialise).
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// The shared HTTP client: a cheap handle (clone it per call) to one connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: reqwest::Client,
+    cfg: ClientConfig,
+}
+
+impl Default for Client {
+    /// [`Client::new`] with [`ClientConfig::default`].
+    fn default() -> Self {
+        // Building only fails when the TLS backend cannot initialise; `new` installs ring as
+        // the process's rustls provider first, so that cannot happen here.
+        Self::new(ClientConfig::default()).expect("reqwest client with rustls on ring")
+    }
+}
+
+/// Installs rustls' ring provider as the process default unless one is installed already
+/// (reqwest is built with `rustls-no-provider` and panics without one). Idempotent.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one meanwhile: fine either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+impl Client {
+    /// A client with `cfg` (installs the ring crypto provider if none is installed yet, so it
+    /// works in tests and tools as in `hark serve`).
+    ///
+    /// # Errors
+    /// [`HttpError::Build`] if reqwest cannot build it.
+    pub fn new(cfg: ClientConfig) -> Result<Self, HttpError> {
+        install_crypto_provider();
+        let inner = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| HttpError::Build(e.to_string()))?;
+        Ok(Client { inner, cfg })
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> ClientConfig {
+        self.cfg
+    }
+}
+
+/// A terminal failure of one request.
+struct Fail {
+    error: String,
+    status: Option<u16>,
+    retry_after_ms: Option<u64>,
+}
+
+impl Fail {
+    fn new(kind: &str, detail: impl std::fmt::Display) -> Self {
+        Fail {
+            error: format!("{kind}: {detail}"),
+            status: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Runs one request to completion, reporting through `tx` (see the module docs). Returns when
+/// the pipe has ended (its last event sent) or the receiver is gone.
 pub async fn run(
-    _client: Client,
+    client: Client,
     peer: PeerId,
-    _req: HttpRequest,
+    req: HttpRequest,
     tx: mpsc::UnboundedSender<ProviderEvent>,
 ) {
-    let _ = tx.send(ProviderEvent::Failed {
+    let timeout = req
+        .timeout_ms
+        .map_or(client.cfg.default_timeout, Duration::from_millis);
+    let fut = execute(&client, peer, req, &tx);
+    let end = match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(())) => ProviderEvent::Closed { peer },
+        Ok(Err(f)) => failed(peer, f),
+        Err(_) => failed(
+            peer,
+            Fail::new(
+                ERR_TIMEOUT,
+                format!("no complete response within {} ms", timeout.as_millis()),
+            ),
+        ),
+    };
+    let _ = tx.send(end);
+}
+
+fn failed(peer: PeerId, f: Fail) -> ProviderEvent {
+    ProviderEvent::Failed {
         peer,
-        error: "HTTP connector not built yet".into(),
-        status: None,
-        retry_after_ms: None,
+        error: f.error,
+        status: f.status,
+        retry_after_ms: f.retry_after_ms,
         close_code: None,
-    });
+    }
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        ERR_TIMEOUT
+    } else if e.is_connect() {
+        ERR_CONNECT
+    } else if e.is_builder() {
+        ERR_REQUEST
+    } else {
+        ERR_DROPPED
+    }
+}
+
+/// The full error text of `e` with its sources (reqwest's own message is terse).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+async fn execute(
+    client: &Client,
+    peer: PeerId,
+    req: HttpRequest,
+    tx: &mpsc::UnboundedSender<ProviderEvent>,
+) -> Result<(), Fail> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes())
+        .map_err(|e| Fail::new(ERR_REQUEST, format!("method {:?}: {e}", req.method)))?;
+    let mut rb = client.inner.request(method, &req.url);
+    for (k, v) in &req.headers {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    rb = match req.body {
+        HttpBody::Empty => rb,
+        HttpBody::Json(v) => {
+            let data = serde_json::to_vec(&v).map_err(|e| Fail::new(ERR_REQUEST, e))?;
+            rb.header("content-type", "application/json").body(data)
+        }
+        HttpBody::Bytes { content_type, data } => {
+            rb.header("content-type", content_type).body(data)
+        }
+        HttpBody::Multipart(parts) => {
+            let boundary = boundary(peer, &parts);
+            let data = multipart_body(&parts, &boundary);
+            rb.header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(data)
+        }
+    };
+    let mut resp = rb
+        .send()
+        .await
+        .map_err(|e| Fail::new(classify(&e), describe(&e)))?;
+    let status = resp.status().as_u16();
+    if !resp.status().is_success() {
+        let retry_after_ms = retry_after_ms(resp.headers());
+        let body = read_prefix(&mut resp).await;
+        return Err(Fail {
+            error: format!("{ERR_STATUS}: {status}: {body}"),
+            status: Some(status),
+            retry_after_ms,
+        });
+    }
+    let sse = req.response == ResponseMode::Sse
+        && resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+    let mode = match req.response {
+        ResponseMode::Sse if !sse => ResponseMode::Whole,
+        m => m,
+    };
+    let send = |message: ProviderMessage| -> Result<(), Fail> {
+        tx.send(ProviderEvent::Message { peer, message })
+            .map_err(|_| Fail::new(ERR_DROPPED, "the call is gone"))
+    };
+    tx.send(ProviderEvent::Opened {
+        peer,
+        status: Some(status),
+    })
+    .map_err(|_| Fail::new(ERR_DROPPED, "the call is gone"))?;
+    let body_err = |e: reqwest::Error| Fail::new(classify(&e), describe(&e));
+    match mode {
+        ResponseMode::Whole => {
+            let mut all = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(body_err)? {
+                all.extend_from_slice(&chunk);
+            }
+            send(match String::from_utf8(all) {
+                Ok(s) => ProviderMessage::Text(s),
+                Err(e) => ProviderMessage::Binary(e.into_bytes()),
+            })?;
+        }
+        ResponseMode::Chunks => {
+            while let Some(chunk) = resp.chunk().await.map_err(body_err)? {
+                if !chunk.is_empty() {
+                    send(ProviderMessage::Binary(chunk.to_vec()))?;
+                }
+            }
+        }
+        ResponseMode::Sse => {
+            let mut parser = SseParser::default();
+            let mut events = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(body_err)? {
+                parser.push(&chunk, &mut events);
+                for data in events.drain(..) {
+                    send(ProviderMessage::Text(data))?;
+                }
+            }
+            parser.finish(&mut events);
+            for data in events.drain(..) {
+                send(ProviderMessage::Text(data))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A boundary that occurs in none of the parts' data (RFC 2046 §5.1.1).
+fn boundary(peer: PeerId, parts: &[MultipartPart]) -> String {
+    let mut n = 0u32;
+    loop {
+        let b = format!(
+            "hark-boundary-{:016x}-{:08x}-{n}",
+            peer.0,
+            std::process::id()
+        );
+        let clash = parts
+            .iter()
+            .any(|p| p.data.windows(b.len()).any(|w| w == b.as_bytes()));
+        if !clash {
+            return b;
+        }
+        n += 1;
+    }
+}
+
+/// Encodes `multipart/form-data` (RFC 7578): one part per field, `\r\n` line ends.
+pub fn multipart_body(parts: &[MultipartPart], boundary: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(b"--");
+        out.extend_from_slice(boundary.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Disposition: form-data; name=\"");
+        out.extend_from_slice(quote(&p.name).as_bytes());
+        out.push(b'"');
+        if let Some(f) = &p.filename {
+            out.extend_from_slice(b"; filename=\"");
+            out.extend_from_slice(quote(f).as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b"\r\n");
+        if let Some(ct) = &p.content_type {
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(ct.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&p.data);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"--");
+    out.extend_from_slice(boundary.as_bytes());
+    out.extend_from_slice(b"--\r\n");
+    out
+}
+
+/// Escapes a multipart name or filename as browsers do (`"` → `%22`, CR/LF → `%0D`/`%0A`).
+fn quote(s: &str) -> String {
+    s.replace('"', "%22")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// `retry-after-ms` (float ms, rounded up) or else `Retry-After` (integer seconds).
+fn retry_after_ms(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(ms.ceil() as u64);
+    }
+    get("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| s.saturating_mul(1000))
+}
+
+/// Up to [`ERROR_BODY_BYTES`] of the body, lossy UTF-8, within [`ERROR_BODY_WAIT`].
+async fn read_prefix(resp: &mut reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    let read = async {
+        while buf.len() < ERROR_BODY_BYTES {
+            match resp.chunk().await {
+                Ok(Some(c)) => buf.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ERROR_BODY_WAIT, read).await;
+    buf.truncate(ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+/// An incremental server-sent-events parser: bytes in, each event's `data` out.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: String,
+    has_data: bool,
+    /// The previous byte was `\r` (a following `\n` belongs to the same line end).
+    after_cr: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; appends the `data` of every event completed by them to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<String>) {
+        for &b in bytes {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    self.end_line(out);
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line.push(b);
+                }
+            }
+        }
+    }
+
+    /// The body ended: delivers a last event that had no blank line after it.
+    pub fn finish(&mut self, out: &mut Vec<String>) {
+        if !self.line.is_empty() {
+            self.end_line(out);
+        }
+        self.dispatch(out);
+    }
+
+    fn end_line(&mut self, out: &mut Vec<String>) {
+        if self.line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.line);
+        let (field, value) = match line.find(':') {
+            Some(0) => ("", ""),
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            }
+            None => (&line[..], ""),
+        };
+        if field == "data" {
+            if self.has_data {
+                self.data.push('\n');
+            }
+            self.data.push_str(value);
+            self.has_data = true;
+        }
+        self.line.clear();
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<String>) {
+        if self.has_data {
+            out.push(std::mem::take(&mut self.data));
+            self.has_data = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_in_pieces(body: &[u8], piece: usize) -> Vec<String> {
+        let mut p = SseParser::default();
+        let mut out = Vec::new();
+        for c in body.chunks(piece.max(1)) {
+            p.push(c, &mut out);
+        }
+        p.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn sse_events_whatever_the_chunking() {
+        let body = b": comment\r\nevent: x\r\ndata: {\"a\":1}\r\n\r\ndata:{\"b\":2}\n\ndata: one\ndata: two\rid: 3\r\rdata: [DONE]\n\ndata: tail";
+        let want = vec![
+            "{\"a\":1}".to_string(),
+            "{\"b\":2}".to_string(),
+            "one\ntwo".to_string(),
+            "[DONE]".to_string(),
+            "tail".to_string(),
+        ];
+        for piece in 1..body.len() {
+            assert_eq!(parse_in_pieces(body, piece), want, "pieces of {piece}");
+        }
+    }
+
+    #[test]
+    fn sse_blank_events_and_non_utf8_do_not_panic() {
+        assert!(parse_in_pieces(b"\n\n\r\n:\n\n", 3).is_empty());
+        assert_eq!(
+            parse_in_pieces(b"data: \xff\xfe\n\n", 1),
+            vec!["\u{fffd}\u{fffd}"]
+        );
+        assert_eq!(parse_in_pieces(b"data\n\n", 2), vec![""]);
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after_ms(&h), None);
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after_ms(&h), Some(2000));
+        h.insert("retry-after-ms", "150.2".parse().unwrap());
+        assert_eq!(retry_after_ms(&h), Some(151));
+        h.insert("retry-after-ms", "soon".parse().unwrap());
+        assert_eq!(retry_after_ms(&h), Some(2000));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_ms(&h), None);
+    }
+
+    #[test]
+    fn multipart_shape() {
+        let parts = vec![
+            MultipartPart {
+                name: "model".into(),
+                filename: None,
+                content_type: None,
+                data: b"whisper-1".to_vec(),
+            },
+            MultipartPart {
+                name: "file".into(),
+                filename: Some("audio.wav".into()),
+                content_type: Some("audio/wav".into()),
+                data: vec![0, 1, 2],
+            },
+        ];
+        let body = multipart_body(&parts, "XYZ");
+        let want = b"--XYZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"audio.wav\"\r\nContent-Type: audio/wav\r\n\r\n\x00\x01\x02\r\n--XYZ--\r\n";
+        assert_eq!(body, want.to_vec());
+    }
 }

@@ -1,27 +1,285 @@
-//! Settings and construction of the `cascade` agent.
+//! Settings and construction of the `cascade` agent (`HARK_AGENT=cascade`): speech to text →
+//! language model → text to speech over any OpenAI-compatible API
+//! ([`hark_engine::agents::cascade`]).
 //!
-//! SCAFFOLD: replaced by the work that builds this agent. Until then selecting it is a
-//! configuration error, so nothing pretends to work.
+//! Each stage has its own base URL, key and model, so OpenAI, other hosted services and local
+//! servers mix freely. `OPENAI_BASE_URL` and `OPENAI_API_KEY` are the defaults for all three;
+//! `HARK_STT_*`, `HARK_LLM_*` and `HARK_TTS_*` override them per stage. A key is required only
+//! for a stage that talks to `api.openai.com`; local servers may need none.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `OPENAI_BASE_URL` | `https://api.openai.com/v1` | base URL of every stage (`/v1` is added when missing) |
+//! | `OPENAI_API_KEY` | — | key of every stage (`Authorization: Bearer …`) |
+//! | `HARK_STT_BASE_URL`, `HARK_STT_API_KEY` | the above | STT endpoint |
+//! | `HARK_STT_MODEL` | `gpt-4o-mini-transcribe` | transcription model |
+//! | `HARK_STT_STREAM` | `true` for `gpt-4o*` models | ask for SSE transcription events |
+//! | `HARK_STT_PROMPT` | — | transcription prompt (names, jargon) |
+//! | `HARK_LANGUAGE` | — | ISO-639-1 language of callers, sent to STT |
+//! | `HARK_LLM_BASE_URL`, `HARK_LLM_API_KEY` | the above | LLM endpoint |
+//! | `HARK_LLM_MODEL` | `gpt-4o-mini` | chat model |
+//! | `HARK_LLM_TEMPERATURE`, `HARK_LLM_MAX_TOKENS` | — | sampling settings |
+//! | `HARK_TTS_BASE_URL`, `HARK_TTS_API_KEY` | the above | TTS endpoint |
+//! | `HARK_TTS_MODEL` | `gpt-4o-mini-tts` | speech model |
+//! | `HARK_TTS_VOICE` | `alloy` | voice |
+//! | `HARK_TTS_INSTRUCTIONS`, `HARK_TTS_SPEED` | — | voice style, speed 0.25–4 |
+//! | `HARK_SYSTEM_PROMPT` | a short phone-assistant prompt | system prompt |
+//! | `HARK_SYSTEM_PROMPT_PARAM` | `systemPrompt` | `<Parameter>` that overrides it per call |
+//! | `HARK_GREETING` | `Hello! How can I help you today?` | spoken at the start; `off` for none |
+//! | `HARK_GREETING_PARAM` | `greeting` | `<Parameter>` that overrides it per call |
+//! | `HARK_FALLBACK_TEXT` | `Sorry, I'm having trouble…` | spoken when providers fail |
+//! | `HARK_GOODBYE_TEXT`, `HARK_TRANSFER_TEXT` | `Goodbye!`, `One moment…` | said by tools when the model says nothing |
+//! | `HARK_TOOLS` | `end_call,transfer_call` | tools offered to the model; `none` for none |
+//! | `HARK_TRANSFER_ALLOW` | — | comma-separated numbers `transfer_call` may dial (all when unset) |
+//! | `HARK_STT_TIMEOUT_MS` | 5000 | transcript deadline |
+//! | `HARK_LLM_TIMEOUT_MS` | 5000 | first-token deadline |
+//! | `HARK_TTS_TIMEOUT_MS` | 4000 | first-audio-byte deadline |
+//! | `HARK_PROVIDER_IDLE_MS` | 5000 | a stream silent this long mid-answer counts as dropped |
+//! | `HARK_RETRY_MAX` | 2 | retries per request |
+//! | `HARK_RETRY_BUDGET_MS` | 4000 | retries only start within this long after the caller's turn |
+//! | `HARK_RETRY_BACKOFF_MS` | 150 | first backoff, doubled per retry |
 
 use hark_engine::Agent;
+use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
 
 use crate::config::ConfigError;
 
 /// Settings of the `cascade` agent, read from the environment.
-#[derive(Debug, Clone)]
-pub struct Settings {}
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The engine-side configuration every call's agent is built from (boxed: it is large
+    /// next to the other agents' settings).
+    pub config: Box<CascadeConfig>,
+}
+
+fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+fn num<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| bad(var, format!("{v:?} is not a valid number")))
+}
+
+fn flag(var: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(var, format!("{v:?} is not true or false"))),
+    }
+}
+
+fn check_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
+    let u = v.trim().trim_end_matches('/').to_string();
+    let lower = u.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+        .ok_or_else(|| bad(var, format!("{v:?} must start with https:// (or http://)")))?;
+    if rest.is_empty() || rest.contains('?') || rest.contains('#') {
+        return Err(bad(var, format!("{v:?} needs a host and no query string")));
+    }
+    Ok(u)
+}
+
+/// Whether `base` is OpenAI's hosted API (which always needs a key).
+fn is_openai(base: &str) -> bool {
+    let lower = base.to_ascii_lowercase();
+    let host = lower
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "api.openai.com"
+}
 
 impl Settings {
-    /// Reads the settings through `lookup`.
+    /// Reads the settings through `lookup` (empty values count as unset).
     ///
     /// # Errors
-    /// Always, until the agent is built.
+    /// [`ConfigError`] naming the missing or bad variable: a stage on `api.openai.com` without
+    /// a key names `OPENAI_API_KEY` (or the stage's `HARK_*_API_KEY`).
     pub fn from_lookup(
-        _lookup: &mut dyn FnMut(&str) -> Option<String>,
+        lookup: &mut dyn FnMut(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        Err(ConfigError {
-            var: "HARK_AGENT",
-            reason: "the cascade agent is not available in this build yet".into(),
+        let mut get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        let mut c = CascadeConfig::default();
+        let base = match get("OPENAI_BASE_URL") {
+            Some(v) => check_url("OPENAI_BASE_URL", &v)?,
+            None => hark_engine::agents::cascade::config::OPENAI_BASE_URL.to_string(),
+        };
+        let key = get("OPENAI_API_KEY");
+        let mut endpoint = |url_var: &'static str,
+                            key_var: &'static str,
+                            model_var: &'static str,
+                            default_model: &str|
+         -> Result<Endpoint, ConfigError> {
+            let url = match get(url_var) {
+                Some(v) => check_url(url_var, &v)?,
+                None => base.clone(),
+            };
+            let api_key = get(key_var).or_else(|| key.clone());
+            if api_key.is_none() && is_openai(&url) {
+                let var = if get(url_var).is_some() {
+                    key_var
+                } else {
+                    "OPENAI_API_KEY"
+                };
+                return Err(bad(
+                    var,
+                    format!(
+                        "HARK_AGENT=cascade calls {url} and needs an API key (set OPENAI_API_KEY, or {key_var} for this stage)"
+                    ),
+                ));
+            }
+            let model = get(model_var).unwrap_or_else(|| default_model.to_string());
+            Ok(Endpoint::new(url, api_key, model.trim()))
+        };
+        c.stt.endpoint = endpoint(
+            "HARK_STT_BASE_URL",
+            "HARK_STT_API_KEY",
+            "HARK_STT_MODEL",
+            &c.stt.endpoint.model,
+        )?;
+        c.llm.endpoint = endpoint(
+            "HARK_LLM_BASE_URL",
+            "HARK_LLM_API_KEY",
+            "HARK_LLM_MODEL",
+            &c.llm.endpoint.model,
+        )?;
+        c.tts.endpoint = endpoint(
+            "HARK_TTS_BASE_URL",
+            "HARK_TTS_API_KEY",
+            "HARK_TTS_MODEL",
+            &c.tts.endpoint.model,
+        )?;
+        // Streaming transcription: gpt-4o transcribe models stream; whisper-1 ignores it.
+        c.stt.stream = match get("HARK_STT_STREAM") {
+            Some(v) => flag("HARK_STT_STREAM", &v)?,
+            None => c.stt.endpoint.model.starts_with("gpt-4o"),
+        };
+        c.stt.prompt = get("HARK_STT_PROMPT");
+        c.stt.language = get("HARK_LANGUAGE").map(|l| l.trim().to_string());
+        if let Some(l) = &c.stt.language
+            && !(l.len() == 2 && l.bytes().all(|b| b.is_ascii_lowercase()))
+        {
+            return Err(bad(
+                "HARK_LANGUAGE",
+                format!("{l:?} is not an ISO-639-1 code like en or de"),
+            ));
+        }
+        if let Some(v) = get("HARK_LLM_TEMPERATURE") {
+            let t: f32 = num("HARK_LLM_TEMPERATURE", &v)?;
+            if !(0.0..=2.0).contains(&t) {
+                return Err(bad("HARK_LLM_TEMPERATURE", "must be within 0..=2"));
+            }
+            c.llm.temperature = Some(t);
+        }
+        if let Some(v) = get("HARK_LLM_MAX_TOKENS") {
+            c.llm.max_tokens = Some(num("HARK_LLM_MAX_TOKENS", &v)?);
+        }
+        if let Some(v) = get("HARK_TTS_VOICE") {
+            c.tts.voice = v.trim().to_string();
+        }
+        c.tts.instructions = get("HARK_TTS_INSTRUCTIONS");
+        if let Some(v) = get("HARK_TTS_SPEED") {
+            let s: f32 = num("HARK_TTS_SPEED", &v)?;
+            if !(0.25..=4.0).contains(&s) {
+                return Err(bad("HARK_TTS_SPEED", "must be within 0.25..=4"));
+            }
+            c.tts.speed = Some(s);
+        }
+        if let Some(v) = get("HARK_SYSTEM_PROMPT") {
+            c.system_prompt = v;
+        }
+        if let Some(v) = get("HARK_SYSTEM_PROMPT_PARAM") {
+            c.system_prompt_param = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_GREETING") {
+            c.greeting = match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "none" => None,
+                _ => Some(v.trim().to_string()),
+            };
+        }
+        if let Some(v) = get("HARK_GREETING_PARAM") {
+            c.greeting_param = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_FALLBACK_TEXT") {
+            c.fallback_text = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_GOODBYE_TEXT") {
+            c.goodbye_text = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_TRANSFER_TEXT") {
+            c.transfer_text = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_TOOLS") {
+            c.tools.end_call = false;
+            c.tools.transfer_call = false;
+            for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                match t {
+                    "end_call" => c.tools.end_call = true,
+                    "transfer_call" => c.tools.transfer_call = true,
+                    "none" => {}
+                    other => {
+                        return Err(bad(
+                            "HARK_TOOLS",
+                            format!(
+                                "unknown tool {other:?} (available: end_call, transfer_call, none)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(v) = get("HARK_TRANSFER_ALLOW") {
+            c.tools.transfer_allow = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if let Some(n) = c
+                .tools
+                .transfer_allow
+                .iter()
+                .find(|n| !hark_engine::agents::cascade::valid_transfer_target(n))
+            {
+                return Err(bad(
+                    "HARK_TRANSFER_ALLOW",
+                    format!("{n:?} is not an E.164 number (+14155550100) or a sip: URI"),
+                ));
+            }
+        }
+        if let Some(v) = get("HARK_STT_TIMEOUT_MS") {
+            c.stt.timeout_ms = num("HARK_STT_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_LLM_TIMEOUT_MS") {
+            c.llm.first_token_timeout_ms = num("HARK_LLM_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_TTS_TIMEOUT_MS") {
+            c.tts.first_byte_timeout_ms = num("HARK_TTS_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_PROVIDER_IDLE_MS") {
+            c.idle_timeout_ms = num("HARK_PROVIDER_IDLE_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_RETRY_MAX") {
+            c.retry.max_retries = num::<u32>("HARK_RETRY_MAX", &v)?.min(10);
+        }
+        if let Some(v) = get("HARK_RETRY_BUDGET_MS") {
+            c.retry.budget_ms = num("HARK_RETRY_BUDGET_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_RETRY_BACKOFF_MS") {
+            c.retry.backoff_ms = num("HARK_RETRY_BACKOFF_MS", &v)?;
+        }
+        c.validate()
+            .map_err(|e| bad("HARK_* cascade settings", e.to_string()))?;
+        Ok(Settings {
+            config: Box::new(c),
         })
     }
 }
@@ -29,7 +287,95 @@ impl Settings {
 /// A new agent for one call.
 ///
 /// # Errors
-/// A reason when the agent cannot be made.
-pub fn build(_settings: &Settings) -> Result<Box<dyn Agent>, String> {
-    Err("the cascade agent is not available in this build yet".into())
+/// A reason when the agent cannot be made (settings that [`Settings::from_lookup`] checked,
+/// so not expected).
+pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, String> {
+    CascadeAgent::new((*settings.config).clone())
+        .map(|a| Box::new(a) as Box<dyn Agent>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(&mut |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    #[test]
+    fn openai_needs_a_key_and_names_the_variable() {
+        let e = read(&[]).unwrap_err();
+        assert_eq!(e.var, "OPENAI_API_KEY");
+        let s = read(&[("OPENAI_API_KEY", "sk-1")]).unwrap();
+        assert_eq!(s.config.llm.endpoint.api_key.as_deref(), Some("sk-1"));
+        assert_eq!(
+            s.config.stt.endpoint.url("/audio/transcriptions"),
+            "https://api.openai.com/v1/audio/transcriptions"
+        );
+        assert!(s.config.stt.stream);
+        // A stage moved to OpenAI explicitly names its own key variable.
+        let e = read(&[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1"),
+            ("HARK_TTS_BASE_URL", "https://api.openai.com/v1"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "HARK_TTS_API_KEY");
+    }
+
+    #[test]
+    fn local_servers_per_stage_without_keys() {
+        let s = read(&[
+            ("OPENAI_BASE_URL", "http://127.0.0.1:8000"),
+            ("HARK_STT_BASE_URL", "http://127.0.0.1:9000/v1/"),
+            ("HARK_STT_MODEL", "whisper-1"),
+            ("HARK_LLM_MODEL", "llama3.1"),
+            ("HARK_TTS_BASE_URL", "http://127.0.0.1:8880/v1"),
+            ("HARK_TTS_API_KEY", "kokoro"),
+            ("HARK_TTS_VOICE", "af_bella"),
+            ("HARK_GREETING", "off"),
+            ("HARK_LANGUAGE", "de"),
+            ("HARK_TOOLS", "end_call"),
+            ("HARK_RETRY_BUDGET_MS", "2500"),
+        ])
+        .unwrap();
+        let c = &s.config;
+        assert_eq!(c.stt.endpoint.url("/x"), "http://127.0.0.1:9000/v1/x");
+        assert!(!c.stt.stream, "whisper-1 does not stream");
+        assert_eq!(c.llm.endpoint.url("/x"), "http://127.0.0.1:8000/v1/x");
+        assert_eq!(c.llm.endpoint.api_key, None);
+        assert_eq!(c.llm.endpoint.model, "llama3.1");
+        assert_eq!(c.tts.endpoint.api_key.as_deref(), Some("kokoro"));
+        assert_eq!(c.tts.voice, "af_bella");
+        assert_eq!(c.greeting, None);
+        assert_eq!(c.stt.language.as_deref(), Some("de"));
+        assert!(c.tools.end_call && !c.tools.transfer_call);
+        assert_eq!(c.retry.budget_ms, 2500);
+        assert!(build(&s).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let base = [("OPENAI_API_KEY", "k")];
+        for (var, val) in [
+            ("OPENAI_BASE_URL", "ftp://x"),
+            ("HARK_LLM_BASE_URL", "localhost:8000"),
+            ("HARK_TTS_SPEED", "9"),
+            ("HARK_LLM_TEMPERATURE", "hot"),
+            ("HARK_STT_STREAM", "maybe"),
+            ("HARK_LANGUAGE", "english"),
+            ("HARK_TOOLS", "launch_rockets"),
+            ("HARK_TRANSFER_ALLOW", "555-1234"),
+            ("HARK_RETRY_MAX", "-1"),
+        ] {
+            let mut v = base.to_vec();
+            v.push((var, val));
+            let e = read(&v).unwrap_err();
+            assert_eq!(e.var, var, "{e}");
+        }
+    }
 }

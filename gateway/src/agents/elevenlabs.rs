@@ -1,35 +1,485 @@
-//! Settings and construction of the `elevenlabs` agent.
+//! Settings and construction of the `elevenlabs` agent (relayed through hark's engine) and the
+//! `elevenlabs-direct` TwiML (Twilio connects to ElevenLabs itself).
 //!
-//! SCAFFOLD: replaced by the work that builds this agent. Until then selecting it is a
-//! configuration error, so nothing pretends to work.
+//! Settings (README "ElevenLabs"):
+//! - `ELEVENLABS_AGENT_ID` (required): the Conversational AI agent.
+//! - `ELEVENLABS_API_KEY`: for private agents (the usual case): each call gets a signed URL
+//!   from `GET {ELEVENLABS_API_BASE}/v1/convai/conversation/get-signed-url?agent_id=…` with
+//!   header `xi-api-key` (`shared/reference/providers.md` §5). Without it, hark connects to the
+//!   public agent URL `wss://…/v1/convai/conversation?agent_id=…`.
+//! - `ELEVENLABS_API_BASE` (default `https://api.elevenlabs.io`): the REST base; the public
+//!   WebSocket URL uses the same host (`https` → `wss`).
+//! - `HARK_ELEVENLABS_PROMPT`, `HARK_ELEVENLABS_FIRST_MESSAGE`, `HARK_ELEVENLABS_LANGUAGE`,
+//!   `HARK_ELEVENLABS_VOICE_ID`: `conversation_config_override` values (each only if the
+//!   agent allows overriding it), relay mode only.
+//! - `HARK_ELEVENLABS_END_CALL_TOOL` (default `end_call`): the client tool that hangs up.
+//!
+//! **Relay** ([`build`]): the signed URL is fetched with reqwest when the call's WebSocket is
+//! accepted, concurrently with Twilio's `connected`/`start`; the engine's
+//! [`ElevenLabsAgent`] is given it as soon as it arrives and buffers caller audio until then.
+//! A failed fetch ends the call with the reason logged.
+//!
+//! **Direct** ([`direct_voice`]): `/voice` fetches the signed URL and answers
+//! `<Connect><Stream url="<signed url>" /></Connect>` followed by `HARK_AFTER_CONNECT`. On
+//! failure: 401 → a configuration-error message, 429 → "busy, call back in a few minutes",
+//! anything else → "technical difficulties", each `<Say>` + `<Hangup />`, logged with the
+//! status. Caveat: the signed URL has a query string, which Twilio's `<Stream>` rules forbid
+//! (error 31920, `reference/twilio.md` §1.1; hark's own [`crate::twiml`] writer refuses it);
+//! the document is written here exactly as the seed project does. And the ElevenLabs endpoint
+//! speaks its own protocol, not Twilio Media Streams: ElevenLabs' supported Twilio paths are
+//! its native integration and register-call. Prefer the relay.
 
-use hark_engine::Agent;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use hark_engine::agent::{
+    Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderEvent, UserTurn,
+};
+use hark_engine::agents::elevenlabs::{ElevenLabsAgent, ElevenLabsConfig, Overrides};
+use hark_engine::playout::{Interrupted, UtteranceId};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
 
 use crate::config::ConfigError;
+use crate::twiml::{self, Verb};
 
-/// Settings of the `elevenlabs` agent, read from the environment.
-#[derive(Debug, Clone)]
-pub struct Settings {}
+/// Default REST base (`ELEVENLABS_API_BASE`).
+pub const DEFAULT_API_BASE: &str = "https://api.elevenlabs.io";
+/// Whole-request timeout of the signed-URL lookup (Twilio waits 15 s for `/voice`).
+pub const SIGNED_URL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Said on a 401 from the signed-URL lookup (direct mode).
+pub const SAY_CONFIG_ERROR: &str = "Sorry, this line is not configured correctly. Please contact the business another way. Goodbye.";
+/// Said on a 429 (direct mode).
+pub const SAY_BUSY: &str = "The service is busy, please call back in a few minutes. Goodbye.";
+/// Said on any other failure (direct mode).
+pub const SAY_TECHNICAL: &str =
+    "Sorry, we are experiencing technical difficulties. Please try again later. Goodbye.";
+
+/// Settings of the `elevenlabs` and `elevenlabs-direct` agents, read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `ELEVENLABS_AGENT_ID`.
+    pub agent_id: String,
+    /// `ELEVENLABS_API_KEY`; `None` for a public agent.
+    pub api_key: Option<String>,
+    /// `ELEVENLABS_API_BASE`, without a trailing slash.
+    pub api_base: String,
+    /// `HARK_ELEVENLABS_*` overrides.
+    pub overrides: Overrides,
+    /// `HARK_ELEVENLABS_END_CALL_TOOL`.
+    pub end_call_tool: String,
+}
 
 impl Settings {
     /// Reads the settings through `lookup`.
     ///
     /// # Errors
-    /// Always, until the agent is built.
+    /// [`ConfigError`] when `ELEVENLABS_AGENT_ID` is missing or `ELEVENLABS_API_BASE` is not
+    /// an `http(s)://` URL.
     pub fn from_lookup(
-        _lookup: &mut dyn FnMut(&str) -> Option<String>,
+        lookup: &mut dyn FnMut(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        Err(ConfigError {
-            var: "HARK_AGENT",
-            reason: "the elevenlabs agent is not available in this build yet".into(),
+        let agent_id = lookup("ELEVENLABS_AGENT_ID")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or(ConfigError {
+                var: "ELEVENLABS_AGENT_ID",
+                reason: "required by HARK_AGENT=elevenlabs / elevenlabs-direct".into(),
+            })?;
+        let api_base = lookup("ELEVENLABS_API_BASE")
+            .map(|v| v.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
+        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+            return Err(ConfigError {
+                var: "ELEVENLABS_API_BASE",
+                reason: format!("{api_base:?} must start with https:// (or http:// for tests)"),
+            });
+        }
+        Ok(Settings {
+            agent_id,
+            api_key: lookup("ELEVENLABS_API_KEY").map(|v| v.trim().to_string()),
+            api_base,
+            overrides: Overrides {
+                prompt: lookup("HARK_ELEVENLABS_PROMPT"),
+                first_message: lookup("HARK_ELEVENLABS_FIRST_MESSAGE"),
+                language: lookup("HARK_ELEVENLABS_LANGUAGE"),
+                voice_id: lookup("HARK_ELEVENLABS_VOICE_ID"),
+            },
+            end_call_tool: lookup("HARK_ELEVENLABS_END_CALL_TOOL")
+                .unwrap_or_else(|| "end_call".to_string()),
         })
+    }
+
+    /// The public agent's WebSocket URL (no signature): `wss://<api host>/v1/convai/
+    /// conversation?agent_id=…`.
+    pub fn public_url(&self) -> String {
+        let ws = if let Some(rest) = self.api_base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.api_base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.api_base.clone()
+        };
+        let id: String = form_urlencoded::byte_serialize(self.agent_id.as_bytes()).collect();
+        format!("{ws}/v1/convai/conversation?agent_id={id}")
     }
 }
 
-/// A new agent for one call.
+/// Why a signed URL could not be had. Each ends the call (relay) or is answered with a spoken
+/// message and `<Hangup />` (direct).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignedUrlError {
+    /// ElevenLabs answered with an error status (401 bad key, 422 bad agent id, 429 busy, …).
+    #[error("get-signed-url answered HTTP {status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The request failed (connect, TLS, timeout).
+    #[error("get-signed-url failed: {0}")]
+    Transport(String),
+    /// The 200 answer had no usable `signed_url` (`ws://` or `wss://`).
+    #[error("get-signed-url answered without a usable signed_url: {0}")]
+    BadAnswer(String),
+}
+
+impl SignedUrlError {
+    /// The HTTP status, when ElevenLabs answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SignedUrlError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// A short kind for metric labels and [`hark_engine::agent::AgentReport::ProviderFault`].
+    pub fn kind(&self) -> String {
+        match self {
+            SignedUrlError::Status { status, .. } => format!("signed_url_http_{status}"),
+            SignedUrlError::Transport(_) => "signed_url_connect".into(),
+            SignedUrlError::BadAnswer(_) => "signed_url_bad_answer".into(),
+        }
+    }
+}
+
+/// The process's HTTP client for signed-URL lookups (rustls on ring; the provider is installed
+/// here if the API has not done it yet).
+fn client() -> Result<&'static reqwest::Client, SignedUrlError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .timeout(SIGNED_URL_TIMEOUT)
+                .connect_timeout(Duration::from_secs(3))
+                .user_agent(concat!("hark/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| SignedUrlError::Transport(format!("HTTP client: {e}")))
+}
+
+/// The conversation URL for one call: a fresh signed URL when an API key is set, else the
+/// public agent URL.
 ///
 /// # Errors
-/// A reason when the agent cannot be made.
-pub fn build(_settings: &Settings) -> Result<Box<dyn Agent>, String> {
-    Err("the elevenlabs agent is not available in this build yet".into())
+/// [`SignedUrlError`] when ElevenLabs refuses or cannot be reached.
+pub async fn conversation_url(s: &Settings) -> Result<String, SignedUrlError> {
+    let Some(key) = &s.api_key else {
+        return Ok(s.public_url());
+    };
+    let id: String = form_urlencoded::byte_serialize(s.agent_id.as_bytes()).collect();
+    let url = format!(
+        "{}/v1/convai/conversation/get-signed-url?agent_id={id}",
+        s.api_base
+    );
+    let resp = client()?
+        .get(url)
+        .header("xi-api-key", key)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| SignedUrlError::Transport(e.without_url().to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| SignedUrlError::Transport(e.without_url().to_string()))?;
+    if !(200..300).contains(&status) {
+        return Err(SignedUrlError::Status {
+            status,
+            body: body.chars().take(200).collect(),
+        });
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| SignedUrlError::BadAnswer(e.to_string()))?;
+    match v.get("signed_url").and_then(|u| u.as_str()) {
+        Some(u) if u.starts_with("wss://") || u.starts_with("ws://") => Ok(u.to_string()),
+        _ => Err(SignedUrlError::BadAnswer(body.chars().take(200).collect())),
+    }
+}
+
+/// A new relay agent for one call: starts the signed-URL lookup now (on the current tokio
+/// runtime) and hands the URL to the engine's [`ElevenLabsAgent`] when it arrives.
+///
+/// # Errors
+/// A reason when there is no tokio runtime to run the lookup on.
+pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, String> {
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| "the elevenlabs agent needs a tokio runtime".to_string())?;
+    let (tx, rx) = oneshot::channel();
+    let s = settings.clone();
+    handle.spawn(async move {
+        let _ = tx.send(conversation_url(&s).await);
+    });
+    let inner = ElevenLabsAgent::new(ElevenLabsConfig {
+        url: None,
+        overrides: settings.overrides.clone(),
+        end_call_tool: settings.end_call_tool.clone(),
+        ..ElevenLabsConfig::default()
+    });
+    Ok(Box::new(Relay {
+        inner,
+        url: Some(rx),
+        asked_at: Instant::now(),
+    }))
+}
+
+/// How often the relay checks for the signed URL while it has no inbound audio to wake it.
+const URL_POLL: Duration = Duration::from_millis(10);
+
+/// The engine's relay plus the signed URL on its way.
+struct Relay {
+    inner: ElevenLabsAgent,
+    url: Option<oneshot::Receiver<Result<String, SignedUrlError>>>,
+    asked_at: Instant,
+}
+
+impl Relay {
+    /// Hands the URL over once it has arrived; asks to be woken again while it has not.
+    fn poll(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(rx) = self.url.as_mut() else {
+            return;
+        };
+        match rx.try_recv() {
+            Ok(Ok(url)) => {
+                self.url = None;
+                info!(
+                    wait_ms = now.saturating_duration_since(self.asked_at).as_millis() as u64,
+                    "elevenlabs conversation URL ready"
+                );
+                self.inner.set_url(url, out);
+            }
+            Ok(Err(e)) => {
+                self.url = None;
+                warn!(status = e.status(), error = %e, "elevenlabs: no conversation URL");
+                self.inner.fail(&e.kind(), &e.to_string(), out);
+            }
+            Err(oneshot::error::TryRecvError::Empty) => out.push(Action::WakeAt(now + URL_POLL)),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                self.url = None;
+                self.inner.fail(
+                    "signed_url_lost",
+                    "the signed-URL lookup ended without an answer",
+                    out,
+                );
+            }
+        }
+    }
+}
+
+impl Agent for Relay {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn needs(&self) -> AgentNeeds {
+        self.inner.needs()
+    }
+    fn vad_barge_in(&self) -> bool {
+        self.inner.vad_barge_in()
+    }
+    fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
+        self.inner.on_start(now, info, out);
+        self.poll(now, out);
+    }
+    fn on_audio(&mut self, now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
+        self.poll(now, out);
+        self.inner.on_audio(now, frame, out);
+    }
+    fn on_user_speech_start(&mut self, now: Instant, media_ms: u64, out: &mut Vec<Action>) {
+        self.inner.on_user_speech_start(now, media_ms, out);
+    }
+    fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
+        self.inner.on_user_turn(now, turn, out);
+    }
+    fn on_barge_in(&mut self, now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
+        self.inner.on_barge_in(now, heard, out);
+    }
+    fn on_played(&mut self, now: Instant, id: UtteranceId, out: &mut Vec<Action>) {
+        self.inner.on_played(now, id, out);
+    }
+    fn on_dtmf(&mut self, now: Instant, digit: &str, out: &mut Vec<Action>) {
+        self.inner.on_dtmf(now, digit, out);
+    }
+    fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
+        self.inner.on_provider(now, event, out);
+    }
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.poll(now, out);
+        self.inner.on_timeout(now, out);
+    }
+    fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.url = None;
+        self.inner.on_stop(now, out);
+    }
+}
+
+fn xml(body: String) -> Response {
+    ([(header::CONTENT_TYPE, twiml::CONTENT_TYPE)], body).into_response()
+}
+
+/// `<Say>`s `message` and hangs up (the lossy writer cannot fail).
+fn say_hangup(message: &str) -> Response {
+    xml(twiml::say_hangup_lossy(message))
+}
+
+/// Writes `value` as an XML attribute value (ElementTree's escapes, as [`crate::twiml`]).
+fn push_attr(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            '\n' => out.push_str("&#10;"),
+            '\t' => out.push_str("&#09;"),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+            c => out.push(c),
+        }
+    }
+}
+
+/// The direct-mode document: `<Connect><Stream url="…" /></Connect>` then `after`, in
+/// [`crate::twiml`]'s conventions. The URL's query string is kept (see the module docs).
+///
+/// # Errors
+/// [`twiml::TwimlError`] from the `after` verbs.
+pub fn direct_twiml(stream_url: &str, after: &[Verb]) -> Result<String, twiml::TwimlError> {
+    let rest = twiml::Response {
+        verbs: after.to_vec(),
+    }
+    .render()?;
+    // `render` gives `<?xml …?><Response>…</Response>` or `<?xml …?><Response />`.
+    let inner = rest
+        .strip_prefix(twiml::XML_DECLARATION)
+        .and_then(|r| r.strip_prefix("<Response>"))
+        .and_then(|r| r.strip_suffix("</Response>"))
+        .unwrap_or("");
+    let mut out = String::with_capacity(160 + stream_url.len() + inner.len());
+    out.push_str(twiml::XML_DECLARATION);
+    out.push_str("<Response><Connect><Stream url=\"");
+    push_attr(&mut out, stream_url);
+    out.push_str("\" /></Connect>");
+    out.push_str(inner);
+    out.push_str("</Response>");
+    Ok(out)
+}
+
+/// `/voice` in `elevenlabs-direct` mode: the TwiML that connects Twilio to ElevenLabs, or a
+/// spoken goodbye when the signed URL cannot be had (see the module docs). `form` is the
+/// webhook's parameters (only `CallSid` is used, for the log).
+pub async fn direct_voice(
+    settings: &Settings,
+    form: &[(String, String)],
+    after: &[Verb],
+) -> Response {
+    let call_sid = form
+        .iter()
+        .find(|(k, _)| k == "CallSid")
+        .map_or("", |(_, v)| v.as_str());
+    match conversation_url(settings).await {
+        Ok(url) => match direct_twiml(&url, after) {
+            Ok(doc) => {
+                info!(
+                    call_sid,
+                    "elevenlabs-direct: connecting Twilio to ElevenLabs"
+                );
+                xml(doc)
+            }
+            Err(e) => {
+                warn!(call_sid, error = %e, "elevenlabs-direct: cannot write TwiML");
+                say_hangup(SAY_TECHNICAL)
+            }
+        },
+        Err(e) => {
+            let status = e.status();
+            metrics::counter!("hark_provider_faults_total", "provider" => "elevenlabs", "kind" => e.kind())
+                .increment(1);
+            warn!(call_sid, status, error = %e, "elevenlabs-direct: no signed URL");
+            match status {
+                Some(401) => say_hangup(SAY_CONFIG_ERROR),
+                Some(429) => say_hangup(SAY_BUSY),
+                _ => say_hangup(SAY_TECHNICAL),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(&mut |k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn settings_name_the_missing_variable() {
+        assert_eq!(settings(&[]).unwrap_err().var, "ELEVENLABS_AGENT_ID");
+        assert_eq!(
+            settings(&[
+                ("ELEVENLABS_AGENT_ID", "a"),
+                ("ELEVENLABS_API_BASE", "ftp://x")
+            ])
+            .unwrap_err()
+            .var,
+            "ELEVENLABS_API_BASE"
+        );
+        let s = settings(&[("ELEVENLABS_AGENT_ID", "agent 1")]).unwrap();
+        assert_eq!(s.api_base, DEFAULT_API_BASE);
+        assert_eq!(
+            s.public_url(),
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent+1"
+        );
+        assert_eq!(s.end_call_tool, "end_call");
+    }
+
+    #[test]
+    fn direct_twiml_keeps_the_query_string_escaped() {
+        let doc = direct_twiml(
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a&conversation_signature=s",
+            &[Verb::Hangup],
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Connect><Stream url="wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a&amp;conversation_signature=s" /></Connect><Hangup /></Response>"#
+        );
+        let bare = direct_twiml("wss://h/x", &[]).unwrap();
+        assert!(
+            bare.ends_with(r#"<Stream url="wss://h/x" /></Connect></Response>"#),
+            "{bare}"
+        );
+    }
 }

@@ -1,0 +1,321 @@
+//! Settings of the cascade agent: per-stage endpoints, prompts and phrases, tools, timeouts and
+//! the retry policy. All durations are in ms.
+
+/// One OpenAI-compatible endpoint (OpenAI, another hosted service, or a local server such as
+/// vLLM, llama.cpp's server, Ollama, Speaches or Kokoro-FastAPI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`. `/v1` is
+    /// appended when the URL does not already end with it (so `http://127.0.0.1:8000` works
+    /// too); a trailing `/` is ignored.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer <key>`; `None` sends no `Authorization` header (local
+    /// servers that need none).
+    pub api_key: Option<String>,
+    /// Model name sent as `model`.
+    pub model: String,
+}
+
+impl Endpoint {
+    /// An endpoint.
+    pub fn new(
+        base_url: impl Into<String>,
+        api_key: Option<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        Endpoint {
+            base_url: base_url.into(),
+            api_key,
+            model: model.into(),
+        }
+    }
+
+    /// The absolute URL of `path` (`/audio/speech`, …) under this endpoint's `/v1`.
+    pub fn url(&self, path: &str) -> String {
+        let base = self.base_url.trim().trim_end_matches('/');
+        let v1 = if base.ends_with("/v1") { "" } else { "/v1" };
+        format!("{base}{v1}{path}")
+    }
+
+    /// The `Authorization` header, when there is a key.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.api_key
+            .iter()
+            .map(|k| ("Authorization".to_string(), format!("Bearer {k}")))
+            .collect()
+    }
+}
+
+/// OpenAI's public API.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Speech to text (`POST /v1/audio/transcriptions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SttConfig {
+    /// Where and which model (default `gpt-4o-mini-transcribe`).
+    pub endpoint: Endpoint,
+    /// ISO-639-1 language of the caller (`en`, …), sent as `language`; `None` lets the model
+    /// detect it.
+    pub language: Option<String>,
+    /// A prompt to steer the transcription (names, jargon), sent as `prompt`.
+    pub prompt: Option<String>,
+    /// Ask for the streamed form (`stream=true`, SSE `transcript.text.delta`/`done`). OpenAI's
+    /// `gpt-4o(-mini)-transcribe` models stream; `whisper-1` ignores it and answers JSON, which
+    /// the agent also accepts.
+    pub stream: bool,
+    /// The transcript must be complete this long after the request was sent (default 5000).
+    pub timeout_ms: u64,
+}
+
+/// The language model (`POST /v1/chat/completions`, streamed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmConfig {
+    /// Where and which model (default `gpt-4o-mini`).
+    pub endpoint: Endpoint,
+    /// `temperature`, when set.
+    pub temperature: Option<f32>,
+    /// `max_tokens` (the form every OpenAI-compatible server accepts), when set.
+    pub max_tokens: Option<u32>,
+    /// The first streamed chunk must arrive this long after the request (default 5000).
+    pub first_token_timeout_ms: u64,
+}
+
+/// Text to speech (`POST /v1/audio/speech`, `response_format: pcm`, streamed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtsConfig {
+    /// Where and which model (default `gpt-4o-mini-tts`).
+    pub endpoint: Endpoint,
+    /// `voice` (default `alloy`).
+    pub voice: String,
+    /// `instructions` (gpt-4o-mini-tts only), when set.
+    pub instructions: Option<String>,
+    /// `speed` 0.25–4.0, when set.
+    pub speed: Option<f32>,
+    /// The first audio byte must arrive this long after the request (default 4000).
+    pub first_byte_timeout_ms: u64,
+    /// Sentences synthesised at once (default 2): the next sentence's audio is fetched while
+    /// the current one streams; audio always plays in sentence order.
+    pub parallel: usize,
+}
+
+/// Which tools the model may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolsConfig {
+    /// `end_call`: say goodbye, then end the call (default on).
+    pub end_call: bool,
+    /// `transfer_call(number)`: hand the call to a number (default on).
+    pub transfer_call: bool,
+    /// When not empty, `transfer_call` only accepts these numbers (E.164 or `sip:` URIs).
+    pub transfer_allow: Vec<String>,
+}
+
+/// Bounded retries of failed provider requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries per request (default 2): a request is tried at most `1 + max_retries` times.
+    pub max_retries: u32,
+    /// Retries start only within this long after the caller's turn ended (or, for the greeting,
+    /// after the stream started) (default 4000). A `Retry-After` that points past it is not
+    /// waited for: the fallback phrase plays at once.
+    pub budget_ms: u64,
+    /// First backoff after a 5xx, a dropped connection or an error inside a stream (default
+    /// 150); doubled per retry. A 429 waits for its `retry-after-ms`/`Retry-After` instead when
+    /// it has one. Timeouts retry at once (their time is already spent).
+    pub backoff_ms: u64,
+}
+
+/// Everything the cascade agent needs. [`CascadeConfig::default`] talks to OpenAI with no key
+/// (set [`Endpoint::api_key`] on each stage).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CascadeConfig {
+    /// Speech to text.
+    pub stt: SttConfig,
+    /// Language model.
+    pub llm: LlmConfig,
+    /// Text to speech.
+    pub tts: TtsConfig,
+    /// The system prompt (default: a short, phone-friendly assistant prompt).
+    pub system_prompt: String,
+    /// A TwiML `<Parameter>` of this name overrides `system_prompt` for the call (default
+    /// `systemPrompt`; empty disables).
+    pub system_prompt_param: String,
+    /// Spoken when the stream starts; `None` or empty for no greeting.
+    pub greeting: Option<String>,
+    /// A `<Parameter>` of this name overrides the greeting (default `greeting`; empty
+    /// disables).
+    pub greeting_param: String,
+    /// Spoken when a turn cannot be answered (providers down after retries). Rendered once when
+    /// the call starts, so it plays even if TTS is down later; if TTS is already down then, a
+    /// short synthesized chime plays instead (never dead air).
+    pub fallback_text: String,
+    /// Spoken before hanging up when the model calls `end_call` without saying anything.
+    pub goodbye_text: String,
+    /// Spoken before transferring when the model calls `transfer_call` without saying anything.
+    pub transfer_text: String,
+    /// Tools.
+    pub tools: ToolsConfig,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Whole-request backstop for every provider request, given to the connector (default
+    /// 60 000): the agent's own timeouts above fire first.
+    pub request_timeout_ms: u64,
+    /// A stream that goes silent this long mid-answer is treated as dropped (default 5000).
+    pub idle_timeout_ms: u64,
+    /// Tool-call rounds per caller turn (default 3): a model that keeps calling tools that
+    /// need another round is stopped with the fallback phrase.
+    pub max_tool_rounds: u32,
+}
+
+/// The default system prompt.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful voice assistant on a phone call. \
+Answer briefly in plain spoken sentences: no lists, no markdown, no emoji. \
+If the caller wants to end the call, say a short goodbye and call end_call. \
+If the caller asks for a person or another department, call transfer_call.";
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        let ep = |model: &str| Endpoint::new(OPENAI_BASE_URL, None, model);
+        CascadeConfig {
+            stt: SttConfig {
+                endpoint: ep("gpt-4o-mini-transcribe"),
+                language: None,
+                prompt: None,
+                stream: true,
+                timeout_ms: 5_000,
+            },
+            llm: LlmConfig {
+                endpoint: ep("gpt-4o-mini"),
+                temperature: None,
+                max_tokens: None,
+                first_token_timeout_ms: 5_000,
+            },
+            tts: TtsConfig {
+                endpoint: ep("gpt-4o-mini-tts"),
+                voice: "alloy".into(),
+                instructions: None,
+                speed: None,
+                first_byte_timeout_ms: 4_000,
+                parallel: 2,
+            },
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            system_prompt_param: "systemPrompt".into(),
+            greeting: Some("Hello! How can I help you today?".into()),
+            greeting_param: "greeting".into(),
+            fallback_text: "Sorry, I'm having trouble right now. Could you say that again?".into(),
+            goodbye_text: "Goodbye!".into(),
+            transfer_text: "One moment, I'm transferring your call.".into(),
+            tools: ToolsConfig {
+                end_call: true,
+                transfer_call: true,
+                transfer_allow: Vec::new(),
+            },
+            retry: RetryPolicy {
+                max_retries: 2,
+                budget_ms: 4_000,
+                backoff_ms: 150,
+            },
+            request_timeout_ms: 60_000,
+            idle_timeout_ms: 5_000,
+            max_tool_rounds: 3,
+        }
+    }
+}
+
+/// Errors of the cascade agent's settings. The agent cannot be built; the call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CascadeError {
+    /// A setting is unusable; the text names it.
+    #[error("cascade agent: {0}")]
+    Config(String),
+}
+
+impl CascadeConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`CascadeError::Config`] naming the bad setting.
+    pub fn validate(&self) -> Result<(), CascadeError> {
+        let bad = |s: String| Err(CascadeError::Config(s));
+        for (name, ep) in [
+            ("stt", &self.stt.endpoint),
+            ("llm", &self.llm.endpoint),
+            ("tts", &self.tts.endpoint),
+        ] {
+            let b = ep.base_url.trim().to_ascii_lowercase();
+            if !(b.starts_with("http://") || b.starts_with("https://")) {
+                return bad(format!(
+                    "{name} base URL {:?} must start with http:// or https://",
+                    ep.base_url
+                ));
+            }
+            if ep.model.trim().is_empty() {
+                return bad(format!("{name} model is empty"));
+            }
+        }
+        if self.tts.voice.trim().is_empty() {
+            return bad("tts voice is empty".into());
+        }
+        if let Some(s) = self.tts.speed
+            && !(0.25..=4.0).contains(&s)
+        {
+            return bad(format!("tts speed {s} is outside 0.25..=4.0"));
+        }
+        if self.tts.parallel == 0 || self.tts.parallel > 8 {
+            return bad("tts parallel must be within 1..=8".into());
+        }
+        if self.fallback_text.trim().is_empty() {
+            return bad("fallback text is empty".into());
+        }
+        for (name, v) in [
+            ("stt timeout", self.stt.timeout_ms),
+            ("llm first-token timeout", self.llm.first_token_timeout_ms),
+            ("tts first-byte timeout", self.tts.first_byte_timeout_ms),
+            ("idle timeout", self.idle_timeout_ms),
+            ("request timeout", self.request_timeout_ms),
+        ] {
+            if v < 50 {
+                return bad(format!("{name} of {v} ms is too short (at least 50)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_v1_once() {
+        let e = |b: &str| Endpoint::new(b, None, "m").url("/audio/speech");
+        assert_eq!(
+            e("https://api.openai.com/v1"),
+            "https://api.openai.com/v1/audio/speech"
+        );
+        assert_eq!(
+            e("https://api.openai.com/v1/"),
+            "https://api.openai.com/v1/audio/speech"
+        );
+        assert_eq!(
+            e("http://127.0.0.1:8000"),
+            "http://127.0.0.1:8000/v1/audio/speech"
+        );
+        assert_eq!(e("http://h/openai/v1"), "http://h/openai/v1/audio/speech");
+    }
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_named() {
+        assert!(CascadeConfig::default().validate().is_ok());
+        let mut c = CascadeConfig::default();
+        c.llm.endpoint.base_url = "ftp://x".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("llm base URL")
+        );
+        let mut c = CascadeConfig::default();
+        c.tts.speed = Some(9.0);
+        assert!(c.validate().unwrap_err().to_string().contains("speed"));
+    }
+}

@@ -1,0 +1,919 @@
+//! [`RealtimeAgent`]: a call answered by OpenAI Realtime (speech to speech) over its WebSocket,
+//! sans-IO.
+//!
+//! Wire format: the `RealtimeClientEvent*` / `RealtimeServerEvent*` schemas of
+//! `shared/specs/openai/openapi.yaml` (GA names) and, for the beta names, of
+//! `openapi-manual_spec-2025-04-29.yaml`; summary in `shared/reference/providers.md` §4.
+//!
+//! - **Connect**: `<url>?model=<model>` with `Authorization: Bearer <key>` (beta adds
+//!   `OpenAI-Beta: realtime=v1`). Once open: `session.update` with `audio/pcmu` in and out
+//!   (beta `g711_ulaw`), so Twilio's μ-law passes through untouched both ways (160 bytes =
+//!   20 ms); the voice, instructions, input transcription and turn detection from
+//!   [`RealtimeConfig`]; then an optional greeting `response.create`.
+//! - **Caller audio**: each 20 ms frame → `input_audio_buffer.append` (held while connecting,
+//!   up to [`RealtimeConfig::max_buffer_ms`]).
+//! - **Turn detection** ([`TurnDetection`]): by the server (`server_vad` or `semantic_vad`,
+//!   `create_response` and `interrupt_response` on) — hark's own VAD barge-in is then off and
+//!   `input_audio_buffer.speech_started` is the interruption; or by hark
+//!   (`turn_detection: null`): at the end of each caller turn hark sends
+//!   `input_audio_buffer.commit` + `response.create`, and hark's VAD barge-in interrupts.
+//! - **Agent audio**: `response.output_audio.delta` (beta `response.audio.delta`) → one
+//!   utterance per output item, [`AgentAudio::Mulaw`] untouched; the transcript deltas are the
+//!   utterance's text (in whole words), so a barge-in knows the heard words;
+//!   `response.output_audio.done` finishes the utterance.
+//! - **Barge-in** (the official Twilio sample's flaw fixed, `anchors.md` §5): on
+//!   `speech_started` while a response is active or its audio is unplayed, hark sends
+//!   `response.cancel` for the active response (its later deltas are dropped) and asks the call
+//!   for a Twilio `clear` ([`Action::Interrupt`]); the call answers with what the caller
+//!   **heard** according to Twilio's mark echoes ([`Interrupted::heard_ms`]), and hark sends
+//!   `conversation.item.truncate` with `audio_end_ms` = that, clamped to the audio the item
+//!   actually generated (a larger value is an error). Never a clock estimate. Items queued
+//!   behind it and never heard are truncated at 0.
+//! - **Transcripts**: `conversation.item.input_audio_transcription.completed` (caller; needs
+//!   [`RealtimeConfig::transcription_model`]) and `response.output_audio_transcript.done`
+//!   (agent; beta `response.audio_transcript.done`) → [`AgentReport::Transcript`]; for an
+//!   interrupted item, the heard words instead (`interrupted: true`).
+//! - **Latency**: [`Stage::FirstAudio`] from `speech_stopped` (or hark's turn end) to the
+//!   answer's first delta; [`Stage::Greeting`] for a greeting.
+//! - **Faults**: `error` events are reported ([`AgentReport::ProviderFault`], provider
+//!   `realtime`) and the call goes on (the session survives them), except a cancel that found
+//!   nothing to cancel (ignored). A session whose output is not `audio/pcmu`, a refused or
+//!   failed connection, or a close ends the call with the reason logged.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hark_codecs::SampleRate;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::agent::{
+    Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, OpenSpec, PeerId,
+    ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage, UserTurn, WsRequest,
+};
+use crate::playout::{AgentAudio, Interrupted, UtteranceId};
+
+/// `provider` label of this agent's [`AgentReport::ProviderFault`]s.
+pub const PROVIDER: &str = "realtime";
+
+/// The pipe id of the Realtime WebSocket.
+pub const PEER: PeerId = PeerId(1);
+
+/// Default endpoint (`HARK_REALTIME_URL`).
+pub const DEFAULT_URL: &str = "wss://api.openai.com/v1/realtime";
+/// Default model (`HARK_REALTIME_MODEL`).
+pub const DEFAULT_MODEL: &str = "gpt-realtime";
+
+/// Who decides when the caller's turn starts and ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnDetection {
+    /// The server's VAD (`server_vad`). `None` values keep the server's defaults (0.5, 300 ms,
+    /// 500 ms).
+    ServerVad {
+        /// Activation threshold 0–1.
+        threshold: Option<f64>,
+        /// Audio kept before detected speech, ms.
+        prefix_padding_ms: Option<u32>,
+        /// Silence that ends the turn, ms.
+        silence_duration_ms: Option<u32>,
+    },
+    /// The server's semantic VAD (`semantic_vad`) with this eagerness (`low`, `medium`,
+    /// `high`, `auto`).
+    SemanticVad {
+        /// Eagerness.
+        eagerness: String,
+    },
+    /// hark's VAD and endpointing (`turn_detection: null`; hark commits and asks for a
+    /// response at each turn end).
+    Hark,
+}
+
+impl TurnDetection {
+    fn json(&self) -> Value {
+        match self {
+            TurnDetection::ServerVad {
+                threshold,
+                prefix_padding_ms,
+                silence_duration_ms,
+            } => {
+                let mut m = Map::new();
+                m.insert("type".into(), json!("server_vad"));
+                if let Some(t) = threshold {
+                    m.insert("threshold".into(), json!(t));
+                }
+                if let Some(p) = prefix_padding_ms {
+                    m.insert("prefix_padding_ms".into(), json!(p));
+                }
+                if let Some(s) = silence_duration_ms {
+                    m.insert("silence_duration_ms".into(), json!(s));
+                }
+                m.insert("create_response".into(), json!(true));
+                m.insert("interrupt_response".into(), json!(true));
+                Value::Object(m)
+            }
+            TurnDetection::SemanticVad { eagerness } => json!({
+                "type": "semantic_vad", "eagerness": eagerness,
+                "create_response": true, "interrupt_response": true
+            }),
+            TurnDetection::Hark => Value::Null,
+        }
+    }
+}
+
+/// GA or beta event names and session shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// GA (`audio.input.format` objects, `response.output_audio.*`).
+    Ga,
+    /// The beta (`OpenAI-Beta: realtime=v1`, `g711_ulaw` strings, `response.audio.*`).
+    Beta,
+}
+
+/// Settings of one [`RealtimeAgent`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeConfig {
+    /// Endpoint (default [`DEFAULT_URL`]); `?model=` is added unless it has one.
+    pub url: String,
+    /// API key (`Authorization: Bearer`).
+    pub api_key: String,
+    /// Model (default [`DEFAULT_MODEL`]).
+    pub model: String,
+    /// Event names and session shape.
+    pub api: ApiVersion,
+    /// Output voice (`alloy`, `marin`, …); `None` keeps the server's.
+    pub voice: Option<String>,
+    /// System instructions; `None` keeps the server's.
+    pub instructions: Option<String>,
+    /// Instructions for a first response at stream start (the agent speaks first).
+    pub greeting: Option<String>,
+    /// Turn detection.
+    pub turn_detection: TurnDetection,
+    /// Model transcribing the caller (e.g. `gpt-4o-mini-transcribe`); `None`: no caller
+    /// transcripts.
+    pub transcription_model: Option<String>,
+    /// Caller audio held while connecting, ms (default 2000).
+    pub max_buffer_ms: u64,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig {
+            url: DEFAULT_URL.to_string(),
+            api_key: String::new(),
+            model: DEFAULT_MODEL.to_string(),
+            api: ApiVersion::Ga,
+            voice: None,
+            instructions: None,
+            greeting: None,
+            turn_detection: TurnDetection::ServerVad {
+                threshold: None,
+                prefix_padding_ms: None,
+                silence_duration_ms: None,
+            },
+            transcription_model: Some("gpt-4o-mini-transcribe".to_string()),
+            max_buffer_ms: 2000,
+        }
+    }
+}
+
+impl RealtimeConfig {
+    /// The WebSocket to open: the URL with `model`, and the auth headers.
+    pub fn ws_request(&self) -> WsRequest {
+        let url = if self.url.contains("model=") {
+            self.url.clone()
+        } else {
+            let sep = if self.url.contains('?') { '&' } else { '?' };
+            format!("{}{sep}model={}", self.url, self.model)
+        };
+        let mut headers = vec![(
+            "Authorization".to_string(),
+            format!("Bearer {}", self.api_key),
+        )];
+        if self.api == ApiVersion::Beta {
+            headers.push(("OpenAI-Beta".to_string(), "realtime=v1".to_string()));
+        }
+        WsRequest { url, headers }
+    }
+
+    /// The `session.update` event.
+    pub fn session_update(&self) -> Value {
+        let mut session = Map::new();
+        match self.api {
+            ApiVersion::Ga => {
+                session.insert("type".into(), json!("realtime"));
+                session.insert("model".into(), json!(self.model));
+                session.insert("output_modalities".into(), json!(["audio"]));
+                let mut input = Map::new();
+                input.insert("format".into(), json!({"type": "audio/pcmu"}));
+                input.insert("turn_detection".into(), self.turn_detection.json());
+                if let Some(m) = &self.transcription_model {
+                    input.insert("transcription".into(), json!({ "model": m }));
+                }
+                let mut output = Map::new();
+                output.insert("format".into(), json!({"type": "audio/pcmu"}));
+                if let Some(v) = &self.voice {
+                    output.insert("voice".into(), json!(v));
+                }
+                session.insert(
+                    "audio".into(),
+                    json!({"input": Value::Object(input), "output": Value::Object(output)}),
+                );
+            }
+            ApiVersion::Beta => {
+                session.insert("modalities".into(), json!(["audio", "text"]));
+                session.insert("input_audio_format".into(), json!("g711_ulaw"));
+                session.insert("output_audio_format".into(), json!("g711_ulaw"));
+                session.insert("turn_detection".into(), self.turn_detection.json());
+                if let Some(m) = &self.transcription_model {
+                    session.insert("input_audio_transcription".into(), json!({ "model": m }));
+                }
+                if let Some(v) = &self.voice {
+                    session.insert("voice".into(), json!(v));
+                }
+            }
+        }
+        if let Some(i) = &self.instructions {
+            session.insert("instructions".into(), json!(i));
+        }
+        json!({"type": "session.update", "session": Value::Object(session)})
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Connecting,
+    Open,
+    Ended,
+}
+
+// Server events (GA names, beta aliases where they differ). Unknown types and fields are
+// ignored.
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum ServerEvent {
+    #[serde(rename = "session.updated", alias = "session.created")]
+    Session { session: Value },
+    #[serde(rename = "input_audio_buffer.speech_started")]
+    SpeechStarted,
+    #[serde(rename = "input_audio_buffer.speech_stopped")]
+    SpeechStopped,
+    #[serde(rename = "response.created")]
+    ResponseCreated { response: ResponseRef },
+    #[serde(rename = "response.done")]
+    ResponseDone { response: ResponseDone },
+    #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
+    AudioDelta {
+        response_id: String,
+        item_id: String,
+        delta: String,
+    },
+    #[serde(rename = "response.output_audio.done", alias = "response.audio.done")]
+    AudioDone { item_id: String },
+    #[serde(
+        rename = "response.output_audio_transcript.delta",
+        alias = "response.audio_transcript.delta"
+    )]
+    TranscriptDelta { item_id: String, delta: String },
+    #[serde(
+        rename = "response.output_audio_transcript.done",
+        alias = "response.audio_transcript.done"
+    )]
+    TranscriptDone { item_id: String, transcript: String },
+    #[serde(rename = "conversation.item.input_audio_transcription.completed")]
+    UserTranscript { transcript: String },
+    #[serde(rename = "error")]
+    Error { error: ErrorBody },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ResponseRef {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ResponseDone {
+    id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    status_details: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// One assistant output item with audio.
+#[derive(Debug)]
+struct Item {
+    id: String,
+    response_id: String,
+    utt: UtteranceId,
+    /// μ-law bytes generated (8 per ms).
+    generated: u64,
+    /// Transcript not yet attached to audio.
+    words: String,
+    /// Characters of transcript the audio so far has room for (see [`CHARS_PER_SECOND`]).
+    credit: f64,
+    truncated: bool,
+    done: bool,
+}
+
+/// Counters, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RealtimeStats {
+    /// `input_audio_buffer.append`s sent.
+    pub appends: u64,
+    /// Audio deltas played.
+    pub deltas: u64,
+    /// Deltas of cancelled responses dropped.
+    pub dropped_deltas: u64,
+    /// `conversation.item.truncate`s sent.
+    pub truncates: u64,
+    /// `response.cancel`s sent.
+    pub cancels: u64,
+}
+
+/// The OpenAI Realtime agent. See the module docs.
+pub struct RealtimeAgent {
+    cfg: RealtimeConfig,
+    phase: Phase,
+    started_at: Option<Instant>,
+    pending: Vec<u8>,
+    items: Vec<Item>,
+    /// Transcript deltas of items whose audio has not arrived yet.
+    early_words: Vec<(String, String)>,
+    next_utt: u64,
+    active_response: Option<String>,
+    cancelled: HashSet<String>,
+    turn_end: Option<Instant>,
+    spoke: bool,
+    event_seq: u64,
+    stats: RealtimeStats,
+}
+
+impl std::fmt::Debug for RealtimeAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealtimeAgent")
+            .field("phase", &self.phase)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Items remembered for truncation (older ones are long played).
+const KEEP_ITEMS: usize = 8;
+
+/// Speaking rate used to attach transcript words to audio chunks, characters per second
+/// (≈ 150 words a minute). Realtime's transcript deltas carry no timing and usually run ahead
+/// of the audio, so each chunk takes as many whole words as its duration has room for; the
+/// heard words after a barge-in are an estimate (the heard *audio*, from marks, is exact).
+pub const CHARS_PER_SECOND: f64 = 15.0;
+
+/// Takes whole words (each followed by whitespace) from the front of `buf` while they fit in
+/// `credit` characters; the words go out joined, the credit is spent.
+fn take_words(buf: &mut String, credit: &mut f64) -> Option<String> {
+    let mut end = 0;
+    loop {
+        let rest = &buf[end..];
+        let start = rest.len() - rest.trim_start().len();
+        let Some(len) = rest[start..].find(char::is_whitespace) else {
+            break;
+        };
+        let n = rest[start..start + len].chars().count() as f64 + 1.0;
+        if n > *credit {
+            break;
+        }
+        *credit -= n;
+        end += start + len;
+    }
+    if end == 0 {
+        return None;
+    }
+    let rest = buf.split_off(end);
+    let done = std::mem::replace(buf, rest);
+    let done = done.trim();
+    (!done.is_empty()).then(|| done.to_string())
+}
+
+impl RealtimeAgent {
+    /// An agent with `cfg`; it connects at stream start.
+    pub fn new(cfg: RealtimeConfig) -> Self {
+        RealtimeAgent {
+            cfg,
+            phase: Phase::Idle,
+            started_at: None,
+            pending: Vec::new(),
+            items: Vec::new(),
+            early_words: Vec::new(),
+            next_utt: 0,
+            active_response: None,
+            cancelled: HashSet::new(),
+            turn_end: None,
+            spoke: false,
+            event_seq: 0,
+            stats: RealtimeStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RealtimeStats {
+        self.stats
+    }
+
+    fn send(out: &mut Vec<Action>, text: String) {
+        out.push(Action::Provider(ProviderCommand::Send {
+            peer: PEER,
+            message: ProviderMessage::Text(text),
+        }));
+    }
+
+    /// A client `event_id` (`hark_<n>`), echoed by the server in errors.
+    fn send_event(&mut self, out: &mut Vec<Action>, mut v: Value) {
+        self.event_seq += 1;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("event_id".into(), json!(format!("hark_{}", self.event_seq)));
+        }
+        Self::send(out, v.to_string());
+    }
+
+    fn fault(out: &mut Vec<Action>, kind: impl Into<String>, detail: impl Into<String>) {
+        out.push(Action::Report(AgentReport::ProviderFault {
+            provider: PROVIDER.to_string(),
+            kind: kind.into(),
+            detail: detail.into(),
+        }));
+    }
+
+    fn end(&mut self, fault: Option<(String, String)>, close: bool, out: &mut Vec<Action>) {
+        if self.phase == Phase::Ended {
+            return;
+        }
+        self.phase = Phase::Ended;
+        for it in self.items.iter_mut().filter(|i| !i.done) {
+            it.done = true;
+            out.push(Action::Finish(it.utt));
+        }
+        let reason = match fault {
+            Some((kind, detail)) => {
+                let r = format!("realtime: {kind}: {detail}");
+                Self::fault(out, kind, detail);
+                r
+            }
+            None => "realtime closed the session".to_string(),
+        };
+        if close {
+            out.push(Action::Provider(ProviderCommand::Close { peer: PEER }));
+        }
+        out.push(Action::Hangup { reason });
+    }
+
+    fn append(&mut self, mulaw: &[u8], out: &mut Vec<Action>) {
+        let mut s = String::with_capacity(48 + mulaw.len().div_ceil(3) * 4);
+        s.push_str("{\"type\":\"input_audio_buffer.append\",\"audio\":\"");
+        B64.encode_string(mulaw, &mut s);
+        s.push_str("\"}");
+        self.stats.appends += 1;
+        Self::send(out, s);
+    }
+
+    /// Cancels the active response (its later deltas are dropped).
+    fn cancel_active(&mut self, out: &mut Vec<Action>) {
+        if let Some(r) = self.active_response.take()
+            && self.cancelled.insert(r.clone())
+        {
+            self.stats.cancels += 1;
+            self.send_event(out, json!({"type": "response.cancel", "response_id": r}));
+        }
+    }
+
+    fn item_mut(&mut self, id: &str) -> Option<&mut Item> {
+        self.items.iter_mut().find(|i| i.id == id)
+    }
+
+    fn on_event(&mut self, now: Instant, text: &str, out: &mut Vec<Action>) {
+        let ev: ServerEvent = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(e) => {
+                Self::fault(
+                    out,
+                    "bad_event",
+                    format!("{e}: {}", text.chars().take(120).collect::<String>()),
+                );
+                return;
+            }
+        };
+        match ev {
+            ServerEvent::Session { session } => {
+                let (fmt, want) = match self.cfg.api {
+                    ApiVersion::Ga => (session.pointer("/audio/output/format/type"), "audio/pcmu"),
+                    ApiVersion::Beta => (session.get("output_audio_format"), "g711_ulaw"),
+                };
+                // `session.created` shows the defaults before our update: only check the
+                // answer to it.
+                if let Some(f) = fmt.and_then(Value::as_str)
+                    && f != want
+                    && text.contains("session.updated")
+                {
+                    let detail = format!("session output format {f}, expected {want}");
+                    self.end(Some(("audio_format".into(), detail)), true, out);
+                }
+            }
+            ServerEvent::SpeechStarted => {
+                if self.cfg.turn_detection == TurnDetection::Hark {
+                    return;
+                }
+                self.cancel_active(out);
+                // The call clears Twilio if agent audio is unplayed, and answers with what
+                // was heard (on_barge_in → truncate).
+                out.push(Action::Interrupt);
+            }
+            ServerEvent::SpeechStopped => self.turn_end = Some(now),
+            ServerEvent::ResponseCreated { response } => {
+                self.active_response = Some(response.id);
+            }
+            ServerEvent::ResponseDone { response } => {
+                if self.active_response.as_deref() == Some(response.id.as_str()) {
+                    self.active_response = None;
+                }
+                for it in self
+                    .items
+                    .iter_mut()
+                    .filter(|i| i.response_id == response.id && !i.done)
+                {
+                    it.done = true;
+                    out.push(Action::Finish(it.utt));
+                }
+                if response.status.as_deref() == Some("failed") {
+                    let d = response.status_details.unwrap_or(Value::Null).to_string();
+                    Self::fault(out, "response_failed", d);
+                }
+            }
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                delta,
+            } => self.on_delta(now, response_id, item_id, &delta, out),
+            ServerEvent::AudioDone { item_id } => {
+                if let Some(it) = self.item_mut(&item_id)
+                    && !it.done
+                {
+                    it.done = true;
+                    let utt = it.utt;
+                    let rest = std::mem::take(&mut it.words);
+                    if !rest.trim().is_empty() {
+                        out.push(Action::Play {
+                            id: utt,
+                            audio: AgentAudio::Mulaw(Vec::new()),
+                            text: Some(rest.trim().to_string()),
+                        });
+                    }
+                    out.push(Action::Finish(utt));
+                }
+            }
+            ServerEvent::TranscriptDelta { item_id, delta } => {
+                if let Some(it) = self.item_mut(&item_id) {
+                    it.words.push_str(&delta);
+                } else if let Some((_, w)) =
+                    self.early_words.iter_mut().find(|(i, _)| *i == item_id)
+                {
+                    w.push_str(&delta);
+                } else {
+                    if self.early_words.len() >= KEEP_ITEMS {
+                        self.early_words.remove(0);
+                    }
+                    self.early_words.push((item_id, delta));
+                }
+            }
+            ServerEvent::TranscriptDone {
+                item_id,
+                transcript,
+            } => {
+                let truncated = self.item_mut(&item_id).is_some_and(|i| i.truncated);
+                if !truncated {
+                    out.push(Action::Report(AgentReport::Transcript {
+                        role: Role::Agent,
+                        text: transcript,
+                        interrupted: false,
+                    }));
+                }
+            }
+            ServerEvent::UserTranscript { transcript } => {
+                out.push(Action::Report(AgentReport::Transcript {
+                    role: Role::User,
+                    text: transcript.trim().to_string(),
+                    interrupted: false,
+                }));
+            }
+            ServerEvent::Error { error } => {
+                let code = error.code.clone().unwrap_or_default();
+                if code == "response_cancel_not_active" {
+                    return; // The server cancelled it first (interrupt_response).
+                }
+                let kind = error
+                    .code
+                    .or(error.kind)
+                    .unwrap_or_else(|| "error".to_string());
+                Self::fault(out, kind, error.message.unwrap_or_default());
+            }
+            ServerEvent::Other => {}
+        }
+    }
+
+    fn on_delta(
+        &mut self,
+        now: Instant,
+        response_id: String,
+        item_id: String,
+        delta: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if self.cancelled.contains(&response_id) || self.phase == Phase::Ended {
+            self.stats.dropped_deltas += 1;
+            return;
+        }
+        let Ok(bytes) = B64.decode(delta.as_bytes()) else {
+            Self::fault(out, "bad_audio", "audio delta is not base64");
+            return;
+        };
+        if self.item_mut(&item_id).is_none() {
+            self.next_utt += 1;
+            let utt = UtteranceId(self.next_utt);
+            if let Some(t) = self.turn_end.take() {
+                out.push(Action::Report(AgentReport::Latency {
+                    stage: Stage::FirstAudio,
+                    ms: now.saturating_duration_since(t).as_millis() as u64,
+                }));
+            } else if !self.spoke
+                && let Some(t) = self.started_at
+            {
+                out.push(Action::Report(AgentReport::Latency {
+                    stage: Stage::Greeting,
+                    ms: now.saturating_duration_since(t).as_millis() as u64,
+                }));
+            }
+            self.spoke = true;
+            if self.items.len() >= KEEP_ITEMS {
+                self.items.remove(0);
+            }
+            let words = match self.early_words.iter().position(|(i, _)| *i == item_id) {
+                Some(p) => self.early_words.remove(p).1,
+                None => String::new(),
+            };
+            self.items.push(Item {
+                id: item_id.clone(),
+                response_id,
+                utt,
+                generated: 0,
+                words,
+                credit: 0.0,
+                truncated: false,
+                done: false,
+            });
+        }
+        let Some(it) = self.item_mut(&item_id) else {
+            return;
+        };
+        if it.truncated || it.done {
+            self.stats.dropped_deltas += 1;
+            return;
+        }
+        it.generated += bytes.len() as u64;
+        it.credit += bytes.len() as f64 / 8_000.0 * CHARS_PER_SECOND;
+        let utt = it.utt;
+        let text = take_words(&mut it.words, &mut it.credit);
+        self.stats.deltas += 1;
+        out.push(Action::Play {
+            id: utt,
+            audio: AgentAudio::Mulaw(bytes),
+            text,
+        });
+    }
+
+    /// Truncates `utt`'s item at `heard_ms`, clamped to what it generated.
+    fn truncate(&mut self, utt: UtteranceId, heard_ms: u64, out: &mut Vec<Action>) -> Option<u64> {
+        let it = self.items.iter_mut().find(|i| i.utt == utt)?;
+        if it.truncated {
+            return None;
+        }
+        it.truncated = true;
+        it.done = true;
+        it.words.clear();
+        let generated_ms = SampleRate::TWILIO.ms_of(it.generated as usize);
+        let end = heard_ms.min(generated_ms);
+        let item_id = it.id.clone();
+        self.stats.truncates += 1;
+        self.send_event(
+            out,
+            json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": end}),
+        );
+        Some(end)
+    }
+}
+
+impl Agent for RealtimeAgent {
+    fn name(&self) -> &'static str {
+        "realtime"
+    }
+
+    fn needs(&self) -> AgentNeeds {
+        AgentNeeds {
+            utterance_audio: false,
+            streaming_audio: true,
+        }
+    }
+
+    fn vad_barge_in(&self) -> bool {
+        self.cfg.turn_detection == TurnDetection::Hark
+    }
+
+    fn on_start(&mut self, now: Instant, _info: &CallInfo, out: &mut Vec<Action>) {
+        self.started_at = Some(now);
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Connecting;
+            out.push(Action::Provider(ProviderCommand::Open {
+                peer: PEER,
+                spec: OpenSpec::WebSocket(self.cfg.ws_request()),
+            }));
+        }
+    }
+
+    fn on_audio(&mut self, _now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Open => self.append(frame.mulaw, out),
+            Phase::Idle | Phase::Connecting => {
+                let cap = SampleRate::TWILIO.g711_bytes_in_ms(self.cfg.max_buffer_ms);
+                self.pending.extend_from_slice(frame.mulaw);
+                if self.pending.len() > cap {
+                    let drop = self.pending.len() - cap;
+                    self.pending.drain(..drop);
+                }
+            }
+            Phase::Ended => {}
+        }
+    }
+
+    fn on_user_turn(&mut self, now: Instant, _turn: UserTurn, out: &mut Vec<Action>) {
+        if self.cfg.turn_detection != TurnDetection::Hark || self.phase != Phase::Open {
+            return;
+        }
+        self.turn_end = Some(now);
+        self.send_event(out, json!({"type": "input_audio_buffer.commit"}));
+        self.send_event(out, json!({"type": "response.create"}));
+    }
+
+    fn on_barge_in(&mut self, _now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
+        self.cancel_active(out);
+        let heard_text = heard.heard_text.clone();
+        if self.truncate(heard.id, heard.heard_ms, out).is_some() {
+            out.push(Action::Report(AgentReport::Transcript {
+                role: Role::Agent,
+                text: heard_text.unwrap_or_default(),
+                interrupted: true,
+            }));
+        }
+        for &d in &heard.dropped {
+            self.truncate(d, 0, out);
+        }
+    }
+
+    fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
+        match event {
+            ProviderEvent::Opened { peer, .. } if peer == PEER => {
+                if self.phase != Phase::Connecting {
+                    return;
+                }
+                self.phase = Phase::Open;
+                let update = self.cfg.session_update();
+                self.send_event(out, update);
+                let pending = std::mem::take(&mut self.pending);
+                for chunk in pending.chunks(160) {
+                    self.append(chunk, out);
+                }
+                if let Some(g) = self.cfg.greeting.clone() {
+                    self.send_event(
+                        out,
+                        json!({"type": "response.create", "response": {"instructions": g}}),
+                    );
+                }
+            }
+            ProviderEvent::Message { peer, message } if peer == PEER => match message {
+                ProviderMessage::Text(t) => self.on_event(now, &t, out),
+                ProviderMessage::Binary(b) => Self::fault(
+                    out,
+                    "bad_event",
+                    format!("unexpected binary frame of {} bytes", b.len()),
+                ),
+            },
+            ProviderEvent::Closed { peer } if peer == PEER => self.end(None, false, out),
+            ProviderEvent::Failed {
+                peer,
+                error,
+                status,
+                close_code,
+                ..
+            } if peer == PEER => {
+                let kind = match (close_code, status) {
+                    (Some(c), _) => format!("close_{c}"),
+                    (None, Some(s)) => format!("http_{s}"),
+                    (None, None) if self.phase == Phase::Connecting => "connect".to_string(),
+                    (None, None) => "dropped".to_string(),
+                };
+                self.end(Some((kind, error)), false, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {
+        if matches!(self.phase, Phase::Connecting | Phase::Open) {
+            out.push(Action::Provider(ProviderCommand::Close { peer: PEER }));
+        }
+        self.phase = Phase::Ended;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_follow_the_audio_at_speaking_rate() {
+        let mut buf = "Your order left the warehouse ".to_string();
+        let mut credit = 4.0;
+        assert_eq!(take_words(&mut buf, &mut credit), None);
+        credit += 4.0;
+        assert_eq!(take_words(&mut buf, &mut credit), Some("Your".into()));
+        credit += 10.0;
+        assert_eq!(take_words(&mut buf, &mut credit), Some("order left".into()));
+        assert_eq!(buf, " the warehouse ");
+        let mut partial = "unfinished".to_string();
+        let mut lots = 100.0;
+        assert_eq!(
+            take_words(&mut partial, &mut lots),
+            None,
+            "a word still being spelt waits"
+        );
+    }
+
+    #[test]
+    fn ws_request_adds_the_model_and_auth() {
+        let c = RealtimeConfig {
+            api_key: "sk-x".into(),
+            ..RealtimeConfig::default()
+        };
+        let r = c.ws_request();
+        assert_eq!(r.url, "wss://api.openai.com/v1/realtime?model=gpt-realtime");
+        assert_eq!(
+            r.headers,
+            vec![("Authorization".into(), "Bearer sk-x".into())]
+        );
+        let beta = RealtimeConfig {
+            url: "ws://127.0.0.1:9/v1/realtime?model=m".into(),
+            api: ApiVersion::Beta,
+            ..c
+        };
+        let r = beta.ws_request();
+        assert_eq!(r.url, "ws://127.0.0.1:9/v1/realtime?model=m");
+        assert!(
+            r.headers
+                .contains(&("OpenAI-Beta".into(), "realtime=v1".into()))
+        );
+    }
+
+    #[test]
+    fn session_update_is_pcmu_both_ways() {
+        let ga = RealtimeConfig::default().session_update();
+        assert_eq!(
+            ga["session"]["audio"]["input"]["format"]["type"],
+            "audio/pcmu"
+        );
+        assert_eq!(
+            ga["session"]["audio"]["output"]["format"]["type"],
+            "audio/pcmu"
+        );
+        assert_eq!(
+            ga["session"]["audio"]["input"]["turn_detection"]["type"],
+            "server_vad"
+        );
+        let hark = RealtimeConfig {
+            turn_detection: TurnDetection::Hark,
+            api: ApiVersion::Beta,
+            ..RealtimeConfig::default()
+        }
+        .session_update();
+        assert_eq!(hark["session"]["input_audio_format"], "g711_ulaw");
+        assert_eq!(hark["session"]["turn_detection"], Value::Null);
+    }
+}

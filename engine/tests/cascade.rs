@@ -1,0 +1,1317 @@
+//! The cascade agent (STT → LLM → TTS) in virtual time: the multi-turn real-speech session is
+//! replayed into a `Call` with a `CascadeAgent`, its output played on the virtual phone, and its
+//! provider requests answered by a scripted OpenAI-compatible fake that speaks the wire formats
+//! (SSE transcription events, chat completion chunks with tool-call fragments, usage and
+//! `[DONE]`, chunked 24 kHz PCM) at exact latencies, with injected faults. No sockets: timings
+//! are exact, so the latency reports must equal the fake's latencies.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use common::{arrival_times, load, segments};
+use hark_engine::agent::{
+    AgentReport, HttpBody, HttpRequest, OpenSpec, PeerId, ProviderCommand, ProviderEvent,
+    ProviderMessage, Role, Stage,
+};
+use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
+use hark_engine::call::CloseReason;
+use hark_engine::sim::{Phone, Received};
+use hark_engine::twilio::{self, Outbound};
+use hark_engine::{Call, CallConfig, Event, Input, Output};
+use serde_json::{Value, json};
+
+fn ms(d: u64) -> Duration {
+    Duration::from_millis(d)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Stt,
+    Llm,
+    Tts,
+}
+
+/// An injected fault, for one request.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Non-2xx after 50 ms.
+    Status(u16, Option<u64>),
+    /// No answer at all: the agent's own timeout must fire.
+    Hang,
+    /// 200, then `{"error":…}` inside the stream.
+    StreamError,
+    /// 200, the start of the answer, then the connection breaks.
+    Dropped,
+    /// TTS: 200, 100 ms of audio, then the connection breaks.
+    DroppedAfterAudio,
+    /// The connection is refused.
+    Connect,
+    /// 200 and an empty body.
+    Empty,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Reply {
+    text: String,
+    tools: Vec<(&'static str, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Latencies {
+    stt: u64,
+    ttft: u64,
+    token: u64,
+    ttfb: u64,
+    /// Audio per character of TTS input, ms.
+    ms_per_char: u64,
+}
+
+const LAT: Latencies = Latencies {
+    stt: 150,
+    ttft: 300,
+    token: 30,
+    ttfb: 150,
+    ms_per_char: 60,
+};
+
+struct Req {
+    at: Instant,
+    peer: PeerId,
+    kind: Kind,
+    /// JSON body (LLM, TTS) or the multipart fields as JSON (STT, without the file).
+    body: Value,
+}
+
+/// The scripted OpenAI-compatible fake.
+struct Fake {
+    lat: Latencies,
+    /// Per LLM request (by index), a TTFT overriding `lat.ttft`.
+    ttft_by_request: HashMap<usize, u64>,
+    stt_texts: VecDeque<String>,
+    replies: Box<dyn FnMut(&str) -> Reply>,
+    faults: HashMap<Kind, VecDeque<Option<Fault>>>,
+    /// Every TTS request fails with this status.
+    tts_down: Option<u16>,
+    requests: Vec<Req>,
+    closes: Vec<(Instant, PeerId)>,
+    seq: u64,
+}
+
+fn chunk(content: Option<&str>, tools: Option<Value>, finish: Option<&str>) -> String {
+    let mut delta = json!({});
+    if let Some(c) = content {
+        delta["content"] = json!(c);
+    }
+    if let Some(t) = tools {
+        delta["tool_calls"] = t;
+    }
+    json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+           "model": "gpt-4o-mini", "system_fingerprint": "fp_1", "usage": null,
+           "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    .to_string()
+}
+
+/// Splits text into word tokens, each keeping its leading space (as models stream).
+fn tokens(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, w) in text.split(' ').enumerate() {
+        out.push(if i == 0 {
+            w.to_string()
+        } else {
+            format!(" {w}")
+        });
+    }
+    out
+}
+
+fn pcm_bytes(chars: usize, ms_per_char: u64) -> Vec<u8> {
+    let n = 24 * (chars as u64 * ms_per_char + 100) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / 24_000.0;
+            let env = (t * 5.0 * std::f64::consts::PI).sin().abs();
+            ((t * 220.0 * 2.0 * std::f64::consts::PI).sin() * 8000.0 * env) as i16
+        })
+        .flat_map(|x: i16| x.to_le_bytes())
+        .collect()
+}
+
+impl Fake {
+    fn new(stt_texts: Vec<String>, replies: impl FnMut(&str) -> Reply + 'static) -> Self {
+        Fake {
+            lat: LAT,
+            ttft_by_request: HashMap::new(),
+            stt_texts: stt_texts.into(),
+            replies: Box::new(replies),
+            faults: HashMap::new(),
+            tts_down: None,
+            requests: Vec::new(),
+            closes: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    fn fault(mut self, kind: Kind, faults: Vec<Option<Fault>>) -> Self {
+        self.faults.insert(kind, faults.into());
+        self
+    }
+
+    fn requests(&self, kind: Kind) -> Vec<&Req> {
+        self.requests.iter().filter(|r| r.kind == kind).collect()
+    }
+
+    /// The events answering request `req` on `peer`, with their times.
+    fn respond(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        req: HttpRequest,
+    ) -> Vec<(Instant, ProviderEvent)> {
+        let kind = if req.url.ends_with("/v1/audio/transcriptions") {
+            Kind::Stt
+        } else if req.url.ends_with("/v1/chat/completions") {
+            Kind::Llm
+        } else if req.url.ends_with("/v1/audio/speech") {
+            Kind::Tts
+        } else {
+            panic!("unexpected URL {}", req.url)
+        };
+        assert_eq!(req.method, "POST");
+        let body = match &req.body {
+            HttpBody::Json(v) => v.clone(),
+            HttpBody::Multipart(parts) => {
+                let mut m = serde_json::Map::new();
+                for p in parts {
+                    if p.name == "file" {
+                        assert_eq!(p.filename.as_deref(), Some("audio.wav"));
+                        assert_eq!(&p.data[..4], b"RIFF");
+                        // 16 kHz mono 16-bit.
+                        assert_eq!(
+                            u32::from_le_bytes([p.data[24], p.data[25], p.data[26], p.data[27]]),
+                            16_000
+                        );
+                        m.insert("file_bytes".into(), json!(p.data.len()));
+                    } else {
+                        m.insert(p.name.clone(), json!(String::from_utf8_lossy(&p.data)));
+                    }
+                }
+                Value::Object(m)
+            }
+            other => panic!("unexpected body {other:?}"),
+        };
+        let llm_index = self.requests(Kind::Llm).len();
+        self.requests.push(Req {
+            at: now,
+            peer,
+            kind,
+            body: body.clone(),
+        });
+        let mut ev: Vec<(u64, ProviderEvent)> = Vec::new();
+        let msg = |t: &str| ProviderEvent::Message {
+            peer,
+            message: ProviderMessage::Text(t.to_string()),
+        };
+        let opened = ProviderEvent::Opened {
+            peer,
+            status: Some(200),
+        };
+        let fault = if kind == Kind::Tts && self.tts_down.is_some() {
+            Some(Fault::Status(self.tts_down.unwrap_or(503), None))
+        } else {
+            self.faults
+                .get_mut(&kind)
+                .and_then(VecDeque::pop_front)
+                .flatten()
+        };
+        if let Some(f) = fault {
+            let failed =
+                |error: &str, status: Option<u16>, ra: Option<u64>| ProviderEvent::Failed {
+                    peer,
+                    error: error.to_string(),
+                    status,
+                    retry_after_ms: ra,
+                    close_code: None,
+                };
+            match f {
+                Fault::Status(code, ra) => ev.push((
+                    50,
+                    failed(
+                        &format!("status: {code}: {{\"error\":{{\"message\":\"injected\",\"type\":\"x\",\"param\":null,\"code\":null}}}}"),
+                        Some(code),
+                        ra,
+                    ),
+                )),
+                Fault::Hang => {}
+                Fault::StreamError => {
+                    ev.push((100, opened));
+                    let e = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+                    ev.push((100, msg(e)));
+                    ev.push((101, ProviderEvent::Closed { peer }));
+                }
+                Fault::Dropped => {
+                    ev.push((100, opened));
+                    if kind == Kind::Llm {
+                        ev.push((100, msg(&chunk(Some(""), None, None))));
+                    }
+                    ev.push((120, failed("dropped: connection reset by peer", None, None)));
+                }
+                Fault::DroppedAfterAudio => {
+                    let t = self.lat.ttfb;
+                    ev.push((t, opened));
+                    ev.push((
+                        t,
+                        ProviderEvent::Message {
+                            peer,
+                            message: ProviderMessage::Binary(pcm_bytes(1, 0)[..4800].to_vec()),
+                        },
+                    ));
+                    ev.push((t + 30, failed("dropped: connection reset by peer", None, None)));
+                }
+                Fault::Connect => ev.push((1, failed("connect: connection refused", None, None))),
+                Fault::Empty => {
+                    ev.push((50, opened));
+                    ev.push((50, ProviderEvent::Closed { peer }));
+                }
+            }
+        } else {
+            match kind {
+                Kind::Stt => {
+                    let text = self.stt_texts.pop_front().unwrap_or_default();
+                    let t = self.lat.stt;
+                    if body["stream"] == "true" {
+                        ev.push((t / 2, opened));
+                        for w in tokens(&text) {
+                            ev.push((
+                                t / 2,
+                                msg(&json!({"type": "transcript.text.delta", "delta": w})
+                                    .to_string()),
+                            ));
+                        }
+                        ev.push((t, msg(&json!({"type": "transcript.text.done", "text": text,
+                            "usage": {"type": "tokens", "input_tokens": 14, "output_tokens": 5, "total_tokens": 19}}).to_string())));
+                    } else {
+                        ev.push((t, opened));
+                        ev.push((t, msg(&json!({"text": text}).to_string())));
+                    }
+                    ev.push((t, ProviderEvent::Closed { peer }));
+                }
+                Kind::Llm => {
+                    let user = body["messages"]
+                        .as_array()
+                        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                        .and_then(|m| m["content"].as_str())
+                        .unwrap_or("")
+                        .to_string();
+                    let reply = (self.replies)(&user);
+                    let reply = if body["messages"]
+                        .as_array()
+                        .and_then(|m| m.last())
+                        .is_some_and(|m| m["role"] == "tool")
+                    {
+                        // After a tool result: the script's follow-up (see `tools`).
+                        (self.replies)(&format!(
+                            "TOOL:{}",
+                            body["messages"]
+                                .as_array()
+                                .and_then(|m| m.last())
+                                .map(|m| m["content"].to_string())
+                                .unwrap_or_default()
+                        ))
+                    } else {
+                        reply
+                    };
+                    let mut t = *self
+                        .ttft_by_request
+                        .get(&llm_index)
+                        .unwrap_or(&self.lat.ttft);
+                    ev.push((t, opened));
+                    ev.push((t, msg(&json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}], "usage": null}).to_string())));
+                    if !reply.text.is_empty() {
+                        for w in tokens(&reply.text) {
+                            ev.push((t, msg(&chunk(Some(&w), None, None))));
+                            t += self.lat.token;
+                        }
+                    }
+                    for (i, (name, args)) in reply.tools.iter().enumerate() {
+                        let first = json!([{"index": i, "id": format!("call_{i}x"), "type": "function", "function": {"name": name, "arguments": ""}}]);
+                        ev.push((t, msg(&chunk(None, Some(first), None))));
+                        let mid = args.len() / 2;
+                        for piece in [&args[..mid], &args[mid..]] {
+                            t += self.lat.token;
+                            ev.push((
+                                t,
+                                msg(&chunk(
+                                    None,
+                                    Some(json!([{"index": i, "function": {"arguments": piece}}])),
+                                    None,
+                                )),
+                            ));
+                        }
+                    }
+                    let finish = if reply.tools.is_empty() {
+                        "stop"
+                    } else {
+                        "tool_calls"
+                    };
+                    ev.push((t, msg(&chunk(None, None, Some(finish)))));
+                    ev.push((t, msg(&json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o-mini",
+                        "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}}).to_string())));
+                    ev.push((t, msg("[DONE]")));
+                    ev.push((t, ProviderEvent::Closed { peer }));
+                }
+                Kind::Tts => {
+                    assert_eq!(body["response_format"], "pcm");
+                    let input = body["input"].as_str().unwrap_or("").to_string();
+                    let bytes = pcm_bytes(input.chars().count(), self.lat.ms_per_char);
+                    let mut t = self.lat.ttfb;
+                    ev.push((t, opened));
+                    // 100 ms of audio every 25 ms (4x real time), split at odd offsets.
+                    for c in bytes.chunks(4801) {
+                        ev.push((
+                            t,
+                            ProviderEvent::Message {
+                                peer,
+                                message: ProviderMessage::Binary(c.to_vec()),
+                            },
+                        ));
+                        t += 25;
+                    }
+                    ev.push((t, ProviderEvent::Closed { peer }));
+                }
+            }
+        }
+        ev.into_iter().map(|(d, e)| (now + ms(d), e)).collect()
+    }
+}
+
+struct Run {
+    t0: Instant,
+    events: Vec<(Instant, Event)>,
+    phone: Phone,
+    fake: Fake,
+    closed: Option<CloseReason>,
+    clears: Vec<Instant>,
+}
+
+impl Run {
+    fn at(&self, t: Instant) -> u64 {
+        t.duration_since(self.t0).as_millis() as u64
+    }
+    fn reports(&self) -> Vec<(Instant, AgentReport)> {
+        self.events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Agent(r) => Some((*t, r.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+    fn latencies(&self, stage: Stage) -> Vec<u64> {
+        self.reports()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                AgentReport::Latency { stage: s, ms } if s == stage => Some(ms),
+                _ => None,
+            })
+            .collect()
+    }
+    fn faults(&self) -> Vec<(String, String)> {
+        self.reports()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                AgentReport::ProviderFault { provider, kind, .. } => Some((provider, kind)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn transcripts(&self, role: Role) -> Vec<(String, bool)> {
+        self.reports()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                AgentReport::Transcript {
+                    role: r,
+                    text,
+                    interrupted,
+                } if r == role => Some((text, interrupted)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn turn_ends(&self) -> Vec<Instant> {
+        self.events
+            .iter()
+            .filter_map(|(t, e)| matches!(e, Event::UserTurnEnded { .. }).then_some(*t))
+            .collect()
+    }
+    fn audio_starts(&self) -> Vec<(Instant, Option<Duration>)> {
+        self.events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::AgentAudioStarted {
+                    at, since_user_end, ..
+                } => Some((*at, *since_user_end)),
+                _ => None,
+            })
+            .collect()
+    }
+    /// Every caller turn is answered with audio within `within` of its end (never dead air).
+    fn assert_no_dead_air(&self, within: Duration) {
+        for end in self.turn_ends() {
+            let answered = self
+                .audio_starts()
+                .iter()
+                .any(|(t, _)| *t >= end && *t <= end + within);
+            assert!(
+                answered,
+                "no agent audio within {within:?} of the turn that ended at {} ms",
+                self.at(end)
+            );
+        }
+    }
+}
+
+fn config() -> CascadeConfig {
+    let ep = |m: &str| Endpoint::new("http://openai.test", Some("sk-test".into()), m);
+    let mut c = CascadeConfig::default();
+    c.stt.endpoint = ep("gpt-4o-mini-transcribe");
+    c.llm.endpoint = ep("gpt-4o-mini");
+    c.tts.endpoint = ep("gpt-4o-mini-tts");
+    c.greeting = Some("Hello!".into());
+    c.stt.timeout_ms = 1_000;
+    c.llm.first_token_timeout_ms = 1_000;
+    c.tts.first_byte_timeout_ms = 1_000;
+    c.idle_timeout_ms = 2_000;
+    c
+}
+
+/// Replays the multi-turn session (cut at `until_ms` of media, if given) into a call with the
+/// cascade agent.
+fn run(cfg: CascadeConfig, fake: Fake, until_ms: Option<u64>) -> Run {
+    run_with(cfg, fake, until_ms, &[])
+}
+
+/// As [`run`], with extra `customParameters` in the `start` message.
+fn run_with(
+    cfg: CascadeConfig,
+    mut fake: Fake,
+    until_ms: Option<u64>,
+    params: &[(&str, &str)],
+) -> Run {
+    let s = load("multi-turn");
+    let t0 = Instant::now();
+    let mut lines = s.lines.clone();
+    for l in lines.iter_mut() {
+        let mut v: Value = serde_json::from_str(l).unwrap();
+        if v["event"] == "start" {
+            for (k, val) in params {
+                v["start"]["customParameters"][*k] = json!(val);
+            }
+            *l = v.to_string();
+        }
+    }
+    let mut times = arrival_times(&lines, t0);
+    if let Some(u) = until_ms {
+        let keep = times.iter().take_while(|t| **t <= t0 + ms(u)).count();
+        lines.truncate(keep);
+        times.truncate(keep);
+    }
+    let agent = CascadeAgent::new(cfg).unwrap();
+    let mut call = Call::new(CallConfig::default(), Box::new(agent)).unwrap();
+    let mut phone = Phone::new(&s.stream_sid, t0);
+    let mut pending: BTreeMap<(Instant, u64), ProviderEvent> = BTreeMap::new();
+    let mut events = Vec::new();
+    let mut clears = Vec::new();
+    let mut closed = None;
+    let mut timeout: Option<Instant>;
+    let mut idx = 0;
+    let mut now = t0;
+    let mut mark_seq = 100_000u64;
+    let mut guard = 0u64;
+    let mut last_wake: Option<Instant> = None;
+    let mut same_wake = 0u32;
+    loop {
+        guard += 1;
+        assert!(guard < 5_000_000, "harness did not terminate");
+        // Drain the call's outputs.
+        loop {
+            match call.poll_output() {
+                Output::Transmit(text) => {
+                    let parsed = twilio::parse_outbound(text).unwrap();
+                    if matches!(parsed, Outbound::Clear { .. }) {
+                        clears.push(now);
+                    }
+                    if let Received::Invalid(e) = phone.receive(now, text) {
+                        panic!("phone rejected {text}: {e}");
+                    }
+                }
+                Output::Event(e) => events.push((now, e)),
+                Output::Provider(ProviderCommand::Open { peer, spec }) => {
+                    let OpenSpec::Http(req) = spec else {
+                        panic!("cascade opens only HTTP pipes")
+                    };
+                    for (t, e) in fake.respond(now, peer, req) {
+                        fake.seq += 1;
+                        pending.insert((t, fake.seq), e);
+                    }
+                }
+                Output::Provider(ProviderCommand::Close { peer }) => {
+                    fake.closes.push((now, peer));
+                    pending.retain(|_, e| match e {
+                        ProviderEvent::Opened { peer: p, .. }
+                        | ProviderEvent::Message { peer: p, .. }
+                        | ProviderEvent::Closed { peer: p }
+                        | ProviderEvent::Failed { peer: p, .. } => *p != peer,
+                    });
+                }
+                Output::Provider(other) => panic!("unexpected {other:?}"),
+                Output::Close(r) => closed = Some(r),
+                Output::Timeout(t) => {
+                    timeout = t;
+                    break;
+                }
+            }
+        }
+        if closed.is_some() || (idx >= lines.len() && call.is_stopped()) {
+            break;
+        }
+        let ti = times.get(idx).copied().filter(|_| idx < lines.len());
+        let te = phone.next_echo_at();
+        let tp = pending.keys().next().map(|k| k.0);
+        let Some(t) = [ti, te, tp, timeout].into_iter().flatten().min() else {
+            break;
+        };
+        now = now.max(t);
+        phone.advance(now);
+        let echoes = phone.take_echoes();
+        if !echoes.is_empty() {
+            for name in echoes {
+                mark_seq += 1;
+                let m = twilio::inbound::mark(mark_seq, &s.stream_sid, &name);
+                call.handle_input(Input::Twilio { at: now, text: &m });
+            }
+            continue;
+        }
+        if ti.is_some_and(|t| t <= now) {
+            call.handle_input(Input::Twilio {
+                at: now,
+                text: &lines[idx],
+            });
+            idx += 1;
+        } else if tp.is_some_and(|t| t <= now) {
+            let key = *pending.keys().next().unwrap();
+            let e = pending.remove(&key).unwrap();
+            call.handle_input(Input::Provider { at: now, event: e });
+        } else if timeout.is_some_and(|t| t <= now) {
+            // The call must not ask to be woken again and again at the same instant.
+            if last_wake == Some(now) {
+                same_wake += 1;
+                assert!(
+                    same_wake < 100,
+                    "busy wake-ups at {} ms",
+                    now.duration_since(t0).as_millis()
+                );
+            } else {
+                last_wake = Some(now);
+                same_wake = 0;
+            }
+            call.handle_input(Input::Timeout(now));
+        }
+    }
+    assert!(
+        phone.stats().errors.is_empty(),
+        "{:?}",
+        phone.stats().errors
+    );
+    assert_eq!(call.stats().malformed_total(), 0, "{:?}", call.stats());
+    Run {
+        t0,
+        events,
+        phone,
+        fake,
+        closed,
+        clears,
+    }
+}
+
+fn segment_texts() -> Vec<String> {
+    let s = load("multi-turn");
+    s.ann["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const REPLY_A: &str = "I'm sorry to hear that. Let me check the status of your order right away. \
+It looks like it left our warehouse on Monday and is now with the local courier.";
+const REPLY_B: &str = "Could you give me your order number, please?";
+const REPLY_C: &str = "Thank you. I will look into it.";
+const REPLY_D: &str = "You're welcome, goodbye!";
+
+fn script(user: &str) -> Reply {
+    let r = |t: &str| Reply {
+        text: t.into(),
+        tools: vec![],
+    };
+    if user.starts_with("Hi, I'm calling") {
+        r(REPLY_A)
+    } else if user.starts_with("And so") {
+        r(REPLY_B)
+    } else if user.starts_with("ask what") {
+        r(REPLY_C)
+    } else if user.starts_with("Okay") {
+        Reply {
+            text: REPLY_D.into(),
+            tools: vec![("end_call", r#"{"reason":"the caller said goodbye"}"#.into())],
+        }
+    } else {
+        r("I see.")
+    }
+}
+
+fn messages(req: &Req) -> Vec<Value> {
+    req.body["messages"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
+    let fake = Fake::new(segment_texts(), script);
+    let r = run(config(), fake, None);
+    let segs = segments(&load("multi-turn"));
+
+    // Greeting: its first audio reaches the playout one TTS first-byte after the start.
+    assert_eq!(r.latencies(Stage::Greeting), vec![LAT.ttfb]);
+    // Every stage latency equals the fake's, exactly (virtual time).
+    let stt = r.latencies(Stage::Stt);
+    assert_eq!(stt.len(), 4, "{stt:?}");
+    assert!(stt.iter().all(|&x| x == LAT.stt), "{stt:?}");
+    assert!(
+        r.latencies(Stage::LlmFirstToken)
+            .iter()
+            .all(|&x| x == LAT.ttft)
+    );
+    assert!(
+        r.latencies(Stage::TtsFirstByte)
+            .iter()
+            .all(|&x| x == LAT.ttfb)
+    );
+    assert_eq!(r.latencies(Stage::LlmFirstToken).len(), 4);
+    assert_eq!(r.latencies(Stage::TtsFirstByte).len(), 4);
+
+    // The caller's words, as transcribed.
+    let user: Vec<String> = r.transcripts(Role::User).into_iter().map(|t| t.0).collect();
+    assert_eq!(user, segment_texts());
+
+    // Turn A: the first sentence plays before the LLM has finished streaming.
+    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(llm.len(), 4);
+    let a_llm_done = llm[0].at + ms(LAT.ttft + LAT.token * tokens(REPLY_A).len() as u64);
+    let starts = r.audio_starts();
+    let a_audio = starts
+        .iter()
+        .find(|(t, s)| *t > llm[0].at && s.is_some())
+        .expect("turn A answered")
+        .0;
+    assert!(
+        a_audio < a_llm_done,
+        "first audio at {} ms, LLM done at {} ms",
+        r.at(a_audio),
+        r.at(a_llm_done)
+    );
+    // Voice-to-voice in the engine: endpointing (600 ms) + STT + TTFT + first sentence + TTFB.
+    let v2v: Vec<u64> = starts
+        .iter()
+        .filter_map(|(_, s)| s.map(|d| d.as_millis() as u64))
+        .collect();
+    eprintln!("engine voice-to-voice per turn (ms): {v2v:?}");
+    let first_sentence_tokens = tokens("I'm sorry to hear that.").len() as u64;
+    // The first sentence is complete with its last token ("that."): n tokens after the first.
+    let want_a = 600 + LAT.stt + LAT.ttft + LAT.token * (first_sentence_tokens - 1) + LAT.ttfb;
+    assert!(
+        v2v[0].abs_diff(want_a) <= 40,
+        "turn A voice-to-voice {} ms, expected about {want_a}",
+        v2v[0]
+    );
+
+    // TTS requests go out in sentence order.
+    let tts: Vec<String> = r
+        .fake
+        .requests(Kind::Tts)
+        .iter()
+        .map(|q| q.body["input"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tts[0], "Hello!");
+    assert!(tts.contains(&"I'm sorry to hear that.".to_string()));
+    let c0 = tts.iter().position(|t| t == "Thank you.").unwrap();
+    assert_eq!(tts[c0 + 1], "I will look into it.");
+
+    // Turn B barges in on answer A: the in-flight LLM and TTS requests are closed.
+    assert_eq!(r.clears.len(), 1, "one barge-in");
+    let bi = r
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::BargeIn(b) => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(bi.speech_start_ms.abs_diff(segs[1].0) <= 80);
+    let closed_at_barge: Vec<PeerId> = r
+        .fake
+        .closes
+        .iter()
+        .filter(|(t, _)| *t == r.clears[0])
+        .map(|(_, p)| *p)
+        .collect();
+    assert!(closed_at_barge.contains(&llm[0].peer), "LLM A cancelled");
+    assert!(
+        r.fake
+            .requests(Kind::Tts)
+            .iter()
+            .any(|q| closed_at_barge.contains(&q.peer)),
+        "TTS of answer A cancelled"
+    );
+
+    // The history sent with turn B keeps only what the caller heard of answer A.
+    let m = messages(llm[1]);
+    let roles: Vec<&str> = m.iter().map(|x| x["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "assistant", "user", "assistant", "user"]);
+    assert_eq!(m[1]["content"], "Hello!");
+    assert_eq!(m[2]["content"], segment_texts()[0]);
+    let cut = m[3]["content"].as_str().unwrap();
+    eprintln!(
+        "heard of answer A: {cut:?} (playout estimate {:?})",
+        bi.interrupted.heard_text
+    );
+    let heard = cut
+        .strip_suffix("[interrupted by the caller]")
+        .expect("marked as interrupted")
+        .trim();
+    assert!(REPLY_A.starts_with(heard), "{heard:?}");
+    assert!(
+        heard.len() < "I'm sorry to hear that. Let me".len(),
+        "{heard:?}"
+    );
+    assert!(!cut.contains("Monday"));
+    let agent_heard = r.transcripts(Role::Agent);
+    assert!(
+        agent_heard.contains(&(heard.to_string(), true)),
+        "{agent_heard:?}"
+    );
+
+    // Turn C's request carries the whole of answer B, not interrupted.
+    let m = messages(llm[2]);
+    assert_eq!(m[5]["content"], REPLY_B);
+    assert_eq!(m[6]["content"], segment_texts()[2]);
+
+    // Turn D: the model says goodbye and calls end_call; the call hangs up after the audio.
+    assert!(r.reports().iter().any(|(_, x)| matches!(x,
+        AgentReport::ToolCall { name, arguments } if name == "end_call" && arguments.contains("goodbye"))));
+    match &r.closed {
+        Some(CloseReason::Hangup(reason)) => assert!(reason.contains("end_call"), "{reason}"),
+        other => panic!("expected a hang-up, got {other:?}"),
+    }
+    let heard_bursts = r.phone.bursts().len();
+    assert_eq!(
+        heard_bursts,
+        5,
+        "greeting + 4 answers: {:?}",
+        r.phone.bursts()
+    );
+    let last = r.phone.bursts().last().unwrap();
+    assert!(!last.interrupted && last.audio_ms >= (REPLY_D.len() as u64 * LAT.ms_per_char));
+    assert!(r.faults().is_empty(), "{:?}", r.faults());
+    r.assert_no_dead_air(ms(1_500));
+}
+
+#[test]
+fn a_turn_while_thinking_restarts_with_both_texts() {
+    // Answer A is slow to start (3.5 s to the first token): the caller speaks again before it.
+    let mut fake = Fake::new(segment_texts(), script);
+    fake.ttft_by_request.insert(0, 3_500);
+    let mut cfg = config();
+    cfg.llm.first_token_timeout_ms = 5_000;
+    let r = run(cfg, fake, Some(12_000));
+    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(llm.len(), 2, "one cancelled request, one answer");
+    let ends = r.turn_ends();
+    assert_eq!(ends.len(), 2);
+    // The first request was cancelled when the second turn ended.
+    assert!(
+        r.fake
+            .closes
+            .iter()
+            .any(|(t, p)| *p == llm[0].peer && *t == ends[1])
+    );
+    let m = messages(llm[1]);
+    let user: Vec<&Value> = m.iter().filter(|x| x["role"] == "user").collect();
+    assert_eq!(user.len(), 1, "{m:?}");
+    let texts = segment_texts();
+    assert_eq!(user[0]["content"], format!("{} {}", texts[0], texts[1]));
+    // No barge-in (nothing played), one answer.
+    assert!(r.clears.is_empty());
+    let answers: Vec<_> = r
+        .audio_starts()
+        .into_iter()
+        .filter(|(_, s)| s.is_some())
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].0 > ends[1]);
+}
+
+#[test]
+fn transfer_with_a_bad_number_gets_an_error_result_and_a_second_round() {
+    let fake = Fake::new(segment_texts(), |user: &str| {
+        if user.starts_with("Hi, I'm calling") {
+            Reply {
+                text: String::new(),
+                tools: vec![("transfer_call", r#"{"number":"12345"}"#.into())],
+            }
+        } else if user.starts_with("TOOL:") {
+            Reply {
+                text: "Connecting you now.".into(),
+                tools: vec![("transfer_call", r#"{"number":"+14155550100"}"#.into())],
+            }
+        } else {
+            script(user)
+        }
+    });
+    let r = run(config(), fake, Some(6_600));
+    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(llm.len(), 2);
+    let m = messages(llm[1]);
+    let n = m.len();
+    // …, user, assistant with tool_calls (no text), tool result.
+    assert_eq!(m[n - 3]["role"], "user");
+    let a = &m[n - 2];
+    assert_eq!(a["role"], "assistant");
+    assert!(a["content"].is_null());
+    let call = &a["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "transfer_call");
+    assert_eq!(call["function"]["arguments"], r#"{"number":"12345"}"#);
+    let t = &m[n - 1];
+    assert_eq!(t["role"], "tool");
+    assert_eq!(t["tool_call_id"], call["id"]);
+    assert!(t["content"].as_str().unwrap().starts_with("error"));
+    // Tools were offered.
+    let names: Vec<&str> = llm[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["end_call", "transfer_call"]);
+    // The second round said its sentence, then asked for the transfer.
+    let transfer_at = r
+        .events
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::TransferRequested { to } if to == "+14155550100" => Some(*t),
+            _ => None,
+        })
+        .expect("transfer requested");
+    let answered = r
+        .audio_starts()
+        .into_iter()
+        .find(|(_, s)| s.is_some())
+        .unwrap()
+        .0;
+    assert!(transfer_at >= answered);
+    let tts: Vec<&str> = r
+        .fake
+        .requests(Kind::Tts)
+        .iter()
+        .map(|q| q.body["input"].as_str().unwrap())
+        .collect();
+    assert!(tts.contains(&"Connecting you now."));
+    assert_eq!(
+        r.reports()
+            .iter()
+            .filter(|(_, x)| matches!(x, AgentReport::ToolCall { .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn end_call_without_words_says_the_configured_goodbye() {
+    let fake = Fake::new(segment_texts(), |user: &str| {
+        if user.starts_with("Hi, I'm calling") {
+            Reply {
+                text: String::new(),
+                tools: vec![("end_call", "{}".into())],
+            }
+        } else {
+            script(user)
+        }
+    });
+    let r = run(config(), fake, Some(6_600));
+    let tts: Vec<&str> = r
+        .fake
+        .requests(Kind::Tts)
+        .iter()
+        .map(|q| q.body["input"].as_str().unwrap())
+        .collect();
+    assert!(tts.contains(&"Goodbye!"), "{tts:?}");
+    assert!(matches!(r.closed, Some(CloseReason::Hangup(_))));
+    assert!(
+        r.transcripts(Role::Agent)
+            .contains(&("Goodbye!".to_string(), false))
+    );
+}
+
+/// One fault scenario on the first caller turn: what is reported, how many requests of the
+/// faulty kind go out, and whether the answer or the fallback phrase is heard.
+struct Case {
+    name: &'static str,
+    kind: Kind,
+    faults: Vec<Option<Fault>>,
+    tts_down: Option<u16>,
+    want_faults: Vec<(&'static str, &'static str)>,
+    want_requests: usize,
+    fallback: bool,
+    /// Heard by the caller (when not the fallback).
+    heard: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    kind: Kind,
+    faults: Vec<Option<Fault>>,
+    want_faults: Vec<(&'static str, &'static str)>,
+    want_requests: usize,
+    fallback: bool,
+) -> Case {
+    Case {
+        name,
+        kind,
+        faults,
+        tts_down: None,
+        want_faults,
+        want_requests,
+        fallback,
+        heard: "I'm sorry to hear that.",
+    }
+}
+
+#[test]
+fn every_fault_ends_in_a_retry_or_the_fallback_never_dead_air() {
+    use Fault::*;
+    use Kind::*;
+    let s = |f: Fault| Some(f);
+    let cases = vec![
+        case(
+            "llm 500 once",
+            Llm,
+            vec![s(Status(500, None))],
+            vec![("llm", "http_5xx")],
+            2,
+            false,
+        ),
+        case(
+            "llm 429 with retry-after",
+            Llm,
+            vec![s(Status(429, Some(300)))],
+            vec![("llm", "http_429")],
+            2,
+            false,
+        ),
+        case(
+            "llm 429 past the budget",
+            Llm,
+            vec![s(Status(429, Some(10_000)))],
+            vec![("llm", "http_429")],
+            1,
+            true,
+        ),
+        case(
+            "llm 401",
+            Llm,
+            vec![s(Status(401, None))],
+            vec![("llm", "http_401")],
+            1,
+            true,
+        ),
+        case(
+            "llm hangs",
+            Llm,
+            vec![s(Hang)],
+            vec![("llm", "timeout")],
+            2,
+            false,
+        ),
+        case(
+            "llm error inside 200",
+            Llm,
+            vec![s(StreamError)],
+            vec![("llm", "stream_error")],
+            2,
+            false,
+        ),
+        case(
+            "llm connection drops",
+            Llm,
+            vec![s(Dropped)],
+            vec![("llm", "dropped")],
+            2,
+            false,
+        ),
+        case(
+            "llm refused",
+            Llm,
+            vec![s(Connect)],
+            vec![("llm", "connect")],
+            2,
+            false,
+        ),
+        case(
+            "llm empty 200",
+            Llm,
+            vec![s(Empty)],
+            vec![("llm", "dropped")],
+            2,
+            false,
+        ),
+        case(
+            "llm 503 until the retries run out",
+            Llm,
+            vec![
+                s(Status(503, None)),
+                s(Status(503, None)),
+                s(Status(503, None)),
+            ],
+            vec![
+                ("llm", "http_5xx"),
+                ("llm", "http_5xx"),
+                ("llm", "http_5xx"),
+            ],
+            3,
+            true,
+        ),
+        case(
+            "stt 500 once",
+            Stt,
+            vec![s(Status(500, None))],
+            vec![("stt", "http_5xx")],
+            2,
+            false,
+        ),
+        case(
+            "stt hangs",
+            Stt,
+            vec![s(Hang)],
+            vec![("stt", "timeout")],
+            2,
+            false,
+        ),
+        case(
+            "stt error inside 200",
+            Stt,
+            vec![s(StreamError)],
+            vec![("stt", "stream_error")],
+            2,
+            false,
+        ),
+        case(
+            "stt 401",
+            Stt,
+            vec![s(Status(401, None))],
+            vec![("stt", "http_401")],
+            1,
+            true,
+        ),
+        case(
+            "tts 503 once on the answer",
+            Tts,
+            vec![None, None, s(Status(503, None))],
+            vec![("tts", "http_5xx")],
+            0,
+            false,
+        ),
+        case(
+            "tts drops on the answer",
+            Tts,
+            vec![None, None, s(Dropped)],
+            vec![("tts", "dropped")],
+            0,
+            false,
+        ),
+        case(
+            "tts hangs on the answer",
+            Tts,
+            vec![None, None, s(Hang)],
+            vec![("tts", "timeout")],
+            0,
+            false,
+        ),
+        Case {
+            heard: "Let me check the status of your order right away.",
+            ..case(
+                "tts drops after audio played: cut, not repeated",
+                Tts,
+                vec![None, None, s(DroppedAfterAudio)],
+                vec![("tts", "dropped")],
+                0,
+                false,
+            )
+        },
+    ];
+    for c in cases {
+        let fake = Fake::new(segment_texts(), script).fault(c.kind, c.faults.clone());
+        let mut fake = fake;
+        fake.tts_down = c.tts_down;
+        let r = run(config(), fake, Some(6_600));
+        let got: Vec<(String, String)> = r.faults();
+        let want: Vec<(String, String)> = c
+            .want_faults
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(got, want, "{}: faults", c.name);
+        if c.want_requests > 0 {
+            assert_eq!(
+                r.fake.requests(c.kind).len(),
+                c.want_requests,
+                "{}: requests",
+                c.name
+            );
+        }
+        let agent: Vec<(String, bool)> = r.transcripts(Role::Agent);
+        let fallback_heard = agent
+            .iter()
+            .any(|(t, _)| t == &CascadeConfig::default().fallback_text);
+        assert_eq!(
+            fallback_heard, c.fallback,
+            "{}: fallback heard {agent:?}",
+            c.name
+        );
+        if !c.fallback {
+            assert!(
+                agent.iter().any(|(t, _)| t.contains(c.heard)),
+                "{}: the answer was heard: {agent:?}",
+                c.name
+            );
+        }
+        if matches!(c.faults.last(), Some(Some(Fault::DroppedAfterAudio))) {
+            let n = r
+                .fake
+                .requests(Kind::Tts)
+                .iter()
+                .filter(|q| q.body["input"] == "I'm sorry to hear that.")
+                .count();
+            assert_eq!(
+                n, 1,
+                "a sentence the caller started hearing is not synthesised again"
+            );
+        }
+        r.assert_no_dead_air(ms(5_000));
+        eprintln!(
+            "{:<36} faults {:?} → {}",
+            c.name,
+            got,
+            if c.fallback { "fallback" } else { "answered" }
+        );
+    }
+}
+
+#[test]
+fn a_429_waits_for_its_retry_after() {
+    let fake = Fake::new(segment_texts(), script)
+        .fault(Kind::Llm, vec![Some(Fault::Status(429, Some(300)))]);
+    let r = run(config(), fake, Some(6_600));
+    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(llm.len(), 2);
+    // Failed 50 ms after the request, retried 300 ms after that.
+    assert_eq!(llm[1].at - llm[0].at, ms(50 + 300));
+    // Backoff without Retry-After: 150 ms.
+    let fake =
+        Fake::new(segment_texts(), script).fault(Kind::Llm, vec![Some(Fault::Status(502, None))]);
+    let r = run(config(), fake, Some(6_600));
+    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(llm[1].at - llm[0].at, ms(50 + 150));
+}
+
+#[test]
+fn tts_down_from_the_start_plays_a_chime_not_silence() {
+    let mut fake = Fake::new(segment_texts(), script);
+    fake.tts_down = Some(401);
+    let r = run(config(), fake, Some(6_600));
+    // The greeting, the fallback rendering and the answer each failed once (401: no retry).
+    let f = r.faults();
+    assert!(
+        f.iter().all(|(p, k)| p == "tts" && k == "http_401"),
+        "{f:?}"
+    );
+    assert_eq!(f.len(), 3, "{f:?}");
+    // Still, the caller heard something at the start and after the turn: the chime.
+    let bursts = r.phone.bursts();
+    assert_eq!(bursts.len(), 2, "{bursts:?}");
+    assert!(bursts[0].start_ms < 200);
+    assert!(
+        bursts.iter().all(|b| (500..700).contains(&b.audio_ms)),
+        "{bursts:?}"
+    );
+    r.assert_no_dead_air(ms(1_000));
+}
+
+#[test]
+fn barge_in_on_the_greeting_keeps_only_its_heard_part() {
+    let mut cfg = config();
+    cfg.greeting = Some(
+        "Hello and welcome to the order line. I can help you track a parcel or change a delivery."
+            .into(),
+    );
+    let fake = Fake::new(segment_texts(), script);
+    let r = run(cfg, fake, Some(6_600));
+    assert_eq!(r.clears.len(), 1, "the caller talks over the long greeting");
+    let llm = r.fake.requests(Kind::Llm);
+    let m = messages(llm[0]);
+    assert_eq!(m[1]["role"], "assistant");
+    let c = m[1]["content"].as_str().unwrap();
+    assert!(c.starts_with("Hello and"), "{c}");
+    assert!(c.ends_with("[interrupted by the caller]"), "{c}");
+    assert!(!c.contains("parcel"), "{c}");
+    // The agent's transcript says the same.
+    let heard = c.trim_end_matches("[interrupted by the caller]").trim();
+    assert!(
+        r.transcripts(Role::Agent)
+            .contains(&(heard.to_string(), true))
+    );
+}
+
+#[test]
+fn system_prompt_and_greeting_from_twiml_parameters() {
+    let fake = Fake::new(segment_texts(), script);
+    let mut cfg = config();
+    cfg.system_prompt = "You are Ada from Acme.".into();
+    let r = run(cfg.clone(), fake, Some(6_600));
+    let m = messages(r.fake.requests(Kind::Llm)[0]);
+    assert_eq!(m[0]["role"], "system");
+    assert_eq!(m[0]["content"], "You are Ada from Acme.");
+    let stt = &r.fake.requests(Kind::Stt)[0].body;
+    assert_eq!(stt["model"], "gpt-4o-mini-transcribe");
+    assert_eq!(stt["stream"], "true");
+    // 4.1 s of speech plus pre-roll, as a 16 kHz 16-bit WAV.
+    assert!(stt["file_bytes"].as_u64().unwrap() > 44 + 32_000 * 4);
+
+    // `<Parameter name="systemPrompt">` and `<Parameter name="greeting">` override them.
+    let fake = Fake::new(segment_texts(), script);
+    let r = run_with(
+        cfg,
+        fake,
+        Some(6_600),
+        &[
+            ("systemPrompt", "You are Bob."),
+            ("greeting", "Hi, Bob here."),
+        ],
+    );
+    let m = messages(r.fake.requests(Kind::Llm)[0]);
+    assert_eq!(m[0]["content"], "You are Bob.");
+    assert_eq!(m[1]["content"], "Hi, Bob here.");
+    assert_eq!(r.fake.requests(Kind::Tts)[0].body["input"], "Hi, Bob here.");
+}

@@ -1,0 +1,544 @@
+//! The ElevenLabs relay in virtual time with a scripted Conversational AI socket (no network):
+//! μ-law passthrough both ways byte for byte, PCM formats, initiation with dynamic variables,
+//! interruption → `clear` and stale audio dropped by `event_id`, ping → pong, transcripts,
+//! `end_call`, close codes and `error` events.
+
+#[path = "elevenlabs_realtime_harness.rs"]
+mod harness;
+
+use std::time::Instant;
+
+use hark_codecs::SampleRate;
+use hark_engine::agent::{
+    AgentReport, OpenSpec, ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage,
+};
+use hark_engine::agents::elevenlabs::{ElevenLabsAgent, ElevenLabsConfig, Overrides, PEER};
+use hark_engine::{CallConfig, CloseReason, Event};
+use harness::*;
+use serde_json::{Value, json};
+
+fn metadata(input: &str, output: &str) -> String {
+    json!({"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": {
+        "conversation_id": "conv_1", "agent_output_audio_format": output, "user_input_audio_format": input}})
+    .to_string()
+}
+
+fn audio(bytes: &[u8], event_id: i64) -> String {
+    json!({"type": "audio", "audio_event": {"audio_base_64": b64(bytes), "event_id": event_id}})
+        .to_string()
+}
+
+/// Opens on request after 40 ms, answers the initiation with metadata after 30 ms.
+struct El {
+    input: &'static str,
+    output: &'static str,
+}
+
+impl Script for El {
+    fn command(
+        &mut self,
+        now: Instant,
+        cmd: &ProviderCommand,
+        out: &mut Vec<(Instant, ProviderEvent)>,
+    ) {
+        match cmd {
+            ProviderCommand::Open { peer, .. } => out.push((
+                now + ms(40),
+                ProviderEvent::Opened {
+                    peer: *peer,
+                    status: Some(101),
+                },
+            )),
+            ProviderCommand::Send {
+                peer,
+                message: ProviderMessage::Text(t),
+            } if t.contains("conversation_initiation_client_data") => {
+                out.push((now + ms(30), text(*peer, metadata(self.input, self.output))))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn agent() -> Box<ElevenLabsAgent> {
+    Box::new(ElevenLabsAgent::new(ElevenLabsConfig {
+        url: Some(
+            "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a&conversation_signature=s"
+                .into(),
+        ),
+        ..ElevenLabsConfig::default()
+    }))
+}
+
+fn user_chunks(run: &Run) -> Vec<Vec<u8>> {
+    run.json_sent()
+        .into_iter()
+        .filter_map(|(_, v)| v.get("user_audio_chunk").and_then(Value::as_str).map(unb64))
+        .collect()
+}
+
+#[test]
+fn ulaw_passes_through_both_ways_byte_for_byte() {
+    let t0 = Instant::now();
+    let mut caller = speech();
+    caller.truncate(4_000 * 8);
+    let lines = session(t0, &[("CallSid", CALL_SID)], &caller);
+    // Agent audio: 1.5 s in 7 events of odd sizes, arriving faster than real time.
+    let reply: Vec<u8> = (0..12_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut timed = Vec::new();
+    let mut id = 0;
+    for (k, chunk) in reply.chunks(1_777).enumerate() {
+        id += 1;
+        timed.push((t0 + ms(600 + 30 * k as u64), text(PEER, audio(chunk, id))));
+    }
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+
+    // Caller → ElevenLabs: every byte, in order, untouched (audio from before the socket
+    // opened included), one chunk per 20 ms frame.
+    let chunks = user_chunks(&run);
+    assert_eq!(
+        chunks.concat(),
+        caller,
+        "caller audio relayed byte for byte"
+    );
+    assert!(chunks.iter().all(|c| c.len() == 160));
+    // ElevenLabs → caller: exactly the agent's bytes, no clear, everything marked and played.
+    let out: Vec<u8> = run.media().into_iter().flat_map(|(_, b)| b).collect();
+    assert_eq!(out, reply, "agent audio relayed byte for byte");
+    assert!(run.clears().is_empty());
+    assert_eq!(run.call.stats().malformed_total(), 0);
+    // No hark barge-in although the caller talks over the agent (ElevenLabs decides).
+    assert!(run.barge_ins().is_empty());
+    // The greeting latency is reported (no caller turn before it).
+    assert!(run.reports().iter().any(|r| matches!(
+        r,
+        AgentReport::Latency {
+            stage: Stage::Greeting,
+            ms: 600
+        }
+    )));
+}
+
+#[test]
+fn initiation_goes_first_with_dynamic_variables_and_overrides() {
+    let t0 = Instant::now();
+    let lines = session(
+        t0,
+        &[
+            ("CallSid", CALL_SID),
+            ("payerId", "P-42"),
+            ("first_message", "Hello P-42"),
+        ],
+        &vec![0xFF; 8 * 600],
+    );
+    let agent = Box::new(ElevenLabsAgent::new(ElevenLabsConfig {
+        url: Some("ws://127.0.0.1:1/v1/convai/conversation?agent_id=a".into()),
+        overrides: Overrides {
+            prompt: Some("You are hark's test agent.".into()),
+            language: Some("en".into()),
+            ..Overrides::default()
+        },
+        ..ElevenLabsConfig::default()
+    }));
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent, &mut el, vec![]);
+    let (open_at, open) = run.commands[0].clone();
+    assert_eq!(run.at(open_at), 0, "connects at stream start");
+    match open {
+        ProviderCommand::Open {
+            spec: OpenSpec::WebSocket(ws),
+            ..
+        } => {
+            assert_eq!(ws.url, "ws://127.0.0.1:1/v1/convai/conversation?agent_id=a");
+            assert!(ws.headers.is_empty(), "a signed URL needs no auth header");
+        }
+        other => panic!("{other:?}"),
+    }
+    let sent = run.json_sent();
+    let (t, init) = &sent[0];
+    assert_eq!(run.at(*t), 40, "initiation as soon as the socket opens");
+    assert_eq!(
+        *init,
+        json!({
+            "type": "conversation_initiation_client_data",
+            "conversation_config_override": {"agent": {
+                "prompt": {"prompt": "You are hark's test agent."},
+                "first_message": "Hello P-42",
+                "language": "en"}},
+            "dynamic_variables": {"CallSid": CALL_SID, "payerId": "P-42", "first_message": "Hello P-42"}
+        })
+    );
+    // Audio starts with the metadata (70 ms): the frames held while connecting go first.
+    let first_audio = sent
+        .iter()
+        .find(|(_, v)| v.get("user_audio_chunk").is_some())
+        .expect("audio sent");
+    assert_eq!(
+        run.at(first_audio.0),
+        70,
+        "held frames flushed at the metadata"
+    );
+    // Twilio's stop closes the socket.
+    assert!(matches!(
+        run.commands.last(),
+        Some((_, ProviderCommand::Close { .. }))
+    ));
+}
+
+#[test]
+fn interruption_clears_twilio_and_drops_stale_audio_by_event_id() {
+    let t0 = Instant::now();
+    let caller = speech();
+    let lines = session(t0, &[], &caller[..6_000 * 8]);
+    let mut timed = Vec::new();
+    // A 3 s answer in 30 events of 100 ms (bytes = event id), all at 1 s.
+    for id in 1..=30i64 {
+        timed.push((t0 + ms(1_000), text(PEER, audio(&[id as u8; 800], id))));
+    }
+    // ElevenLabs decides the caller interrupted at 2 s (after event 30 was sent).
+    timed.push((
+        t0 + ms(2_000),
+        text(
+            PEER,
+            json!({"type": "interruption", "interruption_event": {"event_id": 30}}).to_string(),
+        ),
+    ));
+    // A late chunk of the interrupted answer, then the next answer.
+    timed.push((t0 + ms(2_050), text(PEER, audio(&[29u8; 800], 29))));
+    timed.push((t0 + ms(2_100), text(PEER, audio(&[0x55; 4_000], 31))));
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+
+    let clears = run.clears();
+    assert_eq!(clears.len(), 1);
+    assert_eq!(run.at(clears[0]), 2_000, "clear at the interruption");
+    let bi = run.barge_ins();
+    assert_eq!(bi.len(), 1, "{bi:?}");
+    // Heard = audio before the last mark echoed before the clear (marks every 100 ms; the
+    // phone started playing at 1 000 ms and Twilio queues at most 200 ms ahead).
+    let heard = bi[0].interrupted.heard_ms;
+    assert!((800..=1_000).contains(&heard), "heard {heard} ms");
+    assert_eq!(heard % 100, 0, "heard comes from marks, not a clock");
+    let after: Vec<u8> = run
+        .media()
+        .into_iter()
+        .filter(|(t, _)| *t > clears[0])
+        .flat_map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        after,
+        vec![0x55; 4_000],
+        "only the fresh answer plays after the clear"
+    );
+    assert!(
+        !run.media()
+            .iter()
+            .any(|(t, b)| *t >= clears[0] && b.contains(&29)),
+        "stale event 29 dropped"
+    );
+    // The phone heard the start of the first answer, then the whole second one.
+    let bursts = run.phone.bursts();
+    assert_eq!(bursts.last().map(|b| b.audio_ms), Some(500));
+}
+
+#[test]
+fn ping_is_answered_with_the_same_event_id() {
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 1_000]);
+    let timed = vec![
+        (
+            t0 + ms(300),
+            text(
+                PEER,
+                json!({"type": "ping", "ping_event": {"event_id": 12345, "ping_ms": null}})
+                    .to_string(),
+            ),
+        ),
+        (
+            t0 + ms(500),
+            text(
+                PEER,
+                json!({"type": "ping", "ping_event": {"event_id": 7, "ping_ms": 50}}).to_string(),
+            ),
+        ),
+    ];
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let pongs: Vec<(u64, Value)> = run
+        .json_sent()
+        .into_iter()
+        .filter(|(_, v)| v["type"] == "pong")
+        .map(|(t, v)| (run.at(t), v))
+        .collect();
+    assert_eq!(
+        pongs,
+        vec![
+            (300, json!({"type": "pong", "event_id": 12345})),
+            (500, json!({"type": "pong", "event_id": 7}))
+        ]
+    );
+}
+
+#[test]
+fn transcripts_and_latency_are_reported() {
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 3_000]);
+    let timed = vec![
+        (
+            t0 + ms(1_000),
+            text(PEER, json!({"type": "user_transcript", "user_transcription_event": {"user_transcript": "I need help.", "event_id": 2}}).to_string()),
+        ),
+        (
+            t0 + ms(1_100),
+            text(PEER, json!({"type": "agent_response", "agent_response_event": {"agent_response": "Sure, what do you need?", "event_id": 3}}).to_string()),
+        ),
+        (t0 + ms(1_250), text(PEER, audio(&[0x11; 800], 3))),
+        (
+            t0 + ms(1_600),
+            text(PEER, json!({"type": "agent_response_correction", "agent_response_correction_event": {
+                "original_agent_response": "Sure, what do you need?", "corrected_agent_response": "Sure,", "event_id": 3}}).to_string()),
+        ),
+        (
+            t0 + ms(1_700),
+            text(PEER, json!({"type": "vad_score", "vad_score_event": {"vad_score": 0.5}}).to_string()),
+        ),
+    ];
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let transcripts: Vec<(Role, String, bool)> = run
+        .reports()
+        .into_iter()
+        .filter_map(|r| match r {
+            AgentReport::Transcript {
+                role,
+                text,
+                interrupted,
+            } => Some((role, text, interrupted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transcripts,
+        vec![
+            (Role::User, "I need help.".into(), false),
+            (Role::Agent, "Sure, what do you need?".into(), false),
+            (Role::Agent, "Sure,".into(), true),
+        ]
+    );
+    assert!(run.reports().contains(&AgentReport::Latency {
+        stage: Stage::FirstAudio,
+        ms: 250
+    }));
+    // The utterance ends after a second without audio, so it is marked played.
+    assert!(
+        run.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::UtterancePlayed { heard_ms: 100, .. }))
+    );
+}
+
+#[test]
+fn end_call_tool_answers_and_hangs_up_after_the_goodbye() {
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 5_000]);
+    let timed = vec![
+        (t0 + ms(500), text(PEER, audio(&[0x22; 4_000], 1))),
+        (
+            t0 + ms(520),
+            text(PEER, json!({"type": "client_tool_call", "client_tool_call": {
+                "tool_name": "end_call", "tool_call_id": "tc_1", "parameters": {"reason": "done"}, "event_id": 2}}).to_string()),
+        ),
+        (
+            t0 + ms(530),
+            text(PEER, json!({"type": "client_tool_call", "client_tool_call": {
+                "tool_name": "lookup", "tool_call_id": "tc_2", "parameters": {}, "event_id": 3}}).to_string()),
+        ),
+    ];
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let results: Vec<Value> = run
+        .json_sent()
+        .into_iter()
+        .filter(|(_, v)| v["type"] == "client_tool_result")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["tool_call_id"], "tc_1");
+    assert_eq!(results[0]["is_error"], false);
+    assert_eq!(results[1]["tool_call_id"], "tc_2");
+    assert_eq!(results[1]["is_error"], true);
+    assert!(run.reports().contains(&AgentReport::ToolCall {
+        name: "end_call".into(),
+        arguments: r#"{"reason":"done"}"#.into()
+    }));
+    match &run.closed {
+        Some(CloseReason::Hangup(r)) => assert!(r.contains("end_call"), "{r}"),
+        other => panic!("expected a hang-up, got {other:?}"),
+    }
+    // The goodbye (500 ms) played to the end before the stream closed.
+    let heard: u64 = run.phone.bursts().iter().map(|b| b.audio_ms).sum();
+    assert_eq!(heard, 500);
+}
+
+fn ends_with_fault(timed_event: ProviderEvent, kind: &str) {
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 3_000]);
+    let timed = vec![
+        (t0 + ms(300), text(PEER, audio(&[0x33; 1_600], 1))),
+        (t0 + ms(400), timed_event),
+    ];
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let faults: Vec<String> = run
+        .reports()
+        .into_iter()
+        .filter_map(|r| match r {
+            AgentReport::ProviderFault { provider, kind, .. } => {
+                assert_eq!(provider, "elevenlabs");
+                Some(kind)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(faults, vec![kind.to_string()]);
+    match &run.closed {
+        Some(CloseReason::Hangup(r)) => assert!(r.contains(kind), "{r}"),
+        other => panic!("expected a hang-up, got {other:?}"),
+    }
+    // The audio already queued still played (a clean end).
+    assert_eq!(
+        run.phone.bursts().iter().map(|b| b.audio_ms).sum::<u64>(),
+        200
+    );
+}
+
+#[test]
+fn close_codes_and_errors_end_the_call_cleanly() {
+    for code in [1002u16, 1008, 1011] {
+        ends_with_fault(
+            ProviderEvent::Failed {
+                peer: PEER,
+                error: format!("WebSocket closed with {code}: x"),
+                status: None,
+                retry_after_ms: None,
+                close_code: Some(code),
+            },
+            &format!("close_{code}"),
+        );
+    }
+    ends_with_fault(
+        text(
+            PEER,
+            json!({"type": "error", "error_event": {"code": 1002, "message": "LLM timed out",
+            "error_type": "llm_timeout", "reason": null}})
+            .to_string(),
+        ),
+        "llm_timeout",
+    );
+
+    // A normal close (1000) ends the call without a fault.
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 2_000]);
+    let timed = vec![(t0 + ms(300), ProviderEvent::Closed { peer: PEER })];
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    assert!(matches!(run.closed, Some(CloseReason::Hangup(_))));
+    assert!(
+        !run.reports()
+            .iter()
+            .any(|r| matches!(r, AgentReport::ProviderFault { .. }))
+    );
+
+    // A refused connection (e.g. an expired signed URL) too.
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 2_000]);
+    struct Refuse;
+    impl Script for Refuse {
+        fn command(
+            &mut self,
+            now: Instant,
+            cmd: &ProviderCommand,
+            out: &mut Vec<(Instant, ProviderEvent)>,
+        ) {
+            if let ProviderCommand::Open { peer, .. } = cmd {
+                out.push((
+                    now + ms(20),
+                    ProviderEvent::Failed {
+                        peer: *peer,
+                        error: "WebSocket upgrade refused with HTTP 403".into(),
+                        status: Some(403),
+                        retry_after_ms: None,
+                        close_code: None,
+                    },
+                ));
+            }
+        }
+    }
+    let run = harness::run(&lines, CallConfig::default(), agent(), &mut Refuse, vec![]);
+    assert!(matches!(run.closed, Some(CloseReason::Hangup(ref r)) if r.contains("http_403")));
+}
+
+#[test]
+fn pcm_formats_are_converted_both_ways() {
+    let t0 = Instant::now();
+    let caller = speech();
+    let caller = &caller[..2_000 * 8];
+    let lines = session(t0, &[], caller);
+    // 22.05 kHz agent audio: 1 s of a 440 Hz tone, split at odd byte offsets.
+    let tone: Vec<u8> = (0..22_050)
+        .flat_map(|i| {
+            let s = (8_000.0 * (i as f64 * 440.0 * std::f64::consts::TAU / 22_050.0).sin()) as i16;
+            s.to_le_bytes()
+        })
+        .collect();
+    let mut timed = Vec::new();
+    for (k, chunk) in tone.chunks(4_411).enumerate() {
+        timed.push((
+            t0 + ms(300 + k as u64),
+            text(PEER, audio(chunk, k as i64 + 1)),
+        ));
+    }
+    let cfg = CallConfig {
+        agent_rate: SampleRate::HZ_16000,
+        ..CallConfig::default()
+    };
+    let mut el = El {
+        input: "pcm_16000",
+        output: "pcm_22050",
+    };
+    let run = run(&lines, cfg, agent(), &mut el, timed);
+    let chunks = user_chunks(&run);
+    assert!(
+        chunks.iter().all(|c| c.len() == 640),
+        "20 ms of s16le at 16 kHz each"
+    );
+    assert_eq!(chunks.len(), caller.len() / 160);
+    let played: usize = run.media().iter().map(|(_, b)| b.len()).sum();
+    // 1 s at 22.05 kHz → 8 000 μ-law bytes (± the resampler's block).
+    assert!((7_800..=8_200).contains(&played), "{played} bytes");
+}

@@ -1,0 +1,367 @@
+//! `HARK_AGENT=realtime` end to end over real sockets on 127.0.0.1: `hark serve` in-process, the
+//! OpenAI Realtime double, and `hark call` playing the multi-turn real-speech session at real
+//! time. Server VAD (GA names) and hark's own turn detection (beta names). Every event both
+//! ways is checked against the OpenAI spec; the barge-in's `conversation.item.truncate`
+//! must carry exactly the audio heard according to Twilio's mark echoes (as stored in the
+//! call record), within the audio generated.
+
+#[path = "elevenlabs_realtime_specs.rs"]
+mod specs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hark_gateway::agents::AgentSettings;
+use hark_gateway::api::ApiState;
+use hark_gateway::config::{AgentKind, Config};
+use hark_gateway::doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
+use hark_gateway::server::{self, AppState, STREAM_PATH};
+use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use serde_json::Value;
+use specs::{Api, check_realtime};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel)
+}
+
+fn tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn settings(double: &RealtimeDouble, extra: &[(&str, &str)]) -> AgentSettings {
+    let mut env: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), "sk-test".into()),
+        ("HARK_REALTIME_URL".into(), double.base_url()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    AgentSettings::from_lookup(AgentKind::Realtime, &mut |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .expect("settings")
+}
+
+/// Reply `k`'s audio: bytes `16k .. 16k+15` repeating (recognisable in what was heard).
+fn audio(k: u8, ms: usize) -> Arc<[u8]> {
+    (0..ms * 8)
+        .map(|i| k * 16 + (i % 16) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// The multi-turn session's turns (A 1 000–5 100, B 6 800–8 580 over A's answer, C 13 360–
+/// 15 380, D 20 400–22 520 ms) with their answers.
+fn turns() -> Vec<Turn> {
+    let t = |s, e, user: &str, k, ms, say: &str| Turn {
+        start_ms: s,
+        end_ms: e,
+        user_transcript: user.into(),
+        reply: Some(Reply {
+            transcript: say.into(),
+            audio: audio(k, ms),
+        }),
+    };
+    vec![
+        t(
+            1_000,
+            5_100,
+            "Hi, I'm calling about my order, it was supposed to arrive yesterday.",
+            1,
+            4_000,
+            "I'm sorry to hear that. Let me look up your order and see where it is right now.",
+        ),
+        t(
+            6_800,
+            8_580,
+            "And so my fellow Americans",
+            2,
+            2_500,
+            "Yes, go on.",
+        ),
+        t(
+            13_360,
+            15_380,
+            "ask what you can do for your country",
+            3,
+            2_500,
+            "Noted.",
+        ),
+        t(
+            20_400,
+            22_520,
+            "Okay, thank you. Goodbye.",
+            4,
+            2_000,
+            "Goodbye!",
+        ),
+    ]
+}
+
+fn speech(name: &str) -> UserSpeech {
+    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
+    let mut ann: Value = serde_json::from_str(&text).unwrap();
+    let mut turns = vec![];
+    for seg in ann["segments"].as_array().unwrap() {
+        let mut start = seg["start_ms"].as_u64().unwrap();
+        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
+            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
+            if pe - ps > 600 {
+                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
+                start = pe;
+            }
+        }
+        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
+    }
+    ann["segments"] = Value::Array(turns);
+    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
+}
+
+struct Server {
+    url: String,
+    state: Arc<AppState>,
+    api: Arc<ApiState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(settings: AgentSettings) -> Server {
+    let config = Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: 2,
+        agent: AgentKind::Realtime,
+        agent_settings: settings,
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let env = [("HARK_DATABASE_URL", "sqlite::memory:")];
+    let api = ApiState::from_lookup(|k| {
+        env.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    })
+    .await
+    .expect("api state");
+    let state = AppState::with_api(config, api.clone()).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Server {
+        url: format!("ws://{addr}{STREAM_PATH}"),
+        state,
+        api,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn check_spec(api: Api, s: &Session) {
+    for (_, m) in &s.received {
+        let e = check_realtime(api, true, m);
+        assert!(
+            e.is_empty(),
+            "hark sent an event the spec refuses: {m}\n{e:?}"
+        );
+    }
+    for (_, m) in &s.sent {
+        let e = check_realtime(api, false, m);
+        assert!(
+            e.is_empty(),
+            "the double sent an event the spec refuses: {m}\n{e:?}"
+        );
+    }
+    assert!(s.violations.is_empty(), "{:?}", s.violations);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let first = *needle.first()?;
+    (0..hay.len().saturating_sub(needle.len() - 1))
+        .filter(|&i| hay[i] == first)
+        .find(|&i| hay[i..i + needle.len()] == *needle)
+}
+
+/// Runs `audio_ms` of the multi-turn session through the server and returns the report,
+/// the double's session and the stored call.
+async fn call(
+    server: &Server,
+    double: &RealtimeDouble,
+    audio_ms: usize,
+) -> (Report, Session, hark_gateway::api::store::CallDetail) {
+    let mut audio = std::fs::read(fixture("audio/multi-turn-8k.ulaw")).unwrap();
+    audio.truncate(audio_ms * 8);
+    let mut setup = CallSetup::new(&server.url, Arc::from(audio.clone()));
+    let mut sp = speech("multi-turn");
+    sp.spans = sp
+        .spans
+        .iter()
+        .filter(|s| (s.end_ms as usize) < audio_ms)
+        .cloned()
+        .collect();
+    setup.speech = Some(sp);
+    setup.tail_ms = 300;
+    setup.keep_heard = true;
+    let call_sid = setup.start.call_sid.clone();
+    let r = simulator::run_call(setup).await.unwrap();
+    eprintln!("{}", simulator::format_table(&r));
+    let sessions = double.wait_ended(1, Duration::from_secs(5)).await;
+    assert_eq!(sessions.len(), 1);
+    let s = sessions[0].clone();
+    assert!(s.audio_in.len() >= audio.len());
+    assert!(
+        s.audio_in[..audio.len()] == audio[..],
+        "caller μ-law appended untouched"
+    );
+    assert_eq!(server.state.wait_idle(Duration::from_secs(5)).await, 0);
+    assert!(server.api.flush().await);
+    let detail = server
+        .api
+        .store()
+        .call(&call_sid)
+        .await
+        .unwrap()
+        .expect("call recorded");
+    (r, s, detail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_vad_multi_turn_through_the_media_stream() {
+    tls();
+    let double = RealtimeDouble::start(Script {
+        turns: turns(),
+        ..Script::default()
+    })
+    .await
+    .unwrap();
+    let server = start(settings(&double, &[])).await;
+    let (r, s, detail) = call(&server, &double, 27_640).await;
+
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert_eq!(r.marks_sent, r.marks_echoed);
+    check_spec(Api::Ga, &s);
+    assert_eq!(r.turns.len(), 4);
+    for (i, t) in r.turns.iter().enumerate() {
+        let lat = t
+            .latency_ms
+            .unwrap_or_else(|| panic!("turn {i} got no answer"));
+        // 500 ms of server VAD silence + 50 ms to the first delta.
+        assert!((450..=900).contains(&lat), "turn {i} latency {lat} ms");
+        assert_eq!(t.interrupted, i == 0, "turn {i}");
+    }
+    assert_eq!(r.clears, 1);
+
+    // One truncate, of the first answer, at exactly the heard audio the call recorded (from
+    // mark echoes), within what was generated: the server accepted it.
+    assert_eq!(s.truncates.len(), 1, "{:?}", s.truncates);
+    let t = &s.truncates[0];
+    assert_eq!(t.item_id, "item_a1");
+    assert!(!t.refused && t.audio_end_ms <= t.generated_ms, "{t:?}");
+    let turn0 = &detail.turns[0];
+    assert!(turn0.interrupted);
+    assert_eq!(
+        Some(t.audio_end_ms as i64),
+        turn0.heard_ms,
+        "truncate = heard (marks)"
+    );
+    assert!(t.audio_end_ms > 0 && t.audio_end_ms.is_multiple_of(100));
+    assert_eq!(s.sent_of("conversation.item.truncated").len(), 1);
+    assert!(s.sent_of("error").is_empty(), "{:?}", s.sent_of("error"));
+    // The heard words were stored with the interrupted turn.
+    // The turn's text: the heard words of the answer (alignment / transcript, cut at the
+    // marks), unless the observer already stored the caller's transcript for the turn.
+    let text = turn0.text.clone().unwrap_or_default();
+    assert!(
+        !text.is_empty()
+            && ("I'm sorry to hear that. Let me look up your order".starts_with(&text)
+                || text == "Hi, I'm calling about my order, it was supposed to arrive yesterday."),
+        "turn text {text:?}"
+    );
+    // Answers heard byte for byte; nothing of the first after the clear.
+    let heard = r.heard.as_deref().unwrap();
+    for (k, ms) in [(2u8, 2_500), (3, 2_500), (4, 2_000)] {
+        assert!(
+            find(heard, &audio(k, ms)).is_some(),
+            "reply {k} heard byte for byte"
+        );
+    }
+    let clear_ms = r.barge_ins[0].clear_ms as usize;
+    assert!(
+        !heard[clear_ms * 8..]
+            .iter()
+            .any(|b| (0x10..0x20).contains(b))
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hark_turn_detection_with_beta_names() {
+    tls();
+    let double = RealtimeDouble::start(Script {
+        beta: true,
+        turns: turns(),
+        ..Script::default()
+    })
+    .await
+    .unwrap();
+    let server = start(settings(
+        &double,
+        &[
+            ("HARK_REALTIME_API", "beta"),
+            // The beta spec lists only the preview models.
+            ("HARK_REALTIME_MODEL", "gpt-4o-realtime-preview-2024-12-17"),
+            ("HARK_REALTIME_TURN_DETECTION", "hark"),
+        ],
+    ))
+    .await;
+    let (r, s, detail) = call(&server, &double, 12_500).await;
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    check_spec(Api::Beta, &s);
+    assert_eq!(
+        s.received_of("session.update")[0]["session"]["turn_detection"],
+        Value::Null
+    );
+    // hark committed each turn and asked for each answer.
+    assert_eq!(s.received_of("input_audio_buffer.commit").len(), 2);
+    assert_eq!(s.received_of("response.create").len(), 2);
+    assert_eq!(r.turns.len(), 2);
+    assert!(r.turns.iter().all(|t| t.latency_ms.is_some()));
+    // hark's own VAD barged in on the first answer.
+    assert_eq!(r.clears, 1);
+    assert_eq!(s.truncates.len(), 1);
+    let t = &s.truncates[0];
+    assert!(!t.refused);
+    assert_eq!(Some(t.audio_end_ms as i64), detail.turns[0].heard_ms);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_ends_the_call() {
+    tls();
+    let double = RealtimeDouble::start(Script {
+        api_key: "sk-other".into(),
+        ..Script::default()
+    })
+    .await
+    .unwrap();
+    let server = start(settings(&double, &[])).await;
+    let mut setup = CallSetup::new(&server.url, Arc::from(vec![0xFFu8; 8 * 3_000]));
+    setup.speed = 4.0;
+    setup.tail_ms = 0;
+    let r = simulator::run_call(setup).await.unwrap();
+    assert_eq!(r.outbound_frames, 0);
+    assert!(r.inbound_frames < 150, "ended early: {}", r.inbound_frames);
+    assert_eq!(double.refused(), 1);
+    server.stop().await;
+}
