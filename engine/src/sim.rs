@@ -51,6 +51,12 @@ pub struct PhoneStats {
     pub clears: u64,
     /// Audio dropped by `clear`, ms.
     pub cleared_ms: u64,
+    /// Playout underruns: agent audio arrived after everything queued before it had played,
+    /// at most [`Phone::BURST_GAP`] later, in a burst no `clear` had cut (a gap inside an
+    /// answer, heard as a dropout). Longer gaps start a new [`Burst`] instead.
+    pub underruns: u64,
+    /// Silence heard in those gaps, µs.
+    pub underrun_us: u64,
     /// Invalid messages (wrong shape, bad base64, wrong `streamSid`).
     pub errors: Vec<String>,
 }
@@ -180,6 +186,15 @@ impl Phone {
                 self.stats.media += 1;
                 self.stats.audio_ms += mulaw.len() as u64 / 8;
                 let n = mulaw.len();
+                if self.queue.is_empty()
+                    && let Some(end) = self.last_play_end
+                    && now > end
+                    && now - end <= Self::BURST_GAP
+                    && self.bursts.last().is_some_and(|b| !b.interrupted)
+                {
+                    self.stats.underruns += 1;
+                    self.stats.underrun_us += (now - end).as_micros() as u64;
+                }
                 if self.queue.is_empty() {
                     // Idle: playback starts now.
                     self.cursor = self.cursor.max(now);
@@ -372,6 +387,37 @@ mod tests {
         assert_eq!(p.stats().cleared_ms, 150);
         assert!(p.bursts()[0].interrupted);
         assert_eq!(p.queued_ms(), 0);
+    }
+
+    #[test]
+    fn a_gap_inside_a_burst_is_an_underrun() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut p = Phone::new("MZ1", t0).keep_heard(false);
+        let mut s = String::new();
+        encode_media("MZ1", &[1u8; 160], &mut s);
+        p.receive(t0, &s);
+        // On time: the next frame arrives while the first still plays.
+        p.receive(ms(10), &s);
+        assert_eq!(p.stats().underruns, 0);
+        // 40 ms played by 40 ms; the next frame comes 15 ms late: a dropout.
+        p.receive(ms(55), &s);
+        assert_eq!((p.stats().underruns, p.stats().underrun_us), (1, 15_000));
+        assert_eq!(p.bursts().len(), 1);
+        // After a pause longer than BURST_GAP: a new burst, not an underrun.
+        p.receive(ms(400), &s);
+        p.advance(ms(410));
+        assert_eq!((p.stats().underruns, p.bursts().len()), (1, 2));
+        // After a clear: the next answer is a new burst, not an underrun.
+        encode_media("MZ1", &[1u8; 1600], &mut s);
+        p.receive(ms(415), &s);
+        encode_clear("MZ1", &mut s);
+        p.receive(ms(430), &s);
+        assert!(p.bursts()[1].interrupted);
+        encode_media("MZ1", &[1u8; 160], &mut s);
+        p.receive(ms(500), &s);
+        p.advance(ms(510));
+        assert_eq!((p.stats().underruns, p.bursts().len()), (1, 3));
     }
 
     #[test]

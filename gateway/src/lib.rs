@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod doubles;

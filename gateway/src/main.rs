@@ -36,6 +36,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load test: N simulated Twilio calls at real-time pacing against a hark server
+    /// (in-process by default), ramped in steps; reports underruns, barge-in delay,
+    /// voice-to-voice latency and the engine's share, CPU and memory per call, and the largest
+    /// N meeting the service level.
+    Bench(hark_gateway::bench::BenchArgs),
 }
 
 fn init_logs(format: LogFormat) {
@@ -187,5 +192,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
+        Command::Bench(args) => hark_gateway::bench::main(&args, rt.handle()),
     }
 }

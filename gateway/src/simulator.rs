@@ -709,6 +709,15 @@ pub struct Report {
     pub heard_audio_ms: u64,
     /// Media time when the call ended for the phone (`stop`, or when the socket closed), ms.
     pub duration_ms: u64,
+    /// Playout underruns heard: gaps inside a burst of agent audio (`sim::PhoneStats::underruns`).
+    pub underruns: u64,
+    /// Silence heard in those gaps, ms (rounded up).
+    pub underrun_ms: u64,
+    /// Inbound frames handed to the socket more than [`FRAME_MS`] of real time after they were
+    /// due (speed > 0): the simulator or the socket fell behind real time.
+    pub late_frames: u64,
+    /// The latest any inbound frame was handed to the socket, µs after it was due (speed > 0).
+    pub max_late_us: u64,
     /// Everything wrong: invalid messages from the server (Twilio warnings 31950/31951), a
     /// socket closed before `stop`, no close after `stop`, WebSocket errors.
     pub errors: Vec<String>,
@@ -1032,6 +1041,8 @@ struct Session {
     writer_gone: bool,
     /// Real time the writer last took a message (or the session started).
     last_handed: Instant,
+    late_frames: u64,
+    max_late_us: u64,
 }
 
 impl Session {
@@ -1061,6 +1072,8 @@ impl Session {
             closed_at: None,
             writer_gone: false,
             last_handed: t0,
+            late_frames: 0,
+            max_late_us: 0,
         }
     }
 
@@ -1186,7 +1199,18 @@ impl Session {
     fn handed(&mut self, out: &Out) {
         self.last_handed = Instant::now();
         match out {
-            Out::Frame(_) => self.sent_frames += 1,
+            Out::Frame(_) => {
+                if self.speed > 0.0 {
+                    let late = self
+                        .last_handed
+                        .saturating_duration_since(self.frame_due(self.sent_frames));
+                    if late > Duration::from_millis(FRAME_MS) {
+                        self.late_frames += 1;
+                    }
+                    self.max_late_us = self.max_late_us.max(late.as_micros() as u64);
+                }
+                self.sent_frames += 1;
+            }
             Out::Mark(_) => self.marks_echoed += 1,
             Out::Stop(_) => self.stop = StopState::Sent(Instant::now()),
             Out::Control(_) => {}
@@ -1397,6 +1421,10 @@ impl Session {
             bursts: self.phone.bursts().len() as u64,
             heard_audio_ms: self.phone.bursts().iter().map(|b| b.audio_ms).sum(),
             duration_ms,
+            underruns: stats.underruns,
+            underrun_ms: stats.underrun_us.div_ceil(1000),
+            late_frames: self.late_frames,
+            max_late_us: self.max_late_us,
             errors: self.errors,
             heard,
         }
