@@ -62,6 +62,12 @@ pub enum CloseReason {
     Stopped,
     /// The agent hung up (reason given); queued audio has played.
     Hangup(String),
+    /// The agent handed the call to this number or SIP URI; queued audio has played. The
+    /// driver leaves Twilio's socket open: closing it would make Twilio run the TwiML after
+    /// `</Connect>` (a hang-up) before the transfer lands. Whoever drives the call redirects
+    /// it (Twilio REST `POST …/Calls/{CallSid}.json` with `Twiml=<Dial>…`, which ends the
+    /// stream from Twilio's side) and then closes the socket.
+    Transfer(String),
 }
 
 /// What the driver must do next.
@@ -244,7 +250,8 @@ pub enum Event {
     },
     /// Something the agent reported: transcripts, stage latencies, provider faults, tools.
     Agent(crate::agent::AgentReport),
-    /// The agent asked to transfer the call.
+    /// The agent asked to transfer the call. The call closes with [`CloseReason::Transfer`]
+    /// once the audio queued before the request has played.
     TransferRequested {
         /// Destination.
         to: String,
@@ -867,7 +874,12 @@ impl Call {
                         self.closing = Some(CloseReason::Hangup(reason));
                     }
                 }
-                Action::Transfer { to } => self.event(Event::TransferRequested { to }),
+                Action::Transfer { to } => {
+                    if self.closing.is_none() {
+                        self.closing = Some(CloseReason::Transfer(to.clone()));
+                    }
+                    self.event(Event::TransferRequested { to });
+                }
                 Action::Report(r) => self.event(Event::Agent(r)),
                 Action::WakeAt(t) => {
                     self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));

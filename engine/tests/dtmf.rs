@@ -252,12 +252,23 @@ fn dtmf_while_the_agent_speaks_is_not_a_barge_in() {
 
 #[test]
 fn the_agent_can_transfer_or_hang_up_from_a_key() {
+    // A transfer is announced at once and closes the call (socket left to the driver) once
+    // the beep queued before it has played.
     let mut h = H::started();
     let t0 = h.now;
     let ev = h.dtmf("0");
     assert!(ev.contains(&Event::TransferRequested {
         to: "+15550100".into()
     }));
+    h.run_until(t0 + Duration::from_millis(60));
+    assert!(h.closes.is_empty(), "closed before the beep played");
+    h.run_until(t0 + Duration::from_millis(300));
+    assert_eq!(h.closes, vec![CloseReason::Transfer("+15550100".into())]);
+    assert_eq!(h.phone.stats().audio_ms, 100);
+
+    let mut h = H::started();
+    let t0 = h.now;
+    h.dtmf("1");
     h.run_until(t0 + Duration::from_millis(500));
     h.dtmf("#");
     // The goodbye beep plays first; the stream closes once its final mark is echoed.

@@ -430,6 +430,27 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     observer.flush(&call);
     let stats = call.stats();
     observer.finish_turn();
+    let ended = match ended {
+        hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) => {
+            let outcome = transfer(st, observer.call_sid.as_deref(), &to).await;
+            // Redirected (Twilio ends the stream itself) or not: the socket closes now; if
+            // the update failed, Twilio runs the TwiML after `</Connect>`.
+            hark_engine::io::TwilioSocket::close(&mut socket).await;
+            format!("transfer to {to}: {outcome}")
+        }
+        hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
+        hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+        hark_engine::io::Ended::Failed(e) => {
+            let kind = match e {
+                hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
+                hark_engine::io::SocketError::Io(_) => "io",
+            };
+            metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
+            warn!(error = %e, "call ended by a socket failure");
+            format!("failed: {e}")
+        }
+    };
+    info!(ended, "call ended");
     if let (Some(rec), Some(sid)) = (&observer.recorder, &observer.call_sid) {
         rec.stream_stopped(
             sid,
@@ -440,24 +461,9 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
                 turns: stats.turns,
                 barge_ins: stats.barge_ins,
                 malformed: stats.malformed_total(),
-                ended: match &ended {
-                    hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
-                    hark_engine::io::Ended::PeerClosed => "peer closed".into(),
-                    hark_engine::io::Ended::Failed(e) => format!("failed: {e}"),
-                },
+                ended,
             },
         );
-    }
-    match &ended {
-        hark_engine::io::Ended::Failed(e) => {
-            let kind = match e {
-                hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
-                hark_engine::io::SocketError::Io(_) => "io",
-            };
-            metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
-            warn!(error = %e, "call ended by a socket failure");
-        }
-        other => info!(ended = ?other, "call ended"),
     }
     info!(
         secs = started.elapsed().as_secs_f64(),
@@ -468,6 +474,69 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
         sent_ms = stats.playout.sent_ms,
         "call summary"
     );
+}
+
+/// Hands the call to `to` after the agent asked for a transfer and its words played: a call
+/// update `POST …/Calls/{CallSid}.json` with `Twiml=<Response><Dial><Number|Sip>…` (Twilio REST
+/// API, `UpdateCallRequest`; new TwiML ends the `<Connect><Stream>` from Twilio's side). A
+/// failure Twilio may recover from (no answer, 429, 5xx) is tried once more after 500 ms.
+/// Returns the outcome for the call record; counted in `hark_transfers_total{outcome}`
+/// (`ok`, `failed`, `not_configured`).
+async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
+    let outcome = |o: &'static str| metrics::counter!("hark_transfers_total", "outcome" => o);
+    let target = match (call_sid, st.api.as_ref().map(|a| a.twilio())) {
+        (Some(sid), Some(Ok(rest))) => Ok((sid, rest)),
+        (None, _) => Err("the stream gave no CallSid".to_string()),
+        (_, None) => Err("the gateway API is off".to_string()),
+        (_, Some(Err(e))) => Err(e.to_string()),
+    };
+    let (sid, rest) = match target {
+        Ok(t) => t,
+        Err(why) => {
+            outcome("not_configured").increment(1);
+            warn!(to, reason = why, "transfer not possible: ending the stream");
+            return format!("not possible: {why}");
+        }
+    };
+    let twiml = match twiml::transfer(to) {
+        Ok(x) => x,
+        Err(e) => {
+            outcome("failed").increment(1);
+            warn!(to, error = %e, "transfer target cannot go into TwiML");
+            return format!("failed: {e}");
+        }
+    };
+    let form = [("Twiml".to_string(), twiml)];
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match rest.update_call(sid, &form).await {
+            Ok(call) => {
+                outcome("ok").increment(1);
+                info!(
+                    to,
+                    status = call.status.as_deref().unwrap_or(""),
+                    "call transferred"
+                );
+                return "ok".into();
+            }
+            Err(e) => {
+                let retry = match &e {
+                    crate::api::ApiError::TwilioUnavailable(_) => true,
+                    crate::api::ApiError::Twilio(t) => t.status == 429 || t.status >= 500,
+                    _ => false,
+                };
+                if retry && tries < 2 {
+                    warn!(to, error = %e, "transfer failed: trying once more");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                outcome("failed").increment(1);
+                warn!(to, error = %e, "transfer failed: ending the stream");
+                return format!("failed: {e}");
+            }
+        }
+    }
 }
 
 /// Turns call events into logs, metrics and call records.

@@ -203,7 +203,8 @@ pub struct Dial {
     pub action: Option<String>,
     /// `timeout`: seconds to ring before giving up (Twilio's default: 30).
     pub timeout_s: Option<u32>,
-    /// The numbers to ring, each a `<Number>` (E.164, e.g. `+14155550100`); at least one.
+    /// The numbers to ring, at least one: each a `<Number>` (E.164, e.g. `+14155550100`), or a
+    /// `<Sip>` for a `sip:`/`sips:` URI (twilio.com/docs/voice/twiml/sip).
     pub numbers: Vec<String>,
 }
 
@@ -377,8 +378,16 @@ pub fn say_hangup_lossy(message: &str) -> String {
     }
 }
 
-/// (d) A transfer of the caller to `number`: `<Dial><Number>number</Number></Dial>`; the call
-/// continues with the caller's own caller ID.
+/// Whether a dial target is a SIP URI (`sip:` or `sips:`, any case), dialled with `<Sip>`.
+pub fn is_sip_uri(target: &str) -> bool {
+    let t = target.as_bytes();
+    (t.len() > 4 && t[..4].eq_ignore_ascii_case(b"sip:"))
+        || (t.len() > 5 && t[..5].eq_ignore_ascii_case(b"sips:"))
+}
+
+/// (d) A transfer of the caller to `number`: `<Dial><Number>number</Number></Dial>`, or
+/// `<Dial><Sip>uri</Sip></Dial>` for a `sip:` URI; the call continues with the caller's own
+/// caller ID. hark sends it as `Twiml` of a call update when an agent transfers a call.
 ///
 /// Errors: [`TwimlError::InvalidCharacter`].
 pub fn transfer(number: &str) -> Result<String, TwimlError> {
@@ -411,7 +420,8 @@ impl Writer {
                     ],
                 )?;
                 for number in &dial.numbers {
-                    self.text_element("Number", &mut [], number)?;
+                    let noun = if is_sip_uri(number) { "Sip" } else { "Number" };
+                    self.text_element(noun, &mut [], number)?;
                 }
                 self.end("Dial");
                 Ok(())
@@ -858,6 +868,16 @@ mod tests {
             )
         );
         golden("dial.xml", &xml);
+    }
+
+    #[test]
+    fn transfer_to_a_sip_uri_uses_the_sip_noun() {
+        assert_eq!(
+            transfer("sip:desk@pbx.example.com;transport=tls").unwrap(),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Dial>\
+             <Sip>sip:desk@pbx.example.com;transport=tls</Sip></Dial></Response>"
+        );
+        assert!(is_sip_uri("SIPS:a@b") && !is_sip_uri("sip:") && !is_sip_uri("+14155550100"));
     }
 
     #[test]

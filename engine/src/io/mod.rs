@@ -196,7 +196,9 @@ pub trait Observer {
 /// How a driven call ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The call asked to close (after `stop`, or an agent hang-up).
+    /// The call asked to close (after `stop`, or an agent hang-up): the socket is closed. For
+    /// [`CloseReason::Transfer`] it is left open for the caller of [`drive`] to redirect the
+    /// call first and close it after.
     Closed(CloseReason),
     /// Twilio closed the socket.
     PeerClosed,
@@ -258,7 +260,10 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
                 Output::Provider(c) => providers.execute(c),
                 Output::Event(e) => observer.event(call, &e),
                 Output::Close(reason) => {
-                    socket.close().await;
+                    // A transfer keeps the socket open until the call is redirected.
+                    if !matches!(reason, CloseReason::Transfer(_)) {
+                        socket.close().await;
+                    }
                     return Ended::Closed(reason);
                 }
                 Output::Timeout(t) => break t,

@@ -371,7 +371,11 @@ impl ApiState {
         self.conversation_events.subscribe()
     }
 
-    fn twilio(&self) -> Result<&TwilioRest, ApiError> {
+    /// The Twilio REST client.
+    ///
+    /// # Errors
+    /// [`ApiError::NotConfigured`] naming the missing variables (account SID, credentials).
+    pub fn twilio(&self) -> Result<&TwilioRest, ApiError> {
         self.twilio
             .as_ref()
             .map_err(|names| ApiError::NotConfigured {

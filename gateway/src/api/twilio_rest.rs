@@ -1,5 +1,5 @@
-//! A small client for the Twilio REST operations hark uses: create a call (API v2010) and a few
-//! Conversations v1 operations.
+//! A small client for the Twilio REST operations hark uses: create and redirect a call (API
+//! v2010) and a few Conversations v1 operations.
 //!
 //! Wire format (`reference/twilio.md` §5.1, as the official SDKs send it): requests are
 //! `application/x-www-form-urlencoded` with arrays as repeated keys
@@ -151,6 +151,30 @@ impl TwilioRest {
     pub async fn create_call(&self, form: &[(String, String)]) -> Result<CallResource, ApiError> {
         let url = format!(
             "{}/2010-04-01/Accounts/{}/Calls.json",
+            self.api_base, self.account_sid
+        );
+        let v = self
+            .send(self.http.post(url).body(encode_form(form)), true)
+            .await?;
+        serde_json::from_value(v)
+            .map_err(|e| ApiError::TwilioUnavailable(format!("unreadable Call resource: {e}")))
+    }
+
+    /// Redirects a live call: `POST {api}/2010-04-01/Accounts/{AccountSid}/Calls/{call_sid}.json`
+    /// with `form` (`UpdateCallRequest` fields: `Twiml`, `Url`, `Status`, …;
+    /// twilio.com/docs/voice/api/call-resource#update-a-call-resource). New TwiML replaces what
+    /// the call runs now, which ends a `<Connect><Stream>` from Twilio's side. Twilio answers
+    /// 200 with the Call.
+    ///
+    /// # Errors
+    /// As [`TwilioRest::create_call`]; a call that has already ended answers 404 (code 20404).
+    pub async fn update_call(
+        &self,
+        call_sid: &str,
+        form: &[(String, String)],
+    ) -> Result<CallResource, ApiError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
             self.api_base, self.account_sid
         );
         let v = self

@@ -137,6 +137,8 @@ struct State {
     violations: Vec<String>,
     /// Answers to use (status, body) for the next `Calls.json` creations, in order.
     call_failures: Vec<(u16, Value)>,
+    /// Answers to use (status, body) for the next call updates (`Calls/{Sid}.json`), in order.
+    update_failures: Vec<(u16, Value)>,
     conversations: Vec<Conversation>,
     counter: u64,
 }
@@ -223,6 +225,11 @@ impl Double {
     /// The next `Calls.json` creation answers `status` with `body` (a Twilio error).
     pub fn fail_next_call(&self, status: u16, body: Value) {
         self.lock().call_failures.push((status, body));
+    }
+
+    /// The next call update (`POST Calls/{Sid}.json`) answers `status` with `body`.
+    pub fn fail_next_update(&self, status: u16, body: Value) {
+        self.lock().update_failures.push((status, body));
     }
 
     /// Seeds a conversation with `unique_name`; returns its sid.
@@ -745,6 +752,46 @@ fn handle(
                 }),
             );
             (StatusCode::CREATED, axum::Json(call)).into_response()
+        }
+        ("POST", "/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json") => {
+            // `Twiml` and `Url` are mutually exclusive (the spec's `Twiml` description); TwiML
+            // is a `<Response>` document.
+            if get("Twiml").is_some() && get("Url").is_some() {
+                st.violations
+                    .push("UpdateCallRequest: Twiml and Url are mutually exclusive".into());
+                return twilio_error(400, 21205, "Twiml and Url are mutually exclusive");
+            }
+            if let Some(x) = get("Twiml") {
+                let x = x.trim();
+                let x = match x.strip_prefix("<?xml") {
+                    Some(rest) => rest.split_once("?>").map_or("", |(_, doc)| doc),
+                    None => x,
+                };
+                if !(x.starts_with("<Response>") && x.ends_with("</Response>")) {
+                    st.violations
+                        .push(format!("UpdateCallRequest: Twiml is not a <Response>: {x}"));
+                    return twilio_error(400, 12100, "Document parse failure");
+                }
+            }
+            if !st.update_failures.is_empty() {
+                let (status, body) = st.update_failures.remove(0);
+                let s = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                return (s, axum::Json(body)).into_response();
+            }
+            let (acc, sid) = (p("AccountSid"), p("Sid"));
+            let call = shaped(
+                spec,
+                "api.v2010.account.call",
+                json!({
+                    "sid": sid,
+                    "account_sid": acc,
+                    "status": "in-progress",
+                    "direction": "inbound",
+                    "api_version": "2010-04-01",
+                    "uri": format!("/2010-04-01/Accounts/{acc}/Calls/{sid}.json"),
+                }),
+            );
+            axum::Json(call).into_response()
         }
         ("POST", "/v1/Services/{ChatServiceSid}/Conversations") => {
             let unique = get("UniqueName");
