@@ -444,6 +444,13 @@ impl Call {
         self.playout.is_speaking()
     }
 
+    /// Media time (ms) at which the caller's current speech started, while hark's turn
+    /// detector has not yet ended that turn (it ends after `stop_ms` of silence, with
+    /// [`Event::UserTurnEnded`]); `None` when no caller turn is open.
+    pub fn user_turn_open_since_ms(&self) -> Option<u64> {
+        self.turn.speech_start_ms()
+    }
+
     /// Feeds one input. Never fails: bad input is counted, reported as [`Event::Malformed`] and
     /// skipped.
     pub fn handle_input(&mut self, input: Input<'_>) {

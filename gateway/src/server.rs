@@ -547,17 +547,21 @@ struct CallObserver {
     out_reported: u64,
     recorder: Option<crate::api::recorder::CallRecorder>,
     call_sid: Option<String>,
-    /// The caller turn whose answer is being played, recorded once its outcome is known.
-    pending: Option<crate::api::recorder::TurnRecord>,
+    /// The call record's turns, from the events.
+    turns: crate::api::turns::TurnLog,
 }
 
 impl CallObserver {
-    fn finish_turn(&mut self) {
-        if let (Some(t), Some(rec), Some(sid)) =
-            (self.pending.take(), &self.recorder, &self.call_sid)
-        {
+    fn record_turn(&self, turn: Option<crate::api::recorder::TurnRecord>) {
+        if let (Some(t), Some(rec), Some(sid)) = (turn, &self.recorder, &self.call_sid) {
             rec.turn(sid, t);
         }
+    }
+
+    /// The stream ended: the last turn goes to the record.
+    fn finish_turn(&mut self) {
+        let t = self.turns.finish();
+        self.record_turn(t);
     }
 
     fn flush(&mut self, call: &Call) {
@@ -588,15 +592,8 @@ impl hark_engine::io::Observer for CallObserver {
             } => {
                 metrics::counter!("hark_turns_total").increment(1);
                 info!(start_ms, end_ms, "caller turn");
-                self.finish_turn();
-                self.pending = Some(crate::api::recorder::TurnRecord {
-                    user_start_ms: *start_ms,
-                    user_end_ms: *end_ms,
-                    latency_ms: None,
-                    interrupted: false,
-                    heard_ms: None,
-                    text: None,
-                });
+                let done = self.turns.user_turn_ended(*start_ms, *end_ms);
+                self.record_turn(done);
             }
             Event::AgentAudioStarted {
                 id,
@@ -605,18 +602,12 @@ impl hark_engine::io::Observer for CallObserver {
             } => {
                 metrics::histogram!("hark_turn_latency_seconds").record(d.as_secs_f64());
                 info!(utterance = %id, latency_ms = d.as_millis() as u64, "agent speaking");
-                if let Some(t) = self.pending.as_mut() {
-                    t.latency_ms = Some(d.as_millis() as u64);
-                }
+                self.turns.agent_audio_started(d.as_millis() as u64);
             }
             Event::BargeIn(b) => {
                 metrics::counter!("hark_barge_ins_total").increment(1);
-                if let Some(t) = self.pending.as_mut() {
-                    t.interrupted = true;
-                    t.heard_ms = Some(b.interrupted.heard_ms);
-                    t.text = t.text.take().or_else(|| b.interrupted.heard_text.clone());
-                }
-                self.finish_turn();
+                self.turns
+                    .barge_in(b.interrupted.heard_ms, b.interrupted.heard_text.as_deref());
                 metrics::histogram!("hark_barge_in_delay_seconds")
                     .record(b.delay_ms() as f64 / 1000.0);
                 info!(
@@ -632,12 +623,7 @@ impl hark_engine::io::Observer for CallObserver {
                     .increment(1);
                 warn!(kind = kind.as_str(), detail, "malformed message skipped");
             }
-            Event::UtterancePlayed { heard_ms, .. } => {
-                if let Some(t) = self.pending.as_mut() {
-                    t.heard_ms = Some(*heard_ms);
-                }
-                self.finish_turn();
-            }
+            Event::UtterancePlayed { heard_ms, .. } => self.turns.utterance_played(*heard_ms),
             Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
             Event::Agent(report) => {
                 use hark_engine::agent::{AgentReport, Role};
@@ -663,11 +649,15 @@ impl hark_engine::io::Observer for CallObserver {
                         interrupted,
                     } => {
                         info!(role = ?role, interrupted, text, "transcript");
-                        // The turn record keeps what the caller said.
-                        if *role == Role::User
-                            && let Some(t) = self.pending.as_mut()
-                        {
-                            t.text = Some(text.clone());
+                        let open = call.user_turn_open_since_ms().is_some();
+                        match role {
+                            Role::User => self.turns.user_transcript(text, open),
+                            Role::Agent => self.turns.agent_transcript(
+                                text,
+                                *interrupted,
+                                open,
+                                call.agent_speaking(),
+                            ),
                         }
                     }
                     AgentReport::ToolCall { name, arguments } => {

@@ -274,6 +274,7 @@ async fn record_a_call(st: &ApiState) {
                 interrupted: i == 2,
                 heard_ms: Some(1200),
                 text: Some(format!("turn {i}")),
+                agent_text: Some(format!("answer {i}")),
             },
         );
     }
@@ -305,6 +306,7 @@ async fn recorder_and_call_detail() {
     assert_eq!(b["stream_sid"], "MZ0123456789abcdef0123456789abcdef");
     assert_eq!(b["turns"].as_array().map(Vec::len), Some(3));
     assert_eq!(b["turns"][0]["text"], "turn 0");
+    assert_eq!(b["turns"][0]["agent_text"], "answer 0");
     assert_eq!(b["turns"][2]["interrupted"], true);
     assert_eq!(
         b["latency"],

@@ -18,6 +18,7 @@ use std::time::Duration;
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::agents::cascade::Settings;
 use hark_gateway::api::ApiState;
+use hark_gateway::api::store::CallDetail;
 use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::openai::{self, Latency, OpenAiDouble, Reply, Rule, Script};
 use hark_gateway::server::{self, AppState, STREAM_PATH};
@@ -111,8 +112,8 @@ async fn doubles() -> (OpenAiDouble, Double) {
     (openai, twilio)
 }
 
-/// Runs one call; returns the simulator's report, the call's record summary and its CallSid.
-async fn call(server: &Server) -> (Report, serde_json::Value, String) {
+/// Runs one call; returns the simulator's report, the call's record and its CallSid.
+async fn call(server: &Server) -> (Report, CallDetail, String) {
     let s = setup(&server.url);
     let call_sid = s.start.call_sid.clone();
     let r = tokio::time::timeout(Duration::from_secs(30), simulator::run_call(s))
@@ -129,14 +130,15 @@ async fn call(server: &Server) -> (Report, serde_json::Value, String) {
         .await
         .unwrap()
         .expect("call recorded");
-    (r, detail.summary, call_sid)
+    (r, detail, call_sid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
     let (openai, twilio) = doubles().await;
     let server = serve(&openai, &twilio).await;
-    let (r, summary, call_sid) = call(&server).await;
+    let (r, detail, call_sid) = call(&server).await;
+    let summary = &detail.summary;
 
     // The stream ended from hark's side (the real Twilio would also send `stop`), before the
     // simulator's 10 s tail ran out.
@@ -182,6 +184,13 @@ async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
         )]
     );
     assert_eq!(summary["ended"], format!("transfer to {TO}: ok"));
+    // The record's turn: the caller's words (speech-to-text) and the answer as heard.
+    assert_eq!(detail.turns.len(), 1);
+    assert_eq!(
+        detail.turns[0].text.as_deref(),
+        Some("Hi, I'm calling about my order, it was supposed to arrive yesterday.")
+    );
+    assert_eq!(detail.turns[0].agent_text.as_deref(), Some(SAID));
     let _ = server.stop.send(());
     server.task.await.unwrap().unwrap();
 }
@@ -193,7 +202,8 @@ async fn a_failing_transfer_is_retried_once_then_ends_the_stream() {
     twilio.fail_next_update(500, error.clone());
     twilio.fail_next_update(500, error);
     let server = serve(&openai, &twilio).await;
-    let (r, summary, _) = call(&server).await;
+    let (r, detail, _) = call(&server).await;
+    let summary = &detail.summary;
 
     assert!(r.duration_ms < 14_000, "ended at {} ms", r.duration_ms);
     assert!(!r.turns[0].interrupted);

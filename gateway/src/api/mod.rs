@@ -46,6 +46,7 @@ pub mod recorder;
 pub mod settings;
 pub mod store;
 pub mod tokens;
+pub mod turns;
 pub mod twilio_rest;
 
 pub use recorder::{CallRecorder, StreamSummary, TurnRecord, WriterStats};

@@ -46,8 +46,12 @@ pub struct TurnRecord {
     pub interrupted: bool,
     /// Agent audio the caller heard, ms, from Twilio's mark echoes.
     pub heard_ms: Option<u64>,
-    /// Transcript of the turn, when the agent has one.
+    /// The caller's words, when the agent has a transcript (speech-to-text, or the
+    /// provider's `user_transcript` / `conversation.item.input_audio_transcription.completed`).
     pub text: Option<String>,
+    /// The agent's answer as the caller heard it: the agent's transcript, cut at a barge-in
+    /// to what the mark echoes say was played.
+    pub agent_text: Option<String>,
 }
 
 /// The engine's summary of a stream at `stop`, stored as JSON in the call record.

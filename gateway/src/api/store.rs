@@ -195,8 +195,11 @@ pub struct TurnRow {
     pub interrupted: bool,
     /// Agent audio the caller heard, ms (from mark echoes).
     pub heard_ms: Option<i64>,
-    /// Transcript, when the agent has one.
+    /// The caller's words (the agent's speech-to-text or the provider's transcript).
     pub text: Option<String>,
+    /// The agent's answer as the caller heard it (cut at a barge-in), when the agent reports
+    /// one.
+    pub agent_text: Option<String>,
 }
 
 /// Latency figures over a call's turns, ms.
@@ -683,8 +686,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO turns (call_sid, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO turns (call_sid, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(call_sid)
         .bind(clamp(t.user_start_ms))
@@ -693,6 +696,7 @@ impl Store {
         .bind(t.interrupted)
         .bind(t.heard_ms.map(clamp))
         .bind(&t.text)
+        .bind(&t.agent_text)
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
@@ -764,7 +768,7 @@ impl Store {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let turns = sqlx::query(
-            "SELECT user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text
+            "SELECT user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text
              FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
         )
         .bind(call_sid)
@@ -779,6 +783,7 @@ impl Store {
                 interrupted: r.try_get("interrupted")?,
                 heard_ms: r.try_get("heard_ms")?,
                 text: r.try_get("text")?,
+                agent_text: r.try_get("agent_text")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
