@@ -217,6 +217,10 @@ pub enum Event {
         /// Time since the caller's last voiced frame arrived, when this answers a turn: the
         /// engine-side voice-to-voice latency (endpointing wait included).
         since_user_end: Option<Duration>,
+        /// The answer began while hark's endpointing still held the caller's turn open (a
+        /// speech-to-speech provider ended the turn first, after at least
+        /// [`Call::EARLY_ANSWER_SILENCE`] of silence): its [`Event::UserTurnEnded`] follows.
+        before_turn_end: bool,
     },
     /// The first mark of an agent utterance was echoed: the caller heard it begin.
     AgentAudioHeard {
@@ -224,6 +228,14 @@ pub enum Event {
         id: UtteranceId,
         /// When the echo arrived.
         at: Instant,
+        /// When this utterance answers a turn: caller's last voiced frame → the caller began
+        /// hearing the answer (the echo's arrival minus the audio the mark covers, as Twilio
+        /// echoes a mark once playback reaches it). Voice-to-voice latency at the phone, as
+        /// far as hark can see it; the echo's trip back to hark makes it a slight over-estimate.
+        since_user_end: Option<Duration>,
+        /// As for [`Event::AgentAudioStarted`]: the answer's turn had not been ended by hark
+        /// when the answer began.
+        before_turn_end: bool,
     },
     /// An agent utterance played to the end.
     UtterancePlayed {
@@ -343,6 +355,12 @@ pub struct Call {
     utterance_start_ms: u64,
     last_voiced_at: Option<Instant>,
     user_end_at: Option<Instant>,
+    /// The utterance answering the latest caller turn, with that turn's end, until the caller
+    /// is heard to begin hearing it (for [`Event::AgentAudioHeard`]'s latency).
+    answer_of: Option<(UtteranceId, Instant, bool)>,
+    /// An answer began while the caller's turn was still open (see
+    /// [`Event::AgentAudioStarted::before_turn_end`]); that turn's end is not timed again.
+    open_turn_answered: bool,
     barged_this_speech: bool,
     // Output.
     out: VecDeque<Pending>,
@@ -407,6 +425,8 @@ impl Call {
             utterance_start_ms: 0,
             last_voiced_at: None,
             user_end_at: None,
+            answer_of: None,
+            open_turn_answered: false,
             barged_this_speech: false,
             out: VecDeque::with_capacity(16),
             pool: Vec::with_capacity(16),
@@ -438,6 +458,12 @@ impl Call {
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
+
+    /// Silence after the caller's last voiced frame before agent audio that starts while
+    /// hark's turn is still open counts as the answer to that turn (a speech-to-speech
+    /// provider's endpointing, shorter than hark's `stop_ms`), rather than more of the previous
+    /// answer playing while the caller talks.
+    pub const EARLY_ANSWER_SILENCE: Duration = Duration::from_millis(150);
 
     /// Whether agent audio is still unplayed (queued or not yet confirmed by a mark).
     pub fn agent_speaking(&self) -> bool {
@@ -776,7 +802,10 @@ impl Call {
             }) => {
                 self.stats.turns += 1;
                 let speech_end_at = self.last_voiced_at.unwrap_or(at);
-                self.user_end_at = Some(speech_end_at);
+                // Unless its answer has already begun (a provider endpointed first).
+                if !std::mem::take(&mut self.open_turn_answered) {
+                    self.user_end_at = Some(speech_end_at);
+                }
                 let audio = if self.needs.utterance_audio {
                     let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
                     let keep = self
@@ -809,6 +838,7 @@ impl Call {
             }
             Some(TurnEvent::Discarded { start_ms, end_ms }) => {
                 self.stats.discarded += 1;
+                self.open_turn_answered = false;
                 self.utterance.clear();
                 self.event(Event::UserSpeechDiscarded { start_ms, end_ms });
             }
@@ -947,18 +977,55 @@ impl Call {
         for e in pevents.drain(..) {
             match e {
                 PlayoutEvent::Started { id, at } => {
-                    let since = self
-                        .user_end_at
-                        .take()
-                        .map(|u| at.saturating_duration_since(u));
+                    let (user_end, before_turn_end) = match self.user_end_at.take() {
+                        Some(u) => (Some(u), false),
+                        // A speech-to-speech provider endpointed before hark did: the audio
+                        // answers the open turn, timed from its last voiced frame.
+                        None if self.turn.is_speaking() && !self.open_turn_answered => {
+                            match self.last_voiced_at {
+                                Some(v)
+                                    if at.saturating_duration_since(v)
+                                        >= Self::EARLY_ANSWER_SILENCE =>
+                                {
+                                    self.open_turn_answered = true;
+                                    (Some(v), true)
+                                }
+                                _ => (None, false),
+                            }
+                        }
+                        None => (None, false),
+                    };
+                    if let Some(u) = user_end {
+                        self.answer_of = Some((id, u, before_turn_end));
+                    }
+                    let since = user_end.map(|u| at.saturating_duration_since(u));
                     self.event(Event::AgentAudioStarted {
                         id,
                         at,
                         since_user_end: since,
+                        before_turn_end,
                     });
                 }
-                PlayoutEvent::FirstHeard { id, at } => {
-                    self.event(Event::AgentAudioHeard { id, at })
+                PlayoutEvent::FirstHeard { id, at, heard_ms } => {
+                    let (since_user_end, before_turn_end) = match self.answer_of {
+                        Some((a, user_end, early)) if a == id => {
+                            self.answer_of = None;
+                            let began = at
+                                .checked_sub(Duration::from_millis(heard_ms))
+                                .unwrap_or(at);
+                            // Still before hark's endpointing, or not: the turn log needs to
+                            // know which turn this belongs to now.
+                            let early = early && self.open_turn_answered;
+                            (Some(began.saturating_duration_since(user_end)), early)
+                        }
+                        _ => (None, false),
+                    };
+                    self.event(Event::AgentAudioHeard {
+                        id,
+                        at,
+                        since_user_end,
+                        before_turn_end,
+                    })
                 }
                 PlayoutEvent::Played { id, heard_ms, .. } => {
                     self.event(Event::UtterancePlayed { id, heard_ms });

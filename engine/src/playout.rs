@@ -72,6 +72,9 @@ pub enum PlayoutEvent {
         id: UtteranceId,
         /// When the echo arrived.
         at: Instant,
+        /// Audio of the utterance the echoed mark covers, ms: Twilio echoes a mark when
+        /// playback reaches it, so the caller began hearing the utterance this long before `at`.
+        heard_ms: u64,
     },
     /// An utterance's final mark was echoed: it played to the end.
     Played {
@@ -590,7 +593,11 @@ impl Playout {
                 u.heard = u.heard.max(m.upto);
                 if !u.first_heard {
                     u.first_heard = true;
-                    events.push(PlayoutEvent::FirstHeard { id: u.id, at: now });
+                    events.push(PlayoutEvent::FirstHeard {
+                        id: u.id,
+                        at: now,
+                        heard_ms: m.upto / 8,
+                    });
                 }
                 if m.is_final {
                     let heard_ms = u.heard / 8;

@@ -542,3 +542,67 @@ fn pcm_formats_are_converted_both_ways() {
     // 1 s at 22.05 kHz → 8 000 μ-law bytes (± the resampler's block).
     assert!((7_800..=8_200).contains(&played), "{played} bytes");
 }
+
+/// ElevenLabs ends the turn before hark does (300 ms of silence vs hark's 600 ms `stop_ms`):
+/// its answer is timed from the caller's last voiced frame and marked as coming before hark's
+/// `UserTurnEnded`, which follows and does not time it again.
+#[test]
+fn an_answer_before_hark_ends_the_turn_is_timed_from_that_turn() {
+    let t0 = Instant::now();
+    let caller = speech();
+    // The first turn (speech 1 000–5 100 ms), then silence.
+    let lines = session(t0, &[], &caller[..7_000 * 8]);
+    let timed: Vec<_> = (1..=10i64)
+        .map(|id| (t0 + ms(5_400), text(PEER, audio(&[0x33; 800], id))))
+        .collect();
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let started: Vec<_> = run
+        .events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::AgentAudioStarted {
+                since_user_end,
+                before_turn_end,
+                ..
+            } => Some((run.at(*t), *since_user_end, *before_turn_end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (at, since, early) = started[0];
+    assert!(early, "the answer began before hark's endpointing");
+    let since = since.expect("timed as an answer").as_millis() as u64;
+    assert!(
+        (250..=450).contains(&since),
+        "{since} ms after the last voiced frame"
+    );
+    let ended_at = run
+        .events
+        .iter()
+        .find_map(|(t, e)| matches!(e, Event::UserTurnEnded { .. }).then(|| run.at(*t)))
+        .expect("hark still ends the turn");
+    assert!(
+        ended_at > at,
+        "turn ended at {ended_at} ms, answer at {at} ms"
+    );
+    // The caller began hearing it (first mark echo) still before hark's turn end.
+    let heard: Vec<_> = run
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::AgentAudioHeard {
+                since_user_end: Some(d),
+                before_turn_end,
+                ..
+            } => Some((d.as_millis() as u64, *before_turn_end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert!(heard[0].0 >= since && heard[0].0 <= since + 50, "{heard:?}");
+    assert!(heard[0].1);
+}

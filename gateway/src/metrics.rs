@@ -11,6 +11,8 @@
 //! | `hark_barge_ins_total` | counter | barge-ins (`clear` sent) |
 //! | `hark_turns_total` | counter | caller turns handed to the agent |
 //! | `hark_turn_latency_seconds` | histogram | caller's last voiced frame → first agent `media` sent (engine-side voice-to-voice, endpointing included) |
+//! | `hark_voice_to_voice_seconds` | histogram | caller's last voiced frame → the caller began hearing the answer (first mark echo minus the audio it covers) |
+//! | `hark_transfers_total{outcome}` | counter | agent transfers carried out through Twilio's REST API: `ok`, `failed`, `not_configured` |
 //! | `hark_barge_in_delay_seconds` | histogram | first voiced frame → `clear`, media time |
 //! | `hark_engine_message_seconds` | histogram | engine time per inbound message (sampled 1 in 50) |
 //! | `hark_ws_errors_total{kind}` | counter | WebSocket failures (upgrade, read, send timeout, idle) |
@@ -43,6 +45,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     Matcher::Full("hark_turn_latency_seconds".into()),
                     LATENCY_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hark_voice_to_voice_seconds".into()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("hark_barge_in_delay_seconds".into()),
@@ -88,6 +96,15 @@ fn describe() {
         "hark_turn_latency_seconds",
         metrics::Unit::Seconds,
         "caller's last voiced frame to first agent media sent"
+    );
+    describe_histogram!(
+        "hark_voice_to_voice_seconds",
+        metrics::Unit::Seconds,
+        "caller's last voiced frame to the caller beginning to hear the answer (mark echoes)"
+    );
+    describe_counter!(
+        "hark_transfers_total",
+        "agent transfers through Twilio's REST API, by outcome"
     );
     describe_histogram!(
         "hark_barge_in_delay_seconds",

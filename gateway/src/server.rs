@@ -598,11 +598,13 @@ impl hark_engine::io::Observer for CallObserver {
             Event::AgentAudioStarted {
                 id,
                 since_user_end: Some(d),
+                before_turn_end,
                 ..
             } => {
                 metrics::histogram!("hark_turn_latency_seconds").record(d.as_secs_f64());
                 info!(utterance = %id, latency_ms = d.as_millis() as u64, "agent speaking");
-                self.turns.agent_audio_started(d.as_millis() as u64);
+                self.turns
+                    .agent_audio_started(d.as_millis() as u64, *before_turn_end);
             }
             Event::BargeIn(b) => {
                 metrics::counter!("hark_barge_ins_total").increment(1);
@@ -624,6 +626,19 @@ impl hark_engine::io::Observer for CallObserver {
                 warn!(kind = kind.as_str(), detail, "malformed message skipped");
             }
             Event::UtterancePlayed { heard_ms, .. } => self.turns.utterance_played(*heard_ms),
+            Event::AgentAudioHeard {
+                since_user_end: Some(d),
+                before_turn_end,
+                ..
+            } => {
+                metrics::histogram!("hark_voice_to_voice_seconds").record(d.as_secs_f64());
+                self.turns
+                    .agent_audio_heard(d.as_millis() as u64, *before_turn_end);
+            }
+            Event::UserSpeechDiscarded { start_ms, end_ms } => {
+                let done = self.turns.speech_discarded(*start_ms, *end_ms);
+                self.record_turn(done);
+            }
             Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
             Event::Agent(report) => {
                 use hark_engine::agent::{AgentReport, Role};
@@ -632,6 +647,8 @@ impl hark_engine::io::Observer for CallObserver {
                         metrics::histogram!("hark_stage_latency_seconds", "stage" => stage.as_str())
                             .record(*ms as f64 / 1000.0);
                         info!(stage = stage.as_str(), ms, "stage latency");
+                        let open = call.user_turn_open_since_ms().is_some();
+                        self.turns.stage_latency(*stage, *ms, open);
                     }
                     AgentReport::ProviderFault {
                         provider,

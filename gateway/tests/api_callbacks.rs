@@ -275,6 +275,11 @@ async fn record_a_call(st: &ApiState) {
                 heard_ms: Some(1200),
                 text: Some(format!("turn {i}")),
                 agent_text: Some(format!("answer {i}")),
+                heard_latency_ms: Some(latency + 20),
+                stt_ms: Some(150),
+                llm_ttft_ms: Some(300),
+                tts_ttfb_ms: Some(150),
+                first_audio_ms: None,
             },
         );
     }
@@ -307,6 +312,9 @@ async fn recorder_and_call_detail() {
     assert_eq!(b["turns"].as_array().map(Vec::len), Some(3));
     assert_eq!(b["turns"][0]["text"], "turn 0");
     assert_eq!(b["turns"][0]["agent_text"], "answer 0");
+    assert_eq!(b["turns"][0]["heard_latency_ms"], 640);
+    assert_eq!(b["turns"][0]["stt_ms"], 150);
+    assert_eq!(b["turns"][0]["first_audio_ms"], serde_json::Value::Null);
     assert_eq!(b["turns"][2]["interrupted"], true);
     assert_eq!(
         b["latency"],

@@ -333,6 +333,25 @@ async fn relay_multi_turn_through_the_media_stream() {
             (Some("Okay, thank you. Goodbye."), Some("Goodbye!")),
         ]
     );
+    // Telemetry per turn: the provider's first audio (its end of turn → first audio, ≈ 50 ms
+    // in the double) and voice-to-voice at the phone from the marks.
+    // Voice-to-voice from the marks matches when the phone started hearing the answer,
+    // both from the end of speech hark's VAD found.
+    for (i, t) in detail.turns.iter().enumerate() {
+        eprintln!("turn {i}: {t:?}");
+        assert!(
+            t.first_audio_ms.is_some_and(|ms| ms < 300),
+            "turn {i}: {:?}",
+            t.first_audio_ms
+        );
+        let phone = r.turns[i].agent_start_ms.unwrap() as i64 - t.user_end_ms;
+        let heard = t.heard_latency_ms.expect("voice-to-voice from the marks");
+        assert!(
+            (heard - phone).abs() <= 25,
+            "turn {i}: marks {heard} ms, phone {phone} ms"
+        );
+        assert!(t.latency_ms.is_some_and(|l| l <= heard), "turn {i}");
+    }
     server.stop().await;
 }
 

@@ -285,7 +285,6 @@ async fn server_vad_multi_turn_through_the_media_stream() {
         .iter()
         .map(|t| (t.text.as_deref(), t.agent_text.as_deref()))
         .collect();
-    eprintln!("{said:?}");
     let full = "I'm sorry to hear that. Let me look up your order and see where it is right now.";
     let heard0 = said[0].1.expect("the heard words of the cut answer");
     assert!(
@@ -304,6 +303,16 @@ async fn server_vad_multi_turn_through_the_media_stream() {
             (Some("Okay, thank you. Goodbye."), Some("Goodbye!")),
         ]
     );
+    // Voice-to-voice per turn from the marks, as the phone heard it.
+    for (i, t) in detail.turns.iter().enumerate() {
+        let phone = r.turns[i].agent_start_ms.unwrap() as i64 - t.user_end_ms;
+        let heard = t.heard_latency_ms.expect("voice-to-voice from the marks");
+        assert!(
+            (heard - phone).abs() <= 25,
+            "turn {i}: marks {heard} ms, phone {phone} ms"
+        );
+        assert!(t.first_audio_ms.is_some(), "turn {i}: {t:?}");
+    }
     // Answers heard byte for byte; nothing of the first after the clear.
     let heard = r.heard.as_deref().unwrap();
     for (k, ms) in [(2u8, 2_500), (3, 2_500), (4, 2_000)] {

@@ -191,6 +191,31 @@ async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
         Some("Hi, I'm calling about my order, it was supposed to arrive yesterday.")
     );
     assert_eq!(detail.turns[0].agent_text.as_deref(), Some(SAID));
+    // Its telemetry: the double's latencies per stage, and voice-to-voice as the phone heard it.
+    let t = &detail.turns[0];
+    let near = |got: Option<i64>, want: i64, slack: i64| {
+        got.is_some_and(|g| (want..=want + slack).contains(&g))
+    };
+    let lat = Latency::REALISTIC;
+    assert!(near(t.stt_ms, lat.stt_ms as i64, 100), "stt {:?}", t.stt_ms);
+    assert!(
+        near(t.llm_ttft_ms, lat.ttft_ms as i64, 100),
+        "ttft {:?}",
+        t.llm_ttft_ms
+    );
+    assert!(
+        near(t.tts_ttfb_ms, lat.ttfb_ms as i64, 100),
+        "ttfb {:?}",
+        t.tts_ttfb_ms
+    );
+    let phone = r.turns[0].agent_start_ms.unwrap() as i64 - t.user_end_ms;
+    let heard = t.heard_latency_ms.expect("voice-to-voice from the marks");
+    eprintln!("voice-to-voice: {heard} ms by the marks, {phone} ms at the phone; turn {t:?}");
+    assert!(
+        (heard - phone).abs() <= 25,
+        "marks say {heard} ms, the phone {phone} ms"
+    );
+    assert!(t.latency_ms.is_some_and(|l| l <= heard));
     let _ = server.stop.send(());
     server.task.await.unwrap().unwrap();
 }

@@ -52,6 +52,17 @@ pub struct TurnRecord {
     /// The agent's answer as the caller heard it: the agent's transcript, cut at a barge-in
     /// to what the mark echoes say was played.
     pub agent_text: Option<String>,
+    /// Caller's last voiced frame → the caller began hearing the answer, ms: voice-to-voice
+    /// at the phone, from the first mark echo (`Event::AgentAudioHeard`).
+    pub heard_latency_ms: Option<u64>,
+    /// Speech-to-text: turn end → final transcript, ms (cascade).
+    pub stt_ms: Option<u64>,
+    /// LLM time to first token, ms (cascade).
+    pub llm_ttft_ms: Option<u64>,
+    /// TTS time to first audio byte of the answer's first sentence, ms (cascade).
+    pub tts_ttfb_ms: Option<u64>,
+    /// Speech-to-speech providers: their end of turn → first answer audio received, ms.
+    pub first_audio_ms: Option<u64>,
 }
 
 /// The engine's summary of a stream at `stop`, stored as JSON in the call record.

@@ -200,6 +200,16 @@ pub struct TurnRow {
     /// The agent's answer as the caller heard it (cut at a barge-in), when the agent reports
     /// one.
     pub agent_text: Option<String>,
+    /// Caller's last voiced frame → the caller began hearing the answer (mark echoes), ms.
+    pub heard_latency_ms: Option<i64>,
+    /// Speech-to-text latency, ms.
+    pub stt_ms: Option<i64>,
+    /// LLM time to first token, ms.
+    pub llm_ttft_ms: Option<i64>,
+    /// TTS time to first byte, ms.
+    pub tts_ttfb_ms: Option<i64>,
+    /// Speech-to-speech: provider's end of turn → first answer audio, ms.
+    pub first_audio_ms: Option<i64>,
 }
 
 /// Latency figures over a call's turns, ms.
@@ -686,8 +696,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO turns (call_sid, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO turns (call_sid, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
+                                heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(call_sid)
         .bind(clamp(t.user_start_ms))
@@ -697,6 +708,11 @@ impl Store {
         .bind(t.heard_ms.map(clamp))
         .bind(&t.text)
         .bind(&t.agent_text)
+        .bind(t.heard_latency_ms.map(clamp))
+        .bind(t.stt_ms.map(clamp))
+        .bind(t.llm_ttft_ms.map(clamp))
+        .bind(t.tts_ttfb_ms.map(clamp))
+        .bind(t.first_audio_ms.map(clamp))
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
@@ -768,7 +784,8 @@ impl Store {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let turns = sqlx::query(
-            "SELECT user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text
+            "SELECT user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
+                    heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
              FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
         )
         .bind(call_sid)
@@ -784,6 +801,11 @@ impl Store {
                 heard_ms: r.try_get("heard_ms")?,
                 text: r.try_get("text")?,
                 agent_text: r.try_get("agent_text")?,
+                heard_latency_ms: r.try_get("heard_latency_ms")?,
+                stt_ms: r.try_get("stt_ms")?,
+                llm_ttft_ms: r.try_get("llm_ttft_ms")?,
+                tts_ttfb_ms: r.try_get("tts_ttfb_ms")?,
+                first_audio_ms: r.try_get("first_audio_ms")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

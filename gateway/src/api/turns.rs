@@ -15,8 +15,12 @@
 //! - OpenAI Realtime's input transcription is asynchronous and can arrive after the answer has
 //!   started: with no caller turn open, it goes to the latest turn if that has no words yet.
 //!
+//! Stage latencies follow the same rule; the greeting is not a turn.
+//!
 //! An interrupted answer's transcript (cut to what the caller heard) always replaces the
 //! latest turn's agent text: it is reported at the barge-in, about the answer being cut.
+
+use hark_engine::agent::Stage;
 
 use super::recorder::TurnRecord;
 
@@ -32,10 +36,20 @@ pub struct TurnLog {
     /// The previous event was an utterance played to its end: an agent transcript right after
     /// it is about that utterance (the cascade reports each utterance once played).
     after_played: bool,
-    /// Caller words reported before hark ended their turn.
-    early_user: Option<String>,
-    /// Agent words reported before hark ended the caller turn they answer.
-    early_agent: Option<String>,
+    /// What was reported about the caller turn hark has not ended yet: words, answer start,
+    /// stage latencies. It becomes that turn's record when the turn ends.
+    early: TurnRecord,
+}
+
+fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
+    let slot = match stage {
+        Stage::Stt => &mut t.stt_ms,
+        Stage::LlmFirstToken => &mut t.llm_ttft_ms,
+        Stage::TtsFirstByte => &mut t.tts_ttfb_ms,
+        Stage::FirstAudio => &mut t.first_audio_ms,
+        Stage::Greeting => return,
+    };
+    slot.get_or_insert(ms);
 }
 
 /// Appends `text` to `slot` with a space; returns the offset it starts at.
@@ -63,26 +77,61 @@ impl TurnLog {
     pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
         self.after_played = false;
         let done = self.open.take();
-        let agent_text = self.early_agent.take();
-        self.unconfirmed_from = agent_text.as_ref().map(|_| 0);
-        self.open = Some(TurnRecord {
-            user_start_ms: start_ms,
-            user_end_ms: end_ms,
-            text: self.early_user.take(),
-            agent_text,
-            ..TurnRecord::default()
-        });
+        let mut t = std::mem::take(&mut self.early);
+        t.user_start_ms = start_ms;
+        t.user_end_ms = end_ms;
+        self.unconfirmed_from = match (&t.agent_text, t.heard_ms) {
+            (Some(_), None) => Some(0),
+            _ => None,
+        };
+        self.open = Some(t);
         done
     }
 
+    /// hark's VAD dropped the open caller turn as too short. If the agent already answered
+    /// it (a speech-to-speech provider heard a turn there), it is recorded as one; otherwise
+    /// nothing changes. Returns a finished turn for the store, as [`TurnLog::user_turn_ended`].
+    pub fn speech_discarded(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
+        if self.early == TurnRecord::default() {
+            return None;
+        }
+        self.user_turn_ended(start_ms, end_ms)
+    }
+
+    /// The record reports about the caller turn go to: the open caller turn hark has not
+    /// ended yet (`turn_open`), or the latest ended one.
+    fn target(&mut self, turn_open: bool) -> Option<&mut TurnRecord> {
+        if turn_open {
+            Some(&mut self.early)
+        } else {
+            self.open.as_mut()
+        }
+    }
+
     /// The first agent audio of the answer was sent, `latency_ms` after the caller's last
-    /// voiced frame. Only the first answer audio of a turn counts.
-    pub fn agent_audio_started(&mut self, latency_ms: u64) {
+    /// voiced frame; `before_turn_end`: before hark ended that turn
+    /// ([`hark_engine::Event::AgentAudioStarted`]). The first per turn counts.
+    pub fn agent_audio_started(&mut self, latency_ms: u64, before_turn_end: bool) {
         self.after_played = false;
-        if let Some(t) = self.open.as_mut()
-            && t.latency_ms.is_none()
-        {
-            t.latency_ms = Some(latency_ms);
+        if let Some(t) = self.target(before_turn_end) {
+            t.latency_ms.get_or_insert(latency_ms);
+        }
+    }
+
+    /// The caller began hearing the answer, `latency_ms` after their last voiced frame
+    /// ([`hark_engine::Event::AgentAudioHeard`]). The first per turn counts.
+    pub fn agent_audio_heard(&mut self, latency_ms: u64, before_turn_end: bool) {
+        if let Some(t) = self.target(before_turn_end) {
+            t.heard_latency_ms.get_or_insert(latency_ms);
+        }
+    }
+
+    /// A stage latency the agent reported, ms; the first of each stage per turn counts.
+    /// `turn_open` as for [`TurnLog::user_transcript`]: a speech-to-speech provider's
+    /// first-audio time can come before hark ended the turn. The greeting is not a turn.
+    pub fn stage_latency(&mut self, stage: Stage, ms: u64, turn_open: bool) {
+        if let Some(t) = self.target(turn_open) {
+            set_stage(t, stage, ms);
         }
     }
 
@@ -132,7 +181,7 @@ impl TurnLog {
                 append(&mut t.text, text);
             }
             _ => {
-                append(&mut self.early_user, text);
+                append(&mut self.early.text, text);
             }
         }
     }
@@ -164,7 +213,7 @@ impl TurnLog {
             // A greeting (no caller turn yet) is not a turn; it is logged, not recorded.
             None if !turn_open => {}
             _ => {
-                append(&mut self.early_agent, text);
+                append(&mut self.early.agent_text, text);
             }
         }
     }
@@ -184,7 +233,7 @@ mod tests {
         let mut log = TurnLog::default();
         assert!(log.user_turn_ended(1000, 5100).is_none());
         log.user_transcript("Hi, I'm calling about my order.", false);
-        log.agent_audio_started(1400);
+        log.agent_audio_started(1400, false);
         log.utterance_played(1800);
         log.agent_transcript("Let me check.", false, false, false);
         log.utterance_played(2200);
@@ -213,8 +262,10 @@ mod tests {
         // waits out stop_ms.
         log.user_transcript("Where is my parcel?", true);
         log.agent_transcript("Let me look.", false, true, false);
+        log.stage_latency(Stage::FirstAudio, 50, true);
+        log.agent_audio_started(350, true);
+        log.agent_audio_heard(360, true);
         assert!(log.user_turn_ended(1000, 2500).is_none());
-        log.agent_audio_started(700);
         log.utterance_played(900);
         // The next turn: same again; the first turn keeps its own words.
         log.user_transcript("Thanks.", true);
@@ -222,9 +273,56 @@ mod tests {
         let t = log.user_turn_ended(5000, 5600).unwrap();
         assert_eq!(t.text.as_deref(), Some("Where is my parcel?"));
         assert_eq!(t.agent_text.as_deref(), Some("Let me look."));
+        assert_eq!(
+            (
+                t.latency_ms,
+                t.heard_latency_ms,
+                t.first_audio_ms,
+                t.heard_ms
+            ),
+            (Some(350), Some(360), Some(50), Some(900))
+        );
         let t = log.finish().unwrap();
         assert_eq!(t.text.as_deref(), Some("Thanks."));
         assert_eq!(t.agent_text.as_deref(), Some("You're welcome."));
+    }
+
+    #[test]
+    fn stage_latencies_and_heard_latency_land_in_their_turn() {
+        let mut log = TurnLog::default();
+        log.stage_latency(Stage::Greeting, 400, false);
+        log.user_turn_ended(1000, 2500);
+        log.stage_latency(Stage::Stt, 150, false);
+        log.stage_latency(Stage::LlmFirstToken, 300, false);
+        log.stage_latency(Stage::TtsFirstByte, 150, false);
+        log.stage_latency(Stage::TtsFirstByte, 170, false); // a later sentence
+        log.agent_audio_started(640, false);
+        log.agent_audio_heard(700, false);
+        log.agent_audio_heard(5000, false); // a later utterance
+        // A speech-to-speech provider's first audio for the next turn, before hark ended it.
+        log.stage_latency(Stage::FirstAudio, 350, true);
+        let t = log.user_turn_ended(4000, 5000).unwrap();
+        assert_eq!(
+            (t.stt_ms, t.llm_ttft_ms, t.tts_ttfb_ms, t.first_audio_ms),
+            (Some(150), Some(300), Some(150), None)
+        );
+        assert_eq!((t.latency_ms, t.heard_latency_ms), (Some(640), Some(700)));
+        let t = log.finish().unwrap();
+        assert_eq!((t.first_audio_ms, t.stt_ms), (Some(350), None));
+    }
+
+    #[test]
+    fn a_discarded_turn_the_provider_answered_is_a_turn() {
+        let mut log = TurnLog::default();
+        // Noise hark drops as too short, nobody answered: no turn.
+        assert!(log.speech_discarded(500, 560).is_none());
+        assert!(log.finish().is_none());
+        // A short "yes" hark drops but the provider answered.
+        log.user_transcript("Yes.", true);
+        log.agent_audio_started(400, true);
+        assert!(log.speech_discarded(1000, 1150).is_none());
+        let t = log.finish().unwrap();
+        assert_eq!((t.text.as_deref(), t.latency_ms), (Some("Yes."), Some(400)));
     }
 
     #[test]
@@ -232,7 +330,7 @@ mod tests {
         // OpenAI Realtime: the input transcription completes after the answer started.
         let mut log = TurnLog::default();
         log.user_turn_ended(1000, 2500);
-        log.agent_audio_started(600);
+        log.agent_audio_started(600, false);
         log.agent_transcript("Sure, one moment.", false, false, true);
         log.user_transcript("Can you check my order?", false);
         let t = log.finish().unwrap();
@@ -245,7 +343,7 @@ mod tests {
         let mut log = TurnLog::default();
         log.user_turn_ended(1000, 2500);
         log.user_transcript("Tell me everything.", false);
-        log.agent_audio_started(600);
+        log.agent_audio_started(600, false);
         // Words reported as the answer started (Realtime, ElevenLabs) are the whole answer...
         log.agent_transcript("Well, first there is this, then that.", false, false, true);
         // ...until the caller cuts it: hark's heard words, then the agent's cut transcript.
@@ -267,7 +365,7 @@ mod tests {
         // The cascade reports each utterance once played, and the cut one's heard words.
         let mut log = TurnLog::default();
         log.user_turn_ended(1000, 2500);
-        log.agent_audio_started(900);
+        log.agent_audio_started(900, false);
         log.utterance_played(1500);
         log.agent_transcript("I'm sorry to hear that.", false, false, true);
         log.barge_in(700, Some("Let me check"));
