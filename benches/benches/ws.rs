@@ -112,6 +112,33 @@ where
     n
 }
 
+/// Benches [`roundtrip`] over the connected pair `(client end, server end)`.
+fn bench_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    (a, b): (S, S),
+    inbound: &[u8],
+    outbound: &str,
+) {
+    let (mut cl, mut sv) = (client(a), server(b));
+    let mut masked = Vec::with_capacity(512);
+    g.bench_function(name, |bch| {
+        bch.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        roundtrip(&mut cl, &mut sv, inbound, &mut masked, outbound.as_bytes())
+                            .await,
+                    );
+                }
+                t.elapsed()
+            })
+        })
+    });
+}
+
 /// An agent that needs nothing: the inbound bench measures the socket and the core alone.
 struct Passive;
 
@@ -176,55 +203,24 @@ fn ws(c: &mut Criterion) {
     let mut g = c.benchmark_group("ws");
     let mut masked = Vec::with_capacity(512);
 
-    {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let (mut cl, mut sv) = (client(a), server(b));
-        g.bench_function("duplex_media_roundtrip", |bch| {
-            bch.iter_custom(|iters| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        black_box(
-                            roundtrip(
-                                &mut cl,
-                                &mut sv,
-                                inbound_msg,
-                                &mut masked,
-                                outbound.as_bytes(),
-                            )
-                            .await,
-                        );
-                    }
-                    t.elapsed()
-                })
-            })
-        });
-    }
-
-    {
-        let (a, b) = rt.block_on(loopback());
-        let (mut cl, mut sv) = (client(a), server(b));
-        g.bench_function("loopback_media_roundtrip", |bch| {
-            bch.iter_custom(|iters| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        black_box(
-                            roundtrip(
-                                &mut cl,
-                                &mut sv,
-                                inbound_msg,
-                                &mut masked,
-                                outbound.as_bytes(),
-                            )
-                            .await,
-                        );
-                    }
-                    t.elapsed()
-                })
-            })
-        });
-    }
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    bench_roundtrip(
+        &mut g,
+        "duplex_media_roundtrip",
+        &rt,
+        (a, b),
+        inbound_msg,
+        &outbound,
+    );
+    let (a, b) = rt.block_on(loopback());
+    bench_roundtrip(
+        &mut g,
+        "loopback_media_roundtrip",
+        &rt,
+        (a, b),
+        inbound_msg,
+        &outbound,
+    );
 
     {
         let (a, b) = rt.block_on(loopback());

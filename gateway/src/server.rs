@@ -484,9 +484,13 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
 /// (`ok`, `failed`, `not_configured`).
 async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
     let outcome = |o: &'static str| metrics::counter!("hark_transfers_total", "outcome" => o);
+    // A Call SID is `CA` + 32 hex digits; it goes into the request path.
+    let call_sid = call_sid.filter(|sid| {
+        sid.len() == 34 && sid.starts_with("CA") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
+    });
     let target = match (call_sid, st.api.as_ref().map(|a| a.twilio())) {
         (Some(sid), Some(Ok(rest))) => Ok((sid, rest)),
-        (None, _) => Err("the stream gave no CallSid".to_string()),
+        (None, _) => Err("the stream gave no valid CallSid".to_string()),
         (_, None) => Err("the gateway API is off".to_string()),
         (_, Some(Err(e))) => Err(e.to_string()),
     };

@@ -359,9 +359,9 @@ async fn relay_multi_turn_through_the_media_stream() {
 /// --release -p hark-gateway --test elevenlabs -- --ignored --nocapture relay_latency`).
 /// Inbound: a Twilio `media` sent → its `user_audio_chunk` at ElevenLabs. Outbound: an `audio`
 /// event sent → its `media` at Twilio (20 ms events at real-time pace, so the playout's queue
-/// never holds them back). Both include two loopback hops. Note: `hark serve` leaves Nagle on
-/// for the Twilio socket, so the outbound figure includes the wait for Twilio's next packet
-/// (its ACK), up to one inbound frame (≈ 19 ms here; ≈ 0.07 ms with `TCP_NODELAY`).
+/// never holds them back). Both include two loopback hops. `hark serve` sets `TCP_NODELAY` on
+/// the Twilio socket; without it the outbound figure included the wait for Twilio's next packet
+/// (its ACK), up to one inbound frame (≈ 19 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run explicitly"]
 async fn relay_latency() {

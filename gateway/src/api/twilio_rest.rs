@@ -149,8 +149,17 @@ impl TwilioRest {
     /// # Errors
     /// [`ApiError::Twilio`] for an error answer, [`ApiError::TwilioUnavailable`] otherwise.
     pub async fn create_call(&self, form: &[(String, String)]) -> Result<CallResource, ApiError> {
+        self.post_call("Calls.json", form).await
+    }
+
+    /// `POST {api}/2010-04-01/Accounts/{AccountSid}/{rest}` with `form`, answered by a Call.
+    async fn post_call(
+        &self,
+        rest: &str,
+        form: &[(String, String)],
+    ) -> Result<CallResource, ApiError> {
         let url = format!(
-            "{}/2010-04-01/Accounts/{}/Calls.json",
+            "{}/2010-04-01/Accounts/{}/{rest}",
             self.api_base, self.account_sid
         );
         let v = self
@@ -173,15 +182,8 @@ impl TwilioRest {
         call_sid: &str,
         form: &[(String, String)],
     ) -> Result<CallResource, ApiError> {
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
-            self.api_base, self.account_sid
-        );
-        let v = self
-            .send(self.http.post(url).body(encode_form(form)), true)
-            .await?;
-        serde_json::from_value(v)
-            .map_err(|e| ApiError::TwilioUnavailable(format!("unreadable Call resource: {e}")))
+        self.post_call(&format!("Calls/{call_sid}.json"), form)
+            .await
     }
 
     /// A Conversations path: `/v1/Services/{ChatServiceSid}/{rest}` when

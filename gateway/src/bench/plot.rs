@@ -81,6 +81,42 @@ pub fn write_svg(r: &BenchResults, path: &Path) -> Result<(), BenchError> {
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+fn err(x: &dyn std::fmt::Display) -> String {
+    x.to_string()
+}
+
+/// A panel with `caption` and these axis ranges, laid out like the others.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> Result<Chart<'a, 'b>, String> {
+    ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(38)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x, y)
+        .map_err(|x| err(&x))
+}
+
+/// The panel's legend box at `pos`.
+fn legend<'b: 'a, 'a>(chart: &mut Chart<'a, 'b>, pos: SeriesLabelPosition) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(|x| err(&x))
+}
 
 /// One CDF panel: a line per step (x: ms, y: fraction of samples ≤ x); `limit` draws a dashed
 /// vertical line (the service level).
@@ -90,7 +126,6 @@ fn cdf<'s>(
     series: impl Iterator<Item = (&'s str, &'s [f64])> + Clone,
     limit: Option<f64>,
 ) -> Result<(), String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
     let (lo, hi) = series
         .clone()
         .filter(|(_, v)| !v.is_empty())
@@ -104,20 +139,14 @@ fn cdf<'s>(
     } else {
         (0.0, limit.unwrap_or(1000.0) * 1.2)
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 17))
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(48)
-        .build_cartesian_2d(lo..hi, 0f64..1f64)
-        .map_err(|x| e(&x))?;
+    let mut chart = panel(area, title, lo..hi, 0f64..1f64)?;
     chart
         .configure_mesh()
         .x_desc("ms")
         .y_desc("fraction ≤ x")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
-        .map_err(|x| e(&x))?;
+        .map_err(|x| err(&x))?;
     for (i, (label, v)) in series.enumerate() {
         if v.is_empty() {
             continue;
@@ -131,7 +160,7 @@ fn cdf<'s>(
                     .map(|(k, &x)| (x, k as f64 / n.max(1) as f64)),
                 color.stroke_width(2),
             ))
-            .map_err(|x| e(&x))?
+            .map_err(|x| err(&x))?
             .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -145,23 +174,16 @@ fn cdf<'s>(
                 4,
                 RED.stroke_width(1),
             ))
-            .map_err(|x| e(&x))?
+            .map_err(|x| err(&x))?
             .label(format!("service level {l:.0} ms"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(|x| e(&x))?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
 /// Server and simulator CPU (% of one core) against N.
 fn cpu(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
     let server: Vec<(f64, f64)> = r
         .steps
         .iter()
@@ -185,13 +207,12 @@ fn cpu(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
     } else {
         (top * 1.3).max(10.0)
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption("CPU against concurrent calls", ("sans-serif", 17))
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..max_n * 1.08, 0f64..max_y * 1.05)
-        .map_err(|x| e(&x))?;
+    let mut chart = panel(
+        area,
+        "CPU against concurrent calls",
+        0f64..max_n * 1.08,
+        0f64..max_y * 1.05,
+    )?;
     chart
         .configure_mesh()
         .x_desc("concurrent calls (N)")
@@ -199,7 +220,7 @@ fn cpu(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
-        .map_err(|x| e(&x))?;
+        .map_err(|x| err(&x))?;
     if cores <= max_y {
         chart
             .draw_series(DashedLineSeries::new(
@@ -208,7 +229,7 @@ fn cpu(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
                 4,
                 BLACK.mix(0.5).stroke_width(1),
             ))
-            .map_err(|x| e(&x))?
+            .map_err(|x| err(&x))?
             .label(format!("all {} cores", r.machine.cores))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
     }
@@ -221,28 +242,21 @@ fn cpu(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
         }
         chart
             .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
-            .map_err(|x| e(&x))?
+            .map_err(|x| err(&x))?
             .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
         chart
             .draw_series(data.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(|x| e(&x))?;
+            .map_err(|x| err(&x))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(|x| e(&x))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 
 /// Peak RSS above idle (MiB) against N.
 fn memory(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
-    let e = |x: &dyn std::fmt::Display| x.to_string();
     let data: Vec<(f64, f64)> = r
         .steps
         .iter()
@@ -258,23 +272,19 @@ fn memory(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
         .iter()
         .rev()
         .find_map(|s| s.rss_per_call_kib.map(|k| (s.calls, k)));
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("Memory against concurrent calls ({})", r.rss_scope),
-            ("sans-serif", 17),
-        )
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(48)
-        .build_cartesian_2d(0f64..max_n * 1.08, 0f64..max_y * 1.15)
-        .map_err(|x| e(&x))?;
+    let mut chart = panel(
+        area,
+        &format!("Memory against concurrent calls ({})", r.rss_scope),
+        0f64..max_n * 1.08,
+        0f64..max_y * 1.15,
+    )?;
     chart
         .configure_mesh()
         .x_desc("concurrent calls (N)")
         .y_desc("peak RSS above idle, MiB")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
-        .map_err(|x| e(&x))?;
+        .map_err(|x| err(&x))?;
     if !data.is_empty() {
         let label = per_call.map_or_else(
             || "RSS".to_string(),
@@ -285,19 +295,13 @@ fn memory(area: &Area<'_>, r: &BenchResults) -> Result<(), String> {
                 data.iter().copied(),
                 MAGENTA.stroke_width(2),
             ))
-            .map_err(|x| e(&x))?
+            .map_err(|x| err(&x))?
             .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], MAGENTA.stroke_width(2)));
         chart
             .draw_series(data.iter().map(|&p| Circle::new(p, 4, MAGENTA.filled())))
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(|x| e(&x))?;
+            .map_err(|x| err(&x))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
     Ok(())
 }
