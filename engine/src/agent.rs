@@ -190,8 +190,9 @@ pub enum Action {
         /// Why, for logs and the call record.
         reason: String,
     },
-    /// Hand the call to `to` (E.164 number or SIP URI) after queued audio has played. The
-    /// gateway carries it out through Twilio's REST API.
+    /// Hand the call to `to` (E.164 number or SIP URI) after queued audio has played: the
+    /// call closes with [`crate::CloseReason::Transfer`] and the gateway redirects it through
+    /// Twilio's REST API. If that fails, the call goes on ([`Agent::on_transfer_failed`]).
     Transfer {
         /// Where to.
         to: String,
@@ -370,6 +371,14 @@ pub trait Agent {
     fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
     /// The stream stopped; close provider pipes.
     fn on_stop(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
+    /// An [`Action::Transfer`] to `to` could not be carried out (`reason`); the call goes on.
+    /// By default the agent hangs up, as it has nothing more to say; agents that can talk
+    /// should tell the caller instead.
+    fn on_transfer_failed(&mut self, _now: Instant, to: &str, reason: &str, out: &mut Vec<Action>) {
+        out.push(Action::Hangup {
+            reason: format!("transfer to {to} failed: {reason}"),
+        });
+    }
 }
 
 /// The offline default agent: plays each caller utterance back, with the text "(echo)".

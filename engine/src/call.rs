@@ -53,6 +53,16 @@ pub enum Input<'a> {
     },
     /// The deadline from the last [`Output::Timeout`] has come.
     Timeout(Instant),
+    /// The call closed with [`CloseReason::Transfer`], but redirecting it failed (e.g. Twilio's
+    /// REST API refused or did not answer): the call goes on, with the socket still open, and
+    /// the agent is told ([`Agent::on_transfer_failed`](crate::Agent::on_transfer_failed)).
+    /// Ignored unless the call's last close was a transfer.
+    TransferFailed {
+        /// When.
+        at: Instant,
+        /// Why, for the agent and the logs.
+        reason: String,
+    },
 }
 
 /// Why the call asks the driver to close Twilio's socket.
@@ -218,7 +228,7 @@ pub enum Event {
         /// engine-side voice-to-voice latency (endpointing wait included).
         since_user_end: Option<Duration>,
         /// The answer began while hark's endpointing still held the caller's turn open (a
-        /// speech-to-speech provider ended the turn first, after at least
+        /// provider that ends turns itself did so first, after at least
         /// [`Call::EARLY_ANSWER_SILENCE`] of silence): its [`Event::UserTurnEnded`] follows.
         before_turn_end: bool,
     },
@@ -267,6 +277,13 @@ pub enum Event {
     TransferRequested {
         /// Destination.
         to: String,
+    },
+    /// A transfer could not be carried out ([`Input::TransferFailed`]); the call goes on.
+    TransferFailed {
+        /// Where it was to go.
+        to: String,
+        /// Why it failed.
+        reason: String,
     },
     /// `stop` arrived or the socket closed.
     Stopped {
@@ -361,6 +378,8 @@ pub struct Call {
     /// An answer began while the caller's turn was still open (see
     /// [`Event::AgentAudioStarted::before_turn_end`]); that turn's end is not timed again.
     open_turn_answered: bool,
+    /// The call closed for a transfer to this target, not yet confirmed or failed.
+    transferring: Option<String>,
     barged_this_speech: bool,
     // Output.
     out: VecDeque<Pending>,
@@ -427,6 +446,7 @@ impl Call {
             user_end_at: None,
             answer_of: None,
             open_turn_answered: false,
+            transferring: None,
             barged_this_speech: false,
             out: VecDeque::with_capacity(16),
             pool: Vec::with_capacity(16),
@@ -459,10 +479,17 @@ impl Call {
         self.stopped
     }
 
-    /// Silence after the caller's last voiced frame before agent audio that starts while
-    /// hark's turn is still open counts as the answer to that turn (a speech-to-speech
-    /// provider's endpointing, shorter than hark's `stop_ms`), rather than more of the previous
-    /// answer playing while the caller talks.
+    /// Whether the agent's provider ends caller turns itself (it decides interruptions:
+    /// [`Agent::vad_barge_in`] is `false`), so its answers and transcripts can come before
+    /// hark's endpointing ends the turn (ElevenLabs, OpenAI Realtime with server VAD).
+    pub fn provider_ends_turns(&self) -> bool {
+        !self.vad_barge_in
+    }
+
+    /// For agents whose provider ends turns ([`Call::provider_ends_turns`]): silence after
+    /// the caller's last voiced frame before agent audio that starts while hark's turn is still
+    /// open counts as the answer to that turn (the provider's endpointing, shorter than hark's
+    /// `stop_ms`), rather than more of the previous answer playing while the caller talks.
     pub const EARLY_ANSWER_SILENCE: Duration = Duration::from_millis(150);
 
     /// Whether agent audio is still unplayed (queued or not yet confirmed by a mark).
@@ -498,6 +525,22 @@ impl Call {
                 if !self.stopped {
                     let mut actions = std::mem::take(&mut self.actions);
                     self.agent.on_provider(at, event, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
+            }
+            Input::TransferFailed { at, reason } => {
+                self.now = Some(at);
+                if let Some(to) = self.transferring.take() {
+                    // The socket is still open (the driver leaves it so for a transfer).
+                    self.stopped = false;
+                    self.event(Event::TransferFailed {
+                        to: to.clone(),
+                        reason: reason.clone(),
+                    });
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.agent
+                        .on_transfer_failed(at, &to, &reason, &mut actions);
                     self.run_actions(at, &mut actions);
                     self.actions = actions;
                 }
@@ -876,6 +919,12 @@ impl Call {
         }
         self.out.push_back(Pending::Tx(s));
         self.stats.barge_ins += 1;
+        // An answer that began before hark ended the turn was cut: the caller had not
+        // finished. The provider's next answer to this turn is timed again.
+        if self.open_turn_answered {
+            self.open_turn_answered = false;
+            self.answer_of = None;
+        }
         self.agent.on_barge_in(at, &interrupted, actions);
         self.event(Event::BargeIn(BargeIn {
             at,
@@ -911,11 +960,12 @@ impl Call {
                         self.closing = Some(CloseReason::Hangup(reason));
                     }
                 }
+                // A second close request (transfer or hang-up) changes nothing.
                 Action::Transfer { to } => {
                     if self.closing.is_none() {
                         self.closing = Some(CloseReason::Transfer(to.clone()));
+                        self.event(Event::TransferRequested { to });
                     }
-                    self.event(Event::TransferRequested { to });
                 }
                 Action::Report(r) => self.event(Event::Agent(r)),
                 Action::WakeAt(t) => {
@@ -969,6 +1019,9 @@ impl Call {
         {
             self.closing = None;
             self.stopped = true;
+            if let CloseReason::Transfer(to) = &reason {
+                self.transferring = Some(to.clone());
+            }
             self.out.push_back(Pending::Close(reason));
         }
     }
@@ -977,23 +1030,22 @@ impl Call {
         for e in pevents.drain(..) {
             match e {
                 PlayoutEvent::Started { id, at } => {
-                    let (user_end, before_turn_end) = match self.user_end_at.take() {
-                        Some(u) => (Some(u), false),
-                        // A speech-to-speech provider endpointed before hark did: the audio
-                        // answers the open turn, timed from its last voiced frame.
-                        None if self.turn.is_speaking() && !self.open_turn_answered => {
-                            match self.last_voiced_at {
-                                Some(v)
-                                    if at.saturating_duration_since(v)
-                                        >= Self::EARLY_ANSWER_SILENCE =>
-                                {
-                                    self.open_turn_answered = true;
-                                    (Some(v), true)
-                                }
-                                _ => (None, false),
-                            }
-                        }
-                        None => (None, false),
+                    // A provider that ends turns itself (no VAD barge-in: ElevenLabs,
+                    // Realtime's server VAD) can answer before hark's endpointing has ended
+                    // the turn: the audio answers the open turn, timed from its last voiced
+                    // frame (and a turn hark ended that the provider ignored is forgotten).
+                    let early = !self.vad_barge_in
+                        && self.turn.is_speaking()
+                        && !self.open_turn_answered
+                        && self.last_voiced_at.is_some_and(|v| {
+                            at.saturating_duration_since(v) >= Self::EARLY_ANSWER_SILENCE
+                        });
+                    let (user_end, before_turn_end) = if early {
+                        self.user_end_at = None;
+                        self.open_turn_answered = true;
+                        (self.last_voiced_at, true)
+                    } else {
+                        (self.user_end_at.take(), false)
                     };
                     if let Some(u) = user_end {
                         self.answer_of = Some((id, u, before_turn_end));

@@ -265,6 +265,28 @@ fn the_agent_can_transfer_or_hang_up_from_a_key() {
     h.run_until(t0 + Duration::from_millis(300));
     assert_eq!(h.closes, vec![CloseReason::Transfer("+15550100".into())]);
     assert_eq!(h.phone.stats().audio_ms, 100);
+    // The redirect failed: the call goes on and this agent (the default) hangs up.
+    h.call.handle_input(Input::TransferFailed {
+        at: h.now,
+        reason: "Twilio answered 503".into(),
+    });
+    let ev = h.drain();
+    assert!(ev.contains(&Event::TransferFailed {
+        to: "+15550100".into(),
+        reason: "Twilio answered 503".into()
+    }));
+    assert_eq!(
+        h.closes.last(),
+        Some(&CloseReason::Hangup(
+            "transfer to +15550100 failed: Twilio answered 503".into()
+        ))
+    );
+    // Only after a transfer: a second one is ignored.
+    h.call.handle_input(Input::TransferFailed {
+        at: h.now,
+        reason: "again".into(),
+    });
+    assert!(h.drain().is_empty());
 
     let mut h = H::started();
     let t0 = h.now;

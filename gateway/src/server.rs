@@ -416,40 +416,62 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     let mut socket = ws::Socket::new(socket);
     let mut observer = CallObserver {
         recorder: st.api.as_ref().map(|a| a.recorder()),
+        turns: crate::api::turns::TurnLog::new(call.provider_ends_turns()),
         ..CallObserver::default()
     };
     let started = Instant::now();
-    let ended = hark_engine::io::drive(
-        &mut call,
-        &mut socket,
-        &mut hark_engine::io::Connectors::new(st.http.clone()),
-        &mut observer,
-        hark_engine::io::DriveConfig::default(),
-    )
-    .await;
+    let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
+    // Failed transfers, for the record: the call went on after each.
+    let mut failed_transfers: Vec<String> = Vec::new();
+    let ended = loop {
+        let ended = hark_engine::io::drive(
+            &mut call,
+            &mut socket,
+            &mut connectors,
+            &mut observer,
+            hark_engine::io::DriveConfig::default(),
+        )
+        .await;
+        if let hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) = &ended {
+            match transfer(st, observer.call_sid.as_deref(), to).await {
+                // Redirected: Twilio ends the stream itself; the socket closes now.
+                Ok(()) => {
+                    hark_engine::io::TwilioSocket::close(&mut socket).await;
+                    break format!("transferred to {to}");
+                }
+                // The call goes on: the agent tells the caller (the socket is still open).
+                Err(why) => {
+                    failed_transfers.push(format!("transfer to {to} failed: {why}"));
+                    call.handle_input(hark_engine::Input::TransferFailed {
+                        at: Instant::now(),
+                        reason: why,
+                    });
+                    continue;
+                }
+            }
+        }
+        break match ended {
+            hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
+            hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+            hark_engine::io::Ended::Failed(e) => {
+                let kind = match e {
+                    hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
+                    hark_engine::io::SocketError::Io(_) => "io",
+                };
+                metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
+                warn!(error = %e, "call ended by a socket failure");
+                format!("failed: {e}")
+            }
+        };
+    };
+    let ended = if failed_transfers.is_empty() {
+        ended
+    } else {
+        format!("{ended} (after: {})", failed_transfers.join("; "))
+    };
     observer.flush(&call);
     let stats = call.stats();
     observer.finish_turn();
-    let ended = match ended {
-        hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) => {
-            let outcome = transfer(st, observer.call_sid.as_deref(), &to).await;
-            // Redirected (Twilio ends the stream itself) or not: the socket closes now; if
-            // the update failed, Twilio runs the TwiML after `</Connect>`.
-            hark_engine::io::TwilioSocket::close(&mut socket).await;
-            format!("transfer to {to}: {outcome}")
-        }
-        hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
-        hark_engine::io::Ended::PeerClosed => "peer closed".into(),
-        hark_engine::io::Ended::Failed(e) => {
-            let kind = match e {
-                hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
-                hark_engine::io::SocketError::Io(_) => "io",
-            };
-            metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
-            warn!(error = %e, "call ended by a socket failure");
-            format!("failed: {e}")
-        }
-    };
     info!(ended, "call ended");
     if let (Some(rec), Some(sid)) = (&observer.recorder, &observer.call_sid) {
         rec.stream_stopped(
@@ -479,10 +501,14 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
 /// Hands the call to `to` after the agent asked for a transfer and its words played: a call
 /// update `POST …/Calls/{CallSid}.json` with `Twiml=<Response><Dial><Number|Sip>…` (Twilio REST
 /// API, `UpdateCallRequest`; new TwiML ends the `<Connect><Stream>` from Twilio's side). A
-/// failure Twilio may recover from (no answer, 429, 5xx) is tried once more after 500 ms.
-/// Returns the outcome for the call record; counted in `hark_transfers_total{outcome}`
-/// (`ok`, `failed`, `not_configured`).
-async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
+/// refusal Twilio may recover from (429, 5xx, or no connection) is tried once more after
+/// 500 ms; a timeout is not (Twilio may have applied the update).
+/// Counted in `hark_transfers_total{outcome}` (`ok`, `failed`, `not_configured`).
+///
+/// # Errors
+/// Why the call could not be redirected (no credentials or CallSid, Twilio's refusal), for the
+/// agent and the call record.
+async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> Result<(), String> {
     let outcome = |o: &'static str| metrics::counter!("hark_transfers_total", "outcome" => o);
     // A Call SID is `CA` + 32 hex digits; it goes into the request path.
     let call_sid = call_sid.filter(|sid| {
@@ -498,8 +524,8 @@ async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
         Ok(t) => t,
         Err(why) => {
             outcome("not_configured").increment(1);
-            warn!(to, reason = why, "transfer not possible: ending the stream");
-            return format!("not possible: {why}");
+            warn!(to, reason = why, "transfer not possible");
+            return Err(why);
         }
     };
     let twiml = match twiml::transfer(to) {
@@ -507,7 +533,7 @@ async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
         Err(e) => {
             outcome("failed").increment(1);
             warn!(to, error = %e, "transfer target cannot go into TwiML");
-            return format!("failed: {e}");
+            return Err(e.to_string());
         }
     };
     let form = [("Twiml".to_string(), twiml)];
@@ -522,13 +548,14 @@ async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
                     status = call.status.as_deref().unwrap_or(""),
                     "call transferred"
                 );
-                return "ok".into();
+                return Ok(());
             }
             Err(e) => {
+                // Only when Twilio surely did not apply it: a second `<Dial>` would restart
+                // a transfer already ringing.
                 let retry = match &e {
-                    crate::api::ApiError::TwilioUnavailable(_) => true,
                     crate::api::ApiError::Twilio(t) => t.status == 429 || t.status >= 500,
-                    _ => false,
+                    e => crate::api::twilio_rest::is_connect_failure(e),
                 };
                 if retry && tries < 2 {
                     warn!(to, error = %e, "transfer failed: trying once more");
@@ -536,8 +563,8 @@ async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> String {
                     continue;
                 }
                 outcome("failed").increment(1);
-                warn!(to, error = %e, "transfer failed: ending the stream");
-                return format!("failed: {e}");
+                warn!(to, error = %e, "transfer failed: the call goes on");
+                return Err(e.to_string());
             }
         }
     }
@@ -689,6 +716,9 @@ impl hark_engine::io::Observer for CallObserver {
                 }
             }
             Event::TransferRequested { to } => info!(to, "transfer requested"),
+            Event::TransferFailed { to, reason } => {
+                warn!(to, reason, "transfer failed: the call goes on");
+            }
             Event::Stopped { .. } => {
                 self.flush(call);
                 info!("stream stopped");

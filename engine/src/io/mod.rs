@@ -336,3 +336,113 @@ fn finish<O: Observer>(call: &mut Call, observer: &mut O, ended: Ended) -> Ended
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Action, Agent, AgentNeeds, CallInfo, UserTurn};
+    use crate::playout::Interrupted;
+    use crate::{CallConfig, twilio};
+
+    /// Twilio's side: `connected`, `start`, then nothing (the call waits); records closes.
+    struct Script {
+        inbound: std::collections::VecDeque<String>,
+        closed: bool,
+    }
+
+    impl TwilioSocket for Script {
+        async fn recv(&mut self, buf: &mut String) -> Result<Recv, SocketError> {
+            match self.inbound.pop_front() {
+                Some(m) => {
+                    buf.clear();
+                    buf.push_str(&m);
+                    Ok(Recv::Text)
+                }
+                None => std::future::pending().await,
+            }
+        }
+        async fn send(&mut self, _text: &str) -> Result<(), SocketError> {
+            Ok(())
+        }
+        async fn close(&mut self) {
+            self.closed = true;
+        }
+    }
+
+    /// Asks, at once, for the close given.
+    struct Closer(Option<Action>);
+
+    impl Agent for Closer {
+        fn name(&self) -> &'static str {
+            "closer"
+        }
+        fn needs(&self) -> AgentNeeds {
+            AgentNeeds::default()
+        }
+        fn on_start(&mut self, _: Instant, _: &CallInfo, out: &mut Vec<Action>) {
+            out.extend(self.0.take());
+        }
+        fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
+        fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
+    }
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn event(&mut self, _: &Call, _: &Event) {}
+    }
+
+    async fn drive_until_closed(action: Action) -> (Ended, bool) {
+        let start = twilio::Start {
+            stream_sid: "MZ00000000000000000000000000000001".into(),
+            call_sid: "CA00000000000000000000000000000001".into(),
+            account_sid: "AC00000000000000000000000000000001".into(),
+            tracks: vec!["inbound".into()],
+            custom_parameters: vec![],
+            encoding: "audio/x-mulaw".into(),
+            sample_rate: 8000,
+            channels: 1,
+        };
+        let mut socket = Script {
+            inbound: [
+                twilio::inbound::connected(),
+                twilio::inbound::start(1, &start),
+            ]
+            .into_iter()
+            .collect(),
+            closed: false,
+        };
+        let mut call = Call::new(CallConfig::default(), Box::new(Closer(Some(action))))
+            .expect("default config");
+        let ended = drive(
+            &mut call,
+            &mut socket,
+            &mut NoProviders,
+            &mut Quiet,
+            DriveConfig::default(),
+        )
+        .await;
+        (ended, socket.closed)
+    }
+
+    #[tokio::test]
+    async fn a_transfer_leaves_the_socket_open_a_hang_up_closes_it() {
+        let (ended, closed) = drive_until_closed(Action::Transfer {
+            to: "+14155550100".into(),
+        })
+        .await;
+        assert!(
+            matches!(&ended, Ended::Closed(CloseReason::Transfer(to)) if to == "+14155550100"),
+            "{ended:?}"
+        );
+        assert!(
+            !closed,
+            "closing first would make Twilio hang up before the transfer"
+        );
+        let (ended, closed) = drive_until_closed(Action::Hangup {
+            reason: "done".into(),
+        })
+        .await;
+        assert!(matches!(ended, Ended::Closed(CloseReason::Hangup(_))));
+        assert!(closed);
+    }
+}

@@ -29,6 +29,7 @@
 //! | `HARK_GREETING_PARAM` | `greeting` | `<Parameter>` that overrides it per call |
 //! | `HARK_FALLBACK_TEXT` | `Sorry, I'm having trouble…` | spoken when providers fail |
 //! | `HARK_GOODBYE_TEXT`, `HARK_TRANSFER_TEXT` | `Goodbye!`, `One moment…` | said by tools when the model says nothing |
+//! | `HARK_TRANSFER_FAILED_TEXT` | `Sorry, I couldn't transfer your call right now…` | said when a transfer fails; the call goes on |
 //! | `HARK_TOOLS` | `end_call,transfer_call` | tools offered to the model; `none` for none |
 //! | `HARK_TRANSFER_ALLOW` | — | comma-separated numbers `transfer_call` may dial (all when unset) |
 //! | `HARK_STT_TIMEOUT_MS` | 5000 | transcript deadline |
@@ -217,6 +218,9 @@ impl Settings {
         }
         if let Some(v) = get("HARK_TRANSFER_TEXT") {
             c.transfer_text = v.trim().to_string();
+        }
+        if let Some(v) = get("HARK_TRANSFER_FAILED_TEXT") {
+            c.transfer_failed_text = v.trim().to_string();
         }
         if let Some(v) = get("HARK_TOOLS") {
             c.tools.end_call = false;

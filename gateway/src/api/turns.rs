@@ -27,18 +27,24 @@ use super::recorder::TurnRecord;
 /// Builds [`TurnRecord`]s. Sans-IO: feed it events, store what it returns.
 #[derive(Debug, Default)]
 pub struct TurnLog {
+    /// The agent's provider ends turns itself ([`hark_engine::Call::provider_ends_turns`]):
+    /// its reports can come before hark ends the turn they belong to. Otherwise hark's
+    /// endpointing is the only one, and every report is about the latest turn it ended.
+    provider_ends_turns: bool,
     /// The latest caller turn, still collecting its answer's outcome and transcripts.
     open: Option<TurnRecord>,
-    /// Byte offset in the open turn's `agent_text` where words reported before their audio
-    /// played begin (speech-to-speech providers report the whole answer up front); a cut
-    /// transcript replaces them.
+    /// What was reported about the caller turn hark has not ended yet: words, answer start,
+    /// stage latencies. It becomes that turn's record when the turn ends.
+    early: TurnRecord,
+    /// The answer playing began before hark ended its turn: its outcome goes to `early`.
+    early_answer: bool,
+    /// Byte offset in the playing answer's `agent_text` (in `early` or `open`) where words
+    /// reported before their audio played begin (speech-to-speech providers report the whole
+    /// answer up front); a cut transcript replaces them.
     unconfirmed_from: Option<usize>,
     /// The previous event was an utterance played to its end: an agent transcript right after
     /// it is about that utterance (the cascade reports each utterance once played).
     after_played: bool,
-    /// What was reported about the caller turn hark has not ended yet: words, answer start,
-    /// stage latencies. It becomes that turn's record when the turn ends.
-    early: TurnRecord,
 }
 
 fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
@@ -72,6 +78,15 @@ fn append(slot: &mut Option<String>, text: &str) -> usize {
 }
 
 impl TurnLog {
+    /// A log for a call whose agent's provider ends turns itself (`true`: reports may come
+    /// before hark ends their turn) or not.
+    pub fn new(provider_ends_turns: bool) -> Self {
+        TurnLog {
+            provider_ends_turns,
+            ..TurnLog::default()
+        }
+    }
+
     /// hark's endpointing ended a caller turn (media time, ms). Returns the previous turn,
     /// finished, for the store.
     pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
@@ -80,10 +95,10 @@ impl TurnLog {
         let mut t = std::mem::take(&mut self.early);
         t.user_start_ms = start_ms;
         t.user_end_ms = end_ms;
-        self.unconfirmed_from = match (&t.agent_text, t.heard_ms) {
-            (Some(_), None) => Some(0),
-            _ => None,
-        };
+        if !std::mem::take(&mut self.early_answer) {
+            // Held agent words (reported before any audio of this answer) are unconfirmed.
+            self.unconfirmed_from = t.agent_text.as_ref().map(|_| 0);
+        }
         self.open = Some(t);
         done
     }
@@ -98,10 +113,19 @@ impl TurnLog {
         self.user_turn_ended(start_ms, end_ms)
     }
 
-    /// The record reports about the caller turn go to: the open caller turn hark has not
-    /// ended yet (`turn_open`), or the latest ended one.
+    /// Where reports about a caller's turn go: the open caller turn hark has not ended yet
+    /// (`turn_open`, only when the provider ends turns itself), or the latest ended one.
     fn target(&mut self, turn_open: bool) -> Option<&mut TurnRecord> {
-        if turn_open {
+        if turn_open && self.provider_ends_turns {
+            Some(&mut self.early)
+        } else {
+            self.open.as_mut()
+        }
+    }
+
+    /// The turn whose answer is playing.
+    fn answer(&mut self) -> Option<&mut TurnRecord> {
+        if self.early_answer {
             Some(&mut self.early)
         } else {
             self.open.as_mut()
@@ -113,6 +137,10 @@ impl TurnLog {
     /// ([`hark_engine::Event::AgentAudioStarted`]). The first per turn counts.
     pub fn agent_audio_started(&mut self, latency_ms: u64, before_turn_end: bool) {
         self.after_played = false;
+        if before_turn_end && !self.early_answer {
+            self.early_answer = true;
+            self.unconfirmed_from = self.early.agent_text.as_ref().map(|_| 0);
+        }
         if let Some(t) = self.target(before_turn_end) {
             t.latency_ms.get_or_insert(latency_ms);
         }
@@ -138,7 +166,7 @@ impl TurnLog {
     /// An utterance of the answer played to its end: `heard_ms` of it were heard. Words
     /// reported for it before it played are now confirmed.
     pub fn utterance_played(&mut self, heard_ms: u64) {
-        if let Some(t) = self.open.as_mut() {
+        if let Some(t) = self.answer() {
             t.heard_ms = Some(t.heard_ms.unwrap_or(0) + heard_ms);
             self.unconfirmed_from = None;
             self.after_played = true;
@@ -146,41 +174,51 @@ impl TurnLog {
     }
 
     /// The caller barged in on the answer: `heard_ms` of the cut utterance were heard
-    /// (mark echoes), and `heard_text` its words up to there, when hark knows them.
+    /// (mark echoes), and `heard_text` its words up to there, when hark knows them. An answer
+    /// that began before hark ended the turn was a false start: the turn goes on, and the
+    /// provider's next answer is the one timed.
     pub fn barge_in(&mut self, heard_ms: u64, heard_text: Option<&str>) {
         self.after_played = false;
-        if let Some(t) = self.open.as_mut() {
+        let early = self.early_answer;
+        if let Some(t) = self.answer() {
             t.interrupted = true;
             t.heard_ms = Some(t.heard_ms.unwrap_or(0) + heard_ms);
+            if early {
+                t.latency_ms = None;
+                t.heard_latency_ms = None;
+            }
         }
         if let Some(h) = heard_text {
             self.cut(h);
         }
+        self.early_answer = false;
     }
 
     /// What the caller heard of a cut answer replaces the words reported for it up front.
     /// Stays replaceable: the agent's own cut transcript may follow hark's.
     fn cut(&mut self, heard: &str) {
-        let Some(t) = self.open.as_mut() else {
+        let from = self.unconfirmed_from;
+        let Some(t) = self.answer() else {
             return;
         };
-        if let (Some(from), Some(s)) = (self.unconfirmed_from, t.agent_text.as_mut()) {
+        if let (Some(from), Some(s)) = (from, t.agent_text.as_mut()) {
             s.truncate(from);
             let kept = s.trim_end().len();
             s.truncate(kept);
         }
-        self.unconfirmed_from = Some(append(&mut t.agent_text, heard));
+        let at = append(&mut t.agent_text, heard);
+        self.unconfirmed_from = Some(at);
     }
 
     /// The caller's words. `turn_open` is whether hark is inside a caller turn it has not
     /// ended yet ([`hark_engine::Call::user_turn_open_since_ms`]).
     pub fn user_transcript(&mut self, text: &str, turn_open: bool) {
         self.after_played = false;
-        match self.open.as_mut() {
-            Some(t) if !turn_open && t.text.is_none() => {
+        match self.target(turn_open) {
+            Some(t) => {
                 append(&mut t.text, text);
             }
-            _ => {
+            None => {
                 append(&mut self.early.text, text);
             }
         }
@@ -190,7 +228,7 @@ impl TurnLog {
     /// heard of it (replaces the words reported for it up front); otherwise words of the
     /// answer (appended). `turn_open` as for [`TurnLog::user_transcript`];
     /// `agent_speaking`: answer audio is still unplayed (words reported while it plays belong
-    /// to the latest turn).
+    /// to the answer playing).
     pub fn agent_transcript(
         &mut self,
         text: &str,
@@ -203,18 +241,19 @@ impl TurnLog {
             self.cut(text);
             return;
         }
-        match self.open.as_mut() {
-            Some(t) if !turn_open || agent_speaking || confirmed => {
-                let at = append(&mut t.agent_text, text);
-                if !confirmed {
-                    self.unconfirmed_from = self.unconfirmed_from.or(Some(at));
-                }
-            }
+        // Words for an answer not yet playing, to a turn hark has not ended: held for it.
+        if turn_open && self.provider_ends_turns && !agent_speaking {
+            append(&mut self.early.agent_text, text);
+            return;
+        }
+        let unconfirmed = self.unconfirmed_from;
+        let Some(t) = self.answer() else {
             // A greeting (no caller turn yet) is not a turn; it is logged, not recorded.
-            None if !turn_open => {}
-            _ => {
-                append(&mut self.early.agent_text, text);
-            }
+            return;
+        };
+        let at = append(&mut t.agent_text, text);
+        if !confirmed {
+            self.unconfirmed_from = unconfirmed.or(Some(at));
         }
     }
 
@@ -230,7 +269,7 @@ mod tests {
 
     #[test]
     fn cascade_order_words_after_the_turn_ended() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(false);
         assert!(log.user_turn_ended(1000, 5100).is_none());
         log.user_transcript("Hi, I'm calling about my order.", false);
         log.agent_audio_started(1400, false);
@@ -255,7 +294,7 @@ mod tests {
 
     #[test]
     fn speech_to_speech_words_before_hark_ended_the_turn() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(true);
         // Greeting: not a turn.
         log.agent_transcript("Hello! How can I help?", false, false, true);
         // ElevenLabs endpoints first: its transcript and answer text arrive while hark still
@@ -289,7 +328,7 @@ mod tests {
 
     #[test]
     fn stage_latencies_and_heard_latency_land_in_their_turn() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(true);
         log.stage_latency(Stage::Greeting, 400, false);
         log.user_turn_ended(1000, 2500);
         log.stage_latency(Stage::Stt, 150, false);
@@ -313,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_discarded_turn_the_provider_answered_is_a_turn() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(true);
         // Noise hark drops as too short, nobody answered: no turn.
         assert!(log.speech_discarded(500, 560).is_none());
         assert!(log.finish().is_none());
@@ -326,9 +365,58 @@ mod tests {
     }
 
     #[test]
+    fn cascade_words_while_the_caller_speaks_again_stay_with_their_turn() {
+        // hark's endpointing is the only one: a transcript is about the turn it ended, even if
+        // the caller has started talking again meanwhile.
+        let mut log = TurnLog::new(false);
+        log.user_turn_ended(1000, 2500);
+        log.user_transcript("First.", true);
+        log.user_turn_ended(3000, 3400);
+        log.user_transcript("Second.", false);
+        let t = log.finish().unwrap();
+        assert_eq!(t.text.as_deref(), Some("Second."));
+        let mut log = TurnLog::new(false);
+        log.user_turn_ended(1000, 2500);
+        log.user_transcript("First.", true);
+        let first = log.user_turn_ended(3000, 3400).unwrap();
+        assert_eq!(first.text.as_deref(), Some("First."));
+    }
+
+    #[test]
+    fn an_early_answer_cut_by_the_caller_stays_with_its_turn() {
+        let mut log = TurnLog::new(true);
+        log.user_turn_ended(1000, 2000);
+        log.agent_audio_started(500, false);
+        log.agent_transcript("Hello there.", false, false, true);
+        log.utterance_played(800);
+        // The caller pauses 300 ms; the provider answers early; the caller goes on talking.
+        log.agent_transcript("Sure, I", false, true, false);
+        log.agent_audio_started(300, true);
+        log.barge_in(200, Some("Sure"));
+        // The provider's real answer, after hark ended the turn.
+        let done = log.user_turn_ended(4000, 6000).unwrap();
+        assert_eq!(
+            (done.interrupted, done.heard_ms, done.agent_text.as_deref()),
+            (false, Some(800), Some("Hello there."))
+        );
+        log.agent_audio_started(450, false);
+        log.agent_transcript("Right, your order.", false, false, true);
+        log.utterance_played(1500);
+        let t = log.finish().unwrap();
+        assert!(t.interrupted);
+        assert_eq!(t.heard_ms, Some(1700));
+        assert_eq!(
+            t.latency_ms,
+            Some(450),
+            "the false start is not the turn's latency"
+        );
+        assert_eq!(t.agent_text.as_deref(), Some("Sure Right, your order."));
+    }
+
+    #[test]
     fn late_transcription_goes_to_the_latest_turn() {
         // OpenAI Realtime: the input transcription completes after the answer started.
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(true);
         log.user_turn_ended(1000, 2500);
         log.agent_audio_started(600, false);
         log.agent_transcript("Sure, one moment.", false, false, true);
@@ -340,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_barge_in_keeps_what_was_heard() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(true);
         log.user_turn_ended(1000, 2500);
         log.user_transcript("Tell me everything.", false);
         log.agent_audio_started(600, false);
@@ -363,7 +451,7 @@ mod tests {
     #[test]
     fn a_cut_cascade_answer_keeps_the_utterances_that_played() {
         // The cascade reports each utterance once played, and the cut one's heard words.
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(false);
         log.user_turn_ended(1000, 2500);
         log.agent_audio_started(900, false);
         log.utterance_played(1500);
@@ -380,7 +468,7 @@ mod tests {
 
     #[test]
     fn an_answer_cut_before_any_words_were_reported_records_the_heard_words() {
-        let mut log = TurnLog::default();
+        let mut log = TurnLog::new(false);
         log.user_turn_ended(1000, 2500);
         log.barge_in(300, Some("Well"));
         let t = log.finish().unwrap();

@@ -149,17 +149,8 @@ impl TwilioRest {
     /// # Errors
     /// [`ApiError::Twilio`] for an error answer, [`ApiError::TwilioUnavailable`] otherwise.
     pub async fn create_call(&self, form: &[(String, String)]) -> Result<CallResource, ApiError> {
-        self.post_call("Calls.json", form).await
-    }
-
-    /// `POST {api}/2010-04-01/Accounts/{AccountSid}/{rest}` with `form`, answered by a Call.
-    async fn post_call(
-        &self,
-        rest: &str,
-        form: &[(String, String)],
-    ) -> Result<CallResource, ApiError> {
         let url = format!(
-            "{}/2010-04-01/Accounts/{}/{rest}",
+            "{}/2010-04-01/Accounts/{}/Calls.json",
             self.api_base, self.account_sid
         );
         let v = self
@@ -175,15 +166,36 @@ impl TwilioRest {
     /// the call runs now, which ends a `<Connect><Stream>` from Twilio's side. Twilio answers
     /// 200 with the Call.
     ///
+    /// Any 2xx counts as done, even with a body hark cannot read: Twilio has applied the
+    /// update, and repeating it (a new `<Dial>`) would restart the transfer.
+    ///
     /// # Errors
     /// As [`TwilioRest::create_call`]; a call that has already ended answers 404 (code 20404).
+    /// Only an error for which [`is_connect_failure`] holds is certain not to have reached
+    /// Twilio (after a timeout, the update may have been applied).
     pub async fn update_call(
         &self,
         call_sid: &str,
         form: &[(String, String)],
     ) -> Result<CallResource, ApiError> {
-        self.post_call(&format!("Calls/{call_sid}.json"), form)
-            .await
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
+            self.api_base, self.account_sid
+        );
+        let (status, body) = self
+            .send_raw(self.http.post(url).body(encode_form(form)), true)
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(twilio_error(status, &body));
+        }
+        Ok(
+            serde_json::from_slice(&body).unwrap_or_else(|_| CallResource {
+                sid: call_sid.to_owned(),
+                status: None,
+                to: None,
+                from: None,
+            }),
+        )
     }
 
     /// A Conversations path: `/v1/Services/{ChatServiceSid}/{rest}` when
@@ -225,7 +237,15 @@ impl TwilioRest {
         self.send(self.http.get(url), false).await
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, form: bool) -> Result<Value, ApiError> {
+    /// Sends with hark's credentials; returns Twilio's status and body.
+    ///
+    /// # Errors
+    /// [`ApiError::TwilioUnavailable`] when no answer came (see [`is_connect_failure`]).
+    async fn send_raw(
+        &self,
+        req: reqwest::RequestBuilder,
+        form: bool,
+    ) -> Result<(u16, bytes::Bytes), ApiError> {
         let mut req = req
             .basic_auth(&self.user, Some(&self.password))
             .header(reqwest::header::ACCEPT, "application/json");
@@ -244,6 +264,11 @@ impl TwilioRest {
             .bytes()
             .await
             .map_err(|e| ApiError::TwilioUnavailable(without_url(e)))?;
+        Ok((status, body))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, form: bool) -> Result<Value, ApiError> {
+        let (status, body) = self.send_raw(req, form).await?;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&body).map_err(|e| {
                 ApiError::TwilioUnavailable(format!(
@@ -251,27 +276,39 @@ impl TwilioRest {
                 ))
             });
         }
-        let mut err: TwilioApiError = serde_json::from_slice(&body).unwrap_or(TwilioApiError {
-            code: None,
-            message: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            more_info: None,
-            status,
-        });
-        err.status = status;
-        if err.message.is_empty() {
-            err.message = format!("Twilio answered HTTP {status}");
-        }
-        Err(ApiError::Twilio(err))
+        Err(twilio_error(status, &body))
     }
+}
+
+/// Twilio's error answer `{code, message, more_info, status}` (or the body's start when it
+/// is not one) as an [`ApiError::Twilio`].
+fn twilio_error(status: u16, body: &[u8]) -> ApiError {
+    let mut err: TwilioApiError = serde_json::from_slice(body).unwrap_or(TwilioApiError {
+        code: None,
+        message: String::from_utf8_lossy(body).chars().take(200).collect(),
+        more_info: None,
+        status,
+    });
+    err.status = status;
+    if err.message.is_empty() {
+        err.message = format!("Twilio answered HTTP {status}");
+    }
+    ApiError::Twilio(err)
+}
+
+/// Whether `e` means the request never reached Twilio (the connection could not be made),
+/// so repeating it cannot apply it twice.
+pub fn is_connect_failure(e: &ApiError) -> bool {
+    matches!(e, ApiError::TwilioUnavailable(m) if m.starts_with("connection failed"))
 }
 
 /// A reqwest error's text with its causes but without the URL (which holds the Account SID).
 fn without_url(e: reqwest::Error) -> String {
     use std::error::Error as _;
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+    let kind = if e.is_connect() {
         "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
     } else {
         "request failed"
     };

@@ -152,6 +152,8 @@ pub struct CascadeConfig {
     pub goodbye_text: String,
     /// Spoken before transferring when the model calls `transfer_call` without saying anything.
     pub transfer_text: String,
+    /// Spoken when a transfer could not be carried out; the conversation then goes on.
+    pub transfer_failed_text: String,
     /// Tools.
     pub tools: ToolsConfig,
     /// Retries.
@@ -204,6 +206,9 @@ impl Default for CascadeConfig {
             fallback_text: "Sorry, I'm having trouble right now. Could you say that again?".into(),
             goodbye_text: "Goodbye!".into(),
             transfer_text: "One moment, I'm transferring your call.".into(),
+            transfer_failed_text:
+                "Sorry, I couldn't transfer your call right now. Is there anything else I can help with?"
+                    .into(),
             tools: ToolsConfig {
                 end_call: true,
                 transfer_call: true,

@@ -113,6 +113,8 @@ struct PipeState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
     Greeting,
+    /// Something the agent says on its own, outside a turn (a failed transfer).
+    Notice,
     Reply(u64),
 }
 
@@ -493,6 +495,22 @@ impl CascadeAgent {
         utt
     }
 
+    /// Speaks `text` (split into sentences for TTS) as a speech of its own.
+    fn say(&mut self, now: Instant, owner: Owner, text: &str, out: &mut Vec<Action>) {
+        let utt = self.new_speech(owner);
+        let mut split = SentenceSplitter::new();
+        let mut sentences = Vec::new();
+        split.push(text, &mut sentences);
+        sentences.extend(split.finish());
+        for s in sentences {
+            self.add_sentence(now, utt, s, 0);
+        }
+        if let Some(i) = self.speech_ix(utt) {
+            self.speeches[i].closed = true;
+        }
+        self.pump_speech(now, utt, out);
+    }
+
     fn speech_ix(&self, utt: UtteranceId) -> Option<usize> {
         self.speeches.iter().position(|s| s.utt == utt)
     }
@@ -679,7 +697,7 @@ impl CascadeAgent {
         };
         let sp = self.speeches.remove(i);
         match sp.owner {
-            Owner::Greeting => self.commit_greeting(sp),
+            Owner::Greeting | Owner::Notice => self.commit_greeting(sp),
             Owner::Reply(tid) => {
                 if self.turn.as_ref().is_some_and(|t| t.id == tid) {
                     let turn = self.turn.take();
@@ -764,7 +782,7 @@ impl CascadeAgent {
         sp.finished = true;
         sp.sentences.clear();
         match sp.owner {
-            Owner::Greeting => self.commit_greeting(sp),
+            Owner::Greeting | Owner::Notice => self.commit_greeting(sp),
             Owner::Reply(tid) => {
                 if let Some(turn) = self.turn.take_if(|t| t.id == tid) {
                     self.close_turn_pipes(&turn, out);
@@ -1675,18 +1693,7 @@ impl Agent for CascadeAgent {
             .or_else(|| self.cfg.greeting.clone())
             .filter(|g| !g.trim().is_empty());
         if let Some(g) = greeting {
-            let utt = self.new_speech(Owner::Greeting);
-            let mut split = SentenceSplitter::new();
-            let mut sentences = Vec::new();
-            split.push(&g, &mut sentences);
-            sentences.extend(split.finish());
-            for s in sentences {
-                self.add_sentence(now, utt, s, 0);
-            }
-            if let Some(i) = self.speech_ix(utt) {
-                self.speeches[i].closed = true;
-            }
-            self.pump_speech(now, utt, out);
+            self.say(now, Owner::Greeting, &g, out);
         }
         self.fallback = Fallback::Rendering {
             peer: None,
@@ -2065,6 +2072,21 @@ impl Agent for CascadeAgent {
         }
         if matches!(&self.fallback, Fallback::Rendering { retry_at: Some(r), .. } if *r <= now) {
             self.render_fallback(now, out);
+        }
+        self.arm(out);
+    }
+
+    /// The model was told the transfer is under way: tell it (a system message) and the
+    /// caller ([`CascadeConfig::transfer_failed_text`]) that it is not; the conversation goes
+    /// on. If TTS fails, the pre-rendered fallback phrase plays instead.
+    fn on_transfer_failed(&mut self, now: Instant, to: &str, reason: &str, out: &mut Vec<Action>) {
+        self.history.push(ChatMessage::System(format!(
+            "The transfer to {to} failed ({reason}). The caller is still on the line and has \
+             been told; do not try the same transfer again unless they ask."
+        )));
+        let text = self.cfg.transfer_failed_text.clone();
+        if !text.trim().is_empty() {
+            self.say(now, Owner::Notice, &text, out);
         }
         self.arm(out);
     }
