@@ -471,7 +471,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     };
     observer.flush(&call);
     let stats = call.stats();
-    observer.finish_turn();
+    observer.finish_turns(call.media_ms());
     info!(ended, "call ended");
     if let (Some(rec), Some(sid)) = (&observer.recorder, &observer.call_sid) {
         rec.stream_stopped(
@@ -589,10 +589,11 @@ impl CallObserver {
         }
     }
 
-    /// The stream ended: the last turn goes to the record.
-    fn finish_turn(&mut self) {
-        let t = self.turns.finish();
-        self.record_turn(t);
+    /// The stream ended at media time `end_ms`: the last turns go to the record.
+    fn finish_turns(&mut self, end_ms: u64) {
+        for t in self.turns.finish(end_ms) {
+            self.record_turn(Some(t));
+        }
     }
 
     fn flush(&mut self, call: &Call) {
@@ -666,6 +667,7 @@ impl hark_engine::io::Observer for CallObserver {
                 self.turns
                     .agent_audio_heard(d.as_millis() as u64, *before_turn_end);
             }
+            Event::UserSpeechStarted { media_ms, .. } => self.turns.speech_started(*media_ms),
             Event::UserSpeechDiscarded { start_ms, end_ms } => {
                 let done = self.turns.speech_discarded(*start_ms, *end_ms);
                 self.record_turn(done);

@@ -45,6 +45,9 @@ pub struct TurnLog {
     /// The previous event was an utterance played to its end: an agent transcript right after
     /// it is about that utterance (the cascade reports each utterance once played).
     after_played: bool,
+    /// Media time the caller's current speech started (hark's VAD), while hark has not ended
+    /// that turn.
+    speech_start_ms: Option<u64>,
 }
 
 fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
@@ -91,6 +94,7 @@ impl TurnLog {
     /// finished, for the store.
     pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
         self.after_played = false;
+        self.speech_start_ms = None;
         let done = self.open.take();
         let mut t = std::mem::take(&mut self.early);
         t.user_start_ms = start_ms;
@@ -107,6 +111,7 @@ impl TurnLog {
     /// it (a speech-to-speech provider heard a turn there), it is recorded as one; otherwise
     /// nothing changes. Returns a finished turn for the store, as [`TurnLog::user_turn_ended`].
     pub fn speech_discarded(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
+        self.speech_start_ms = None;
         if self.early == TurnRecord::default() {
             return None;
         }
@@ -257,9 +262,22 @@ impl TurnLog {
         }
     }
 
-    /// The stream ended: the last turn, finished.
-    pub fn finish(&mut self) -> Option<TurnRecord> {
-        self.open.take()
+    /// The caller started speaking (hark's VAD), at `media_ms`.
+    pub fn speech_started(&mut self, media_ms: u64) {
+        self.speech_start_ms = Some(media_ms);
+    }
+
+    /// The stream ended at media time `end_ms`: the last turn, and the exchange of a turn
+    /// hark had not ended yet if the provider reported one (its end is the stream's), in
+    /// order.
+    pub fn finish(&mut self, end_ms: u64) -> Vec<TurnRecord> {
+        let mut done: Vec<TurnRecord> = self.open.take().into_iter().collect();
+        if self.early != TurnRecord::default() {
+            let start = self.speech_start_ms.take().unwrap_or(end_ms);
+            done.extend(self.user_turn_ended(start, end_ms.max(start)));
+            done.extend(self.open.take());
+        }
+        done
     }
 }
 
@@ -287,9 +305,9 @@ mod tests {
             (t.latency_ms, t.heard_ms, t.interrupted),
             (Some(1400), Some(4000), false)
         );
-        let last = log.finish().expect("the second turn");
+        let last = log.finish(60_000).pop().expect("the second turn");
         assert_eq!((last.user_start_ms, last.text), (9000, None));
-        assert!(log.finish().is_none());
+        assert!(log.finish(60_000).is_empty());
     }
 
     #[test]
@@ -321,7 +339,7 @@ mod tests {
             ),
             (Some(350), Some(360), Some(50), Some(900))
         );
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!(t.text.as_deref(), Some("Thanks."));
         assert_eq!(t.agent_text.as_deref(), Some("You're welcome."));
     }
@@ -346,7 +364,7 @@ mod tests {
             (Some(150), Some(300), Some(150), None)
         );
         assert_eq!((t.latency_ms, t.heard_latency_ms), (Some(640), Some(700)));
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!((t.first_audio_ms, t.stt_ms), (Some(350), None));
     }
 
@@ -355,12 +373,12 @@ mod tests {
         let mut log = TurnLog::new(true);
         // Noise hark drops as too short, nobody answered: no turn.
         assert!(log.speech_discarded(500, 560).is_none());
-        assert!(log.finish().is_none());
+        assert!(log.finish(60_000).is_empty());
         // A short "yes" hark drops but the provider answered.
         log.user_transcript("Yes.", true);
         log.agent_audio_started(400, true);
         assert!(log.speech_discarded(1000, 1150).is_none());
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!((t.text.as_deref(), t.latency_ms), (Some("Yes."), Some(400)));
     }
 
@@ -373,7 +391,7 @@ mod tests {
         log.user_transcript("First.", true);
         log.user_turn_ended(3000, 3400);
         log.user_transcript("Second.", false);
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!(t.text.as_deref(), Some("Second."));
         let mut log = TurnLog::new(false);
         log.user_turn_ended(1000, 2500);
@@ -402,7 +420,7 @@ mod tests {
         log.agent_audio_started(450, false);
         log.agent_transcript("Right, your order.", false, false, true);
         log.utterance_played(1500);
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert!(t.interrupted);
         assert_eq!(t.heard_ms, Some(1700));
         assert_eq!(
@@ -414,6 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn an_exchange_before_the_stream_ended_is_kept() {
+        // The provider answered; the caller hung up before hark's endpointing ended the turn.
+        let mut log = TurnLog::new(true);
+        log.user_turn_ended(1000, 2000);
+        log.speech_started(5000);
+        log.user_transcript("Bye.", true);
+        log.agent_transcript("Goodbye!", false, true, false);
+        let done = log.finish(5600);
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[0].user_start_ms, 1000);
+        let last = &done[1];
+        assert_eq!((last.user_start_ms, last.user_end_ms), (5000, 5600));
+        assert_eq!(
+            (last.text.as_deref(), last.agent_text.as_deref()),
+            (Some("Bye."), Some("Goodbye!"))
+        );
+    }
+
+    #[test]
     fn late_transcription_goes_to_the_latest_turn() {
         // OpenAI Realtime: the input transcription completes after the answer started.
         let mut log = TurnLog::new(true);
@@ -421,7 +458,7 @@ mod tests {
         log.agent_audio_started(600, false);
         log.agent_transcript("Sure, one moment.", false, false, true);
         log.user_transcript("Can you check my order?", false);
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!(t.text.as_deref(), Some("Can you check my order?"));
         assert_eq!(t.agent_text.as_deref(), Some("Sure, one moment."));
     }
@@ -458,7 +495,7 @@ mod tests {
         log.agent_transcript("I'm sorry to hear that.", false, false, true);
         log.barge_in(700, Some("Let me check"));
         log.agent_transcript("Let me check the", true, true, false);
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!(
             t.agent_text.as_deref(),
             Some("I'm sorry to hear that. Let me check the")
@@ -471,7 +508,7 @@ mod tests {
         let mut log = TurnLog::new(false);
         log.user_turn_ended(1000, 2500);
         log.barge_in(300, Some("Well"));
-        let t = log.finish().unwrap();
+        let t = log.finish(60_000).pop().unwrap();
         assert_eq!(t.agent_text.as_deref(), Some("Well"));
     }
 }
