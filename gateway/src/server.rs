@@ -440,12 +440,18 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
                     break format!("transferred to {to}");
                 }
                 // The call goes on: the agent tells the caller (the socket is still open).
+                // An agent that keeps asking is stopped after a few tries.
                 Err(why) => {
                     failed_transfers.push(format!("transfer to {to} failed: {why}"));
+                    if failed_transfers.len() >= MAX_FAILED_TRANSFERS {
+                        hark_engine::io::TwilioSocket::close(&mut socket).await;
+                        break format!("{MAX_FAILED_TRANSFERS} transfers failed");
+                    }
                     call.handle_input(hark_engine::Input::TransferFailed {
-                        at: Instant::now(),
+                        at: hark_engine::io::now(),
                         reason: why,
                     });
+                    tokio::task::yield_now().await;
                     continue;
                 }
             }
@@ -498,11 +504,14 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
     );
 }
 
+/// Failed transfers after which a call ends (the agent keeps asking for one).
+const MAX_FAILED_TRANSFERS: usize = 3;
+
 /// Hands the call to `to` after the agent asked for a transfer and its words played: a call
 /// update `POST …/Calls/{CallSid}.json` with `Twiml=<Response><Dial><Number|Sip>…` (Twilio REST
 /// API, `UpdateCallRequest`; new TwiML ends the `<Connect><Stream>` from Twilio's side). A
-/// refusal Twilio may recover from (429, 5xx, or no connection) is tried once more after
-/// 500 ms; a timeout is not (Twilio may have applied the update).
+/// refusal that surely was not applied (429, 503, or no connection) is tried once more after
+/// 500 ms; a timeout or another 5xx is not (Twilio may have applied the update).
 /// Counted in `hark_transfers_total{outcome}` (`ok`, `failed`, `not_configured`).
 ///
 /// # Errors
@@ -551,10 +560,11 @@ async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> Result<(),
                 return Ok(());
             }
             Err(e) => {
-                // Only when Twilio surely did not apply it: a second `<Dial>` would restart
-                // a transfer already ringing.
+                // Only when Twilio surely did not apply it (rate limited, unavailable, never
+                // reached): a second `<Dial>` would restart a transfer already ringing, and a
+                // 500/502/504 may come after the update was applied.
                 let retry = match &e {
-                    crate::api::ApiError::Twilio(t) => t.status == 429 || t.status >= 500,
+                    crate::api::ApiError::Twilio(t) => t.status == 429 || t.status == 503,
                     e => crate::api::twilio_rest::is_connect_failure(e),
                 };
                 if retry && tries < 2 {

@@ -223,8 +223,10 @@ async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_transfer_is_retried_once_then_the_caller_is_told_and_the_call_goes_on() {
     let (openai, twilio) = doubles().await;
+    // 503 surely was not applied: tried again. 500 may have been: not repeated.
+    let unavailable = json!({"code": 20503, "message": "Service Unavailable", "more_info": "https://www.twilio.com/docs/errors/20503", "status": 503});
     let error = json!({"code": 20500, "message": "Internal Server Error", "more_info": "https://www.twilio.com/docs/errors/20500", "status": 500});
-    twilio.fail_next_update(500, error.clone());
+    twilio.fail_next_update(503, unavailable);
     twilio.fail_next_update(500, error);
     let server = serve(&openai, &twilio).await;
     let (r, detail, _) = call(&server).await;

@@ -226,7 +226,9 @@ impl Default for DriveConfig {
     }
 }
 
-fn now() -> Instant {
+/// The driver's clock (tokio's, so a paused test clock applies): use it for inputs fed to a
+/// driven [`Call`] between [`drive`] runs.
+pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 

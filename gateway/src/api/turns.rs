@@ -193,10 +193,10 @@ impl TurnLog {
                 t.heard_latency_ms = None;
             }
         }
+        // `early_answer` stays set: the agent's own cut transcript is about this answer too.
         if let Some(h) = heard_text {
             self.cut(h);
         }
-        self.early_answer = false;
     }
 
     /// What the caller heard of a cut answer replaces the words reported for it up front.
@@ -411,6 +411,8 @@ mod tests {
         log.agent_transcript("Sure, I", false, true, false);
         log.agent_audio_started(300, true);
         log.barge_in(200, Some("Sure"));
+        // The provider's own cut transcript follows the barge-in (Realtime, ElevenLabs).
+        log.agent_transcript("Sure,", true, true, false);
         // The provider's real answer, after hark ended the turn.
         let done = log.user_turn_ended(4000, 6000).unwrap();
         assert_eq!(
@@ -428,7 +430,7 @@ mod tests {
             Some(450),
             "the false start is not the turn's latency"
         );
-        assert_eq!(t.agent_text.as_deref(), Some("Sure Right, your order."));
+        assert_eq!(t.agent_text.as_deref(), Some("Sure, Right, your order."));
     }
 
     #[test]

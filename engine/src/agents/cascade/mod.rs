@@ -2079,9 +2079,11 @@ impl Agent for CascadeAgent {
     /// The model was told the transfer is under way: tell it (a system message) and the
     /// caller ([`CascadeConfig::transfer_failed_text`]) that it is not; the conversation goes
     /// on. If TTS fails, the pre-rendered fallback phrase plays instead.
-    fn on_transfer_failed(&mut self, now: Instant, to: &str, reason: &str, out: &mut Vec<Action>) {
+    fn on_transfer_failed(&mut self, now: Instant, to: &str, _reason: &str, out: &mut Vec<Action>) {
+        // Not the reason itself: it is for operators (logs, the call record), and the model
+        // might read it out.
         self.history.push(ChatMessage::System(format!(
-            "The transfer to {to} failed ({reason}). The caller is still on the line and has \
+            "The transfer to {to} could not be made. The caller is still on the line and has \
              been told; do not try the same transfer again unless they ask."
         )));
         let text = self.cfg.transfer_failed_text.clone();
