@@ -14,7 +14,8 @@
 //!
 //! Voice-to-voice at the phone is printed per turn (run with `--nocapture`).
 
-use std::net::SocketAddr;
+mod in_process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::openai::{
     self, Endpoint, Fault, FaultRule, Latency, OpenAiDouble, Reply, Rule, Script,
 };
-use hark_gateway::server::{self, AppState, STREAM_PATH};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use in_process::Server;
 use serde_json::Value;
 
 fn fixture(rel: &str) -> std::path::PathBuf {
@@ -41,12 +42,6 @@ const REPLY_C: &str = "Thank you. I will look into it.";
 const REPLY_D: &str = "You're welcome, goodbye!";
 const GREETING: &str = "Hello!";
 
-struct Server {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 async fn serve(double: &OpenAiDouble, extra: &[(&str, &str)]) -> Server {
     let base = double.base_url();
     let mut vars: Vec<(String, String)> = vec![
@@ -59,24 +54,12 @@ async fn serve(double: &OpenAiDouble, extra: &[(&str, &str)]) -> Server {
         Settings::from_lookup(&mut |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
             .unwrap();
     let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 1,
         agent: AgentKind::Cascade,
         agent_settings: AgentSettings::Cascade(settings),
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = AppState::new(config).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
-    Server {
-        url: format!("ws://{addr}{STREAM_PATH}"),
-        stop: tx,
-        task,
-    }
+    Server::start(config, None).await
 }
 
 /// The session's caller turns: annotated segments split at pauses longer than `stop_ms`.
@@ -356,10 +339,7 @@ async fn cascade_call_over_the_media_stream_against_the_openai_double() {
         "{text}"
     );
 
-    let _ = s1.stop.send(());
-    let _ = s2.stop.send(());
-    s1.task.await.unwrap().unwrap();
-    s2.task.await.unwrap().unwrap();
+    tokio::join!(s1.stop(), s2.stop());
     good.stop().await;
     faulty.stop().await;
 }

@@ -4,10 +4,10 @@
 //! for 200/401/429/500 (golden files under `fixtures/twiml/`, `BLESS=1` rewrites them).
 //! Every message both ways is checked against the ElevenLabs AsyncAPI spec.
 
+mod in_process;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +15,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use hark_gateway::agents::AgentSettings;
-use hark_gateway::api::ApiState;
 use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::elevenlabs::{Conversation, ElevenLabsDouble, Reply, Script, Step};
-use hark_gateway::server::{self, AppState, STREAM_PATH};
+use hark_gateway::server::{self, AppState};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
 use http_body_util::BodyExt;
+use in_process::Server;
 use serde_json::Value;
 use specs::{Dir, check_elevenlabs};
 use tower::ServiceExt;
@@ -130,53 +130,14 @@ fn speech(name: &str) -> UserSpeech {
     UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
 }
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-    api: Arc<ApiState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 async fn start(agent: AgentKind, settings: AgentSettings) -> Server {
     let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 2,
         agent,
         agent_settings: settings,
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let env = [("HARK_DATABASE_URL", "sqlite::memory:")];
-    let api = ApiState::from_lookup(|k| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-    })
-    .await
-    .expect("api state");
-    let state = AppState::with_api(config, api.clone()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    Server {
-        url: format!("ws://{addr}{STREAM_PATH}"),
-        state,
-        api,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
+    Server::start(config, Some(in_process::memory_api().await)).await
 }
 
 fn check_spec(c: &Conversation) {
@@ -298,9 +259,9 @@ async fn relay_multi_turn_through_the_media_stream() {
     // The call record: four turns, the first interrupted with what was heard (from marks)
     // and its heard words (from the alignment).
     assert_eq!(server.state.wait_idle(Duration::from_secs(5)).await, 0);
-    assert!(server.api.flush().await);
+    assert!(server.api().flush().await);
     let detail = server
-        .api
+        .api()
         .store()
         .call(&call_sid)
         .await

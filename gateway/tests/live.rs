@@ -1,13 +1,14 @@
 //! Real sockets on 127.0.0.1: `hark serve` (in-process, port 0) with the echo agent, called by
 //! the Twilio simulator with real-speech sessions, at real time.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod in_process;
+
 use hark_gateway::config::Config;
-use hark_gateway::server::{self, AppState, STREAM_PATH};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use in_process::Server;
 
 fn fixture(rel: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,42 +16,13 @@ fn fixture(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 async fn start(f: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 2,
         ..Config::default()
     };
     f(&mut config);
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = AppState::new(config).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    Server {
-        url: format!("ws://{addr}{STREAM_PATH}"),
-        state,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
+    Server::start(config, None).await
 }
 
 /// The session's caller turns: the annotated segments split at pauses longer than the

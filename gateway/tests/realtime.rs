@@ -5,20 +5,19 @@
 //! must carry exactly the audio heard according to Twilio's mark echoes (as stored in the
 //! call record), within the audio generated.
 
+mod in_process;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hark_gateway::agents::AgentSettings;
-use hark_gateway::api::ApiState;
 use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
-use hark_gateway::server::{self, AppState, STREAM_PATH};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use in_process::Server;
 use serde_json::Value;
 use specs::{Api, check_realtime};
 
@@ -119,53 +118,14 @@ fn speech(name: &str) -> UserSpeech {
     UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
 }
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-    api: Arc<ApiState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 async fn start(settings: AgentSettings) -> Server {
     let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 2,
         agent: AgentKind::Realtime,
         agent_settings: settings,
         ..Config::default()
     };
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let env = [("HARK_DATABASE_URL", "sqlite::memory:")];
-    let api = ApiState::from_lookup(|k| {
-        env.iter()
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| v.to_string())
-    })
-    .await
-    .expect("api state");
-    let state = AppState::with_api(config, api.clone()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    Server {
-        url: format!("ws://{addr}{STREAM_PATH}"),
-        state,
-        api,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
+    Server::start(config, Some(in_process::memory_api().await)).await
 }
 
 fn check_spec(api: Api, s: &Session) {
@@ -225,9 +185,9 @@ async fn call(
         "caller μ-law appended untouched"
     );
     assert_eq!(server.state.wait_idle(Duration::from_secs(5)).await, 0);
-    assert!(server.api.flush().await);
+    assert!(server.api().flush().await);
     let detail = server
-        .api
+        .api()
         .store()
         .call(&call_sid)
         .await

@@ -9,20 +9,19 @@
 //! stream. A failing update is tried once more; if that fails too, the caller is told and the
 //! conversation goes on, and the call record says why.
 
+mod in_process;
 mod twilio_double;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::agents::cascade::Settings;
-use hark_gateway::api::ApiState;
 use hark_gateway::api::store::CallDetail;
 use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::openai::{self, Endpoint, Latency, OpenAiDouble, Reply, Rule, Script};
-use hark_gateway::server::{self, AppState, STREAM_PATH};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use in_process::Server;
 use serde_json::json;
 use twilio_double::Double;
 use twilio_double::harness::{API_KEY_SID, API_SECRET, env_with, state};
@@ -36,14 +35,6 @@ fn fixture(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-    api: Arc<ApiState>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 async fn serve(openai: &OpenAiDouble, twilio: &Double) -> Server {
     let vars = [
         ("OPENAI_BASE_URL".to_string(), openai.base_url()),
@@ -55,27 +46,13 @@ async fn serve(openai: &OpenAiDouble, twilio: &Double) -> Server {
         Settings::from_lookup(&mut |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
             .unwrap();
     let config = Config {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 1,
         agent: AgentKind::Cascade,
         agent_settings: AgentSettings::Cascade(settings),
         ..Config::default()
     };
     let api = state(env_with(&[("HARK_TWILIO_API_BASE", &twilio.base)])).await;
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = AppState::with_api(config, api.clone()).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    Server {
-        url: format!("ws://{addr}{STREAM_PATH}"),
-        state,
-        api,
-        stop: tx,
-        task,
-    }
+    Server::start(config, Some(api)).await
 }
 
 /// The first caller turn of the multi-turn session (1000–5100 ms), then silence.
@@ -122,9 +99,9 @@ async fn call(server: &Server) -> (Report, CallDetail, String) {
         .unwrap();
     eprintln!("{}", simulator::format_table(&r));
     assert_eq!(server.state.wait_idle(Duration::from_secs(10)).await, 0);
-    assert!(server.api.flush().await);
+    assert!(server.api().flush().await);
     let detail = server
-        .api
+        .api()
         .store()
         .call(&call_sid)
         .await
@@ -216,8 +193,7 @@ async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
         "marks say {heard} ms, the phone {phone} ms"
     );
     assert!(t.latency_ms.is_some_and(|l| l <= heard));
-    let _ = server.stop.send(());
-    server.task.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,6 +240,5 @@ async fn a_failing_transfer_is_retried_once_then_the_caller_is_told_and_the_call
             && ended.contains("20500"),
         "{ended}"
     );
-    let _ = server.stop.send(());
-    server.task.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -1,0 +1,66 @@
+//! `hark serve` in process on a port-0 listener on 127.0.0.1, for the end-to-end tests.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hark_gateway::api::ApiState;
+use hark_gateway::config::Config;
+use hark_gateway::server::{self, AppState, STREAM_PATH};
+
+/// A running server.
+pub struct Server {
+    /// Its Media Streams endpoint, `ws://127.0.0.1:<port>/media-stream`.
+    pub url: String,
+    /// Its state (config, live calls).
+    pub state: Arc<AppState>,
+    api: Option<Arc<ApiState>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Serves `config` (its `addr` replaced by 127.0.0.1:0), with the gateway API on `api`
+    /// when given.
+    pub async fn start(mut config: Config, api: Option<Arc<ApiState>>) -> Server {
+        config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = match &api {
+            Some(api) => AppState::with_api(config, api.clone()),
+            None => AppState::new(config),
+        }
+        .unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        Server {
+            url: format!("ws://{addr}{STREAM_PATH}"),
+            state,
+            api,
+            stop,
+            task,
+        }
+    }
+
+    /// The gateway API it was started with.
+    pub fn api(&self) -> &Arc<ApiState> {
+        self.api
+            .as_ref()
+            .expect("the server was started with the gateway API")
+    }
+
+    /// Shuts it down and waits until it has (live calls finish first).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The gateway API on an in-memory database, nothing else configured.
+pub async fn memory_api() -> Arc<ApiState> {
+    ApiState::from_lookup(|k| (k == "HARK_DATABASE_URL").then(|| "sqlite::memory:".to_string()))
+        .await
+        .expect("api state")
+}
