@@ -519,10 +519,8 @@ const MAX_FAILED_TRANSFERS: usize = 3;
 /// agent and the call record.
 async fn transfer(st: &AppState, call_sid: Option<&str>, to: &str) -> Result<(), String> {
     let outcome = |o: &'static str| metrics::counter!("hark_transfers_total", "outcome" => o);
-    // A Call SID is `CA` + 32 hex digits; it goes into the request path.
-    let call_sid = call_sid.filter(|sid| {
-        sid.len() == 34 && sid.starts_with("CA") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())
-    });
+    // It goes into the request path.
+    let call_sid = call_sid.filter(|sid| crate::api::twilio_rest::is_sid(sid, "CA"));
     let target = match (call_sid, st.api.as_ref().map(|a| a.twilio())) {
         (Some(sid), Some(Ok(rest))) => Ok((sid, rest)),
         (None, _) => Err("the stream gave no valid CallSid".to_string()),

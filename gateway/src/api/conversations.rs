@@ -85,9 +85,7 @@ fn text(
 fn conversation_sid(params: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
     let sid = opt_str(params, "conversationSid")?
         .ok_or_else(|| ApiError::field("conversationSid", "required"))?;
-    let ok =
-        sid.len() == 34 && sid.starts_with("CH") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    if !ok {
+    if !super::twilio_rest::is_sid(&sid, "CH") {
         return Err(ApiError::field(
             "conversationSid",
             "must be a Conversation SID (CH + 32 hex digits)",

@@ -298,6 +298,15 @@ fn twilio_error(status: u16, body: &[u8]) -> ApiError {
     ApiError::Twilio(err)
 }
 
+/// Whether `sid` is a Twilio SID of the kind `prefix` names: the two letters (`CA` a call,
+/// `CH` a conversation) then 32 hex digits (the `^CA[0-9a-fA-F]{32}$` patterns of Twilio's
+/// OpenAPI specs). SIDs go into request paths, so anything else is refused.
+pub fn is_sid(sid: &str, prefix: &str) -> bool {
+    sid.len() == prefix.len() + 32
+        && sid.starts_with(prefix)
+        && sid[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Whether `e` means the request never reached Twilio (the connection could not be made),
 /// so repeating it cannot apply it twice.
 pub fn is_connect_failure(e: &ApiError) -> bool {
@@ -341,6 +350,15 @@ mod tests {
             encode_form(&pairs),
             "To=%2B14155550100&StatusCallbackEvent=initiated&StatusCallbackEvent=ringing&Attributes=%7B%22k%22%3A+%22v%22%7D"
         );
+    }
+
+    #[test]
+    fn sids_are_two_letters_and_32_hex_digits() {
+        assert!(is_sid("CA0123456789abcdef0123456789ABCDEF", "CA"));
+        assert!(!is_sid("CH0123456789abcdef0123456789abcdef", "CA"));
+        assert!(!is_sid("CA0123456789abcdef0123456789abcde", "CA"));
+        assert!(!is_sid("CA0123456789abcdef0123456789abcdeg", "CA"));
+        assert!(!is_sid("CA/../0123456789abcdef0123456789ab", "CA"));
     }
 
     #[test]
