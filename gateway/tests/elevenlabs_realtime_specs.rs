@@ -1,6 +1,6 @@
-//! The vendors' own specs as test oracles: `shared/specs/elevenlabs/agent.asyncapi.yaml`
+//! The vendors' own specs as test oracles: `fixtures/specs/elevenlabs/agent.asyncapi.yaml`
 //! (ElevenLabs Agents, AsyncAPI 2.6.0) and the Realtime schemas of
-//! `shared/specs/openai/openapi.yaml` (GA) and `openapi-manual_spec-2025-04-29.yaml` (beta
+//! `fixtures/specs/openai/openapi.yaml` (GA) and `openapi-manual_spec-2025-04-29.yaml` (beta
 //! names), with a small JSON Schema validator, so neither hark nor the doubles can drift from
 //! the wire formats.
 //!
@@ -11,7 +11,7 @@
 //! a property an object schema does not declare is an error (unless `additionalProperties`
 //! allows it), so a misspelt field is caught.
 //!
-//! The specs must be present (`CARGO_MANIFEST_DIR/../../shared/specs`): a missing spec fails
+//! The specs must be present (vendored under `fixtures/specs/`): a missing spec fails
 //! loudly rather than skipping the check.
 //!
 //! Included as a module by the ElevenLabs and Realtime gateway tests; built alone, it runs the
@@ -26,9 +26,9 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use serde_json::Value;
 
-/// `CARGO_MANIFEST_DIR/../../shared/specs`.
+/// `fixtures/specs/` in this repository (vendored copies; provenance in `fixtures/README.md`).
 pub fn spec_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/specs")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/specs")
 }
 
 fn load(rel: &str) -> Value {
@@ -36,7 +36,7 @@ fn load(rel: &str) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "the spec {} is required by this test and could not be read ({e}). \
-             CI keeps `shared/` beside the clone (X/main and X/shared/specs/).",
+             The specs are vendored under `fixtures/specs/` (see `fixtures/README.md`).",
             path.display()
         )
     });

@@ -1,6 +1,6 @@
 //! A local double of Twilio's REST API (v2010 `Calls.json` and the Conversations v1 operations
 //! hark uses), on 127.0.0.1:0, that checks every request against the official OpenAPI specs
-//! in `../shared/specs/twilio-oai/` (twilio/twilio-oai 2.6.7) so hark cannot drift from the
+//! in `fixtures/specs/twilio-oai/` (twilio/twilio-oai 2.6.7) so hark cannot drift from the
 //! real API:
 //!
 //! - the path matches an operation of the spec, with that HTTP method; path parameters match
@@ -47,9 +47,9 @@ pub struct Specs {
     pub conversations: Value,
 }
 
-/// `<repo>/../shared/specs/twilio-oai`, i.e. `CARGO_MANIFEST_DIR/../../shared/specs/twilio-oai`.
+/// `fixtures/specs/twilio-oai/` in this repository (vendored; provenance in `fixtures/README.md`).
 pub fn spec_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/specs/twilio-oai")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/specs/twilio-oai")
 }
 
 /// Loads the specs, panicking loudly when they are absent.
@@ -61,7 +61,7 @@ pub fn specs() -> &'static Specs {
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 panic!(
                     "the Twilio OpenAPI spec {} is required by this test and could not be read ({e}). \
-                     CI keeps `shared/` beside the clone (X/main and X/shared/specs/twilio-oai/).",
+                     The specs are vendored under `fixtures/specs/twilio-oai/` (see `fixtures/README.md`).",
                     path.display()
                 )
             });
