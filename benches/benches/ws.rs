@@ -1,14 +1,16 @@
-//! The WebSocket frame path per 20 ms frame, with fastwebsockets configured as hark's server
-//! socket is (`gateway/src/ws.rs`: `FragmentCollector`, auto pong/close, no writev).
+//! The WebSocket frame path per 20 ms frame, through hark's server socket
+//! (`hark_gateway::ws::Socket`: cancel-safe framing with a capped message size), and for
+//! reference through fastwebsockets' `FragmentCollector` (what `gateway/src/ws.rs` used before
+//! it had to be cancel-safe; auto pong/close, no writev).
 //!
 //! Each iteration is one 20 ms frame both ways: the client (Twilio's side) writes a `media`
 //! text frame — 160 bytes of JFK's speech as 216 base64 characters, 291 bytes of JSON, masked as
 //! a client must — the server socket reads it; the server writes an outbound `media` frame
 //! (same audio, 118 + 216 bytes, unmasked) and the client reads it.
 //!
-//! - `ws/duplex_media_roundtrip`: over tokio's in-memory duplex pipe: framing, masking and
+//! - `ws/duplex_media_roundtrip` (hark) and `ws/fastwebsockets_duplex_media_roundtrip`: over tokio's in-memory duplex pipe: framing, masking and
 //!   buffering alone, no system calls.
-//! - `ws/loopback_media_roundtrip`: over a real TCP connection on 127.0.0.1 (`TCP_NODELAY`),
+//! - `ws/loopback_media_roundtrip` (hark) and `ws/fastwebsockets_loopback_media_roundtrip`: over a real TCP connection on 127.0.0.1 (`TCP_NODELAY`),
 //!   both ends on one thread, so it counts the four socket system calls and the loopback stack
 //!   but no cross-thread wake-ups.
 //! - `ws/loopback_inbound_engine`: the server's whole inbound path for one frame: the client
@@ -25,9 +27,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
 use hark_benches::FRAME_BYTES;
 use hark_engine::agent::{AgentNeeds, CallInfo, ProviderEvent, UserTurn};
+use hark_engine::io::{Recv, TwilioSocket};
 use hark_engine::playout::Interrupted;
 use hark_engine::twilio::{self, Start};
 use hark_engine::{Action, Agent, Call, CallConfig, Input, Output};
+use hark_gateway::ws::Socket;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const SID: &str = "MZcf010921287e246446bd214f4ae3844c";
@@ -51,7 +55,7 @@ fn inbound_messages(ulaw: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The server socket as `gateway/src/ws.rs` sets it up.
+/// fastwebsockets' server socket as `gateway/src/ws.rs` set it up before (the reference).
 fn server<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> FragmentCollector<S> {
     let mut ws = WebSocket::after_handshake(io, Role::Server);
     ws.set_auto_pong(true);
@@ -139,6 +143,62 @@ fn bench_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     });
 }
 
+/// One frame both ways through hark's socket; returns the bytes read.
+async fn hark_roundtrip<C, S>(
+    client: &mut WebSocket<C>,
+    server: &mut Socket<S>,
+    text: &mut String,
+    inbound: &[u8],
+    masked: &mut Vec<u8>,
+    outbound: &str,
+) -> usize
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    masked.clear();
+    masked.extend_from_slice(inbound);
+    client
+        .write_frame(Frame::text(Payload::BorrowedMut(masked)))
+        .await
+        .expect("client write");
+    let r = server.recv(text).await.expect("server read");
+    debug_assert_eq!(r, Recv::Text);
+    let mut n = text.len();
+    server.send(outbound).await.expect("server write");
+    let f = client.read_frame().await.expect("client read");
+    n += f.payload.len();
+    n
+}
+
+/// Benches [`hark_roundtrip`] over the connected pair `(client end, server end)`.
+fn bench_hark_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    (a, b): (S, S),
+    inbound: &[u8],
+    outbound: &str,
+) {
+    let (mut cl, mut sv) = (client(a), Socket::new(b));
+    let mut masked = Vec::with_capacity(512);
+    let mut text = String::with_capacity(512);
+    g.bench_function(name, |bch| {
+        bch.iter_custom(|iters| {
+            rt.block_on(async {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        hark_roundtrip(&mut cl, &mut sv, &mut text, inbound, &mut masked, outbound)
+                            .await,
+                    );
+                }
+                t.elapsed()
+            })
+        })
+    });
+}
+
 /// An agent that needs nothing: the inbound bench measures the socket and the core alone.
 struct Passive;
 
@@ -204,7 +264,7 @@ fn ws(c: &mut Criterion) {
     let mut masked = Vec::with_capacity(512);
 
     let (a, b) = tokio::io::duplex(64 * 1024);
-    bench_roundtrip(
+    bench_hark_roundtrip(
         &mut g,
         "duplex_media_roundtrip",
         &rt,
@@ -213,9 +273,27 @@ fn ws(c: &mut Criterion) {
         &outbound,
     );
     let (a, b) = rt.block_on(loopback());
-    bench_roundtrip(
+    bench_hark_roundtrip(
         &mut g,
         "loopback_media_roundtrip",
+        &rt,
+        (a, b),
+        inbound_msg,
+        &outbound,
+    );
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    bench_roundtrip(
+        &mut g,
+        "fastwebsockets_duplex_media_roundtrip",
+        &rt,
+        (a, b),
+        inbound_msg,
+        &outbound,
+    );
+    let (a, b) = rt.block_on(loopback());
+    bench_roundtrip(
+        &mut g,
+        "fastwebsockets_loopback_media_roundtrip",
         &rt,
         (a, b),
         inbound_msg,
@@ -224,7 +302,7 @@ fn ws(c: &mut Criterion) {
 
     {
         let (a, b) = rt.block_on(loopback());
-        let (mut cl, mut sv) = (client(a), server(b));
+        let (mut cl, mut sv) = (client(a), Socket::new(b));
         let mut now = Instant::now();
         let mut call = started_call(now);
         let mut k = 0usize;
@@ -242,9 +320,8 @@ fn ws(c: &mut Criterion) {
                         cl.write_frame(Frame::text(Payload::BorrowedMut(&mut masked)))
                             .await
                             .expect("client write");
-                        let f = sv.read_frame().await.expect("server read");
-                        text.clear();
-                        text.push_str(std::str::from_utf8(&f.payload).expect("UTF-8"));
+                        let r = sv.recv(&mut text).await.expect("server read");
+                        debug_assert_eq!(r, Recv::Text);
                         now += Duration::from_millis(20);
                         call.handle_input(Input::Twilio {
                             at: now,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use hark_codecs::SampleRate;
 use hark_engine::config::{CallConfig, VadAggressiveness};
 
+use crate::api::DevInsecure;
 use crate::twiml::Verb;
 
 /// A configuration error: which variable, and what is wrong with it. `hark serve` exits with it.
@@ -88,8 +89,13 @@ pub struct Config {
     /// The selected agent's own settings (see each agent's section in README.md).
     pub agent_settings: crate::agents::AgentSettings,
     /// `TWILIO_AUTH_TOKEN`: when set, `X-Twilio-Signature` is checked on `/voice` and on the
-    /// `/media-stream` upgrade (403 on failure).
+    /// `/media-stream` upgrade (403 on failure). When unset, both are refused with 503 naming
+    /// the variable, unless [`Config::dev_insecure`] has `no-signatures`.
     pub twilio_auth_token: Option<String>,
+    /// `HARK_DEV_INSECURE`: development-only switches, parsed as the gateway API parses them
+    /// ([`parse_dev_insecure`]). With `no-signatures` the `/media-stream` upgrade is accepted
+    /// without `X-Twilio-Signature` (and without `TWILIO_AUTH_TOKEN`).
+    pub dev_insecure: DevInsecure,
     /// `TWILIO_PHONE_NUMBER`: caller ID for calls dialled from browser clients.
     pub twilio_phone_number: Option<String>,
     /// `HARK_STREAM_PARAMS`: comma-separated webhook parameters (query string or form body)
@@ -105,6 +111,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `HARK_WORKERS`: call worker threads (default: the number of cores).
     pub workers: usize,
+    /// Connection limits and deadlines (`HARK_MAX_PENDING_CONNECTIONS`, `HARK_HEADER_TIMEOUT_S`,
+    /// `HARK_WS_HANDSHAKE_TIMEOUT_S`, `HARK_START_TIMEOUT_S`, `HARK_IDLE_TIMEOUT_S`): see
+    /// [`crate::conns::Limits`].
+    pub limits: crate::conns::Limits,
     /// Per-call engine settings: `HARK_VAD_MODE` (0–3, default 2), `HARK_VAD_RATE` (8000 or
     /// 16000), `HARK_NOISE_MARGIN_DB` (default 10), `HARK_STOP_MS` (600),
     /// `HARK_MIN_UTTERANCE_MS` (200), `HARK_MIN_INTERRUPTION_MS` (80), `HARK_LEAD_MS` (200),
@@ -120,12 +130,14 @@ impl Default for Config {
             agent: AgentKind::Echo,
             agent_settings: crate::agents::AgentSettings::Echo,
             twilio_auth_token: None,
+            dev_insecure: DevInsecure::default(),
             twilio_phone_number: None,
             stream_params: vec!["payerId".into(), "agent".into()],
             after_connect: vec![Verb::Hangup],
             log_format: LogFormat::Text,
             shutdown_timeout: Duration::from_secs(30),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            limits: crate::conns::Limits::default(),
             call: CallConfig::default(),
         }
     }
@@ -166,6 +178,36 @@ pub fn parse_after_connect(v: &str) -> Result<Vec<Verb>, ConfigError> {
         }
     }
     Ok(out)
+}
+
+/// Parses `HARK_DEV_INSECURE`: comma-separated switches, case-insensitive: `open-tokens`,
+/// `no-signatures`, `all` (or `1`/`true`: both); `0`, `false`, `off` and empty parts are
+/// nothing. The same names as the gateway API's settings (`crate::api::settings`).
+///
+/// # Errors
+/// [`ConfigError`] naming `HARK_DEV_INSECURE` for an unknown switch.
+pub fn parse_dev_insecure(v: &str) -> Result<DevInsecure, ConfigError> {
+    let mut dev = DevInsecure::default();
+    for part in v.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+        match part.as_str() {
+            "" | "0" | "false" | "off" => {}
+            "1" | "true" | "all" => {
+                dev.open_tokens = true;
+                dev.no_signatures = true;
+            }
+            "open-tokens" => dev.open_tokens = true,
+            "no-signatures" => dev.no_signatures = true,
+            other => {
+                return Err(ConfigError {
+                    var: "HARK_DEV_INSECURE",
+                    reason: format!(
+                        "unknown switch {other:?} (use open-tokens, no-signatures, all)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(dev)
 }
 
 impl Config {
@@ -213,6 +255,9 @@ impl Config {
         }
         c.agent_settings = crate::agents::AgentSettings::from_lookup(c.agent, &mut get)?;
         c.twilio_auth_token = get("TWILIO_AUTH_TOKEN");
+        if let Some(v) = get("HARK_DEV_INSECURE") {
+            c.dev_insecure = parse_dev_insecure(&v)?;
+        }
         c.twilio_phone_number = get("TWILIO_PHONE_NUMBER");
         if let Some(v) = get("HARK_STREAM_PARAMS") {
             c.stream_params = v
@@ -241,6 +286,30 @@ impl Config {
         }
         if let Some(v) = get("HARK_WORKERS") {
             c.workers = parse_num::<usize>("HARK_WORKERS", &v)?.clamp(1, 256);
+        }
+        if let Some(v) = get("HARK_MAX_PENDING_CONNECTIONS") {
+            c.limits.max_pending_connections =
+                parse_num::<usize>("HARK_MAX_PENDING_CONNECTIONS", &v)?.max(1);
+        }
+        for (var, field) in [
+            ("HARK_HEADER_TIMEOUT_S", &mut c.limits.header_timeout),
+            (
+                "HARK_WS_HANDSHAKE_TIMEOUT_S",
+                &mut c.limits.handshake_timeout,
+            ),
+            ("HARK_START_TIMEOUT_S", &mut c.limits.start_timeout),
+            ("HARK_IDLE_TIMEOUT_S", &mut c.limits.idle_timeout),
+        ] {
+            if let Some(v) = get(var) {
+                let secs: f64 = parse_num(var, &v)?;
+                if !(0.05..=3600.0).contains(&secs) {
+                    return Err(ConfigError {
+                        var,
+                        reason: format!("{v:?} is not between 0.05 and 3600 seconds"),
+                    });
+                }
+                *field = Duration::from_secs_f64(secs);
+            }
         }
         if let Some(v) = get("HARK_VAD_MODE") {
             let level: u8 = parse_num("HARK_VAD_MODE", &v)?;
@@ -346,6 +415,26 @@ mod tests {
             "HARK_AFTER_CONNECT"
         );
         assert!(cfg(&[("HARK_VAD_RATE", "44100")]).is_err());
+        assert_eq!(
+            cfg(&[("HARK_DEV_INSECURE", "no-signature")])
+                .unwrap_err()
+                .var,
+            "HARK_DEV_INSECURE"
+        );
+    }
+
+    #[test]
+    fn dev_insecure_uses_the_api_names() {
+        assert_eq!(cfg(&[]).unwrap().dev_insecure, DevInsecure::default());
+        let c = cfg(&[("HARK_DEV_INSECURE", "No-Signatures")]).unwrap();
+        assert!(c.dev_insecure.no_signatures && !c.dev_insecure.open_tokens);
+        let c = cfg(&[("HARK_DEV_INSECURE", "open-tokens")]).unwrap();
+        assert!(!c.dev_insecure.no_signatures);
+        for all in ["all", "1", "true", "open-tokens, no-signatures"] {
+            let d = parse_dev_insecure(all).unwrap();
+            assert!(d.no_signatures && d.open_tokens, "{all}");
+        }
+        assert_eq!(parse_dev_insecure("off").unwrap(), DevInsecure::default());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 pub mod agents;
 pub mod api;
 pub mod bench;
+pub mod chaos;
 pub mod config;
+pub mod conns;
 pub mod demo;
 pub mod doubles;
 pub mod metrics;

@@ -92,6 +92,10 @@ async fn serve() -> ExitCode {
         }
     };
     init_logs(config.log_format);
+    match hark_gateway::conns::raise_nofile_limit() {
+        Ok(n) => info!(open_files = n, "RLIMIT_NOFILE raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     let listener = match tokio::net::TcpListener::bind(config.addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -123,6 +127,10 @@ async fn serve() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Calls this node left open when it crashed or was killed: closed as `ended: crashed`.
+    if let Err(e) = api.recover_crashed().await {
+        error!(error = %e, "cannot close the calls left open by an earlier run");
+    }
     let state = match server::AppState::with_api(config, api) {
         Ok(s) => s,
         Err(e) => {

@@ -45,6 +45,10 @@ pub struct AppState {
     api: Option<Arc<crate::api::ApiState>>,
     /// One HTTP client for every call's provider requests (shared connection pools).
     http: hark_engine::io::http::Client,
+    /// Open connections by state (see [`crate::conns`]).
+    conns: Arc<crate::conns::Connections>,
+    /// `true` stops every live call (after the shutdown timeout).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,7 +92,14 @@ impl AppState {
             validator,
             api,
             http: hark_engine::io::http::Client::default(),
+            conns: Arc::new(crate::conns::Connections::default()),
+            shutdown: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Open connections by state.
+    pub fn connections(&self) -> &crate::conns::Connections {
+        &self.conns
     }
 
     /// Calls with an open media stream.
@@ -128,30 +139,74 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves, then stops accepting and
-/// lets live calls finish for up to `config.shutdown_timeout`.
+/// Serves `router(state)` on `listener` until `shutdown` resolves. Then it stops accepting,
+/// closes idle HTTP connections, lets live calls finish for up to `config.shutdown_timeout`,
+/// stops the calls still live (each closed with 1001 "going away" and recorded with
+/// `ended: shutdown`), waits for their tasks to end, and drains the call records.
+///
+/// Each connection is served by hyper's HTTP/1 server with [`crate::conns::Limits`]: a
+/// header-read deadline (which also closes idle keep-alive connections) and a cap on
+/// connections that are not calls (one more gets 503 at once). Accept errors (e.g. out of file
+/// descriptors) are logged and retried after 100 ms; they never end the server.
 ///
 /// # Errors
-/// An I/O error from the listener.
+/// None today (kept for callers that may add I/O set-up).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
-    // Small frames both ways: without TCP_NODELAY, Nagle holds each outbound `media` until
-    // the peer's next packet (~20 ms of added latency measured on loopback).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let limits = state.config.limits;
+    let (close_idle, close_idle_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection aborted before
+                    // accept: never spin, never stop serving live calls.
+                    metrics::counter!("hark_accept_errors_total").increment(1);
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if state.conns.pending() >= limits.max_pending_connections {
+            tokio::spawn(crate::conns::refuse_busy(tcp));
+            continue;
+        }
+        // Small frames both ways: without TCP_NODELAY, Nagle holds each outbound `media` until
+        // the peer's next packet (~20 ms of added latency measured on loopback).
         if let Err(e) = tcp.set_nodelay(true) {
             warn!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        let slot = state.conns.open(crate::conns::ConnState::Http);
+        tokio::spawn(serve_connection(
+            tcp,
+            app.clone(),
+            limits,
+            close_idle_rx.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    info!("shutdown: no new connections; idle HTTP connections closing");
+    let _ = close_idle.send(true);
     let left = state.wait_idle(state.config.shutdown_timeout).await;
     if left > 0 {
-        warn!(calls = left, "shutdown timeout: dropping live calls");
+        warn!(
+            calls = left,
+            "shutdown timeout: stopping live calls (closed with 1001, recorded as ended: shutdown)"
+        );
+        let _ = state.shutdown.send(true);
+        let still = state.wait_idle(CALL_STOP_GRACE).await;
+        if still > 0 {
+            warn!(calls = still, "calls did not stop in time");
+        }
     } else {
         info!("all calls finished");
     }
@@ -161,6 +216,42 @@ pub async fn serve(
         warn!("some call records could not be written before shutdown");
     }
     Ok(())
+}
+
+/// How long stopped calls have to close their sockets and hand in their records.
+const CALL_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one HTTP/1 connection (upgrades allowed). On shutdown, an idle keep-alive connection
+/// is closed and a busy one closed after its response.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    limits: crate::conns::Limits,
+    mut close_idle: tokio::sync::watch::Receiver<bool>,
+    slot: crate::conns::Slot,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = close_idle.wait_for(|c| *c) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+    drop(slot);
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -203,39 +294,30 @@ async fn voice(
     Query(query): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
-    let form: Vec<(String, String)> = if method == Method::POST {
-        match form_pairs(&body) {
-            Ok(f) => f,
+    // A form POST, or a JSON body Twilio signed with `bodySHA256` in the query.
+    let body: &[u8] = if method == Method::POST { &body } else { &[] };
+    let form: Vec<(String, String)> = if let Some(api) = &st.api {
+        match api.verify_twilio("voice", &headers, &uri, body) {
+            Ok(params) => params,
             Err(e) => {
-                return bad_request(format!(
-                    "form body is not application/x-www-form-urlencoded: {e}"
-                ));
+                warn!(error = %e, "voice webhook refused");
+                return e.into_response();
             }
         }
     } else {
-        Vec::new()
-    };
-    if let Some(api) = &st.api {
-        let no_params: &[(String, String)] = &[];
-        let params = if method == Method::POST {
-            &form[..]
-        } else {
-            no_params
-        };
-        if let Err(e) = api.verify_twilio_form("voice", &headers, &uri, params) {
-            warn!(error = %e, "voice webhook refused");
-            return e.into_response();
+        match crate::api::webhook_params(&headers, &uri, body) {
+            Ok(f) => f,
+            Err(e) => return e.into_response(),
         }
-    } else if let Some(v) = &st.validator {
+    };
+    if st.api.is_none()
+        && let Some(v) = &st.validator
+    {
         let Some(url) = request_url(&st.config, &headers, &uri) else {
             return bad_request("no Host header and HARK_PUBLIC_URL is unset");
         };
         let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
-        let res = if method == Method::POST {
-            v.validate_form(&url, &form, sig)
-        } else {
-            v.validate_get(&url, sig)
-        };
+        let res = v.validate_webhook(&url, &form, body, sig);
         if let Err(e) = res {
             metrics::counter!("hark_signature_failures_total", "route" => "voice").increment(1);
             warn!(error = %e, "voice webhook refused");
@@ -308,12 +390,6 @@ async fn voice(
     }
 }
 
-/// Form pairs in order, repeated keys kept (the signature needs them all).
-fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, String> {
-    std::str::from_utf8(body).map_err(|e| format!("not UTF-8: {e}"))?;
-    Ok(form_urlencoded::parse(body).into_owned().collect())
-}
-
 /// `GET /media-stream`: the Media Streams WebSocket.
 async fn media_stream(
     State(st): State<Arc<AppState>>,
@@ -324,42 +400,8 @@ async fn media_stream(
         <IncomingUpgrade as axum::extract::FromRequestParts<Arc<AppState>>>::Rejection,
     >,
 ) -> Response {
-    if let Some(v) = &st.validator {
-        let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
-        // Twilio was told wss://<public host>/media-stream (see /voice). Without
-        // HARK_PUBLIC_URL (local runs, the simulator over plain ws://), try both schemes.
-        let pq = uri
-            .path_and_query()
-            .map_or(uri.path(), |p| p.as_str())
-            .to_string();
-        let candidates: Vec<String> = match &st.config.public_url {
-            Some(u) => {
-                let rest = u
-                    .strip_prefix("https://")
-                    .map(|r| format!("wss://{r}"))
-                    .or_else(|| u.strip_prefix("http://").map(|r| format!("ws://{r}")))
-                    .unwrap_or_else(|| u.clone());
-                vec![format!("{rest}{pq}")]
-            }
-            None => match host(&headers) {
-                Some(h) => vec![format!("wss://{h}{pq}"), format!("ws://{h}{pq}")],
-                None => vec![],
-            },
-        };
-        let ok = candidates
-            .iter()
-            .any(|u| v.validate_websocket(u, sig).is_ok());
-        if !ok {
-            metrics::counter!("hark_signature_failures_total", "route" => "media-stream")
-                .increment(1);
-            let reason = if sig.is_none() {
-                "missing X-Twilio-Signature"
-            } else {
-                "X-Twilio-Signature does not match"
-            };
-            warn!(reason, "media stream upgrade refused");
-            return (StatusCode::FORBIDDEN, reason).into_response();
-        }
+    if let Err(refused) = check_media_stream_signature(&st, &headers, &uri) {
+        return refused;
     }
     let Ok(upgrade) = upgrade else {
         return bad_request("expected a WebSocket upgrade (Twilio Media Streams connects here)");
@@ -375,6 +417,8 @@ async fn media_stream(
     metrics::gauge!("hark_calls_active").increment(1.0);
     metrics::counter!("hark_calls_total").increment(1);
     let st2 = st.clone();
+    // Counted as not yet a call until Twilio's `start` arrives.
+    let slot = st.conns.open(crate::conns::ConnState::WebSocketPending);
     st.pool.spawn(move || {
         let span = tracing::info_span!(
             "call",
@@ -382,11 +426,17 @@ async fn media_stream(
             stream_sid = tracing::field::Empty
         );
         async move {
-            match fut.await {
-                Ok(socket) => run_call(&st2, socket).await,
-                Err(e) => {
+            let handshake = st2.config.limits.handshake_timeout;
+            match tokio::time::timeout(handshake, fut).await {
+                Ok(Ok(socket)) => run_call(&st2, socket, slot).await,
+                Ok(Err(e)) => {
                     metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
                     warn!(error = %e, "websocket upgrade failed");
+                }
+                Err(_) => {
+                    metrics::counter!("hark_ws_errors_total", "kind" => "handshake_timeout")
+                        .increment(1);
+                    warn!(?handshake, "websocket upgrade did not complete in time");
                 }
             }
             st2.active.fetch_sub(1, Ordering::Relaxed);
@@ -398,7 +448,77 @@ async fn media_stream(
     response.map(axum::body::Body::new).into_response()
 }
 
-async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
+/// The `/media-stream` upgrade's signature policy, the same as `/voice`'s and the callbacks':
+/// - `HARK_DEV_INSECURE=no-signatures`: accepted unsigned (development only);
+/// - `TWILIO_AUTH_TOKEN` unset: refused, 503 naming the variable (an open media socket lets
+///   anyone who finds the URL talk to the agent on the operator's provider bill);
+/// - else `X-Twilio-Signature` must match the URL Twilio was given (`wss://` +
+///   `HARK_PUBLIC_URL`'s host and path + `/media-stream`; without `HARK_PUBLIC_URL`, the `Host`
+///   header with `wss://` or `ws://`), 403 when it is missing or does not.
+///
+/// Refusals are counted in `hark_media_stream_refused_total{reason}` (`no_token`,
+/// `missing_signature`, `bad_signature`); the 403s also in
+/// `hark_signature_failures_total{route="media-stream"}`.
+///
+/// # Errors
+/// The refusal to send instead of upgrading.
+fn check_media_stream_signature(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(), Response> {
+    if st.config.dev_insecure.no_signatures {
+        return Ok(());
+    }
+    let Some(v) = &st.validator else {
+        metrics::counter!("hark_media_stream_refused_total", "reason" => "no_token").increment(1);
+        warn!("media stream upgrade refused: TWILIO_AUTH_TOKEN is unset");
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media stream refused: TWILIO_AUTH_TOKEN is unset, so X-Twilio-Signature cannot be \
+             checked; set TWILIO_AUTH_TOKEN (or HARK_DEV_INSECURE=no-signatures for development)",
+        )
+            .into_response());
+    };
+    let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
+    // Twilio was told wss://<public host>/media-stream (see /voice). Without
+    // HARK_PUBLIC_URL (local runs, the simulator over plain ws://), try both schemes.
+    let pq = uri
+        .path_and_query()
+        .map_or(uri.path(), |p| p.as_str())
+        .to_string();
+    let candidates: Vec<String> = match &st.config.public_url {
+        Some(u) => {
+            let rest = u
+                .strip_prefix("https://")
+                .map(|r| format!("wss://{r}"))
+                .or_else(|| u.strip_prefix("http://").map(|r| format!("ws://{r}")))
+                .unwrap_or_else(|| u.clone());
+            vec![format!("{rest}{pq}")]
+        }
+        None => match host(headers) {
+            Some(h) => vec![format!("wss://{h}{pq}"), format!("ws://{h}{pq}")],
+            None => vec![],
+        },
+    };
+    if candidates
+        .iter()
+        .any(|u| v.validate_websocket(u, sig).is_ok())
+    {
+        return Ok(());
+    }
+    metrics::counter!("hark_signature_failures_total", "route" => "media-stream").increment(1);
+    let (reason, kind) = if sig.is_none() {
+        ("missing X-Twilio-Signature", "missing_signature")
+    } else {
+        ("X-Twilio-Signature does not match", "bad_signature")
+    };
+    metrics::counter!("hark_media_stream_refused_total", "reason" => kind).increment(1);
+    warn!(reason, "media stream upgrade refused");
+    Err((StatusCode::FORBIDDEN, reason).into_response())
+}
+
+async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
     let agent = match st.config.agent_settings.build() {
         Ok(a) => a,
         Err(e) => {
@@ -413,11 +533,18 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
             return;
         }
     };
-    let mut socket = ws::Socket::new(socket);
+    let mut socket = ws::Socket::from_upgraded(socket);
+    let mut shutdown = st.shutdown.subscribe();
     let mut observer = CallObserver {
         recorder: st.api.as_ref().map(|a| a.recorder()),
         turns: crate::api::turns::TurnLog::new(call.provider_ends_turns()),
+        slot: Some(slot),
         ..CallObserver::default()
+    };
+    let drive_cfg = hark_engine::io::DriveConfig {
+        start_timeout: st.config.limits.start_timeout,
+        idle_timeout: st.config.limits.idle_timeout,
+        ..hark_engine::io::DriveConfig::default()
     };
     let started = Instant::now();
     let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
@@ -429,7 +556,8 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
             &mut socket,
             &mut connectors,
             &mut observer,
-            hark_engine::io::DriveConfig::default(),
+            drive_cfg,
+            &mut shutdown,
         )
         .await;
         if let hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) = &ended {
@@ -459,12 +587,9 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket) {
         break match ended {
             hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
             hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+            hark_engine::io::Ended::Shutdown => "shutdown".into(),
             hark_engine::io::Ended::Failed(e) => {
-                let kind = match e {
-                    hark_engine::io::SocketError::SendTimeout(_) => "send_timeout",
-                    hark_engine::io::SocketError::Io(_) => "io",
-                };
-                metrics::counter!("hark_ws_errors_total", "kind" => kind).increment(1);
+                metrics::counter!("hark_ws_errors_total", "kind" => e.kind()).increment(1);
                 warn!(error = %e, "call ended by a socket failure");
                 format!("failed: {e}")
             }
@@ -588,6 +713,8 @@ struct CallObserver {
     call_sid: Option<String>,
     /// The call record's turns, from the events.
     turns: crate::api::turns::TurnLog,
+    /// The connection's count: a call once `start` arrived.
+    slot: Option<crate::conns::Slot>,
 }
 
 impl CallObserver {
@@ -595,6 +722,13 @@ impl CallObserver {
         if let (Some(t), Some(rec), Some(sid)) = (turn, &self.recorder, &self.call_sid) {
             rec.turn(sid, t);
         }
+    }
+
+    /// The latest turn, if it changed since it was last recorded: stored at once, so a crash
+    /// loses at most the store's commit lag (`api::turns::TurnLog::take_update`).
+    fn record_open_turn(&mut self) {
+        let update = self.turns.take_update();
+        self.record_turn(update);
     }
 
     /// The stream ended at media time `end_ms`: the last turns go to the record.
@@ -622,6 +756,9 @@ impl hark_engine::io::Observer for CallObserver {
                 span.record("call_sid", info.call_sid.as_str());
                 span.record("stream_sid", info.stream_sid.as_str());
                 self.call_sid = Some(info.call_sid.clone());
+                if let Some(slot) = &mut self.slot {
+                    slot.set(crate::conns::ConnState::Call);
+                }
                 if let Some(rec) = &self.recorder {
                     rec.stream_started(&info.call_sid, &info.stream_sid, &info.parameters);
                 }
@@ -735,6 +872,8 @@ impl hark_engine::io::Observer for CallObserver {
             }
             _ => {}
         }
+        // The latest turn goes to the record as soon as it ends and whenever it changes.
+        self.record_open_turn();
     }
 
     fn processed(&mut self, took: Duration) {

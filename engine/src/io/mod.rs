@@ -32,27 +32,77 @@ pub enum Recv {
     Closed,
 }
 
-/// Errors from a Twilio socket. The call ends (its record says why).
+/// Errors from a Twilio socket. Each ends the call (its record says why).
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    /// The socket failed (reset, protocol error).
+    /// The connection failed (reset, ended without a close frame).
     #[error("websocket: {0}")]
     Io(String),
+    /// The peer broke the WebSocket protocol (RFC 6455): the socket was closed with `code`
+    /// (1002 protocol error, 1009 message too big).
+    #[error("websocket protocol: {reason} (closed with {code})")]
+    Protocol {
+        /// The close status code sent (RFC 6455 §7.4.1).
+        code: u16,
+        /// What was wrong.
+        reason: String,
+    },
     /// Sending took longer than the driver's send timeout: Twilio is not reading.
     #[error("send timed out after {0:?}")]
     SendTimeout(Duration),
+    /// No `start` message within the driver's start timeout: not a Media Stream (or a stuck
+    /// one). The socket was closed with 1008 (policy violation).
+    #[error("no start message within {0:?}")]
+    NoStart(Duration),
+    /// No message at all for the driver's idle timeout (Twilio sends a `media` every 20 ms).
+    #[error("no message from Twilio for {0:?}")]
+    Idle(Duration),
+}
+
+impl SocketError {
+    /// A short label for metrics (`io`, `protocol`, `send_timeout`, `no_start`, `idle`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SocketError::Io(_) => "io",
+            SocketError::Protocol { .. } => "protocol",
+            SocketError::SendTimeout(_) => "send_timeout",
+            SocketError::NoStart(_) => "no_start",
+            SocketError::Idle(_) => "idle",
+        }
+    }
 }
 
 /// The Twilio side of a call as the driver needs it. Implemented by the gateway for its
 /// WebSocket, and by tests for in-memory pipes.
 pub trait TwilioSocket {
     /// Waits for the next frame. For a text frame the text is written to `buf` (cleared first).
+    ///
+    /// **Must be cancel-safe**: the driver races it against timers and provider events and
+    /// drops it whenever one of those comes first, so dropping the future at any await point
+    /// must lose no bytes and no frame (read into a buffer; take a frame out only once it is
+    /// complete).
     fn recv(&mut self, buf: &mut String) -> impl Future<Output = Result<Recv, SocketError>>;
     /// Sends one text frame.
     fn send(&mut self, text: &str) -> impl Future<Output = Result<(), SocketError>>;
     /// Closes the socket (normal closure, code 1000).
     fn close(&mut self) -> impl Future<Output = ()>;
+    /// Closes the socket with a status `code` (RFC 6455 §7.4.1: 1001 going away when the server
+    /// shuts down, 1008 policy violation) and a short `reason` (at most 123 bytes are sent).
+    /// By default the same as [`TwilioSocket::close`].
+    fn close_with(&mut self, code: u16, reason: &str) -> impl Future<Output = ()> {
+        let _ = (code, reason);
+        self.close()
+    }
 }
+
+/// Tells running calls that the server is shutting down (a `tokio::sync::watch` of `bool`:
+/// `true` = stop now). Each [`drive`] holds a receiver.
+pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Close code sent to Twilio when the server shuts a live call down (RFC 6455: going away).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a socket that broke the Media Streams contract (RFC 6455: policy violation).
+pub const CLOSE_POLICY: u16 = 1008;
 
 /// Provider connectors: carry out [`ProviderCommand`]s and report [`ProviderEvent`]s.
 pub trait Providers {
@@ -202,7 +252,10 @@ pub enum Ended {
     Closed(CloseReason),
     /// Twilio closed the socket.
     PeerClosed,
-    /// The socket failed.
+    /// The server is shutting down: the call was stopped (its agent's pipes closed) and the
+    /// socket closed with [`CLOSE_GOING_AWAY`].
+    Shutdown,
+    /// The socket failed, or broke the protocol or a deadline (see [`SocketError`]).
     Failed(SocketError),
 }
 
@@ -213,8 +266,12 @@ pub struct DriveConfig {
     /// not keep the call's memory forever). Default 5 s.
     pub send_timeout: Duration,
     /// With no message from Twilio for this long, the call ends (Twilio sends a `media` every
-    /// 20 ms while a call is up). Default 30 s.
+    /// 20 ms while a call is up). Counted from the last message received, whatever else
+    /// happens meanwhile. Default 30 s.
     pub idle_timeout: Duration,
+    /// A socket that has not sent `start` this long after [`drive`] began is closed with
+    /// [`CLOSE_POLICY`] (Twilio sends `connected` and `start` at once). Default 5 s.
+    pub start_timeout: Duration,
 }
 
 impl Default for DriveConfig {
@@ -222,6 +279,7 @@ impl Default for DriveConfig {
         DriveConfig {
             send_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -232,15 +290,23 @@ pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Runs `call` on `socket` until it ends. See the module docs.
+/// Runs `call` on `socket` until it ends, or until `shutdown` turns `true` (then the call is
+/// stopped and the socket closed with [`CLOSE_GOING_AWAY`]). See the module docs.
+///
+/// The socket's [`TwilioSocket::recv`] is raced against provider events, the call's timer, the
+/// idle and start deadlines and `shutdown`, and dropped when one of those wins: it must be
+/// cancel-safe.
 pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
     call: &mut Call,
     socket: &mut S,
     providers: &mut P,
     observer: &mut O,
     cfg: DriveConfig,
+    shutdown: &mut ShutdownSignal,
 ) -> Ended {
     let mut buf = String::with_capacity(512);
+    let began = tokio::time::Instant::now();
+    let mut last_rx = began;
     loop {
         // Carry out everything the call has to say.
         let next = loop {
@@ -272,11 +338,23 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
             }
         };
         let deadline = next.map(tokio::time::Instant::from_std);
-        let idle = tokio::time::sleep(cfg.idle_timeout);
+        // Before `start`, the start deadline; after it, the idle deadline.
+        let (watchdog, fault) = if call.info().is_none() {
+            (
+                (began + cfg.start_timeout).min(last_rx + cfg.idle_timeout),
+                SocketError::NoStart(cfg.start_timeout),
+            )
+        } else {
+            (
+                last_rx + cfg.idle_timeout,
+                SocketError::Idle(cfg.idle_timeout),
+            )
+        };
         tokio::select! {
             biased;
             r = socket.recv(&mut buf) => {
                 let at = now();
+                last_rx = tokio::time::Instant::from_std(at);
                 let t = Instant::now();
                 match r {
                     Ok(Recv::Text) => call.handle_input(Input::Twilio { at, text: &buf }),
@@ -293,6 +371,10 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
                     }
                 }
                 observer.processed(t.elapsed());
+                // A large message must not keep its buffer for the rest of the call.
+                if buf.capacity() > MESSAGE_BUFFER_KEEP_BYTES {
+                    buf = String::with_capacity(512);
+                }
             }
             ev = providers.next() => {
                 call.handle_input(Input::Provider { at: now(), event: ev });
@@ -300,15 +382,35 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
             _ = sleep_until_opt(deadline) => {
                 call.handle_input(Input::Timeout(now()));
             }
-            _ = idle => {
+            _ = stop_requested(shutdown) => {
                 call.handle_input(Input::TwilioClosed { at: now() });
                 drain_events(call, observer, providers);
-                socket.close().await;
-                return Ended::Failed(SocketError::Io(format!("no message from Twilio for {:?}", cfg.idle_timeout)));
+                socket.close_with(CLOSE_GOING_AWAY, "server shutting down").await;
+                return Ended::Shutdown;
+            }
+            _ = tokio::time::sleep_until(watchdog) => {
+                call.handle_input(Input::TwilioClosed { at: now() });
+                drain_events(call, observer, providers);
+                let (code, why) = match fault {
+                    SocketError::NoStart(_) => (CLOSE_POLICY, "no start message"),
+                    _ => (1000, "no message for too long"),
+                };
+                socket.close_with(code, why).await;
+                return Ended::Failed(fault);
             }
         }
     }
 }
+
+/// Resolves once shutdown is asked for; never if the sender is gone (nobody can ask).
+async fn stop_requested(shutdown: &mut ShutdownSignal) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The message buffer is replaced by a small one after a message larger than this (bytes).
+const MESSAGE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -350,6 +452,7 @@ mod tests {
     struct Script {
         inbound: std::collections::VecDeque<String>,
         closed: bool,
+        close_code: Option<u16>,
     }
 
     impl TwilioSocket for Script {
@@ -368,6 +471,11 @@ mod tests {
         }
         async fn close(&mut self) {
             self.closed = true;
+            self.close_code = Some(1000);
+        }
+        async fn close_with(&mut self, code: u16, _reason: &str) {
+            self.closed = true;
+            self.close_code = Some(code);
         }
     }
 
@@ -412,15 +520,18 @@ mod tests {
             .into_iter()
             .collect(),
             closed: false,
+            close_code: None,
         };
         let mut call = Call::new(CallConfig::default(), Box::new(Closer(Some(action))))
             .expect("default config");
+        let (_stop, mut shutdown) = tokio::sync::watch::channel(false);
         let ended = drive(
             &mut call,
             &mut socket,
             &mut NoProviders,
             &mut Quiet,
             DriveConfig::default(),
+            &mut shutdown,
         )
         .await;
         (ended, socket.closed)
@@ -446,5 +557,143 @@ mod tests {
         .await;
         assert!(matches!(ended, Ended::Closed(CloseReason::Hangup(_))));
         assert!(closed);
+    }
+
+    /// Wakes itself every 100 ms forever (timers keep firing while Twilio is silent).
+    struct Ticker;
+
+    impl Agent for Ticker {
+        fn name(&self) -> &'static str {
+            "ticker"
+        }
+        fn needs(&self) -> AgentNeeds {
+            AgentNeeds::default()
+        }
+        fn on_start(&mut self, at: Instant, _: &CallInfo, out: &mut Vec<Action>) {
+            out.push(Action::WakeAt(at + Duration::from_millis(100)));
+        }
+        fn on_timeout(&mut self, at: Instant, out: &mut Vec<Action>) {
+            out.push(Action::WakeAt(at + Duration::from_millis(100)));
+        }
+        fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
+        fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
+    }
+
+    fn start_msg() -> twilio::Start {
+        twilio::Start {
+            stream_sid: "MZ00000000000000000000000000000001".into(),
+            call_sid: "CA00000000000000000000000000000001".into(),
+            account_sid: "AC00000000000000000000000000000001".into(),
+            tracks: vec!["inbound".into()],
+            custom_parameters: vec![],
+            encoding: "audio/x-mulaw".into(),
+            sample_rate: 8000,
+            channels: 1,
+        }
+    }
+
+    async fn run(
+        inbound: Vec<String>,
+        agent: Box<dyn Agent>,
+        shutdown: &mut ShutdownSignal,
+    ) -> (Ended, Script, Duration) {
+        let mut socket = Script {
+            inbound: inbound.into_iter().collect(),
+            closed: false,
+            close_code: None,
+        };
+        let mut call = Call::new(CallConfig::default(), agent).expect("default config");
+        let t0 = tokio::time::Instant::now();
+        let ended = drive(
+            &mut call,
+            &mut socket,
+            &mut NoProviders,
+            &mut Quiet,
+            DriveConfig::default(),
+            shutdown,
+        )
+        .await;
+        (ended, socket, t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_never_sends_start_is_closed_with_1008() {
+        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
+        let (ended, socket, took) = run(
+            vec![twilio::inbound::connected()],
+            Box::new(Ticker),
+            &mut shutdown,
+        )
+        .await;
+        assert!(
+            matches!(ended, Ended::Failed(SocketError::NoStart(_))),
+            "{ended:?}"
+        );
+        assert_eq!(socket.close_code, Some(CLOSE_POLICY));
+        assert_eq!(took, DriveConfig::default().start_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_counts_from_the_last_message_while_timers_fire() {
+        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
+        let start = start_msg();
+        let (ended, _socket, took) = run(
+            vec![
+                twilio::inbound::connected(),
+                twilio::inbound::start(1, &start),
+            ],
+            Box::new(Ticker),
+            &mut shutdown,
+        )
+        .await;
+        assert!(
+            matches!(ended, Ended::Failed(SocketError::Idle(_))),
+            "{ended:?}"
+        );
+        assert_eq!(took, DriveConfig::default().idle_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_the_call_and_closes_with_1001() {
+        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+        let start = start_msg();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = stop.send(true);
+            // Keep the sender alive: a dropped sender must not count as a request.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let (ended, socket, took) = run(
+            vec![
+                twilio::inbound::connected(),
+                twilio::inbound::start(1, &start),
+            ],
+            Box::new(Ticker),
+            &mut shutdown,
+        )
+        .await;
+        assert!(matches!(ended, Ended::Shutdown), "{ended:?}");
+        assert_eq!(socket.close_code, Some(CLOSE_GOING_AWAY));
+        assert_eq!(took, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_shutdown_sender_is_not_a_shutdown() {
+        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+        drop(stop);
+        let start = start_msg();
+        let (ended, _socket, _) = run(
+            vec![
+                twilio::inbound::connected(),
+                twilio::inbound::start(1, &start),
+            ],
+            Box::new(Ticker),
+            &mut shutdown,
+        )
+        .await;
+        assert!(
+            matches!(ended, Ended::Failed(SocketError::Idle(_))),
+            "{ended:?}"
+        );
     }
 }
