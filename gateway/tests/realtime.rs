@@ -160,9 +160,19 @@ async fn call(
     double: &RealtimeDouble,
     audio_ms: usize,
 ) -> (Report, Session, hark_gateway::api::store::CallDetail) {
+    call_at(&server.url, server, double, audio_ms).await
+}
+
+/// [`call`], dialling `url` (e.g. a chaos proxy in front of the server).
+async fn call_at(
+    url: &str,
+    server: &Server,
+    double: &RealtimeDouble,
+    audio_ms: usize,
+) -> (Report, Session, hark_gateway::api::store::CallDetail) {
     let mut audio = std::fs::read(fixture("audio/multi-turn-8k.ulaw")).unwrap();
     audio.truncate(audio_ms * 8);
-    let mut setup = CallSetup::new(&server.url, Arc::from(audio.clone()));
+    let mut setup = CallSetup::new(url, Arc::from(audio.clone()));
     let mut sp = speech("multi-turn");
     sp.spans = sp
         .spans
@@ -349,4 +359,64 @@ async fn a_refused_key_ends_the_call() {
     assert!(r.inbound_frames < 150, "ended early: {}", r.inbound_frames);
     assert_eq!(double.refused(), 1);
     server.stop().await;
+}
+
+/// The same call with both WebSockets re-segmented at random (1 byte to 1,000 bytes, each
+/// segment held 0–20 ms, seeded): Twilio ↔ hark and hark ↔ the Realtime provider. The
+/// provider pipe's reads (tokio-tungstenite's stream, which keeps partial frames in its own
+/// buffer) and hark's Twilio socket must both survive it with the same turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_vad_multi_turn_through_chaos_on_both_websockets() {
+    use hark_gateway::chaos::{ChaosConfig, ChaosProxy};
+    tls();
+    let double = RealtimeDouble::start(Script {
+        turns: turns(),
+        ..Script::default()
+    })
+    .await
+    .unwrap();
+    let base = double.base_url();
+    let provider_addr = base
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("the double's address");
+    let provider_proxy = ChaosProxy::start(provider_addr, ChaosConfig::new(11))
+        .await
+        .unwrap();
+    let proxied_base = provider_proxy.url(&base).expect("ws:// URL");
+    let mut env: Vec<(String, String)> = vec![
+        ("OPENAI_API_KEY".into(), "sk-test".into()),
+        ("HARK_REALTIME_URL".into(), proxied_base),
+    ];
+    let settings = AgentSettings::from_lookup(AgentKind::Realtime, &mut |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .expect("settings");
+    let server = start(settings).await;
+    let twilio_proxy = ChaosProxy::start(server.addr, ChaosConfig::new(12))
+        .await
+        .unwrap();
+    let url = twilio_proxy.url(&server.url).expect("ws:// URL");
+    let (r, s, detail) = call_at(&url, &server, &double, 27_640).await;
+    assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
+    assert_eq!(r.marks_sent, r.marks_echoed);
+    check_spec(Api::Ga, &s);
+    assert_eq!(r.turns.len(), 4);
+    for (i, t) in r.turns.iter().enumerate() {
+        let lat = t
+            .latency_ms
+            .unwrap_or_else(|| panic!("turn {i} got no answer"));
+        // As without the proxies, plus up to 20 ms of hold per hop and direction.
+        assert!((450..=1000).contains(&lat), "turn {i} latency {lat} ms");
+        assert_eq!(t.interrupted, i == 0, "turn {i}");
+    }
+    assert_eq!(r.clears, 1);
+    assert_eq!(s.truncates.len(), 1, "{:?}", s.truncates);
+    assert_eq!(detail.turns.len(), 4);
+    for p in [&provider_proxy, &twilio_proxy] {
+        let st = p.stats();
+        assert_eq!(st.connections, 1, "{st:?}");
+        assert!(st.cuts > 100, "the proxy must really cut: {st:?}");
+    }
 }
