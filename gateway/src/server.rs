@@ -210,10 +210,13 @@ pub async fn serve(
     } else {
         info!("all calls finished");
     }
-    if let Some(api) = &state.api
-        && !api.flush().await
-    {
-        warn!("some call records could not be written before shutdown");
+    if let Some(api) = &state.api {
+        // Waits for the call tasks' recorders, writes every queued record, closes any stream
+        // of this run still open as `ended: shutdown`, then stops the writer.
+        let report = api.shutdown(CALL_STOP_GRACE).await;
+        if report.calls_still_running > 0 || report.stats.dropped > 0 {
+            warn!(?report, "some call records may be incomplete");
+        }
     }
     Ok(())
 }
@@ -400,7 +403,7 @@ async fn media_stream(
         <IncomingUpgrade as axum::extract::FromRequestParts<Arc<AppState>>>::Rejection,
     >,
 ) -> Response {
-    if let Err(refused) = check_media_stream_signature(&st, &headers, &uri) {
+    if let Some(refused) = check_media_stream_signature(&st, &headers, &uri) {
         return refused;
     }
     let Ok(upgrade) = upgrade else {
@@ -460,20 +463,19 @@ async fn media_stream(
 /// `missing_signature`, `bad_signature`); the 403s also in
 /// `hark_signature_failures_total{route="media-stream"}`.
 ///
-/// # Errors
-/// The refusal to send instead of upgrading.
+/// Returns the refusal to send instead of upgrading, or `None` to go on.
 fn check_media_stream_signature(
     st: &AppState,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<(), Response> {
+) -> Option<Response> {
     if st.config.dev_insecure.no_signatures {
-        return Ok(());
+        return None;
     }
     let Some(v) = &st.validator else {
         metrics::counter!("hark_media_stream_refused_total", "reason" => "no_token").increment(1);
         warn!("media stream upgrade refused: TWILIO_AUTH_TOKEN is unset");
-        return Err((
+        return Some((
             StatusCode::SERVICE_UNAVAILABLE,
             "media stream refused: TWILIO_AUTH_TOKEN is unset, so X-Twilio-Signature cannot be \
              checked; set TWILIO_AUTH_TOKEN (or HARK_DEV_INSECURE=no-signatures for development)",
@@ -505,7 +507,7 @@ fn check_media_stream_signature(
         .iter()
         .any(|u| v.validate_websocket(u, sig).is_ok())
     {
-        return Ok(());
+        return None;
     }
     metrics::counter!("hark_signature_failures_total", "route" => "media-stream").increment(1);
     let (reason, kind) = if sig.is_none() {
@@ -515,7 +517,7 @@ fn check_media_stream_signature(
     };
     metrics::counter!("hark_media_stream_refused_total", "reason" => kind).increment(1);
     warn!(reason, "media stream upgrade refused");
-    Err((StatusCode::FORBIDDEN, reason).into_response())
+    Some((StatusCode::FORBIDDEN, reason).into_response())
 }
 
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {

@@ -233,6 +233,32 @@ impl Validator {
         }
     }
 
+    /// Validates a webhook whichever way Twilio signed it, deciding as twilio-node's
+    /// `validateIncomingRequest` (`src/webhooks/webhooks.ts`) and twilio-python's
+    /// `RequestValidator.validate` do: when the URL's query carries `bodySHA256`, the request
+    /// has a raw (JSON) body, checked with [`Validator::validate_json`] over `body`; otherwise
+    /// `form` holds the decoded form fields (empty for a GET), checked with
+    /// [`Validator::validate_form`].
+    ///
+    /// Refusing a JSON body that comes *without* `bodySHA256` (nothing would cover it) is the
+    /// caller's decision, since only it knows the `Content-Type`; see
+    /// [`SignatureError::MissingBodyHash`].
+    ///
+    /// Errors: as [`Validator::validate_json`] or [`Validator::validate_form`].
+    pub fn validate_webhook<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        url: &str,
+        form: &[(K, V)],
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> Result<Matched, SignatureError> {
+        if has_body_hash(url) {
+            self.validate_json(url, body, signature)
+        } else {
+            self.validate_form(url, form, signature)
+        }
+    }
+
     /// Validates a Media Streams WebSocket upgrade: `url` is the `wss://` (or `ws://`) URL Twilio
     /// connected to, path as requested; it is signed with no parameters. Besides the usual
     /// variants, each is also tried with a `/` appended to the path (twilio.com/docs/usage/security:
@@ -305,6 +331,12 @@ fn params_suffix<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)]) -> String {
         }
     }
     out
+}
+
+/// Whether `url`'s query carries a `bodySHA256` parameter: Twilio signed a raw (JSON) body
+/// (twilio.com/docs/usage/security, "Validating requests with a JSON body").
+pub fn has_body_hash(url: &str) -> bool {
+    query_param(url, BODY_SHA256_PARAM).is_some()
 }
 
 /// The first value of query parameter `name` in `url`, raw (not percent-decoded).
@@ -787,6 +819,48 @@ mod tests {
             Some("a9nBmqA0ju/hNViExpshrM61xv4="),
         );
         assert_eq!(err, Err(SignatureError::BodyHashMismatch));
+    }
+
+    #[test]
+    fn webhook_picks_json_or_form_by_body_sha256() {
+        let v = validator();
+        // Vector 7: bodySHA256 in the query → the raw body is hashed, no parameters appended.
+        let url = format!("{U}&bodySHA256={H}");
+        let none: &[(&str, &str)] = &[];
+        let m = v
+            .validate_webhook(&url, none, B, Some("a9nBmqA0ju/hNViExpshrM61xv4="))
+            .unwrap();
+        assert_eq!(m.port, PortForm::AsReceived);
+        // Vector 8 (only with :443 added) and 9 (hash-only query).
+        assert!(
+            v.validate_webhook(
+                &format!("{U}&bodySHA256={H0}"),
+                none,
+                b"{}",
+                Some("Ldidvp12m26NI7eqEvxnEpkd9Hc=")
+            )
+            .is_ok()
+        );
+        assert!(
+            v.validate_webhook(
+                &format!("https://mycompany.com/myapp.php?bodySHA256={H}"),
+                none,
+                B,
+                Some("y77kIzt2vzLz71DgmJGsen2scGs=")
+            )
+            .is_ok()
+        );
+        // A tampered body fails the hash even though the URL's signature matches.
+        assert_eq!(
+            v.validate_webhook(&url, none, b"{}", Some("a9nBmqA0ju/hNViExpshrM61xv4=")),
+            Err(SignatureError::BodyHashMismatch)
+        );
+        // Vector 1: no bodySHA256 → form parameters.
+        assert!(
+            v.validate_webhook(U, &p(), b"ignored", Some("RSOYDt4T1cUTdK1PDd93/VVr8B8="))
+                .is_ok()
+        );
+        assert!(has_body_hash(&url) && !has_body_hash(U));
     }
 
     #[test]

@@ -441,9 +441,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TwilioSocket for Socket<S> {
         self.close_with(code::NORMAL, "").await;
     }
 
+    /// Sends the close frame, then waits (at most [`CLOSE_WRITE_TIMEOUT`] in all) for the
+    /// peer's close reply, discarding what comes before it, and only then shuts the connection
+    /// down: the server closes the TCP connection after the close handshake (RFC 6455 §7.1.1),
+    /// so a peer still sending frames sees a clean close instead of a reset.
     async fn close_with(&mut self, code: u16, reason: &str) {
         self.queue_close(code, reason.as_bytes());
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.flush_output()).await;
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            self.flush_output().await?;
+            let mut discard = String::new();
+            loop {
+                match self.step(&mut discard) {
+                    Ok(Step::Close) | Err(_) => break,
+                    Ok(Step::Deliver(_) | Step::Again) => {}
+                    Ok(Step::More(need)) => {
+                        self.input.reserve(need.saturating_sub(self.input.len()));
+                        if self.io.read_buf(&mut self.input).await? == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, self.io.shutdown()).await;
     }
 }
@@ -522,7 +543,7 @@ mod tests {
                 client.write_all(&rest[..n]).await.expect("write");
                 rest = &rest[n..];
                 k += 1;
-                if k % 3 == 0 {
+                if k.is_multiple_of(3) {
                     tokio::time::sleep(Duration::from_micros(300)).await;
                 }
             }

@@ -268,6 +268,7 @@ async fn record_a_call(st: &ApiState) {
         rec.turn(
             CALL,
             TurnRecord {
+                index: Some(i as u32),
                 user_start_ms: 1000 + i * 5000,
                 user_end_ms: 2500 + i * 5000,
                 latency_ms: Some(latency),
@@ -393,7 +394,20 @@ async fn records_survive_a_restart() {
         .expect("read")
         .expect("still there");
     assert_eq!(call.turns.len(), 3);
-    assert_eq!(call.timeline.len(), 1);
+    // hark's stream-started and stream-stopped, Twilio's status callback.
+    let timeline: Vec<_> = call
+        .timeline
+        .iter()
+        .map(|e| (e.source.as_str(), e.status.as_str()))
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            ("media", "stream-started"),
+            ("media", "stream-stopped"),
+            ("status", "initiated")
+        ]
+    );
     // The retry of a callback stored before the restart is still a duplicate.
     send(
         &st,

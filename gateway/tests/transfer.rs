@@ -173,15 +173,17 @@ async fn transfer_redirects_the_call_after_the_caller_heard_the_sentence() {
     let near = |got: Option<i64>, want: i64, slack: i64| {
         got.is_some_and(|g| (want..=want + slack).contains(&g))
     };
+    // The slack is for a loaded machine (tests run in parallel on 2 cores): the point is that
+    // each stage is measured on its own, not how fast this machine is (see `hark bench`).
     let lat = Latency::REALISTIC;
-    assert!(near(t.stt_ms, lat.stt_ms as i64, 100), "stt {:?}", t.stt_ms);
+    assert!(near(t.stt_ms, lat.stt_ms as i64, 400), "stt {:?}", t.stt_ms);
     assert!(
-        near(t.llm_ttft_ms, lat.ttft_ms as i64, 100),
+        near(t.llm_ttft_ms, lat.ttft_ms as i64, 400),
         "ttft {:?}",
         t.llm_ttft_ms
     );
     assert!(
-        near(t.tts_ttfb_ms, lat.ttfb_ms as i64, 100),
+        near(t.tts_ttfb_ms, lat.ttfb_ms as i64, 400),
         "ttfb {:?}",
         t.tts_ttfb_ms
     );

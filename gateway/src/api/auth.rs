@@ -207,18 +207,73 @@ impl ApiState {
     /// against the public URL (`HARK_PUBLIC_URL`, else `https://<Host>`), all URL variants, in
     /// constant time. Failures are counted in `hark_signature_failures_total{route}`.
     ///
-    /// Usable by other routes (e.g. `/voice`) for the same policy: without `TWILIO_AUTH_TOKEN`
-    /// requests are refused unless `HARK_DEV_INSECURE=no-signatures`.
+    /// Form only: for a request that may also come with a JSON body (signed with `bodySHA256`),
+    /// use [`ApiState::verify_twilio`].
     ///
     /// # Errors
-    /// 403 for a missing or wrong signature; 503 naming `TWILIO_AUTH_TOKEN` when it is unset;
-    /// 400 when neither `HARK_PUBLIC_URL` nor `Host` gives the URL.
+    /// As [`ApiState::verify_twilio`].
     pub fn verify_twilio_form(
         &self,
         route: &'static str,
         headers: &HeaderMap,
         uri: &Uri,
         form: &[(String, String)],
+    ) -> Result<(), ApiError> {
+        self.check_twilio(route, headers, uri, form, None)
+    }
+
+    /// Checks `X-Twilio-Signature` on a request from Twilio whichever way Twilio signed it,
+    /// and returns its body parameters:
+    ///
+    /// - a form POST (`application/x-www-form-urlencoded`) or a GET: the form fields sorted
+    ///   and appended to the URL (twilio.com/docs/usage/security);
+    /// - a JSON body: the URL's query carries `bodySHA256`, the signature covers the full URL
+    ///   with no parameters, and the lowercase hex SHA-256 of the raw body must equal
+    ///   `bodySHA256` (twilio-node `validateRequestWithBody`, twilio-python
+    ///   `RequestValidator.validate` with the raw body). A JSON body without `bodySHA256` is
+    ///   refused: nothing would cover it.
+    ///
+    /// The URL is the public one (`HARK_PUBLIC_URL`, else `https://<Host>`) plus the path and
+    /// query as received; its variants (port stripped, default port added, `'` as `%27`) are
+    /// tried as [`signature::Validator`] documents. Failures are counted in
+    /// `hark_signature_failures_total{route}`. Without `TWILIO_AUTH_TOKEN`, requests are refused
+    /// unless `HARK_DEV_INSECURE=no-signatures`.
+    ///
+    /// The parameters returned are the form fields in order, or a JSON object's members as
+    /// `(name, text)`: strings as they are, numbers and booleans as JSON text, `null` left out,
+    /// arrays as one pair per element, nested objects as JSON text.
+    ///
+    /// # Errors
+    /// 403 for a missing or wrong signature or body hash; 503 naming `TWILIO_AUTH_TOKEN` when
+    /// it is unset; 400 when neither `HARK_PUBLIC_URL` nor `Host` gives the URL, or the body is
+    /// not UTF-8 form data or a JSON object.
+    pub fn verify_twilio(
+        &self,
+        route: &'static str,
+        headers: &HeaderMap,
+        uri: &Uri,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        if is_json_request(headers, uri) {
+            // The signature first: it covers the raw bytes, whatever they parse to.
+            self.check_twilio(route, headers, uri, &[], Some(body))?;
+            json_pairs(body)
+        } else {
+            let form = super::callbacks::form_pairs(body)?;
+            self.check_twilio(route, headers, uri, &form, None)?;
+            Ok(form)
+        }
+    }
+
+    /// The signature policy: `raw_body` `Some` for a JSON request (`bodySHA256`), `None` for a
+    /// form or GET with `form` its fields.
+    fn check_twilio(
+        &self,
+        route: &'static str,
+        headers: &HeaderMap,
+        uri: &Uri,
+        form: &[(String, String)],
+        raw_body: Option<&[u8]>,
     ) -> Result<(), ApiError> {
         if self.settings.dev.no_signatures {
             return Ok(());
@@ -236,13 +291,76 @@ impl ApiState {
             });
         };
         let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
-        validator
-            .validate_form(&url, form, sig)
-            .map(|_| ())
-            .map_err(|e| {
-                metrics::counter!("hark_signature_failures_total", "route" => route).increment(1);
-                warn!(route, error = %e, "Twilio callback refused");
-                ApiError::Forbidden(format!("X-Twilio-Signature check failed: {e}"))
-            })
+        let checked = match raw_body {
+            // `validate_json` refuses a URL without `bodySHA256` (MissingBodyHash).
+            Some(body) => validator.validate_json(&url, body, sig),
+            None => validator.validate_form(&url, form, sig),
+        };
+        checked.map(|_| ()).map_err(|e| {
+            metrics::counter!("hark_signature_failures_total", "route" => route).increment(1);
+            warn!(route, error = %e, "Twilio callback refused");
+            ApiError::Forbidden(format!("X-Twilio-Signature check failed: {e}"))
+        })
+    }
+}
+
+/// Whether a webhook's body is to be read as JSON: the URL's query carries `bodySHA256`
+/// (Twilio signed a raw body), or the `Content-Type` is `application/json` or `…+json`.
+pub(crate) fn is_json_request(headers: &HeaderMap, uri: &Uri) -> bool {
+    let query_has_hash = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p.split('=').next() == Some(signature::BODY_SHA256_PARAM))
+    });
+    query_has_hash || is_json(headers)
+}
+
+/// Whether the request says its body is JSON (`application/json`, `…+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|ct| {
+            let ct = ct.trim().to_ascii_lowercase();
+            ct == "application/json" || ct.ends_with("+json")
+        })
+}
+
+/// A JSON webhook body as `(name, text)` pairs (see [`ApiState::verify_twilio`]); an empty
+/// body has none.
+///
+/// # Errors
+/// 400 when the body is not a JSON object.
+pub(crate) fn json_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    use serde_json::Value;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let text = |v: Value| match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => {
+            let mut out = Vec::with_capacity(m.len());
+            for (k, v) in m {
+                match v {
+                    Value::Null => {}
+                    Value::Array(items) => {
+                        out.extend(items.into_iter().map(|item| (k.clone(), text(item))));
+                    }
+                    v => out.push((k, text(v))),
+                }
+            }
+            Ok(out)
+        }
+        Ok(_) => Err(ApiError::BadRequest {
+            field: None,
+            reason: "the JSON body must be an object".into(),
+        }),
+        Err(e) => Err(ApiError::BadRequest {
+            field: None,
+            reason: format!("the body is not valid JSON: {e}"),
+        }),
     }
 }

@@ -1,7 +1,8 @@
 //! Twilio's callbacks: call progress (`POST /api/twilio/status`), recording status
 //! (`POST /api/twilio/recording`) and Media Streams status (`POST /api/twilio/stream-status`).
 //!
-//! Each is a form POST signed with `X-Twilio-Signature` (checked: 403 on failure), queued for the
+//! Each is a form POST, or a JSON body signed with `bodySHA256` in the URL's query, signed with
+//! `X-Twilio-Signature` (checked by [`ApiState::verify_twilio`]: 403 on failure), queued for the
 //! store and answered 200 with an empty body at once; storage is idempotent, so Twilio's retries
 //! are stored once (see [`super::store`]). Parameters: `reference/twilio.md` §5.3 and §1.7.
 
@@ -50,7 +51,7 @@ fn int(form: &[(String, String)], name: &str) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-/// Checks the signature and decodes the form.
+/// Checks the signature (form, or JSON with `bodySHA256`) and decodes the parameters.
 fn signed_form(
     st: &ApiState,
     route: &'static str,
@@ -58,9 +59,7 @@ fn signed_form(
     uri: &Uri,
     body: &[u8],
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let form = form_pairs(body)?;
-    st.verify_twilio_form(route, headers, uri, &form)?;
-    Ok(form)
+    st.verify_twilio(route, headers, uri, body)
 }
 
 fn ok(kind: &'static str) -> Response {

@@ -14,7 +14,8 @@
 //! - `GET /api/twilio/conversations?identity=` → `{conversations: [{conversationSid,
 //!   uniqueName, friendlyName, state, participantSid}]}` (first page, up to 50);
 //! - `POST /api/webhooks/{message-added, conversation-state-updated, participant-added,
-//!   participant-removed, twilio-event}`: Conversations webhooks (form posts), signature-checked,
+//!   participant-removed, twilio-event}`: Conversations webhooks (form posts, or JSON signed with
+//!   `bodySHA256`), signature-checked,
 //!   stored once, answered 200 `{}` at once; subscribers of
 //!   [`super::ApiState::conversation_events`] do the work after.
 //!
@@ -36,7 +37,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Caller, Need};
-use super::callbacks::form_pairs;
 use super::calls::is_e164;
 use super::recorder::Op;
 use super::store::StoredConversationEvent;
@@ -366,8 +366,7 @@ pub(crate) async fn webhook(
             WEBHOOK_EVENTS.join(", ")
         )));
     };
-    let form = form_pairs(&body)?;
-    st.verify_twilio_form("conversations-webhook", &headers, &uri, &form)?;
+    let form = st.verify_twilio("conversations-webhook", &headers, &uri, &body)?;
     let dedupe_key = match headers
         .get(IDEMPOTENCY_HEADER)
         .and_then(|v| v.to_str().ok())

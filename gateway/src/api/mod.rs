@@ -51,7 +51,7 @@ pub mod twilio_rest;
 
 pub use recorder::{CallRecorder, StreamSummary, TurnRecord, WriterStats};
 pub use settings::{ApiSettings, DevInsecure};
-pub use store::Store;
+pub use store::{Node, OpenCalls, Store};
 pub use twilio_rest::{TwilioApiError, TwilioRest};
 
 use crate::signature::Validator;
@@ -237,6 +237,23 @@ pub struct ConversationEvent {
     pub params: Vec<(String, String)>,
 }
 
+/// The summary's `ended` of a call whose stream this node left open when it crashed or was
+/// killed (set at the next start by [`ApiState::recover_crashed`]).
+pub const ENDED_CRASHED: &str = "crashed";
+/// The summary's `ended` of a call cut by the shutdown timeout.
+pub const ENDED_SHUTDOWN: &str = "shutdown";
+
+/// What [`ApiState::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Call recorders still alive when the wait ended (call tasks that had not finished).
+    pub calls_still_running: usize,
+    /// Calls of this run whose stream was still open, closed as `ended: shutdown`.
+    pub closed_as_shutdown: Vec<String>,
+    /// The write queue's counters at the end.
+    pub stats: WriterStats,
+}
+
 /// Shared state of the gateway API.
 pub struct ApiState {
     /// The settings it was built from.
@@ -310,7 +327,13 @@ impl ApiState {
             );
         }
 
-        let store = Store::open(&settings.database_url).await?;
+        let node = store::Node::this_process(
+            settings
+                .node_id
+                .clone()
+                .unwrap_or_else(store::Node::hostname),
+        );
+        let store = Store::open(&settings.database_url).await?.with_node(node);
         let writer = recorder::Writer::start(store.clone(), settings.store_queue);
         let credentials = Credentials::from_lookup(|name| match name {
             crate::token::ENV_ACCOUNT_SID => settings.account_sid.clone(),
@@ -363,6 +386,88 @@ impl ApiState {
     /// For tests and graceful shutdown; `false` if the writer has stopped.
     pub async fn flush(&self) -> bool {
         self.writer.flush().await
+    }
+
+    /// Closes the calls this node ([`ApiSettings::node_id`]) left open in an earlier run (a
+    /// crash or `kill -9`: stream started, never stopped) as `ended: crashed`, ending at their
+    /// last known activity; see [`Store::close_open_calls`]. `hark serve` calls it once at
+    /// start, before it listens. Returns their Call SIDs (logged with a warning).
+    ///
+    /// # Errors
+    /// [`ApiError::Store`] when the database refuses.
+    pub async fn recover_crashed(&self) -> Result<Vec<String>, ApiError> {
+        let closed = self
+            .store
+            .close_open_calls(OpenCalls::Crashed, ENDED_CRASHED, now_ms())
+            .await?;
+        if !closed.is_empty() {
+            metrics::counter!("hark_calls_recovered_total").increment(closed.len() as u64);
+            warn!(
+                calls = closed.len(),
+                node = %self.store.node().node_id,
+                call_sids = ?closed,
+                "calls left open by an earlier run of this node closed as crashed"
+            );
+        }
+        tracing::info!(
+            closed = closed.len(),
+            node = %self.store.node().node_id,
+            "crash recovery done"
+        );
+        Ok(closed)
+    }
+
+    /// Graceful shutdown of the records, after the server stopped taking calls and the live
+    /// calls were closed:
+    ///
+    /// 1. waits up to `wait` for every call's [`CallRecorder`] to be dropped (each call task
+    ///    holds one until it has queued its last turns and its summary), so nothing a call
+    ///    queues before it ends meets a stopped writer;
+    /// 2. writes everything queued;
+    /// 3. closes the streams of this run still open (a call task that outlived `wait`) as
+    ///    `ended: shutdown`;
+    /// 4. stops the writer, after writing whatever was queued meanwhile.
+    ///
+    /// Records offered after that are dropped ("writer stopped"). Calling it again does
+    /// nothing more.
+    pub async fn shutdown(&self, wait: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.writer.live_recorders() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let calls_still_running = self.writer.live_recorders();
+        if calls_still_running > 0 {
+            warn!(
+                calls = calls_still_running,
+                "shutdown: call tasks still running; closing their records as ended: shutdown"
+            );
+        }
+        self.writer.flush().await;
+        let closed_as_shutdown = match self
+            .store
+            .close_open_calls(OpenCalls::ThisRun, ENDED_SHUTDOWN, now_ms())
+            .await
+        {
+            Ok(closed) => closed,
+            Err(e) => {
+                warn!(error = %e, "shutdown: cannot close the open call records");
+                Vec::new()
+            }
+        };
+        self.writer.stop().await;
+        let stats = self.writer.stats();
+        tracing::info!(
+            written = stats.written,
+            dropped = stats.dropped,
+            failed = stats.failed,
+            commit_lag_p99_ms = stats.commit_lag_p99_us as f64 / 1000.0,
+            "call records written; store writer stopped"
+        );
+        ShutdownReport {
+            calls_still_running,
+            closed_as_shutdown,
+            stats,
+        }
     }
 
     /// Subscribes to Conversations webhooks as they arrive (after the signature check), for
@@ -465,6 +570,25 @@ pub(crate) fn request_params(
     }
 }
 
+/// A Twilio webhook's body parameters without a signature check (for servers running without
+/// the gateway API): a JSON object's members when the body is JSON (`bodySHA256` in the query or
+/// a JSON `Content-Type`), else the form fields, in order, as
+/// [`ApiState::verify_twilio`] returns them.
+///
+/// # Errors
+/// 400 for a body that is not UTF-8 form data or a JSON object.
+pub fn webhook_params(
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, ApiError> {
+    if auth::is_json_request(headers, uri) {
+        auth::json_pairs(body)
+    } else {
+        callbacks::form_pairs(body)
+    }
+}
+
 /// An optional string parameter: absent, `null` or empty → `None`.
 ///
 /// # Errors
@@ -484,7 +608,16 @@ pub(crate) fn retry_secs(d: Duration) -> u64 {
 }
 
 fn describe_metrics() {
-    use metrics::describe_counter;
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_histogram!(
+        "hark_record_commit_lag_seconds",
+        Unit::Seconds,
+        "call record queued -> committed to the store, by op"
+    );
+    describe_counter!(
+        "hark_calls_recovered_total",
+        "calls left open by an earlier run of this node, closed as crashed at start"
+    );
     describe_counter!(
         "hark_store_errors_total",
         "store writes given up after retries, by op"

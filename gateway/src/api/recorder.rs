@@ -6,13 +6,26 @@
 //!   second).
 //! - Webhook handlers wait for room for at most [`ENQUEUE_WAIT`], then answer 503 so Twilio's
 //!   retry (or the operator) can follow up; the record itself is written after the 200.
-//! - The writer retries a failed write [`RETRY_BACKOFF`]`.len()` times with growing pauses; a
-//!   write that still fails is counted in `hark_store_errors_total{op}` and logged, and the
-//!   writer moves on.
+//! - Group commit: the writer takes everything queued (up to [`MAX_BATCH`] records) and commits
+//!   it in one transaction as soon as it is free, so a record waits only for the batch before
+//!   it; no timer holds records back. The time from queueing to commit is measured per record
+//!   in `hark_record_commit_lag_seconds{op}` (and [`WriterStats`]). A committed record survives
+//!   the process being killed (SQLite WAL; `synchronous = NORMAL` gives up only the last
+//!   commits on power loss, not on a crash of the process).
+//! - A failed batch is retried [`RETRY_BACKOFF`]`.len()` times with growing pauses. If it fails
+//!   for a reason retrying cannot fix (a constraint, bad data), its records are written one by
+//!   one so one bad record costs only itself; a record that still fails, or a batch that still
+//!   fails with the database unavailable, is counted in `hark_store_errors_total{op}` and
+//!   logged, and the writer moves on.
+//! - Shutdown ([`super::ApiState::shutdown`]): after the call tasks have ended, the writer
+//!   drains everything queued and only then stops; records offered after that are dropped and
+//!   logged as "writer stopped".
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +36,8 @@ use super::store::{
 };
 use super::{ApiError, now_ms};
 
+/// Most records committed in one transaction.
+pub const MAX_BATCH: usize = 512;
 /// How long a webhook handler waits for room in a full queue before answering 503.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
 /// Pauses between attempts of a failed write: 3 retries over ≈ 1.3 s.
@@ -35,6 +50,11 @@ pub const RETRY_BACKOFF: [Duration; 3] = [
 /// One caller turn with its latency telemetry, as the engine reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TurnRecord {
+    /// The turn's position in its call, from 0 ([`super::turns::TurnLog`] numbers them).
+    /// With an index, the store keeps one row per call and index, and storing the turn again
+    /// (as its answer plays) updates that row; without one, every store is a new row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
     /// Media time of the caller's first voiced frame, ms since the stream started.
     pub user_start_ms: u64,
     /// Media time at the end of the caller's last voiced frame, ms.
@@ -108,7 +128,17 @@ pub(crate) enum Op {
     Recording(RecordingEvent, i64),
     Conversation(StoredConversationEvent, i64),
     Call(NewCall, i64),
+    /// Answered once everything queued before it is written (or given up on).
     Flush(oneshot::Sender<()>),
+    /// Like `Flush`, then the writer stops (after writing what was already queued).
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// An op and when it was queued (for the commit lag).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    op: Op,
+    at: Instant,
 }
 
 impl Op {
@@ -123,6 +153,7 @@ impl Op {
             Op::Conversation(..) => "conversation",
             Op::Call(..) => "call",
             Op::Flush(_) => "flush",
+            Op::Shutdown(_) => "shutdown",
         }
     }
 }
@@ -140,26 +171,73 @@ pub struct WriterStats {
     pub retries: u64,
     /// Records that were duplicates of stored ones.
     pub duplicates: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Queueing → commit, median over every record written, µs (0 before the first).
+    pub commit_lag_p50_us: u64,
+    /// Queueing → commit, 99th percentile, µs.
+    pub commit_lag_p99_us: u64,
+    /// Queueing → commit, largest, µs.
+    pub commit_lag_max_us: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
     retries: AtomicU64,
     duplicates: AtomicU64,
+    batches: AtomicU64,
     last_drop_log_s: AtomicU64,
+    /// Commit lag, µs, 1 µs ..= 1 h at 3 significant digits.
+    lag_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            last_drop_log_s: AtomicU64::new(0),
+            // Bounds 1 ..= 3.6e9 with 3 digits are valid for hdrhistogram: cannot fail.
+            lag_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+        }
+    }
 }
 
 impl Counters {
     fn snapshot(&self) -> WriterStats {
+        let (p50, p99, max) = match self.lag_us.lock() {
+            Ok(h) if !h.is_empty() => {
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+            }
+            _ => (0, 0, 0),
+        };
         WriterStats {
             written: self.written.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            commit_lag_p50_us: p50,
+            commit_lag_p99_us: p99,
+            commit_lag_max_us: max,
+        }
+    }
+
+    /// Records one written record's lag.
+    fn lag(&self, op: &'static str, lag: Duration) {
+        metrics::histogram!("hark_record_commit_lag_seconds", "op" => op).record(lag.as_secs_f64());
+        if let Ok(mut h) = self.lag_us.lock() {
+            h.saturating_record(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX).max(1));
         }
     }
 }
@@ -169,10 +247,15 @@ impl Counters {
 /// Cheap to clone, `Send + Sync`; every method returns at once (a `try_send` on a bounded
 /// queue). Call it from the call worker's observer: `stream_started` on `start`, `turn` per
 /// caller turn, `stream_stopped` at the end.
+///
+/// While any recorder from [`super::ApiState::recorder`] is alive (a call task holds one),
+/// [`super::ApiState::shutdown`] keeps the writer running (up to its wait).
 #[derive(Clone, Debug)]
 pub struct CallRecorder {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Queued>,
     counters: Arc<Counters>,
+    /// Counts live recorders (see [`Writer::live_recorders`]).
+    _live: Option<Arc<()>>,
 }
 
 impl CallRecorder {
@@ -182,12 +265,17 @@ impl CallRecorder {
         CallRecorder {
             tx,
             counters: Arc::new(Counters::default()),
+            _live: None,
         }
     }
 
     fn offer(&self, op: Op) {
         let name = op.name();
-        match self.tx.try_send(op) {
+        let queued = Queued {
+            op,
+            at: Instant::now(),
+        };
+        match self.tx.try_send(queued) {
             Ok(()) => {}
             Err(e) => {
                 let reason = match e {
@@ -215,7 +303,8 @@ impl CallRecorder {
         });
     }
 
-    /// A caller turn ended (and, when known, how the agent's answer went).
+    /// A caller turn ended, or (for a turn with an [`TurnRecord::index`]) news of how its
+    /// answer went: the stored turn is replaced.
     pub fn turn(&self, call_sid: &str, turn: TurnRecord) {
         self.offer(Op::Turn {
             call_sid: call_sid.to_owned(),
@@ -242,8 +331,10 @@ impl CallRecorder {
 /// The queue and its background writer task.
 #[derive(Debug)]
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Queued>,
     counters: Arc<Counters>,
+    /// One clone per live [`CallRecorder`] handed out by [`Writer::recorder`].
+    live: Arc<()>,
 }
 
 impl Writer {
@@ -252,14 +343,24 @@ impl Writer {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
         tokio::spawn(run(store, rx, counters.clone()));
-        Writer { tx, counters }
+        Writer {
+            tx,
+            counters,
+            live: Arc::new(()),
+        }
     }
 
     pub(crate) fn recorder(&self) -> CallRecorder {
         CallRecorder {
             tx: self.tx.clone(),
             counters: self.counters.clone(),
+            _live: Some(self.live.clone()),
         }
+    }
+
+    /// Recorders handed out by [`Writer::recorder`] and not dropped yet (live calls).
+    pub(crate) fn live_recorders(&self) -> usize {
+        Arc::strong_count(&self.live) - 1
     }
 
     pub(crate) fn stats(&self) -> WriterStats {
@@ -269,41 +370,154 @@ impl Writer {
     /// Queues `op`, waiting up to [`ENQUEUE_WAIT`] for room (webhooks, not calls).
     ///
     /// # Errors
-    /// 503 [`ApiError::Busy`] when the queue stays full.
+    /// 503 [`ApiError::Busy`] when the queue stays full (or the writer has stopped).
     pub(crate) async fn enqueue(&self, op: Op) -> Result<(), ApiError> {
         let name = op.name();
-        match self.tx.send_timeout(op, ENQUEUE_WAIT).await {
+        let queued = Queued {
+            op,
+            at: Instant::now(),
+        };
+        match self.tx.send_timeout(queued, ENQUEUE_WAIT).await {
             Ok(()) => Ok(()),
-            Err(_) => {
+            Err(e) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("hark_store_dropped_total", "op" => name).increment(1);
-                warn!(op = name, "store queue full: refusing a webhook");
+                let reason = match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => "the record queue is full",
+                    mpsc::error::SendTimeoutError::Closed(_) => {
+                        "the record writer has stopped (shutting down)"
+                    }
+                };
+                warn!(op = name, reason, "refusing a webhook");
                 Err(ApiError::Busy {
-                    reason: "the record queue is full".into(),
+                    reason: reason.into(),
                     retry_after_s: 5,
                 })
             }
         }
     }
 
+    /// Waits until everything queued before now is written (or given up on); `false` if the
+    /// writer has stopped.
     pub(crate) async fn flush(&self) -> bool {
+        self.control(Op::Flush).await
+    }
+
+    /// Writes everything queued, then stops the writer; `false` if it had stopped already.
+    pub(crate) async fn stop(&self) -> bool {
+        self.control(Op::Shutdown).await
+    }
+
+    async fn control(&self, op: fn(oneshot::Sender<()>) -> Op) -> bool {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Flush(done)).await.is_err() {
+        let queued = Queued {
+            op: op(done),
+            at: Instant::now(),
+        };
+        if self.tx.send(queued).await.is_err() {
             return false;
         }
         wait.await.is_ok()
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Op>, counters: Arc<Counters>) {
-    while let Some(op) = rx.recv().await {
-        if let Op::Flush(done) = op {
-            let _ = done.send(());
-            continue;
+async fn run(store: Store, mut rx: mpsc::Receiver<Queued>, counters: Arc<Counters>) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut stopping: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => items.push(q),
+                Err(_) => break,
+            }
         }
-        write_with_retries(&store, &op, &counters).await;
+        for q in items {
+            match q.op {
+                Op::Flush(done) => {
+                    commit(&store, &mut batch, &counters).await;
+                    let _ = done.send(());
+                }
+                Op::Shutdown(done) => {
+                    // No new records from here on; what is queued already is still written.
+                    rx.close();
+                    stopping.push(done);
+                }
+                op => batch.push(Queued { op, at: q.at }),
+            }
+        }
+        commit(&store, &mut batch, &counters).await;
+    }
+    for done in stopping {
+        let _ = done.send(());
     }
     debug!("store writer stopped");
+}
+
+/// Commits `batch` in one transaction (with retries), records the lag, empties it.
+async fn commit(store: &Store, batch: &mut Vec<Queued>, counters: &Counters) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut attempt = 0;
+    let err = loop {
+        match write_batch(store, batch).await {
+            Ok(fresh) => {
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                for (q, fresh) in batch.iter().zip(fresh) {
+                    written(counters, fresh);
+                    counters.lag(q.op.name(), now.saturating_duration_since(q.at));
+                }
+                batch.clear();
+                return;
+            }
+            Err(e) if attempt < RETRY_BACKOFF.len() && retryable(&e) => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("hark_store_retries_total").increment(1);
+                debug!(records = batch.len(), attempt, error = %e, "store batch failed, retrying");
+                tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
+                attempt += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    if retryable(&err) || batch.len() == 1 {
+        // The database stays unavailable (or the one record is bad): give the batch up.
+        for q in batch.drain(..) {
+            lost(counters, q.op.name(), attempt + 1, &err);
+        }
+        return;
+    }
+    // One bad record must not take the others with it: one by one.
+    debug!(records = batch.len(), error = %err, "store batch refused, writing records one by one");
+    for q in batch.drain(..) {
+        write_with_retries(store, &q, counters).await;
+    }
+}
+
+/// Writes the ops of `batch` in one transaction; per op, `false` for a duplicate.
+async fn write_batch(store: &Store, batch: &[Queued]) -> Result<Vec<bool>, sqlx::Error> {
+    let mut tx = store.pool().begin().await?;
+    let mut fresh = Vec::with_capacity(batch.len());
+    for q in batch {
+        fresh.push(write(store, &mut tx, &q.op).await?);
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}
+
+fn written(counters: &Counters, fresh: bool) {
+    counters.written.fetch_add(1, Ordering::Relaxed);
+    if !fresh {
+        counters.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn lost(counters: &Counters, name: &'static str, attempts: usize, e: &sqlx::Error) {
+    counters.failed.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("hark_store_errors_total", "op" => name).increment(1);
+    warn!(op = name, attempts, error = %e, "store write failed, record lost");
 }
 
 /// Whether retrying can help: constraint violations and bad data won't change.
@@ -323,16 +537,22 @@ fn retryable(e: &sqlx::Error) -> bool {
     }
 }
 
-async fn write_with_retries(store: &Store, op: &Op, counters: &Counters) {
-    let name = op.name();
+async fn write_with_retries(store: &Store, q: &Queued, counters: &Counters) {
+    let name = q.op.name();
     let mut attempt = 0;
     loop {
-        match write(store, op).await {
+        let result = async {
+            let mut tx = store.pool().begin().await?;
+            let fresh = write(store, &mut tx, &q.op).await?;
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(fresh)
+        }
+        .await;
+        match result {
             Ok(fresh) => {
-                counters.written.fetch_add(1, Ordering::Relaxed);
-                if !fresh {
-                    counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                written(counters, fresh);
+                counters.lag(name, q.at.elapsed());
                 return;
             }
             Err(e) if attempt < RETRY_BACKOFF.len() && retryable(&e) => {
@@ -343,17 +563,19 @@ async fn write_with_retries(store: &Store, op: &Op, counters: &Counters) {
                 attempt += 1;
             }
             Err(e) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("hark_store_errors_total", "op" => name).increment(1);
-                warn!(op = name, attempts = attempt + 1, error = %e, "store write failed, record lost");
+                lost(counters, name, attempt + 1, &e);
                 return;
             }
         }
     }
 }
 
-/// Writes one op; `Ok(false)` for a duplicate.
-async fn write(store: &Store, op: &Op) -> Result<bool, sqlx::Error> {
+/// Writes one op inside the open transaction `conn`; `Ok(false)` for a duplicate.
+async fn write(
+    store: &Store,
+    conn: &mut sqlx::SqliteConnection,
+    op: &Op,
+) -> Result<bool, sqlx::Error> {
     match op {
         Op::StreamStarted {
             call_sid,
@@ -361,28 +583,34 @@ async fn write(store: &Store, op: &Op) -> Result<bool, sqlx::Error> {
             params,
             at_ms,
         } => store
-            .stream_started(call_sid, stream_sid, params, *at_ms)
+            .stream_started_in(conn, call_sid, stream_sid, params, *at_ms)
             .await
             .map(|()| true),
         Op::Turn {
             call_sid,
             turn,
             at_ms,
-        } => store.turn(call_sid, turn, *at_ms).await.map(|()| true),
+        } => store
+            .turn_in(conn, call_sid, turn, *at_ms)
+            .await
+            .map(|()| true),
         Op::StreamStopped {
             call_sid,
             summary,
             at_ms,
         } => store
-            .stream_stopped(call_sid, summary, *at_ms)
+            .stream_stopped_in(conn, call_sid, summary, *at_ms)
             .await
             .map(|()| true),
-        Op::Status(e, at) => store.status_event(e, *at).await,
-        Op::Stream(e, at) => store.stream_event(e, *at).await,
-        Op::Recording(e, at) => store.recording(e, *at).await.map(|()| true),
-        Op::Conversation(e, at) => store.conversation_event(e, *at).await,
-        Op::Call(c, at) => store.insert_outbound_call(c, *at).await.map(|()| true),
-        Op::Flush(_) => Ok(true),
+        Op::Status(e, at) => store.status_event_in(conn, e, *at).await,
+        Op::Stream(e, at) => store.stream_event_in(conn, e, *at).await,
+        Op::Recording(e, at) => store.recording_in(conn, e, *at).await.map(|()| true),
+        Op::Conversation(e, at) => store.conversation_event_in(conn, e, *at).await,
+        Op::Call(c, at) => store
+            .insert_outbound_call_in(conn, c, *at)
+            .await
+            .map(|()| true),
+        Op::Flush(_) | Op::Shutdown(_) => Ok(true),
     }
 }
 
@@ -398,6 +626,7 @@ mod tests {
         let rec = CallRecorder {
             tx,
             counters: Arc::new(Counters::default()),
+            _live: None,
         };
         let started = Instant::now();
         for i in 0..10_000u64 {
@@ -445,8 +674,107 @@ mod tests {
         rec.stream_stopped("CA1", StreamSummary::default());
         assert!(writer.flush().await);
         let stats = writer.stats();
+        // Both records were queued together: one batch, retried, then given up.
         assert_eq!(stats.failed, 2, "{stats:?}");
-        assert_eq!(stats.retries, 2 * RETRY_BACKOFF.len() as u64, "{stats:?}");
+        assert_eq!(stats.retries, RETRY_BACKOFF.len() as u64, "{stats:?}");
         assert_eq!(stats.written, 0);
+        // The writer goes on.
+        rec.turn("CA1", TurnRecord::default());
+        assert!(writer.flush().await);
+        assert_eq!(writer.stats().failed, 3);
+    }
+
+    fn turn(index: u32, start: u64) -> TurnRecord {
+        TurnRecord {
+            index: Some(index),
+            user_start_ms: start,
+            user_end_ms: start + 1000,
+            ..TurnRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn records_queued_together_are_committed_together_and_the_lag_is_measured() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        let writer = Writer::start(store.clone(), 4096);
+        let rec = writer.recorder();
+        for call in 0..20u32 {
+            let sid = format!("CA{call}");
+            rec.stream_started(&sid, &format!("MZ{call}"), &[]);
+            for i in 0..50u32 {
+                rec.turn(&sid, turn(i, u64::from(i) * 2000));
+            }
+        }
+        assert!(writer.flush().await);
+        let stats = writer.stats();
+        assert_eq!(stats.written, 20 * 51, "{stats:?}");
+        assert!(stats.batches < 20, "group commit: {stats:?}");
+        assert!(stats.commit_lag_max_us > 0, "{stats:?}");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        assert_eq!(n, 1000);
+    }
+
+    #[tokio::test]
+    async fn a_turn_stored_again_replaces_its_row() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        let writer = Writer::start(store.clone(), 64);
+        let rec = writer.recorder();
+        rec.turn("CA1", turn(0, 1000));
+        let mut answered = turn(0, 1000);
+        answered.latency_ms = Some(640);
+        answered.agent_text = Some("Hello.".into());
+        rec.turn("CA1", answered);
+        rec.turn("CA1", turn(1, 5000));
+        assert!(writer.flush().await);
+        let call = store.call("CA1").await.expect("read").expect("row");
+        assert_eq!(call.turns.len(), 2);
+        assert_eq!(call.turns[0].latency_ms, Some(640));
+        assert_eq!(call.turns[0].agent_text.as_deref(), Some("Hello."));
+    }
+
+    #[tokio::test]
+    async fn stop_writes_everything_queued_then_refuses() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        let writer = Writer::start(store.clone(), 8192);
+        let rec = writer.recorder();
+        for i in 0..3000u32 {
+            rec.turn("CA1", turn(i, u64::from(i) * 10));
+        }
+        rec.stream_stopped("CA1", StreamSummary::default());
+        assert!(writer.stop().await, "the writer was running");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        assert_eq!(n, 3000, "nothing queued before the stop is lost");
+        assert_eq!(writer.stats().dropped, 0);
+        // After the stop: dropped, counted.
+        rec.turn("CA1", turn(5000, 1));
+        assert_eq!(rec.dropped(), 1);
+        assert!(!writer.flush().await);
+        assert!(!writer.stop().await);
+    }
+
+    #[test]
+    fn live_recorders_are_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let store = Store::open("sqlite::memory:").await.expect("store");
+            let writer = Writer::start(store, 16);
+            assert_eq!(writer.live_recorders(), 0);
+            let a = writer.recorder();
+            let b = a.clone();
+            assert_eq!(writer.live_recorders(), 2);
+            drop(a);
+            drop(b);
+            assert_eq!(writer.live_recorders(), 0);
+            assert_eq!(CallRecorder::disconnected()._live, None);
+        });
     }
 }

@@ -45,6 +45,8 @@ pub const ENV_RATE_LIMIT_PER_MIN: &str = "HARK_RATE_LIMIT_PER_MIN";
 pub const ENV_RATE_LIMIT_BURST: &str = "HARK_RATE_LIMIT_BURST";
 /// `HARK_STORE_QUEUE`.
 pub const ENV_STORE_QUEUE: &str = "HARK_STORE_QUEUE";
+/// `HARK_NODE_ID`.
+pub const ENV_NODE_ID: &str = "HARK_NODE_ID";
 
 /// Twilio's REST API base (twilio-oai `twilio_api_v2010.json`, `servers`).
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
@@ -136,6 +138,11 @@ pub struct ApiSettings {
     /// `HARK_STORE_QUEUE`: records the store write queue holds (16..=1_000_000), default
     /// [`DEFAULT_STORE_QUEUE`]; when full, live-call records are dropped and counted.
     pub store_queue: usize,
+    /// `HARK_NODE_ID`: this hark process's name in the call records (1..=128 visible ASCII
+    /// characters), default the host name. At start, `hark serve` closes the calls its node
+    /// left open as `ended: crashed` and no others: every process sharing a database needs its
+    /// own (see [`super::store::Node`]).
+    pub node_id: Option<String>,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -163,6 +170,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limit_per_min", &self.rate_limit_per_min)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("store_queue", &self.store_queue)
+            .field("node_id", &self.node_id)
             .finish()
     }
 }
@@ -191,6 +199,7 @@ impl Default for ApiSettings {
             rate_limit_per_min: DEFAULT_RATE_LIMIT_PER_MIN,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             store_queue: DEFAULT_STORE_QUEUE,
+            node_id: None,
         }
     }
 }
@@ -366,6 +375,15 @@ impl ApiSettings {
         }
         if let Some(v) = get(ENV_STORE_QUEUE) {
             s.store_queue = num(ENV_STORE_QUEUE, &v, 16, 1_000_000)?;
+        }
+        if let Some(v) = get(ENV_NODE_ID) {
+            if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(
+                    ENV_NODE_ID,
+                    format!("{v:?} must be 1 to 128 visible ASCII characters"),
+                ));
+            }
+            s.node_id = Some(v);
         }
         Ok(s)
     }

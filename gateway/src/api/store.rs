@@ -11,17 +11,25 @@
 //! `StreamSid` + `StreamEvent`, a recording once per `RecordingSid` (later statuses update it), a
 //! Conversations webhook once per idempotency key. A call's status only moves forward in
 //! `SequenceNumber` order, so a late `ringing` never overwrites `completed`.
+//!
+//! Every write has a `…_in` form that runs inside a caller's transaction, so the record writer
+//! ([`super::recorder`]) commits a batch of records at once. A turn with an index is one row
+//! per call and index (stored when the caller's turn ends, updated as its answer plays). A call
+//! whose stream this process ran carries its [`Node`]; [`Store::close_open_calls`] closes what
+//! a crashed run of the node left open, or what this run leaves open at shutdown. hark's own
+//! stream events are timeline entries of source `media`.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 
 use super::ApiError;
@@ -40,6 +48,53 @@ pub fn is_final(status: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    node: Arc<Node>,
+}
+
+/// The hark process that runs calls' media streams, stored with each call whose stream it ran,
+/// so that at start a node closes only the calls *it* left open ([`Store::close_open_calls`]).
+///
+/// `node_id` is `HARK_NODE_ID`, default the host name: give every hark process that shares one
+/// database its own (two processes on one host need distinct `HARK_NODE_ID`s, or the second to
+/// start would close the first one's live calls as crashed). `instance_id` tells this run of
+/// the process from earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `HARK_NODE_ID`, or the host name.
+    pub node_id: String,
+    /// This run: `"<pid>-<start Unix ms>"`.
+    pub instance_id: String,
+}
+
+impl Node {
+    /// This process on node `node_id`.
+    pub fn this_process(node_id: impl Into<String>) -> Node {
+        Node {
+            node_id: node_id.into(),
+            instance_id: format!("{}-{}", std::process::id(), super::now_ms()),
+        }
+    }
+
+    /// The host name: Linux `/proc/sys/kernel/hostname`, else `/etc/hostname`, else the
+    /// `HOSTNAME` variable, else `"hark"`.
+    pub fn hostname() -> String {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .chain(std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .find(|h| !h.is_empty())
+            .unwrap_or_else(|| "hark".to_owned())
+    }
+}
+
+/// Whose open media streams [`Store::close_open_calls`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCalls {
+    /// This node's, from earlier runs of the process (it crashed or was killed).
+    Crashed,
+    /// This run's (calls cut at shutdown whose own close never arrived).
+    ThisRun,
 }
 
 /// A new outbound call, as `POST /calls` created it.
@@ -168,7 +223,8 @@ pub struct CallSummaryRow {
 /// One status timeline entry of `GET /calls/{sid}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimelineEntry {
-    /// `status` (call progress) or `stream` (Media Streams status).
+    /// `status` (Twilio's call progress callback), `stream` (Twilio's Media Streams status
+    /// callback) or `media` (hark's own stream events: `stream-started`, `stream-stopped`).
     pub source: String,
     /// `CallStatus` or `StreamEvent`.
     pub status: String,
@@ -180,6 +236,9 @@ pub struct TimelineEntry {
     pub timestamp: Option<String>,
     /// When hark received it, Unix ms.
     pub received_at_ms: i64,
+    /// Source `media`: for `stream-stopped`, why the stream ended (the summary's `ended`:
+    /// `closed: Stopped` after Twilio's `stop`, `shutdown`, `crashed`, …).
+    pub detail: Option<String>,
 }
 
 /// One caller turn of `GET /calls/{sid}`.
@@ -339,6 +398,82 @@ fn summary_row(row: &SqliteRow) -> Result<CallSummaryRow, sqlx::Error> {
 /// record).
 const ENSURE_CALL: &str = "INSERT INTO calls (call_sid, created_at, updated_at) VALUES (?, ?, ?) ON CONFLICT (call_sid) DO NOTHING";
 
+/// Puts one of hark's own stream events (source `media`) in a call's timeline, once per stream
+/// and event.
+async fn media_event(
+    conn: &mut SqliteConnection,
+    call_sid: &str,
+    stream_sid: &str,
+    event: &str,
+    detail: Option<&str>,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO call_events (call_sid, source, dedupe_key, status, detail, received_at, params)
+         VALUES (?, 'media', ?, ?, ?, ?, '{}') ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(call_sid)
+    .bind(format!("media:{stream_sid}:{event}"))
+    .bind(event)
+    .bind(detail)
+    .bind(at_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes a call's media stream at `at_ms`: `summary` (JSON), `stream_stopped_at`, a
+/// `stream-stopped` timeline entry with `detail` = `ended`, and, for a call that never had a
+/// Twilio status callback, status `completed` (unless final) and `ended_at`.
+async fn close_stream(
+    conn: &mut SqliteConnection,
+    call_sid: &str,
+    summary: &str,
+    ended: &str,
+    at_ms: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(ENSURE_CALL)
+        .bind(call_sid)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE calls SET summary = ?1, stream_stopped_at = ?2, updated_at = MAX(updated_at, ?3),
+           status = CASE
+             WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
+               OR status IN ('completed','busy','failed','no-answer','canceled') THEN status
+             ELSE 'completed' END,
+           ended_at = CASE
+             WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
+               THEN ended_at
+             ELSE COALESCE(ended_at, ?2) END
+         WHERE call_sid = ?4",
+    )
+    .bind(summary)
+    .bind(at_ms)
+    .bind(now_ms)
+    .bind(call_sid)
+    .execute(&mut *conn)
+    .await?;
+    let stream_sid: Option<String> =
+        sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = ?")
+            .bind(call_sid)
+            .fetch_one(&mut *conn)
+            .await?;
+    let stream_sid = stream_sid.unwrap_or_else(|| call_sid.to_owned());
+    media_event(
+        conn,
+        call_sid,
+        &stream_sid,
+        "stream-stopped",
+        Some(ended),
+        at_ms,
+    )
+    .await
+}
+
 impl Store {
     /// Opens (creating if missing) the database at `url` and applies the embedded migrations.
     ///
@@ -393,7 +528,21 @@ impl Store {
         };
         let pool = pool_opts.connect_with(opts).await.map_err(db_err)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            node: Arc::new(Node::this_process(Node::hostname())),
+        })
+    }
+
+    /// The same database, recording calls' streams as run by `node`.
+    pub fn with_node(mut self, node: Node) -> Store {
+        self.node = Arc::new(node);
+        self
+    }
+
+    /// The node calls' streams are recorded as run by.
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// The connection pool, for queries this module does not offer.
@@ -411,6 +560,18 @@ impl Store {
     /// # Errors
     /// The driver's error.
     pub async fn insert_outbound_call(&self, c: &NewCall, now_ms: i64) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        self.insert_outbound_call_in(&mut tx, c, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn insert_outbound_call_in(
+        &self,
+        conn: &mut SqliteConnection,
+        c: &NewCall,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         let params = serde_json::to_string(&c.parameters).unwrap_or_else(|_| "{}".into());
         sqlx::query(
             "INSERT INTO calls (call_sid, direction, from_number, to_number, agent, parameters, status, created_at, updated_at)
@@ -430,7 +591,7 @@ impl Store {
         .bind(&c.status)
         .bind(now_ms)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -442,6 +603,18 @@ impl Store {
     /// # Errors
     /// The driver's error (nothing is written then).
     pub async fn status_event(&self, e: &StatusEvent, now_ms: i64) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let out = self.status_event_in(&mut tx, e, now_ms).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn status_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &StatusEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
         let key = match e.sequence_number {
             Some(n) => format!("status:{}:{n}", e.call_sid),
             None => format!(
@@ -452,7 +625,6 @@ impl Store {
                 e.timestamp.as_deref().unwrap_or("")
             ),
         };
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO call_events (call_sid, source, dedupe_key, sequence_number, status, answered_by, twilio_timestamp, received_at, params)
              VALUES (?, 'status', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
@@ -465,18 +637,18 @@ impl Store {
         .bind(&e.timestamp)
         .bind(now_ms)
         .bind(params_json(&e.params))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
+            // A retry: nothing was written.
             return Ok(false);
         }
         sqlx::query(ENSURE_CALL)
             .bind(&e.call_sid)
             .bind(now_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         let final_status = is_final(&e.status);
         // Status moves forward only: by SequenceNumber when both have one; without one, never
@@ -506,9 +678,8 @@ impl Store {
         .bind(final_status)
         .bind(now_ms)
         .bind(&e.call_sid)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
         Ok(true)
     }
 
@@ -519,6 +690,17 @@ impl Store {
     /// The driver's error.
     pub async fn stream_event(&self, e: &StreamEvent, now_ms: i64) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        let out = self.stream_event_in(&mut tx, e, now_ms).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn stream_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &StreamEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO call_events (call_sid, source, dedupe_key, status, twilio_timestamp, received_at, params)
              VALUES (?, 'stream', ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
@@ -529,18 +711,17 @@ impl Store {
         .bind(&e.timestamp)
         .bind(now_ms)
         .bind(params_json(&e.params))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         if inserted == 0 {
-            tx.rollback().await?;
             return Ok(false);
         }
         sqlx::query(ENSURE_CALL)
             .bind(&e.call_sid)
             .bind(now_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         sqlx::query(
             "UPDATE calls SET stream_sid = COALESCE(stream_sid, ?), updated_at = ? WHERE call_sid = ?",
@@ -548,9 +729,8 @@ impl Store {
         .bind(&e.stream_sid)
         .bind(now_ms)
         .bind(&e.call_sid)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
         Ok(true)
     }
 
@@ -561,11 +741,22 @@ impl Store {
     /// The driver's error.
     pub async fn recording(&self, e: &RecordingEvent, now_ms: i64) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        self.recording_in(&mut tx, e, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn recording_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &RecordingEvent,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(ENSURE_CALL)
             .bind(&e.call_sid)
             .bind(now_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         sqlx::query(
             "INSERT INTO recordings (recording_sid, call_sid, status, url, duration_s, channels, source, track, start_time, updated_at, params)
@@ -593,9 +784,8 @@ impl Store {
         .bind(&e.start_time)
         .bind(now_ms)
         .bind(params_json(&e.params))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -605,6 +795,18 @@ impl Store {
     /// The driver's error.
     pub async fn conversation_event(
         &self,
+        e: &StoredConversationEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let out = self.conversation_event_in(&mut tx, e, now_ms).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn conversation_event_in(
+        &self,
+        conn: &mut SqliteConnection,
         e: &StoredConversationEvent,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
@@ -629,19 +831,35 @@ impl Store {
         .bind(get("Source"))
         .bind(now_ms)
         .bind(params_json(&e.params))
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         Ok(n > 0)
     }
 
     /// Records the start of a call's media stream (creating the call row for inbound calls;
-    /// `From`/`To` are taken from the stream parameters when the row has none).
+    /// `From`/`To` are taken from the stream parameters when the row has none), by this
+    /// store's [`Node`], and puts `stream-started` (source `media`) in the call's timeline.
     ///
     /// # Errors
     /// The driver's error.
     pub async fn stream_started(
         &self,
+        call_sid: &str,
+        stream_sid: &str,
+        params: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        self.stream_started_in(&mut tx, call_sid, stream_sid, params, now_ms)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn stream_started_in(
+        &self,
+        conn: &mut SqliteConnection,
         call_sid: &str,
         stream_sid: &str,
         params: &[(String, String)],
@@ -654,8 +872,8 @@ impl Store {
                 .map(|(_, v)| v.clone())
         };
         sqlx::query(
-            "INSERT INTO calls (call_sid, stream_sid, stream_params, from_number, to_number, agent, created_at, updated_at, stream_started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)
+            "INSERT INTO calls (call_sid, stream_sid, stream_params, from_number, to_number, agent, created_at, updated_at, stream_started_at, node_id, instance_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)
              ON CONFLICT (call_sid) DO UPDATE SET
                stream_sid = excluded.stream_sid,
                stream_params = excluded.stream_params,
@@ -663,6 +881,9 @@ impl Store {
                to_number = COALESCE(calls.to_number, excluded.to_number),
                agent = COALESCE(calls.agent, excluded.agent),
                stream_started_at = excluded.stream_started_at,
+               stream_stopped_at = NULL,
+               node_id = excluded.node_id,
+               instance_id = excluded.instance_id,
                updated_at = excluded.updated_at",
         )
         .bind(call_sid)
@@ -672,12 +893,16 @@ impl Store {
         .bind(get("To"))
         .bind(get("agent"))
         .bind(now_ms)
-        .execute(&self.pool)
+        .bind(&self.node.node_id)
+        .bind(&self.node.instance_id)
+        .execute(&mut *conn)
         .await?;
-        Ok(())
+        media_event(conn, call_sid, stream_sid, "stream-started", None, now_ms).await
     }
 
-    /// Stores one caller turn.
+    /// Stores one caller turn. A turn with an [`TurnRecord::index`] is one row per call and
+    /// index: storing it again (as its answer plays) replaces the row's figures. Counts as
+    /// activity on the call (`updated_at`).
     ///
     /// # Errors
     /// The driver's error.
@@ -687,20 +912,40 @@ impl Store {
         t: &TurnRecord,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
+        self.turn_in(&mut tx, call_sid, t, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn turn_in(
+        &self,
+        conn: &mut SqliteConnection,
+        call_sid: &str,
+        t: &TurnRecord,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         sqlx::query(ENSURE_CALL)
             .bind(call_sid)
             .bind(now_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         sqlx::query(
-            "INSERT INTO turns (call_sid, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
+            "INSERT INTO turns (call_sid, turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
                                 heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (call_sid, turn_index) DO UPDATE SET
+               user_start_ms = excluded.user_start_ms, user_end_ms = excluded.user_end_ms,
+               latency_ms = excluded.latency_ms, interrupted = excluded.interrupted,
+               heard_ms = excluded.heard_ms, text = excluded.text, agent_text = excluded.agent_text,
+               heard_latency_ms = excluded.heard_latency_ms, stt_ms = excluded.stt_ms,
+               llm_ttft_ms = excluded.llm_ttft_ms, tts_ttfb_ms = excluded.tts_ttfb_ms,
+               first_audio_ms = excluded.first_audio_ms, recorded_at = excluded.recorded_at",
         )
         .bind(call_sid)
+        .bind(t.index.map(i64::from))
         .bind(clamp(t.user_start_ms))
         .bind(clamp(t.user_end_ms))
         .bind(t.latency_ms.map(clamp))
@@ -714,13 +959,23 @@ impl Store {
         .bind(t.tts_ttfb_ms.map(clamp))
         .bind(t.first_audio_ms.map(clamp))
         .bind(now_ms)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        tx.commit().await?;
+        sqlx::query("UPDATE calls SET updated_at = MAX(updated_at, ?) WHERE call_sid = ?")
+            .bind(now_ms)
+            .bind(call_sid)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
-    /// Records the end of a call's media stream with the engine's summary.
+    /// Records the end of a call's media stream with the engine's summary, and
+    /// `stream-stopped` (source `media`, `detail` = the summary's `ended`) in its timeline.
+    ///
+    /// A call that never had a Twilio status callback (a stream-only call: no
+    /// `StatusCallback` configured) gets its status and end from the stream: `completed`
+    /// (unless already final) and `ended_at` = now. With status callbacks, Twilio's final
+    /// status sets them (the call may go on after the stream, e.g. a transfer).
     ///
     /// # Errors
     /// The driver's error.
@@ -730,25 +985,86 @@ impl Store {
         summary: &StreamSummary,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        let summary = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
         let mut tx = self.pool.begin().await?;
-        sqlx::query(ENSURE_CALL)
-            .bind(call_sid)
-            .bind(now_ms)
-            .bind(now_ms)
-            .execute(&mut *tx)
+        self.stream_stopped_in(&mut tx, call_sid, summary, now_ms)
             .await?;
-        sqlx::query(
-            "UPDATE calls SET summary = ?, stream_stopped_at = ?, updated_at = ? WHERE call_sid = ?",
-        )
-        .bind(summary)
-        .bind(now_ms)
-        .bind(now_ms)
-        .bind(call_sid)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    pub(crate) async fn stream_stopped_in(
+        &self,
+        conn: &mut SqliteConnection,
+        call_sid: &str,
+        summary: &StreamSummary,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let json = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
+        close_stream(conn, call_sid, &json, &summary.ended, now_ms, now_ms).await
+    }
+
+    /// Closes the media streams this store's node left open (started, never stopped) and
+    /// returns their Call SIDs: `which` says whose; `ended` goes in the summary and timeline.
+    ///
+    /// - [`OpenCalls::Crashed`]: streams of this node from *other* runs (a process that
+    ///   crashed or was killed); their end is their last known activity (the latest of the
+    ///   call's `updated_at`, its turns and its timeline).
+    /// - [`OpenCalls::ThisRun`]: streams of this run that are still open (calls cut at
+    ///   shutdown whose own close never arrived); their end is now.
+    ///
+    /// Each gets `summary` `{"ended": <ended>, "duration_ms": <end − stream start>, "turns":
+    /// <stored turns>}` (figures the process never reported are absent), `stream_stopped_at`,
+    /// a `stream-stopped` timeline entry with `detail` = `ended`, and, if it never had a Twilio
+    /// status callback, status `completed` and `ended_at` (as [`Store::stream_stopped`]).
+    /// Streams recorded by other nodes (another `HARK_NODE_ID`), and rows without a node (from
+    /// before this was recorded), are left alone.
+    ///
+    /// # Errors
+    /// The driver's error (nothing is changed then).
+    pub async fn close_open_calls(
+        &self,
+        which: OpenCalls,
+        ended: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT c.call_sid, c.stream_started_at,
+                    MAX(c.updated_at, c.stream_started_at,
+                        COALESCE((SELECT MAX(t.recorded_at) FROM turns t WHERE t.call_sid = c.call_sid), 0),
+                        COALESCE((SELECT MAX(e.received_at) FROM call_events e WHERE e.call_sid = c.call_sid), 0)) AS last_ms,
+                    (SELECT COUNT(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turns
+             FROM calls c
+             WHERE c.node_id = ?1 AND c.stream_started_at IS NOT NULL AND c.stream_stopped_at IS NULL
+               AND ((?2 AND c.instance_id IS NOT ?3) OR (NOT ?2 AND c.instance_id = ?3))
+             ORDER BY c.stream_started_at",
+        )
+        .bind(&self.node.node_id)
+        .bind(which == OpenCalls::Crashed)
+        .bind(&self.node.instance_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut closed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let call_sid: String = row.try_get("call_sid")?;
+            let started: i64 = row.try_get("stream_started_at")?;
+            let last: i64 = row.try_get("last_ms")?;
+            let turns: i64 = row.try_get("turns")?;
+            let end = match which {
+                OpenCalls::Crashed => last,
+                OpenCalls::ThisRun => now_ms.max(last),
+            };
+            let summary = serde_json::json!({
+                "ended": ended,
+                "duration_ms": (end - started).max(0),
+                "turns": turns,
+            })
+            .to_string();
+            close_stream(&mut tx, &call_sid, &summary, ended, end, now_ms).await?;
+            closed.push(call_sid);
+        }
+        tx.commit().await?;
+        Ok(closed)
     }
 
     /// Everything about one call, or `None`.
@@ -765,7 +1081,7 @@ impl Store {
         };
         let call = summary_row(&row)?;
         let timeline = sqlx::query(
-            "SELECT source, status, sequence_number, answered_by, twilio_timestamp, received_at
+            "SELECT source, status, sequence_number, answered_by, twilio_timestamp, received_at, detail
              FROM call_events WHERE call_sid = ? ORDER BY id",
         )
         .bind(call_sid)
@@ -780,6 +1096,7 @@ impl Store {
                 answered_by: r.try_get("answered_by")?,
                 timestamp: r.try_get("twilio_timestamp")?,
                 received_at_ms: r.try_get("received_at")?,
+                detail: r.try_get("detail")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -17,6 +17,10 @@
 //!
 //! Stage latencies follow the same rule; the greeting is not a turn.
 //!
+//! Turns are numbered from 0 ([`TurnRecord::index`]) and handed to the store as soon as hark
+//! ends them, then again whenever their record changes ([`TurnLog::take_update`]), so a turn
+//! is on disk within the writer's commit lag of its end, not only when the next turn begins.
+//!
 //! An interrupted answer's transcript (cut to what the caller heard) always replaces the
 //! latest turn's agent text: it is reported at the barge-in, about the answer being cut.
 
@@ -48,6 +52,10 @@ pub struct TurnLog {
     /// Media time the caller's current speech started (hark's VAD), while hark has not ended
     /// that turn.
     speech_start_ms: Option<u64>,
+    /// The index the next turn gets ([`TurnRecord::index`]).
+    next_index: u32,
+    /// The open turn as [`TurnLog::take_update`] last handed it out.
+    synced: Option<TurnRecord>,
 }
 
 fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
@@ -99,12 +107,27 @@ impl TurnLog {
         let mut t = std::mem::take(&mut self.early);
         t.user_start_ms = start_ms;
         t.user_end_ms = end_ms;
+        t.index = Some(self.next_index);
+        self.next_index += 1;
         if !std::mem::take(&mut self.early_answer) {
             // Held agent words (reported before any audio of this answer) are unconfirmed.
             self.unconfirmed_from = t.agent_text.as_ref().map(|_| 0);
         }
         self.open = Some(t);
         done
+    }
+
+    /// The latest ended turn as it stands now, if it changed since the last call (or was
+    /// never handed out): for the store, so a turn is recorded as soon as it ends and updated
+    /// as its answer plays, and a crash loses at most what changed since. Carries its
+    /// [`TurnRecord::index`]: storing it again replaces the earlier row.
+    pub fn take_update(&mut self) -> Option<TurnRecord> {
+        let open = self.open.as_ref()?;
+        if self.synced.as_ref() == Some(open) {
+            return None;
+        }
+        self.synced = Some(open.clone());
+        Some(open.clone())
     }
 
     /// hark's VAD dropped the open caller turn as too short. If the agent already answered
@@ -284,6 +307,30 @@ impl TurnLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turns_are_numbered_and_handed_out_when_they_change() {
+        let mut log = TurnLog::new(false);
+        assert_eq!(log.take_update(), None, "no turn yet");
+        log.user_turn_ended(1000, 2000);
+        let t = log.take_update().expect("the ended turn, at once");
+        assert_eq!(
+            (t.index, t.user_end_ms, t.latency_ms),
+            (Some(0), 2000, None)
+        );
+        assert_eq!(log.take_update(), None, "unchanged");
+        log.agent_audio_started(500, false);
+        let t = log.take_update().expect("the answer started");
+        assert_eq!((t.index, t.latency_ms), (Some(0), Some(500)));
+        log.utterance_played(900);
+        assert_eq!(log.take_update().and_then(|t| t.heard_ms), Some(900));
+        let done = log.user_turn_ended(4000, 5000).expect("the first turn");
+        assert_eq!(done.index, Some(0));
+        assert_eq!(log.take_update().and_then(|t| t.index), Some(1));
+        let last = log.finish(9000);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].index, Some(1));
+    }
 
     #[test]
     fn cascade_order_words_after_the_turn_ended() {
