@@ -502,38 +502,9 @@ mod tests {
     }
 
     async fn drive_until_closed(action: Action) -> (Ended, bool) {
-        let start = twilio::Start {
-            stream_sid: "MZ00000000000000000000000000000001".into(),
-            call_sid: "CA00000000000000000000000000000001".into(),
-            account_sid: "AC00000000000000000000000000000001".into(),
-            tracks: vec!["inbound".into()],
-            custom_parameters: vec![],
-            encoding: "audio/x-mulaw".into(),
-            sample_rate: 8000,
-            channels: 1,
-        };
-        let mut socket = Script {
-            inbound: [
-                twilio::inbound::connected(),
-                twilio::inbound::start(1, &start),
-            ]
-            .into_iter()
-            .collect(),
-            closed: false,
-            close_code: None,
-        };
-        let mut call = Call::new(CallConfig::default(), Box::new(Closer(Some(action))))
-            .expect("default config");
-        let (_stop, mut shutdown) = tokio::sync::watch::channel(false);
-        let ended = drive(
-            &mut call,
-            &mut socket,
-            &mut NoProviders,
-            &mut Quiet,
-            DriveConfig::default(),
-            &mut shutdown,
-        )
-        .await;
+        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
+        let (ended, socket, _) =
+            run(started(), Box::new(Closer(Some(action))), &mut shutdown).await;
         (ended, socket.closed)
     }
 
@@ -579,8 +550,9 @@ mod tests {
         fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
     }
 
-    fn start_msg() -> twilio::Start {
-        twilio::Start {
+    /// What Twilio sends first: `connected` and `start`.
+    fn started() -> Vec<String> {
+        let start = twilio::Start {
             stream_sid: "MZ00000000000000000000000000000001".into(),
             call_sid: "CA00000000000000000000000000000001".into(),
             account_sid: "AC00000000000000000000000000000001".into(),
@@ -589,7 +561,11 @@ mod tests {
             encoding: "audio/x-mulaw".into(),
             sample_rate: 8000,
             channels: 1,
-        }
+        };
+        vec![
+            twilio::inbound::connected(),
+            twilio::inbound::start(1, &start),
+        ]
     }
 
     async fn run(
@@ -636,16 +612,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_idle_deadline_counts_from_the_last_message_while_timers_fire() {
         let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let start = start_msg();
-        let (ended, _socket, took) = run(
-            vec![
-                twilio::inbound::connected(),
-                twilio::inbound::start(1, &start),
-            ],
-            Box::new(Ticker),
-            &mut shutdown,
-        )
-        .await;
+        let (ended, _socket, took) = run(started(), Box::new(Ticker), &mut shutdown).await;
         assert!(
             matches!(ended, Ended::Failed(SocketError::Idle(_))),
             "{ended:?}"
@@ -656,22 +623,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_the_call_and_closes_with_1001() {
         let (stop, mut shutdown) = tokio::sync::watch::channel(false);
-        let start = start_msg();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let _ = stop.send(true);
             // Keep the sender alive: a dropped sender must not count as a request.
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
-        let (ended, socket, took) = run(
-            vec![
-                twilio::inbound::connected(),
-                twilio::inbound::start(1, &start),
-            ],
-            Box::new(Ticker),
-            &mut shutdown,
-        )
-        .await;
+        let (ended, socket, took) = run(started(), Box::new(Ticker), &mut shutdown).await;
         assert!(matches!(ended, Ended::Shutdown), "{ended:?}");
         assert_eq!(socket.close_code, Some(CLOSE_GOING_AWAY));
         assert_eq!(took, Duration::from_secs(2));
@@ -681,16 +639,7 @@ mod tests {
     async fn a_dropped_shutdown_sender_is_not_a_shutdown() {
         let (stop, mut shutdown) = tokio::sync::watch::channel(false);
         drop(stop);
-        let start = start_msg();
-        let (ended, _socket, _) = run(
-            vec![
-                twilio::inbound::connected(),
-                twilio::inbound::start(1, &start),
-            ],
-            Box::new(Ticker),
-            &mut shutdown,
-        )
-        .await;
+        let (ended, _socket, _) = run(started(), Box::new(Ticker), &mut shutdown).await;
         assert!(
             matches!(ended, Ended::Failed(SocketError::Idle(_))),
             "{ended:?}"
