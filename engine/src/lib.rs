@@ -5,11 +5,22 @@
 //! for provider connectors, events, and the next timeout. It never reads the clock and never
 //! touches a socket, so every behaviour runs in virtual time in tests.
 //!
-//! - [`twilio`]: the Media Streams wire format.
-//! - [`turn`]: VAD (webrtc-vad) and the turn detector.
-//! - [`playout`]: paced outbound audio with marks, and what the caller heard.
-//! - [`agent`]: the agent interface and the offline [`EchoAgent`].
-//! - [`call`]: [`Call`] itself.
+//! # Layout
+//!
+//! Read top-down in the order a `media` message travels:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear` |
+//! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, events |
+//! | [`turn`] | VAD (webrtc-vad behind an adaptive noise gate) and the turn detector (speech start, end of turn) |
+//! | [`playout`] | paced outbound audio (resample → μ-law → 20 ms frames) with marks, and what the caller heard from mark echoes |
+//! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
+//! | [`agents`] | the real agents, sans-IO: `cascade` (STT → LLM → TTS), `elevenlabs`, `realtime` |
+//! | [`config`] | [`CallConfig`]: VAD, turn-taking and playout settings, with units |
+//! | [`sim`] | the virtual phone: plays outbound audio in (virtual) real time, echoes marks, honours `clear` |
+//! | `error` | [`Error`], the crate's error type |
+//! | [`io`] (feature `io`) | the tokio driver ([`io::drive`]) and provider connectors (`io::http`, `io::ws`): the only code that reads the clock or touches a socket |
 //!
 //! With the default feature `io`, [`io`] adds the tokio driver that runs a `Call` on sockets.
 //! Without it (`--no-default-features`) the crate has no tokio in its dependency tree.

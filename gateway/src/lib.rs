@@ -2,7 +2,33 @@
 //!
 //! hark's HTTP side and the `hark` CLI: TwiML for Twilio's voice webhook, X-Twilio-Signature
 //! checks, access tokens, the Media Streams WebSocket upgrade and the call workers that run the
-//! engine, metrics.
+//! engine, call records, metrics; and the developer tools (simulator, provider doubles, bench,
+//! demo).
+//!
+//! # Layout
+//!
+//! A live call, top-down: `main.rs` (`hark serve`) → [`server::serve`] (accept loop, limits) →
+//! `server::media_stream` (signature check, upgrade) → a call worker ([`pool`]) →
+//! `server::run_call` → `hark_engine::io::drive` on a [`ws::Socket`] → `hark_engine::Call`.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`server`] | the router, `/voice`, the `/media-stream` upgrade, each call's life, transfers, the observer feeding metrics and records |
+//! | [`conns`] | connection limits, deadlines and counts by state |
+//! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
+//! | [`pool`] | call workers: one single-threaded runtime per core |
+//! | [`config`] | `hark serve`'s settings from the environment |
+//! | [`agents`] | agent settings → engine agents (cascade, ElevenLabs, Realtime) |
+//! | [`api`] | the gateway API: tokens, signed callbacks, outbound calls, records (SQLite store and writer), Conversations |
+//! | [`signature`] | `X-Twilio-Signature` (form, JSON `bodySHA256`, WebSocket upgrade) |
+//! | [`token`] | Twilio access tokens (JWT) |
+//! | [`twiml`] | TwiML writing |
+//! | [`metrics`] | the Prometheus recorder behind `/metrics` |
+//! | [`simulator`] | `hark call`: a Twilio simulator with a virtual phone |
+//! | [`demo`] | `hark demo` |
+//! | [`bench`] | `hark bench`: concurrent-call load test |
+//! | [`chaos`] | a byte-level TCP proxy that re-cuts and delays segments (tests, `hark bench --chaos`) |
+//! | [`doubles`] | local doubles of the OpenAI-compatible, ElevenLabs and Realtime APIs |
 
 pub mod agents;
 pub mod api;
