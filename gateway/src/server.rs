@@ -282,12 +282,6 @@ fn request_url(cfg: &Config, headers: &HeaderMap, uri: &Uri) -> Option<String> {
     Some(format!("{base}{pq}"))
 }
 
-fn is_e164(s: &str) -> bool {
-    s.strip_prefix('+').is_some_and(|d| {
-        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
-}
-
 /// `POST /voice`: Twilio's voice webhook.
 async fn voice(
     State(st): State<Arc<AppState>>,
@@ -345,7 +339,7 @@ async fn voice(
     // A Voice SDK (browser) client dialling a phone number: bridge it with <Dial>.
     let from = param("From").unwrap_or_default();
     if from.starts_with("client:")
-        && let Some(to) = param("To").filter(|t| is_e164(t))
+        && let Some(to) = param("To").filter(|t| crate::api::calls::is_e164(t))
     {
         let Some(caller_id) = &st.config.twilio_phone_number else {
             warn!("browser call to {to}: TWILIO_PHONE_NUMBER is unset");
