@@ -84,6 +84,14 @@ pub struct HttpRequest {
     pub response: ResponseMode,
     /// Whole-request timeout (connect + response), ms; `None` for the connector's default.
     pub timeout_ms: Option<u64>,
+    /// Media types a 2xx answer may have (`type/subtype`, or `type/*` for any subtype),
+    /// compared case-insensitively with the response's `Content-Type` without its parameters.
+    /// A 2xx answer of another type (an HTML error page from a proxy, JSON where audio was
+    /// asked for) is a provider fault: the pipe fails with the connector's `content_type` error
+    /// and its body is not passed on. An answer without `Content-Type` is let through (RFC 9110
+    /// §8.3: the recipient may examine the data), for the agent's parser to judge. Empty:
+    /// anything is accepted.
+    pub accept: Vec<String>,
 }
 
 /// A WebSocket to open (ElevenLabs Conversational AI, OpenAI Realtime).

@@ -50,7 +50,17 @@ enum Fault {
     Connect,
     /// 200 and an empty body.
     Empty,
+    /// 200, the first `n` messages of the normal answer (SSE events, audio chunks), then
+    /// nothing: the connection stays open.
+    StallAfter(usize),
+    /// 200 with `Content-Type: text/html` (a proxy's error page), as the connector reports it
+    /// when the request does not accept HTML.
+    Html,
+    /// 200 with an HTML body and no `Content-Type` (the connector passes it on).
+    HtmlUnlabelled,
 }
+
+const HTML: &str = "<html>502 Bad Gateway</html>";
 
 #[derive(Debug, Clone, Default)]
 struct Reply {
@@ -94,6 +104,14 @@ struct Fake {
     faults: HashMap<Kind, VecDeque<Option<Fault>>>,
     /// Every TTS request fails with this status.
     tts_down: Option<u16>,
+    /// From this TTS request on (counted as `faults` counts them), every one gets the fault.
+    tts_always: Option<(usize, Fault)>,
+    /// TTS of this text (the filler phrase) never takes a fault from `faults`, so their
+    /// indexes keep counting the greeting, the fallback and the answer's sentences.
+    filler_text: String,
+    /// The fault for rendering the filler phrase.
+    filler_fault: Option<Fault>,
+    tts_index: usize,
     requests: Vec<Req>,
     closes: Vec<(Instant, PeerId)>,
     seq: u64,
@@ -147,6 +165,10 @@ impl Fake {
             replies: Box::new(replies),
             faults: HashMap::new(),
             tts_down: None,
+            tts_always: None,
+            filler_text: CascadeConfig::default().filler_text.unwrap_or_default(),
+            tts_index: 0,
+            filler_fault: None,
             requests: Vec::new(),
             closes: Vec::new(),
             seq: 0,
@@ -217,14 +239,39 @@ impl Fake {
             peer,
             status: Some(200),
         };
+        // What the connector is told to accept.
+        let accept: Vec<&str> = req.accept.iter().map(String::as_str).collect();
+        match kind {
+            Kind::Tts => assert_eq!(accept, ["audio/*", "application/octet-stream"]),
+            _ => assert_eq!(accept, ["text/event-stream", "application/json"]),
+        }
+        let is_filler = kind == Kind::Tts && body["input"] == self.filler_text.as_str();
         let fault = if kind == Kind::Tts && self.tts_down.is_some() {
             Some(Fault::Status(self.tts_down.unwrap_or(503), None))
+        } else if is_filler {
+            self.filler_fault.clone()
         } else {
-            self.faults
+            let ix = if kind == Kind::Tts {
+                self.tts_index += 1;
+                self.tts_index - 1
+            } else {
+                usize::MAX
+            };
+            let queued = self
+                .faults
                 .get_mut(&kind)
                 .and_then(VecDeque::pop_front)
-                .flatten()
+                .flatten();
+            match &self.tts_always {
+                Some((from, f)) if kind == Kind::Tts && ix >= *from => Some(f.clone()),
+                _ => queued,
+            }
         };
+        let stall_after = match &fault {
+            Some(Fault::StallAfter(n)) => Some(*n),
+            _ => None,
+        };
+        let fault = fault.filter(|_| stall_after.is_none());
         if let Some(f) = fault {
             let failed =
                 |error: &str, status: Option<u16>, ra: Option<u64>| ProviderEvent::Failed {
@@ -274,11 +321,36 @@ impl Fake {
                     ev.push((50, opened));
                     ev.push((50, ProviderEvent::Closed { peer }));
                 }
+                Fault::Html => {
+                    // The connector's check (`io::http`): HTML is not accepted.
+                    assert!(!req.accept.iter().any(|a| a == "text/html" || a == "text/*"));
+                    ev.push((
+                        50,
+                        failed(
+                            &format!(
+                                "content_type: 200 answered with \"text/html; charset=utf-8\", expected {}: {HTML}",
+                                req.accept.join(" or ")
+                            ),
+                            None,
+                            None,
+                        ),
+                    ));
+                }
+                Fault::HtmlUnlabelled => {
+                    ev.push((50, opened));
+                    ev.push((50, msg(HTML)));
+                    ev.push((50, ProviderEvent::Closed { peer }));
+                }
+                Fault::StallAfter(_) => unreachable!("answered normally, then cut below"),
             }
         } else {
             match kind {
                 Kind::Stt => {
                     let text = self.stt_texts.pop_front().unwrap_or_default();
+                    if stall_after.is_some() {
+                        // Never finished: the retry transcribes the same words.
+                        self.stt_texts.push_front(text.clone());
+                    }
                     let t = self.lat.stt;
                     if body["stream"] == "true" {
                         ev.push((t / 2, opened));
@@ -383,6 +455,18 @@ impl Fake {
                 }
             }
         }
+        if let Some(n) = stall_after {
+            // The first `n` messages, then nothing more (not even the end of the body).
+            let mut seen = 0;
+            ev.retain(|(_, e)| match e {
+                ProviderEvent::Opened { .. } => true,
+                ProviderEvent::Message { .. } => {
+                    seen += 1;
+                    seen <= n
+                }
+                _ => false,
+            });
+        }
         ev.into_iter().map(|(d, e)| (now + ms(d), e)).collect()
     }
 }
@@ -483,7 +567,9 @@ fn config() -> CascadeConfig {
     c.stt.timeout_ms = 1_000;
     c.llm.first_token_timeout_ms = 1_000;
     c.tts.first_byte_timeout_ms = 1_000;
-    c.idle_timeout_ms = 2_000;
+    c.stt.stall_ms = 2_000;
+    c.llm.stall_ms = 2_000;
+    c.tts.stall_ms = 2_000;
     c
 }
 
@@ -1314,4 +1400,511 @@ fn system_prompt_and_greeting_from_twiml_parameters() {
     assert_eq!(m[0]["content"], "You are Bob.");
     assert_eq!(m[1]["content"], "Hi, Bob here.");
     assert_eq!(r.fake.requests(Kind::Tts)[0].body["input"], "Hi, Bob here.");
+}
+
+/// What the caller hears first after the faulty turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// The answer itself (no filler).
+    Answer,
+    /// The filler phrase, then the answer or the fallback.
+    Filler,
+    /// The fallback phrase.
+    Fallback,
+}
+
+/// One row of the fault matrix.
+struct Row {
+    name: &'static str,
+    kind: Kind,
+    /// Per request of `kind` (for TTS: 0 the greeting, 1 the fallback phrase, 2 the answer's
+    /// first sentence; the filler phrase is not counted).
+    faults: Vec<Option<Fault>>,
+    /// Every TTS request from this index on gets this fault.
+    tts_always: Option<(usize, Fault)>,
+    first: First,
+    /// In the end the caller heard the answer (else the fallback phrase).
+    answered: bool,
+    /// The faults reported, in order (with `tts_always`: the first one, and all of its kind).
+    want: Vec<(&'static str, &'static str)>,
+}
+
+fn row(
+    name: &'static str,
+    kind: Kind,
+    faults: Vec<Fault>,
+    first: First,
+    answered: bool,
+    want: Vec<(&'static str, &'static str)>,
+) -> Row {
+    let mut q: Vec<Option<Fault>> = Vec::new();
+    if kind == Kind::Tts {
+        q.extend([None, None]);
+    }
+    q.extend(faults.into_iter().map(Some));
+    Row {
+        name,
+        kind,
+        faults: q,
+        tts_always: None,
+        first,
+        answered,
+        want,
+    }
+}
+
+/// The shipped deadlines and filler, with the fake's endpoints.
+fn fault_config() -> CascadeConfig {
+    let ep = |m: &str| Endpoint::new("http://openai.test", Some("sk-test".into()), m);
+    let mut c = CascadeConfig::default();
+    c.stt.endpoint = ep("gpt-4o-mini-transcribe");
+    c.llm.endpoint = ep("gpt-4o-mini");
+    c.tts.endpoint = ep("gpt-4o-mini-tts");
+    c.greeting = Some("Hello!".into());
+    c
+}
+
+/// Issue 12 §7: under every fault of every stage — a hang before the first byte, a stall after
+/// one event, a drop mid-stream, a 200 of the wrong content type, a 429 with `Retry-After`, a
+/// 5xx — the caller hears the answer, the filler or the fallback within 2.0 s of hark's
+/// end-of-turn decision (queued by the engine and heard at the virtual phone), and after a
+/// filler the answer or the fallback follows within the retry budget plus one first-byte
+/// deadline. A TTS stream that breaks mid-sentence is asked again for the rest of the sentence
+/// only; an answer of the wrong content type is a fault, never the caller's words.
+#[test]
+fn fault_matrix_something_is_heard_within_two_seconds() {
+    use First::*;
+    use Kind::*;
+    let cfg = fault_config();
+    let budget = ms(2_000);
+    let then = ms(cfg.retry.budget_ms + cfg.stt.timeout_ms.max(cfg.llm.first_token_timeout_ms));
+    let filler = cfg.filler_text.clone().unwrap();
+    let fallback = cfg.fallback_text.clone();
+    let html = |k| (k, "content_type");
+    let mut rows = vec![
+        // ---- STT
+        row(
+            "stt hangs",
+            Stt,
+            vec![Fault::Hang],
+            Filler,
+            true,
+            vec![("stt", "timeout")],
+        ),
+        row(
+            "stt stalls after one event",
+            Stt,
+            vec![Fault::StallAfter(1)],
+            Filler,
+            true,
+            vec![("stt", "stall")],
+        ),
+        row(
+            "stt drops mid-stream",
+            Stt,
+            vec![Fault::Dropped],
+            Answer,
+            true,
+            vec![("stt", "dropped")],
+        ),
+        row(
+            "stt 200 text/html",
+            Stt,
+            vec![Fault::Html],
+            Answer,
+            true,
+            vec![html("stt")],
+        ),
+        row(
+            "stt 200 html, no content type",
+            Stt,
+            vec![Fault::HtmlUnlabelled],
+            Answer,
+            true,
+            vec![html("stt")],
+        ),
+        row(
+            "stt 500",
+            Stt,
+            vec![Fault::Status(500, None)],
+            Answer,
+            true,
+            vec![("stt", "http_5xx")],
+        ),
+        row(
+            "stt 429 retry-after 1 s",
+            Stt,
+            vec![Fault::Status(429, Some(1_000))],
+            Filler,
+            true,
+            vec![("stt", "http_429")],
+        ),
+        row(
+            "stt hangs every time",
+            Stt,
+            vec![Fault::Hang, Fault::Hang, Fault::Hang],
+            Filler,
+            false,
+            vec![("stt", "timeout"); 3],
+        ),
+        // ---- LLM
+        row(
+            "llm hangs",
+            Llm,
+            vec![Fault::Hang],
+            Filler,
+            true,
+            vec![("llm", "timeout")],
+        ),
+        row(
+            "llm stalls after the role chunk",
+            Llm,
+            vec![Fault::StallAfter(1)],
+            Filler,
+            true,
+            vec![("llm", "timeout")],
+        ),
+        row(
+            "llm stalls after the first token",
+            Llm,
+            vec![Fault::StallAfter(2)],
+            Filler,
+            true,
+            vec![("llm", "stall")],
+        ),
+        row(
+            "llm drops mid-stream",
+            Llm,
+            vec![Fault::Dropped],
+            Answer,
+            true,
+            vec![("llm", "dropped")],
+        ),
+        row(
+            "llm 200 text/html",
+            Llm,
+            vec![Fault::Html],
+            Answer,
+            true,
+            vec![html("llm")],
+        ),
+        row(
+            "llm 200 html, no content type",
+            Llm,
+            vec![Fault::HtmlUnlabelled],
+            Answer,
+            true,
+            vec![html("llm")],
+        ),
+        row(
+            "llm 503",
+            Llm,
+            vec![Fault::Status(503, None)],
+            Answer,
+            true,
+            vec![("llm", "http_5xx")],
+        ),
+        row(
+            "llm 429 retry-after 1 s",
+            Llm,
+            vec![Fault::Status(429, Some(1_000))],
+            Filler,
+            true,
+            vec![("llm", "http_429")],
+        ),
+        row(
+            "llm 429 retry-after past the budget",
+            Llm,
+            vec![Fault::Status(429, Some(5_000))],
+            Fallback,
+            false,
+            vec![("llm", "http_429")],
+        ),
+        row(
+            "llm hangs every time",
+            Llm,
+            vec![Fault::Hang, Fault::Hang, Fault::Hang],
+            Filler,
+            false,
+            vec![("llm", "timeout"); 2],
+        ),
+        // ---- TTS (the answer's first sentence)
+        row(
+            "tts hangs",
+            Tts,
+            vec![Fault::Hang],
+            Filler,
+            true,
+            vec![("tts", "timeout")],
+        ),
+        row(
+            "tts stalls after 100 ms of audio",
+            Tts,
+            vec![Fault::StallAfter(1)],
+            Answer,
+            true,
+            vec![("tts", "stall")],
+        ),
+        row(
+            "tts drops after 100 ms of audio",
+            Tts,
+            vec![Fault::DroppedAfterAudio],
+            Answer,
+            true,
+            vec![("tts", "dropped")],
+        ),
+        row(
+            "tts 200 text/html",
+            Tts,
+            vec![Fault::Html],
+            Answer,
+            true,
+            vec![html("tts")],
+        ),
+        row(
+            "tts 503",
+            Tts,
+            vec![Fault::Status(503, None)],
+            Answer,
+            true,
+            vec![("tts", "http_5xx")],
+        ),
+        row(
+            "tts 429 retry-after 1 s",
+            Tts,
+            vec![Fault::Status(429, Some(1_000))],
+            Filler,
+            true,
+            vec![("tts", "http_429")],
+        ),
+    ];
+    rows.push(Row {
+        tts_always: Some((2, Fault::DroppedAfterAudio)),
+        ..row(
+            "tts drops after 100 ms every time",
+            Tts,
+            vec![],
+            Answer,
+            false,
+            vec![("tts", "dropped")],
+        )
+    });
+    rows.push(Row {
+        tts_always: Some((2, Fault::Hang)),
+        ..row(
+            "tts hangs every time",
+            Tts,
+            vec![],
+            Filler,
+            false,
+            vec![("tts", "timeout")],
+        )
+    });
+
+    let mut table = Vec::new();
+    for c in rows {
+        let mut fake = Fake::new(segment_texts(), script).fault(c.kind, c.faults.clone());
+        fake.tts_always = c.tts_always.clone();
+        // A hosted transcription of a 4 s utterance takes about this long; the healthy answer
+        // is then queued 870 ms after the turn, well before the filler's time.
+        fake.lat.stt = 300;
+        let r = run(cfg.clone(), fake, Some(6_600));
+        let name = c.name;
+        // The faults, reported as they happened.
+        let got = r.faults();
+        if c.tts_always.is_some() {
+            assert!(got.len() >= 2, "{name}: {got:?}");
+            let (p, k) = c.want[0];
+            assert!(got.iter().all(|(a, b)| a == p && b == k), "{name}: {got:?}");
+        } else {
+            let want: Vec<(String, String)> = c
+                .want
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(got, want, "{name}: faults");
+        }
+        // Within 2.0 s of the end of the turn: queued by the engine and heard at the phone.
+        let ends = r.turn_ends();
+        assert_eq!(ends.len(), 1, "{name}");
+        let end = ends[0];
+        let starts: Vec<Instant> = r
+            .audio_starts()
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| *t >= end)
+            .collect();
+        let sent = starts.first().map(|t| *t - end);
+        assert!(
+            sent.is_some_and(|d| d <= budget),
+            "{name}: first audio sent after {sent:?}"
+        );
+        let end_ms = r.at(end);
+        let heard = r
+            .phone
+            .bursts()
+            .iter()
+            .find(|b| b.start_ms >= end_ms)
+            .map(|b| b.start_ms - end_ms);
+        assert!(
+            heard.is_some_and(|h| h <= 2_000),
+            "{name}: first audio heard {heard:?} ms after the turn"
+        );
+        // What it was, in the order heard.
+        let said: Vec<String> = r
+            .reports()
+            .into_iter()
+            .filter(|(t, _)| *t >= end)
+            .filter_map(|(_, x)| match x {
+                AgentReport::Transcript {
+                    role: Role::Agent,
+                    text,
+                    ..
+                } => Some(text),
+                _ => None,
+            })
+            .collect();
+        assert!(!said.is_empty(), "{name}: nothing reported as heard");
+        match c.first {
+            Filler => assert_eq!(said[0], filler, "{name}: {said:?}"),
+            Fallback => assert_eq!(said[0], fallback, "{name}: {said:?}"),
+            Answer => {
+                assert!(said[0].starts_with("I'm"), "{name}: {said:?}");
+                assert!(
+                    !said.contains(&filler),
+                    "{name}: no filler needed: {said:?}"
+                );
+            }
+        }
+        let fell_back = said.iter().any(|t| t.contains(&fallback));
+        assert_eq!(fell_back, !c.answered, "{name}: {said:?}");
+        if c.answered {
+            assert!(
+                said.iter().any(|t| t.contains("sorry to hear that.")),
+                "{name}: the answer was heard: {said:?}"
+            );
+        }
+        // After a filler, the answer or the fallback follows within the budget.
+        if c.first == Filler {
+            let next = starts.get(1).map(|t| *t - end);
+            assert!(
+                next.is_some_and(|d| d <= then),
+                "{name}: after the filler, the next audio at {next:?}"
+            );
+        }
+        // Content of the wrong type is never taken as the caller's words.
+        assert!(
+            r.fake
+                .requests(Kind::Llm)
+                .iter()
+                .all(|q| !q.body.to_string().contains("Bad Gateway")),
+            "{name}: HTML went to the model"
+        );
+        // A sentence broken after some audio is asked again for its rest only.
+        if matches!(
+            c.faults.get(2),
+            Some(Some(Fault::DroppedAfterAudio | Fault::StallAfter(_)))
+        ) {
+            let inputs: Vec<String> = r
+                .fake
+                .requests(Kind::Tts)
+                .iter()
+                .map(|q| q.body["input"].as_str().unwrap_or("").to_string())
+                .collect();
+            assert_eq!(
+                inputs
+                    .iter()
+                    .filter(|t| *t == "I'm sorry to hear that.")
+                    .count(),
+                1,
+                "{name}: {inputs:?}"
+            );
+            assert!(
+                inputs.contains(&"sorry to hear that.".to_string()),
+                "{name}: {inputs:?}"
+            );
+        }
+        table.push(format!(
+            "{name:<36} first audio sent +{:>4} ms, heard +{:>4} ms: {:<8} then {:<8} faults {:?}",
+            sent.unwrap_or_default().as_millis(),
+            heard.unwrap_or_default(),
+            format!("{:?}", c.first),
+            if c.answered { "answer" } else { "fallback" },
+            got.iter()
+                .map(|(p, k)| format!("{p}/{k}"))
+                .collect::<Vec<_>>()
+        ));
+    }
+    eprintln!("{}", table.join("\n"));
+}
+
+/// The filler is rendered once, after the fallback phrase; if that fails, the chime stands in
+/// for it. And a due filler waits while the caller is talking again: their new turn restarts
+/// its clock, so it never plays over them (no barge-in, one answer to both utterances).
+#[test]
+fn the_filler_is_the_chime_when_unrendered_and_waits_for_a_talking_caller() {
+    let cfg = fault_config();
+    let mut fake = Fake::new(segment_texts(), script).fault(Kind::Llm, vec![Some(Fault::Hang)]);
+    fake.filler_fault = Some(Fault::Status(401, None));
+    let r = run(cfg.clone(), fake, Some(6_600));
+    let tts: Vec<&Value> = r
+        .fake
+        .requests(Kind::Tts)
+        .iter()
+        .map(|q| &q.body["input"])
+        .collect();
+    assert_eq!(
+        tts[..3],
+        [
+            &json!("Hello!"),
+            &json!(cfg.fallback_text),
+            &json!("One moment.")
+        ]
+    );
+    // After the fallback phrase was rendered, not with it.
+    assert!(r.fake.requests(Kind::Tts)[2].at > r.fake.requests(Kind::Tts)[1].at);
+    assert_eq!(
+        r.faults(),
+        vec![
+            ("tts".to_string(), "http_401".to_string()),
+            ("llm".to_string(), "timeout".to_string())
+        ]
+    );
+    // The chime (no text) at the filler's time, then the answer (the LLM retried after its
+    // first-token deadline).
+    let end = r.turn_ends()[0];
+    let starts: Vec<Instant> = r
+        .audio_starts()
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| *t >= end)
+        .collect();
+    assert_eq!(starts[0] - end, ms(cfg.filler_after_ms));
+    assert!(starts[1] - end >= ms(300 + cfg.llm.first_token_timeout_ms + 300));
+    let said = r.transcripts(Role::Agent);
+    assert!(!said.iter().any(|(t, _)| t == "One moment."), "{said:?}");
+    assert!(
+        said.iter().any(|(t, _)| t.starts_with("I'm sorry")),
+        "{said:?}"
+    );
+
+    // The caller speaks again 1.1 s after their turn (before the filler's 1.8 s) for 1.8 s,
+    // while the first answer is slow (3.5 s to its first token).
+    let mut fake = Fake::new(segment_texts(), script);
+    fake.ttft_by_request.insert(0, 3_500);
+    let mut cfg = fault_config();
+    cfg.llm.first_token_timeout_ms = 5_000;
+    let r = run(cfg, fake, Some(12_000));
+    assert!(r.clears.is_empty(), "nothing played over the caller");
+    let ends = r.turn_ends();
+    assert_eq!(ends.len(), 2);
+    let said: Vec<(String, bool)> = r.transcripts(Role::Agent);
+    assert!(!said.iter().any(|(t, _)| t == "One moment."), "{said:?}");
+    let answers: Vec<_> = r
+        .audio_starts()
+        .into_iter()
+        .filter(|(t, _)| *t > ends[0])
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].0 > ends[1]);
 }

@@ -150,6 +150,15 @@ async fn server(seen: Shared) -> SocketAddr {
             }),
         )
         .route(
+            "/html",
+            post(|| async {
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .body(Body::from("<html>502 Bad Gateway</html>"))
+                    .unwrap()
+            }),
+        )
+        .route(
             "/json-not-sse",
             post(|| async { axum::Json(serde_json::json!({"text": "hello"})) }),
         )
@@ -202,6 +211,7 @@ fn req(url: String, method: &str, body: HttpBody, mode: ResponseMode) -> HttpReq
         body,
         response: mode,
         timeout_ms: Some(5_000),
+        accept: Vec::new(),
     }
 }
 
@@ -520,6 +530,77 @@ async fn timeouts_refusals_and_drops_fail_with_their_kind() {
         panic!("{evs:?}")
     };
     assert!(error.starts_with(http::ERR_REQUEST), "{error}");
+}
+
+/// A 2xx answer of a type the request does not accept is a fault of its own kind, and nothing
+/// of its body reaches the agent as data; accepted types (and requests that accept anything)
+/// stream as before.
+#[tokio::test]
+async fn wrong_content_type_fails_the_pipe() {
+    use hark_engine::agents::cascade::wire::{accept_audio, accept_text};
+    let seen: Shared = Arc::default();
+    let addr = server(seen).await;
+    let client = Client::default();
+    for (path, mode, accept) in [
+        ("html", ResponseMode::Sse, accept_text()),
+        ("html", ResponseMode::Whole, accept_text()),
+        ("html", ResponseMode::Chunks, accept_audio()),
+        ("json-not-sse", ResponseMode::Chunks, accept_audio()),
+    ] {
+        let mut r = req(
+            format!("http://{addr}/{path}"),
+            "POST",
+            HttpBody::Empty,
+            mode,
+        );
+        r.accept = accept.clone();
+        let evs = collect(&client, r).await;
+        assert_eq!(evs.len(), 1, "{path}: {evs:?}");
+        let ProviderEvent::Failed { error, status, .. } = &evs[0].1 else {
+            panic!("{path}: {evs:?}")
+        };
+        assert!(error.starts_with(http::ERR_CONTENT_TYPE), "{error}");
+        assert_eq!(*status, None, "the status itself was fine");
+        assert!(error.contains(&accept[0]), "{error}");
+        if path == "html" {
+            assert!(error.contains("text/html"), "{error}");
+            assert!(error.contains("502 Bad Gateway"), "{error}");
+        }
+    }
+    // Accepted: JSON for a text request, octet-stream for audio, anything when unset.
+    let mut r = req(
+        format!("http://{addr}/json-not-sse"),
+        "POST",
+        HttpBody::Empty,
+        ResponseMode::Sse,
+    );
+    r.accept = accept_text();
+    assert_eq!(
+        texts(&collect(&client, r).await),
+        vec![r#"{"text":"hello"}"#]
+    );
+    let mut r = req(
+        format!("http://{addr}/chunks"),
+        "GET",
+        HttpBody::Empty,
+        ResponseMode::Chunks,
+    );
+    r.accept = accept_audio();
+    let evs = collect(&client, r).await;
+    assert!(matches!(
+        evs.last().unwrap().1,
+        ProviderEvent::Closed { .. }
+    ));
+    let r = req(
+        format!("http://{addr}/html"),
+        "POST",
+        HttpBody::Empty,
+        ResponseMode::Whole,
+    );
+    assert_eq!(
+        texts(&collect(&client, r).await),
+        vec!["<html>502 Bad Gateway</html>"]
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,12 @@
 //!     [`ClientConfig::connect_timeout`];
 //!   - [`ERR_CONNECT`] — the connection could not be made (refused, DNS, TLS);
 //!   - [`ERR_DROPPED`] — the connection broke while the body was streaming;
-//!   - [`ERR_REQUEST`] — the request could not be built or sent (bad method, URL or header).
+//!   - [`ERR_REQUEST`] — the request could not be built or sent (bad method, URL or header);
+//!   - [`ERR_CONTENT_TYPE`] — a 2xx answer whose `Content-Type` is not one the request accepts
+//!     ([`HttpRequest::accept`]): e.g. a proxy's `<html>502 Bad Gateway</html>` page sent with
+//!     200 where JSON, SSE or audio was asked for. `status` is `None` (the status was fine),
+//!     `error` names the type received and the types accepted, then the start of the body. No
+//!     `Opened` is sent: nothing of such a body reaches the agent.
 //!
 //! Cancellation: the driver aborts the task on `ProviderCommand::Close`; dropping the reqwest
 //! future drops the connection, which is how a provider learns to stop generating (OpenAI stops
@@ -52,6 +57,8 @@ pub const ERR_CONNECT: &str = "connect";
 pub const ERR_DROPPED: &str = "dropped";
 /// `error` prefix of a request that could not be built or sent.
 pub const ERR_REQUEST: &str = "request";
+/// `error` prefix of a 2xx answer of a content type the request does not accept.
+pub const ERR_CONTENT_TYPE: &str = "content_type";
 /// At most this many bytes of a non-2xx body are put in `Failed.error`.
 pub const ERROR_BODY_BYTES: usize = 2048;
 /// How long reading a non-2xx body may take before the error is reported without it.
@@ -261,6 +268,22 @@ async fn execute(
             retry_after_ms,
         });
     }
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Some(ct) = &content_type
+        && !accepts(&req.accept, ct)
+    {
+        let body = read_prefix(&mut resp).await;
+        return Err(Fail::new(
+            ERR_CONTENT_TYPE,
+            format!(
+                "{status} answered with {ct:?}, expected {}: {body}",
+                req.accept.join(" or ")
+            ),
+        ));
+    }
     let sse = req.response == ResponseMode::Sse
         && resp
             .headers()
@@ -319,6 +342,29 @@ async fn execute(
         }
     }
     Ok(())
+}
+
+/// Whether a response of `content_type` (a `Content-Type` value, parameters allowed) is one of
+/// `accept` (`type/subtype` or `type/*`, case-insensitive). An empty `accept` takes anything.
+pub fn accepts(accept: &[String], content_type: &str) -> bool {
+    if accept.is_empty() {
+        return true;
+    }
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let (ty, sub) = mime.split_once('/').unwrap_or((mime.as_str(), ""));
+    accept.iter().any(|a| {
+        let a = a.trim().to_ascii_lowercase();
+        match a.split_once('/') {
+            Some((aty, "*")) => aty == ty,
+            Some((aty, asub)) => aty == ty && asub == sub,
+            None => false,
+        }
+    })
 }
 
 /// A boundary that occurs in none of the parts' data (RFC 2046 §5.1.1).
@@ -529,6 +575,29 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after_ms(&h), None);
+    }
+
+    #[test]
+    fn content_types_accepted() {
+        let audio = vec![
+            "audio/*".to_string(),
+            "application/octet-stream".to_string(),
+        ];
+        assert!(accepts(&audio, "audio/pcm"));
+        assert!(accepts(&audio, "Audio/L16; rate=24000"));
+        assert!(accepts(&audio, "application/octet-stream"));
+        assert!(!accepts(&audio, "text/html; charset=utf-8"));
+        assert!(!accepts(&audio, "application/json"));
+        let text = vec![
+            "text/event-stream".to_string(),
+            "application/json".to_string(),
+        ];
+        assert!(accepts(&text, "text/event-stream; charset=utf-8"));
+        assert!(accepts(&text, "application/json"));
+        assert!(!accepts(&text, "text/html"));
+        assert!(!accepts(&text, "text/plain"));
+        assert!(!accepts(&text, ""));
+        assert!(accepts(&[], "text/html"));
     }
 
     #[test]

@@ -32,12 +32,15 @@
 //! | `HARK_TRANSFER_FAILED_TEXT` | `Sorry, I couldn't transfer your call right now…` | said when a transfer fails; the call goes on |
 //! | `HARK_TOOLS` | `end_call,transfer_call` | tools offered to the model; `none` for none |
 //! | `HARK_TRANSFER_ALLOW` | — | comma-separated numbers `transfer_call` may dial (all when unset) |
-//! | `HARK_STT_TIMEOUT_MS` | 5000 | transcript deadline |
-//! | `HARK_LLM_TIMEOUT_MS` | 5000 | first-token deadline |
-//! | `HARK_TTS_TIMEOUT_MS` | 4000 | first-audio-byte deadline |
-//! | `HARK_PROVIDER_IDLE_MS` | 5000 | a stream silent this long mid-answer counts as dropped |
+//! | `HARK_STT_TIMEOUT_MS` | 1500 | first transcription event (or the JSON answer), from the request |
+//! | `HARK_LLM_TIMEOUT_MS` | 1500 | first content or tool-call token, from the request |
+//! | `HARK_TTS_TIMEOUT_MS` | 1200 | first audio bytes, from the request |
+//! | `HARK_PROVIDER_IDLE_MS` | — | sets the three stall deadlines below at once |
+//! | `HARK_STT_STALL_MS`, `HARK_LLM_STALL_MS`, `HARK_TTS_STALL_MS` | 1000, 1500, 1000 | a stream that sends nothing this long after its last data has stalled |
+//! | `HARK_FILLER_TEXT` | `One moment.` | played when nothing of the answer was heard by `HARK_FILLER_AFTER_MS`; `off` for none |
+//! | `HARK_FILLER_AFTER_MS` | 1800 | after hark's end of the caller's turn |
 //! | `HARK_RETRY_MAX` | 2 | retries per request |
-//! | `HARK_RETRY_BUDGET_MS` | 4000 | retries only start within this long after the caller's turn |
+//! | `HARK_RETRY_BUDGET_MS` | 3000 | retries only start within this long after the caller's turn |
 //! | `HARK_RETRY_BACKOFF_MS` | 150 | first backoff, doubled per retry |
 
 use hark_engine::Agent;
@@ -269,7 +272,32 @@ impl Settings {
             c.tts.first_byte_timeout_ms = num("HARK_TTS_TIMEOUT_MS", &v)?;
         }
         if let Some(v) = get("HARK_PROVIDER_IDLE_MS") {
-            c.idle_timeout_ms = num("HARK_PROVIDER_IDLE_MS", &v)?;
+            let stall: u64 = num("HARK_PROVIDER_IDLE_MS", &v)?;
+            c.stt.stall_ms = stall;
+            c.llm.stall_ms = stall;
+            c.tts.stall_ms = stall;
+        }
+        if let Some(v) = get("HARK_STT_STALL_MS") {
+            c.stt.stall_ms = num("HARK_STT_STALL_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_LLM_STALL_MS") {
+            c.llm.stall_ms = num("HARK_LLM_STALL_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_TTS_STALL_MS") {
+            c.tts.stall_ms = num("HARK_TTS_STALL_MS", &v)?;
+        }
+        if let Some(v) = get("HARK_FILLER_TEXT") {
+            c.filler_text = match v.trim().to_ascii_lowercase().as_str() {
+                "off" | "none" => None,
+                _ => Some(v.trim().to_string()),
+            };
+        }
+        if let Some(v) = get("HARK_FILLER_AFTER_MS") {
+            let after: u64 = num("HARK_FILLER_AFTER_MS", &v)?;
+            if !(100..=60_000).contains(&after) {
+                return Err(bad("HARK_FILLER_AFTER_MS", "must be within 100..=60000"));
+            }
+            c.filler_after_ms = after;
         }
         if let Some(v) = get("HARK_RETRY_MAX") {
             c.retry.max_retries = num::<u32>("HARK_RETRY_MAX", &v)?.min(10);
@@ -363,6 +391,47 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_and_filler() {
+        let s = read(&[("OPENAI_API_KEY", "k")]).unwrap();
+        let c = &s.config;
+        assert_eq!(
+            (
+                c.stt.timeout_ms,
+                c.llm.first_token_timeout_ms,
+                c.tts.first_byte_timeout_ms
+            ),
+            (1500, 1500, 1200)
+        );
+        assert_eq!(
+            (c.stt.stall_ms, c.llm.stall_ms, c.tts.stall_ms),
+            (1000, 1500, 1000)
+        );
+        assert_eq!(c.filler_text.as_deref(), Some("One moment."));
+        assert_eq!(c.filler_after_ms, 1800);
+        let s = read(&[
+            ("OPENAI_API_KEY", "k"),
+            ("HARK_PROVIDER_IDLE_MS", "2000"),
+            ("HARK_LLM_STALL_MS", "3000"),
+            ("HARK_FILLER_TEXT", "off"),
+            ("HARK_FILLER_AFTER_MS", "1200"),
+        ])
+        .unwrap();
+        let c = &s.config;
+        assert_eq!(
+            (c.stt.stall_ms, c.llm.stall_ms, c.tts.stall_ms),
+            (2000, 3000, 2000)
+        );
+        assert_eq!(c.filler_text, None);
+        assert_eq!(c.filler_after_ms, 1200);
+        let s = read(&[
+            ("OPENAI_API_KEY", "k"),
+            ("HARK_FILLER_TEXT", "Just a second."),
+        ])
+        .unwrap();
+        assert_eq!(s.config.filler_text.as_deref(), Some("Just a second."));
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let base = [("OPENAI_API_KEY", "k")];
         for (var, val) in [
@@ -375,6 +444,8 @@ mod tests {
             ("HARK_TOOLS", "launch_rockets"),
             ("HARK_TRANSFER_ALLOW", "555-1234"),
             ("HARK_RETRY_MAX", "-1"),
+            ("HARK_FILLER_AFTER_MS", "5"),
+            ("HARK_TTS_STALL_MS", "soon"),
         ] {
             let mut v = base.to_vec();
             v.push((var, val));

@@ -26,7 +26,9 @@
 //! first token and per token for the LLM, time to first byte for TTS. Faults ([`FaultRule`]):
 //! a status with OpenAI's error body (401 `invalid_api_key`, 429 `rate_limit_exceeded` with
 //! `Retry-After`/`retry-after-ms`, 429 `insufficient_quota`, 5xx), an answer that never comes,
-//! an error object inside a 200 stream, and a connection dropped mid-answer.
+//! an error object inside a 200 stream, a connection dropped mid-answer (after the first piece,
+//! or after a given number of bytes), a stream that stalls after a given number of events or
+//! chunks (the connection stays open), and a 200 with a proxy's HTML error page.
 //!
 //! Every exchange is recorded ([`OpenAiDouble::exchanges`]): the request as JSON (multipart
 //! fields as strings, the file as its length) and each JSON payload of the response, so tests
@@ -193,7 +195,20 @@ pub enum Fault {
     StreamError,
     /// 200, part of the answer, then the connection is dropped.
     Drop,
+    /// 200, the first `n` pieces of the normal answer (SSE events — for chat the first is the
+    /// `role` chunk —, or audio chunks of [`Latency::chunk_ms`]; a JSON answer is one piece),
+    /// then nothing for an hour: the connection stays open.
+    StallAfter(usize),
+    /// 200, the first `n` bytes of the normal answer (e.g. 4800 bytes = 100 ms of 24 kHz
+    /// speech), then the connection is dropped.
+    DropAfterBytes(usize),
+    /// 200 with `Content-Type: text/html` and [`HTML_ERROR_PAGE`], as a proxy in front of a
+    /// failing server answers.
+    Html,
 }
+
+/// The body of [`Fault::Html`].
+pub const HTML_ERROR_PAGE: &str = "<html>502 Bad Gateway</html>";
 
 impl Fault {
     /// A plain status fault.
@@ -438,7 +453,7 @@ fn take_fault(st: &mut State, endpoint: Endpoint) -> Option<Fault> {
         }
         let n = *seen;
         *seen += 1;
-        if hit.is_none() && n >= rule.skip && n < rule.skip + rule.times {
+        if hit.is_none() && n >= rule.skip && n < rule.skip.saturating_add(rule.times) {
             hit = Some(rule.fault.clone());
         }
     }
@@ -573,8 +588,46 @@ fn fault_plan(fault: &Fault, first: Duration) -> Option<(Plan, Vec<Value>)> {
             },
             Vec::new(),
         )),
-        Fault::StreamError | Fault::Drop => None,
+        Fault::Html => Some((
+            Plan {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                headers: Vec::new(),
+                pieces: vec![(Duration::ZERO, HTML_ERROR_PAGE.as_bytes().to_vec())],
+                drop_at_end: false,
+                head_delay: first,
+            },
+            Vec::new(),
+        )),
+        Fault::StreamError | Fault::Drop | Fault::StallAfter(_) | Fault::DropAfterBytes(_) => None,
     }
+}
+
+/// Cuts a normal answer as [`Fault::StallAfter`] or [`Fault::DropAfterBytes`] ask.
+fn cut(mut plan: Plan, fault: Option<&Fault>) -> Plan {
+    match fault {
+        Some(Fault::StallAfter(n)) if plan.status == 200 => {
+            plan.pieces.truncate(*n);
+            plan.pieces.push((Duration::from_secs(3600), Vec::new()));
+            plan.drop_at_end = false;
+        }
+        Some(Fault::DropAfterBytes(n)) if plan.status == 200 => {
+            let mut left = *n;
+            let mut kept = Vec::new();
+            for (d, mut b) in std::mem::take(&mut plan.pieces) {
+                if left == 0 {
+                    break;
+                }
+                b.truncate(left);
+                left -= b.len();
+                kept.push((d, b));
+            }
+            plan.pieces = kept;
+            plan.drop_at_end = true;
+        }
+        _ => {}
+    }
+    plan
 }
 
 fn check_auth(st: &State, headers: &HeaderMap) -> Option<(Plan, Vec<Value>)> {
@@ -613,7 +666,11 @@ fn record(
     response: Vec<Value>,
     fault: Option<Fault>,
 ) -> Plan {
-    let audio_bytes = if endpoint == Endpoint::Speech && plan.status == 200 {
+    let plan = cut(plan, fault.as_ref());
+    let audio_bytes = if endpoint == Endpoint::Speech
+        && plan.status == 200
+        && plan.content_type.starts_with("audio/")
+    {
         plan.pieces.iter().map(|(_, b)| b.len()).sum()
     } else {
         0
@@ -741,7 +798,11 @@ async fn transcriptions(state: Arc<Mutex<State>>, headers: HeaderMap, body: Byte
                         } else {
                             st.script.transcripts[st.next_transcript % n].clone()
                         };
-                        st.next_transcript += 1;
+                        // A transcription that never completes is asked again: the retry
+                        // gets the same words.
+                        if !matches!(fault, Some(Fault::StallAfter(_) | Fault::DropAfterBytes(_))) {
+                            st.next_transcript += 1;
+                        }
                         let usage = json!({"type": "tokens", "input_tokens": 14,
                             "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
                             "output_tokens": 5, "total_tokens": 19});
@@ -1176,6 +1237,39 @@ mod tests {
         assert_eq!(f["file"]["filename"], "audio.wav");
         assert_eq!(f["file"]["content_type"], "audio/wav");
         assert_eq!(file, b"RIFF");
+    }
+
+    #[test]
+    fn stall_and_drop_cut_the_answer() {
+        let plan = || Plan {
+            status: 200,
+            content_type: "audio/pcm",
+            headers: Vec::new(),
+            pieces: vec![
+                (Duration::ZERO, vec![1; 3000]),
+                (ms(10), vec![2; 3000]),
+                (ms(10), vec![3; 3000]),
+            ],
+            drop_at_end: false,
+            head_delay: Duration::ZERO,
+        };
+        let p = cut(plan(), Some(&Fault::StallAfter(1)));
+        assert_eq!(p.pieces.len(), 2);
+        assert_eq!(p.pieces[0].1, vec![1; 3000]);
+        assert!(p.pieces[1].0 >= Duration::from_secs(3600) && p.pieces[1].1.is_empty());
+        assert!(!p.drop_at_end);
+        let p = cut(plan(), Some(&Fault::DropAfterBytes(4800)));
+        let sizes: Vec<usize> = p.pieces.iter().map(|(_, b)| b.len()).collect();
+        assert_eq!(sizes, [3000, 1800]);
+        assert!(p.drop_at_end);
+        let p = cut(plan(), None);
+        assert_eq!(p.pieces.len(), 3);
+        let (html, _) = fault_plan(&Fault::Html, ms(5)).unwrap();
+        assert_eq!(
+            (html.status, html.content_type),
+            (200, "text/html; charset=utf-8")
+        );
+        assert_eq!(html.pieces[0].1, HTML_ERROR_PAGE.as_bytes());
     }
 
     #[test]

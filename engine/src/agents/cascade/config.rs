@@ -1,5 +1,16 @@
-//! Settings of the cascade agent: per-stage endpoints, prompts and phrases, tools, timeouts and
-//! the retry policy. All durations are in ms.
+//! Settings of the cascade agent: per-stage endpoints, prompts and phrases, tools, the stage
+//! deadlines, the filler and the retry policy. All durations are in ms.
+//!
+//! ## Deadlines
+//! Every provider request has two deadlines of its own stage: the **first** (the first
+//! transcription event, the first content or tool-call token, the first audio bytes), counted
+//! from the request, and the **stall** (no new data), counted from the last data received. A
+//! request that misses one is closed and counts as a fault (`timeout`, `stall`), retried within
+//! [`RetryPolicy`]. Independently, when the caller has heard nothing of the answer
+//! [`CascadeConfig::filler_after_ms`] after the end of their turn, the pre-rendered
+//! [`CascadeConfig::filler_text`] plays. The defaults are chosen so that a hang anywhere is met
+//! with the filler within 2 s of the turn's end and with a retry's answer or the fallback soon
+//! after.
 
 /// One OpenAI-compatible endpoint (OpenAI, another hosted service, or a local server such as
 /// vLLM, llama.cpp's server, Ollama, Speaches or Kokoro-FastAPI).
@@ -63,8 +74,12 @@ pub struct SttConfig {
     /// `gpt-4o(-mini)-transcribe` models stream; `whisper-1` ignores it and answers JSON, which
     /// the agent also accepts.
     pub stream: bool,
-    /// The transcript must be complete this long after the request was sent (default 5000).
+    /// The first transcription event (a streamed delta, or the whole JSON answer) must arrive
+    /// this long after the request was sent (default 1500).
     pub timeout_ms: u64,
+    /// A streamed transcription that sends nothing for this long after its last event has
+    /// stalled (default 1000).
+    pub stall_ms: u64,
 }
 
 /// The language model (`POST /v1/chat/completions`, streamed).
@@ -76,8 +91,12 @@ pub struct LlmConfig {
     pub temperature: Option<f32>,
     /// `max_tokens` (the form every OpenAI-compatible server accepts), when set.
     pub max_tokens: Option<u32>,
-    /// The first streamed chunk must arrive this long after the request (default 5000).
+    /// The first content or tool-call delta must arrive this long after the request (default
+    /// 1500): a stream that only sends its `role` chunk and then nothing has not answered.
     pub first_token_timeout_ms: u64,
+    /// After the first token, a stream that sends nothing for this long has stalled (default
+    /// 1500).
+    pub stall_ms: u64,
 }
 
 /// Text to speech (`POST /v1/audio/speech`, `response_format: pcm`, streamed).
@@ -91,8 +110,12 @@ pub struct TtsConfig {
     pub instructions: Option<String>,
     /// `speed` 0.25–4.0, when set.
     pub speed: Option<f32>,
-    /// The first audio byte must arrive this long after the request (default 4000).
+    /// The first audio bytes must arrive this long after the request (default 1200).
     pub first_byte_timeout_ms: u64,
+    /// An audio stream that sends nothing for this long after its last bytes has stalled
+    /// (default 1000); the rest of its sentence is asked for again (see the module docs of
+    /// [`crate::agents::cascade`]).
+    pub stall_ms: u64,
     /// Sentences synthesised at once (default 2): the next sentence's audio is fetched while
     /// the current one streams; audio always plays in sentence order.
     pub parallel: usize,
@@ -115,8 +138,9 @@ pub struct RetryPolicy {
     /// Retries per request (default 2): a request is tried at most `1 + max_retries` times.
     pub max_retries: u32,
     /// Retries start only within this long after the caller's turn ended (or, for the greeting,
-    /// after the stream started) (default 4000). A `Retry-After` that points past it is not
-    /// waited for: the fallback phrase plays at once.
+    /// after the stream started; for a TTS sentence, after the sentence was written) (default
+    /// 3000). A `Retry-After` that points past it is not waited for: the fallback phrase plays at
+    /// once.
     pub budget_ms: u64,
     /// First backoff after a 5xx, a dropped connection or an error inside a stream (default
     /// 150); doubled per retry. A 429 waits for its `retry-after-ms`/`Retry-After` instead when
@@ -154,15 +178,23 @@ pub struct CascadeConfig {
     pub transfer_text: String,
     /// Spoken when a transfer could not be carried out; the conversation then goes on.
     pub transfer_failed_text: String,
+    /// A short phrase played when the caller has heard nothing of the answer
+    /// [`CascadeConfig::filler_after_ms`] after their turn ended (default `One moment.`); the
+    /// answer (or the fallback) follows it. Rendered once per call, after the fallback phrase;
+    /// if it could not be rendered, the chime plays instead. `None` or empty: no filler.
+    pub filler_text: Option<String>,
+    /// When the filler plays, ms after hark's end-of-turn decision (default 1800): late enough
+    /// that an answer (or a fallback after fast failures) that is merely slow is not held up
+    /// behind it, early enough that it is heard within a 2 s budget (the way to the phone is
+    /// 15–40 ms over loopback). Deferred while the caller is talking again.
+    pub filler_after_ms: u64,
     /// Tools.
     pub tools: ToolsConfig,
     /// Retries.
     pub retry: RetryPolicy,
     /// Whole-request backstop for every provider request, given to the connector (default
-    /// 60 000): the agent's own timeouts above fire first.
+    /// 60 000): the agent's own deadlines (per stage) fire first.
     pub request_timeout_ms: u64,
-    /// A stream that goes silent this long mid-answer is treated as dropped (default 5000).
-    pub idle_timeout_ms: u64,
     /// Tool-call rounds per caller turn (default 3): a model that keeps calling tools that
     /// need another round is stopped with the fallback phrase.
     pub max_tool_rounds: u32,
@@ -174,6 +206,9 @@ Answer briefly in plain spoken sentences: no lists, no markdown, no emoji. \
 If the caller wants to end the call, say a short goodbye and call end_call. \
 If the caller asks for a person or another department, call transfer_call.";
 
+/// The default filler phrase.
+pub const DEFAULT_FILLER: &str = "One moment.";
+
 impl Default for CascadeConfig {
     fn default() -> Self {
         let ep = |model: &str| Endpoint::new(OPENAI_BASE_URL, None, model);
@@ -183,20 +218,23 @@ impl Default for CascadeConfig {
                 language: None,
                 prompt: None,
                 stream: true,
-                timeout_ms: 5_000,
+                timeout_ms: 1_500,
+                stall_ms: 1_000,
             },
             llm: LlmConfig {
                 endpoint: ep("gpt-4o-mini"),
                 temperature: None,
                 max_tokens: None,
-                first_token_timeout_ms: 5_000,
+                first_token_timeout_ms: 1_500,
+                stall_ms: 1_500,
             },
             tts: TtsConfig {
                 endpoint: ep("gpt-4o-mini-tts"),
                 voice: "alloy".into(),
                 instructions: None,
                 speed: None,
-                first_byte_timeout_ms: 4_000,
+                first_byte_timeout_ms: 1_200,
+                stall_ms: 1_000,
                 parallel: 2,
             },
             system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
@@ -209,6 +247,8 @@ impl Default for CascadeConfig {
             transfer_failed_text:
                 "Sorry, I couldn't transfer your call right now. Is there anything else I can help with?"
                     .into(),
+            filler_text: Some(DEFAULT_FILLER.into()),
+            filler_after_ms: 1_800,
             tools: ToolsConfig {
                 end_call: true,
                 transfer_call: true,
@@ -216,11 +256,10 @@ impl Default for CascadeConfig {
             },
             retry: RetryPolicy {
                 max_retries: 2,
-                budget_ms: 4_000,
+                budget_ms: 3_000,
                 backoff_ms: 150,
             },
             request_timeout_ms: 60_000,
-            idle_timeout_ms: 5_000,
             max_tool_rounds: 3,
         }
     }
@@ -275,12 +314,20 @@ impl CascadeConfig {
             ("stt timeout", self.stt.timeout_ms),
             ("llm first-token timeout", self.llm.first_token_timeout_ms),
             ("tts first-byte timeout", self.tts.first_byte_timeout_ms),
-            ("idle timeout", self.idle_timeout_ms),
+            ("stt stall", self.stt.stall_ms),
+            ("llm stall", self.llm.stall_ms),
+            ("tts stall", self.tts.stall_ms),
             ("request timeout", self.request_timeout_ms),
         ] {
             if v < 50 {
                 return bad(format!("{name} of {v} ms is too short (at least 50)"));
             }
+        }
+        if !(100..=60_000).contains(&self.filler_after_ms) {
+            return bad(format!(
+                "filler delay of {} ms is outside 100..=60000",
+                self.filler_after_ms
+            ));
         }
         Ok(())
     }
@@ -322,5 +369,11 @@ mod tests {
         let mut c = CascadeConfig::default();
         c.tts.speed = Some(9.0);
         assert!(c.validate().unwrap_err().to_string().contains("speed"));
+        let mut c = CascadeConfig::default();
+        c.filler_after_ms = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("filler"));
+        let mut c = CascadeConfig::default();
+        c.llm.stall_ms = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("llm stall"));
     }
 }

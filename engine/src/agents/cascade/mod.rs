@@ -37,14 +37,30 @@
 //! [`CascadeConfig::max_tool_rounds`]). A barge-in on the goodbye does not cancel the hang-up.
 //!
 //! ## Provider faults
-//! 401/403, 429 (`retry-after-ms`/`Retry-After` honoured), 408/409/5xx, connect and read
-//! timeouts (the agent's own, per stage), an `{"error":…}` inside a 200 stream, and a stream that
-//! ends early are each reported as [`AgentReport::ProviderFault`] and retried within
-//! [`RetryPolicy`] — never a 401/403/other 4xx or `insufficient_quota`, never an LLM round or a
-//! TTS sentence whose output the caller may already have heard. When retries run out, the reply
-//! ends with [`CascadeConfig::fallback_text`], rendered once when the call starts so it plays even
-//! with TTS down — or, if it could not be rendered, a short synthesized chime ([`audio::chime`]):
-//! the caller is never left in silence.
+//! 401/403, 429 (`retry-after-ms`/`Retry-After` honoured), 408/409/5xx, connect errors, an
+//! answer of the wrong content type (the connector's `content_type` failure, or a transcription
+//! that is not JSON: never taken as the caller's words), an `{"error":…}` inside a 200 stream, a
+//! stream that ends early, and the agent's own per-stage deadlines — the **first** deadline
+//! from the request (first transcription event, first content or tool-call token, first audio
+//! bytes: `timeout`) and the **stall** deadline from the last data received (`stall`) — are each
+//! reported as [`AgentReport::ProviderFault`] and retried within [`RetryPolicy`] — never a
+//! 401/403/other 4xx or `insufficient_quota`, never an LLM round whose sentences already went to
+//! TTS. A TTS sentence that breaks after some of its audio was handed out is not synthesised
+//! again whole: its audio stays, cut after the word the audio reached (estimated from the
+//! speaking rate learned on the call, rounded up to the end of a word), and the rest of its
+//! words becomes a sentence of its own. When retries run out, the reply ends with
+//! [`CascadeConfig::fallback_text`], rendered once when the call starts so it plays even with
+//! TTS down — or, if it could not be rendered, a short synthesized chime ([`audio::chime`]).
+//!
+//! ## Never dead air
+//! When nothing of the answer has been handed to the playout
+//! [`CascadeConfig::filler_after_ms`] after the end of the caller's turn, the filler
+//! ([`CascadeConfig::filler_text`], rendered once after the fallback phrase; the chime if it
+//! could not be) plays as an utterance of its own, ahead of the answer. It waits while the
+//! caller is talking again (the turn detector heard speech start and the VAD heard voice in the
+//! last 800 ms), it is reported as heard, and it never enters the history. With
+//! the stage deadlines this bounds the silence after a turn under any single fault: the filler
+//! by `filler_after_ms`, then a retry's answer or the fallback.
 //!
 //! ## Telemetry
 //! [`AgentReport::Latency`] per turn: [`Stage::Stt`] (turn end → transcript),
@@ -71,7 +87,7 @@ pub use config::{
 pub use wire::{ChatMessage, ToolCall};
 
 use crate::agent::{
-    Action, Agent, AgentNeeds, AgentReport, CallInfo, HttpRequest, OpenSpec, PeerId,
+    Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, HttpRequest, OpenSpec, PeerId,
     ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage, UserTurn,
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
@@ -91,22 +107,50 @@ pub const PROVIDER_TTS: &str = "tts";
 /// audio chunks before the sentence's full length is known.
 const INITIAL_US_PER_CHAR: u64 = 70_000;
 
+/// How long the caller must have been quiet before a due filler plays over the end of their
+/// speech (a speech that endpointing then discarded, so no new turn came), ms: more than the
+/// default endpointing silence (600 ms).
+const CALLER_QUIET_MS: u64 = 800;
+/// A filler is deferred for a talking caller at most this long past its time, ms.
+const FILLER_MAX_DEFER_MS: u64 = 3_000;
+
+/// A phrase rendered once per call so it plays even when TTS is down later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PhraseKind {
+    /// [`CascadeConfig::fallback_text`].
+    Fallback,
+    /// [`CascadeConfig::filler_text`].
+    Filler,
+}
+
+impl PhraseKind {
+    fn name(self) -> &'static str {
+        match self {
+            PhraseKind::Fallback => "fallback",
+            PhraseKind::Filler => "filler",
+        }
+    }
+}
+
 /// What a provider pipe is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pipe {
     Stt { turn: u64, seg: u64 },
     Llm { turn: u64 },
     Tts { utt: UtteranceId, sid: u64 },
-    Fallback,
+    Phrase(PhraseKind),
 }
 
 #[derive(Debug)]
 struct PipeState {
     role: Pipe,
-    /// The stage's own deadline: first byte/token, then idle between messages.
+    /// The stage's own deadline: the first data (from the request), then the stall deadline
+    /// (from the last data received).
     deadline: Instant,
     /// What the deadline waits for, for the fault detail.
     waiting_for: &'static str,
+    /// The first data arrived: `deadline` is the stall deadline.
+    started: bool,
 }
 
 /// Who a speech belongs to.
@@ -115,6 +159,8 @@ enum Owner {
     Greeting,
     /// Something the agent says on its own, outside a turn (a failed transfer).
     Notice,
+    /// The filler phrase while an answer is late: heard, reported, never in the history.
+    Filler,
     Reply(u64),
 }
 
@@ -220,6 +266,11 @@ struct Turn {
     ttft_reported: bool,
     speech: Option<UtteranceId>,
     after: Option<After>,
+    /// When the filler plays if the caller has heard nothing of the answer by then; `None`
+    /// once it played (or with no filler configured).
+    filler_at: Option<Instant>,
+    /// The latest time the filler may be deferred to for a caller who is talking again.
+    filler_cap: Option<Instant>,
 }
 
 /// A committed utterance: where its assistant messages are in the history, and what was said,
@@ -233,7 +284,9 @@ struct Record {
 }
 
 #[derive(Debug)]
-enum Fallback {
+enum Phrase {
+    /// Not asked for (yet), or not wanted.
+    Pending,
     Rendering {
         peer: Option<PeerId>,
         pcm: Pcm16Stream,
@@ -243,6 +296,7 @@ enum Fallback {
         budget_until: Instant,
     },
     Ready(Vec<i16>),
+    /// Could not be rendered: the chime stands in.
     Chime,
 }
 
@@ -258,10 +312,15 @@ pub struct CascadeAgent {
     speeches: Vec<Speech>,
     turn: Option<Turn>,
     records: Vec<Record>,
-    fallback: Fallback,
+    fallback: Phrase,
+    filler: Phrase,
     us_per_char: u64,
     start_at: Option<Instant>,
     stopped: bool,
+    /// The turn detector heard the caller start speaking, and no turn has ended since.
+    caller_speaking: bool,
+    /// The last inbound frame the VAD called voiced.
+    caller_voiced_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for CascadeAgent {
@@ -286,14 +345,17 @@ fn since_ms(now: Instant, then: Instant) -> u64 {
 /// How a fault is classified: its metric kind and whether a retry may help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultClass {
-    /// `http_401`, `http_429`, `http_5xx`, `timeout`, `connect`, `stream_error`, `dropped`, …
+    /// `http_401`, `http_429`, `http_5xx`, `timeout`, `stall`, `connect`, `content_type`,
+    /// `stream_error`, `dropped`, …
     pub kind: String,
     /// Whether retrying may help.
     pub retryable: bool,
 }
 
 /// Classifies a failed pipe from its HTTP status and the connector's error text (which starts
-/// with `status`, `timeout`, `connect`, `dropped` or `request`; see `io::http`).
+/// with `status`, `timeout`, `connect`, `dropped`, `request` or `content_type`; see
+/// `io::http`). An answer of the wrong content type (a proxy's HTML error page with 200) is
+/// retried like a 5xx.
 pub fn classify_failure(status: Option<u16>, error: &str) -> FaultClass {
     let c = |kind: &str, retryable: bool| FaultClass {
         kind: kind.to_string(),
@@ -309,6 +371,7 @@ pub fn classify_failure(status: Option<u16>, error: &str) -> FaultClass {
         Some(409) => c("http_409", true),
         Some(s) if s >= 500 => c("http_5xx", true),
         Some(_) => c("http_4xx", false),
+        None if error.starts_with("content_type") => c("content_type", true),
         None if error.starts_with("timeout") => c("timeout", true),
         None if error.starts_with("connect") => c("connect", true),
         None if error.starts_with("request") => c("request", false),
@@ -346,10 +409,13 @@ impl CascadeAgent {
             speeches: Vec::new(),
             turn: None,
             records: Vec::new(),
-            fallback: Fallback::Chime,
+            fallback: Phrase::Chime,
+            filler: Phrase::Pending,
             us_per_char: INITIAL_US_PER_CHAR,
             start_at: None,
             stopped: false,
+            caller_speaking: false,
+            caller_voiced_at: None,
         })
     }
 
@@ -377,7 +443,55 @@ impl CascadeAgent {
 
     /// Whether the spoken fallback phrase has been rendered (else a chime would play).
     pub fn fallback_ready(&self) -> bool {
-        matches!(self.fallback, Fallback::Ready(_))
+        matches!(self.fallback, Phrase::Ready(_))
+    }
+
+    /// Whether the filler phrase has been rendered (else a chime would play as the filler).
+    pub fn filler_ready(&self) -> bool {
+        matches!(self.filler, Phrase::Ready(_))
+    }
+
+    fn phrase(&self, k: PhraseKind) -> &Phrase {
+        match k {
+            PhraseKind::Fallback => &self.fallback,
+            PhraseKind::Filler => &self.filler,
+        }
+    }
+
+    fn phrase_mut(&mut self, k: PhraseKind) -> &mut Phrase {
+        match k {
+            PhraseKind::Fallback => &mut self.fallback,
+            PhraseKind::Filler => &mut self.filler,
+        }
+    }
+
+    fn phrase_text(&self, k: PhraseKind) -> String {
+        match k {
+            PhraseKind::Fallback => self.cfg.fallback_text.clone(),
+            PhraseKind::Filler => self.cfg.filler_text.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The stall deadline of a pipe's stage, ms.
+    fn stall_ms(&self, role: Pipe) -> u64 {
+        match role {
+            Pipe::Stt { .. } => self.cfg.stt.stall_ms,
+            Pipe::Llm { .. } => self.cfg.llm.stall_ms,
+            Pipe::Tts { .. } | Pipe::Phrase(_) => self.cfg.tts.stall_ms,
+        }
+    }
+
+    /// Data arrived on `peer`: its deadline becomes the stage's stall deadline from now.
+    fn progress(&mut self, now: Instant, peer: PeerId) {
+        let Some(role) = self.pipes.get(&peer).map(|p| p.role) else {
+            return;
+        };
+        let stall = self.stall_ms(role);
+        if let Some(p) = self.pipes.get_mut(&peer) {
+            p.deadline = now + ms(stall);
+            p.waiting_for = "more data";
+            p.started = true;
+        }
     }
 
     fn id(&mut self) -> u64 {
@@ -406,6 +520,7 @@ impl CascadeAgent {
                 role,
                 deadline: now + ms(first_ms),
                 waiting_for,
+                started: false,
             },
         );
         out.push(Action::Provider(ProviderCommand::Open {
@@ -435,14 +550,17 @@ impl CascadeAgent {
                 consider(s.retry_at);
             }
             consider(t.llm_retry_at);
+            consider(t.filler_at);
         }
         for sp in &self.speeches {
             for s in &sp.sentences {
                 consider(s.retry_at);
             }
         }
-        if let Fallback::Rendering { retry_at, .. } = &self.fallback {
-            consider(*retry_at);
+        for k in [PhraseKind::Fallback, PhraseKind::Filler] {
+            if let Phrase::Rendering { retry_at, .. } = self.phrase(k) {
+                consider(*retry_at);
+            }
         }
         if let Some(t) = next {
             out.push(Action::WakeAt(t));
@@ -451,7 +569,7 @@ impl CascadeAgent {
 
     fn retry_delay(&self, retries: u32, kind: &str, retry_after_ms: Option<u64>) -> u64 {
         match (kind, retry_after_ms) {
-            ("timeout", _) => 0,
+            ("timeout" | "stall", _) => 0,
             (_, Some(ra)) => ra,
             _ => self
                 .cfg
@@ -698,6 +816,7 @@ impl CascadeAgent {
         let sp = self.speeches.remove(i);
         match sp.owner {
             Owner::Greeting | Owner::Notice => self.commit_greeting(sp),
+            Owner::Filler => self.commit_filler(sp),
             Owner::Reply(tid) => {
                 if self.turn.as_ref().is_some_and(|t| t.id == tid) {
                     let turn = self.turn.take();
@@ -729,6 +848,15 @@ impl CascadeAgent {
         self.records.push(Record {
             utt: sp.utt,
             msgs,
+            spoken: sp.spoken,
+        });
+    }
+
+    /// The filler is reported as heard like any speech, but the model never sees it.
+    fn commit_filler(&mut self, sp: Speech) {
+        self.records.push(Record {
+            utt: sp.utt,
+            msgs: Vec::new(),
             spoken: sp.spoken,
         });
     }
@@ -783,6 +911,7 @@ impl CascadeAgent {
         sp.sentences.clear();
         match sp.owner {
             Owner::Greeting | Owner::Notice => self.commit_greeting(sp),
+            Owner::Filler => self.commit_filler(sp),
             Owner::Reply(tid) => {
                 if let Some(turn) = self.turn.take_if(|t| t.id == tid) {
                     self.close_turn_pipes(&turn, out);
@@ -861,11 +990,68 @@ impl CascadeAgent {
             self.close(p, out);
         }
         let (rate, samples, text) = match &self.fallback {
-            Fallback::Ready(pcm) => (audio::TTS_RATE, pcm.clone(), self.cfg.fallback_text.clone()),
+            Phrase::Ready(pcm) => (audio::TTS_RATE, pcm.clone(), self.cfg.fallback_text.clone()),
             _ => (audio::CHIME_RATE, audio::chime(), String::new()),
         };
         self.add_prerendered(utt, text, round, rate, samples, now);
         self.pump_speech(now, utt, out);
+    }
+
+    /// Plays the filler (or the chime standing in for it) as a speech of its own, queued
+    /// before the answer's audio.
+    fn play_filler(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (rate, samples, text) = match &self.filler {
+            Phrase::Ready(pcm) => (
+                audio::TTS_RATE,
+                pcm.clone(),
+                self.phrase_text(PhraseKind::Filler),
+            ),
+            _ => (audio::CHIME_RATE, audio::chime(), String::new()),
+        };
+        let utt = self.new_speech(Owner::Filler);
+        self.add_prerendered(utt, text, 0, rate, samples, now);
+        if let Some(i) = self.speech_ix(utt) {
+            self.speeches[i].closed = true;
+        }
+        self.pump_speech(now, utt, out);
+    }
+
+    /// Plays the filler if the current turn's answer has not been heard by its time, unless
+    /// the caller is talking again (then it waits until they have been quiet for
+    /// [`CALLER_QUIET_MS`], at most [`FILLER_MAX_DEFER_MS`] past its time).
+    fn maybe_filler(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(t) = self.turn.as_ref() else {
+            return;
+        };
+        let Some(due) = t.filler_at.filter(|d| *d <= now) else {
+            return;
+        };
+        let answered = t
+            .speech
+            .and_then(|u| self.speech_ix(u))
+            .is_some_and(|i| self.speeches[i].started);
+        if answered {
+            if let Some(t) = self.turn.as_mut() {
+                t.filler_at = None;
+            }
+            return;
+        }
+        let cap = t.filler_cap.unwrap_or(due);
+        if self.caller_speaking
+            && let Some(v) = self.caller_voiced_at
+        {
+            let quiet_at = v + ms(CALLER_QUIET_MS);
+            if now < quiet_at && now < cap {
+                if let Some(t) = self.turn.as_mut() {
+                    t.filler_at = Some(quiet_at.min(cap));
+                }
+                return;
+            }
+        }
+        if let Some(t) = self.turn.as_mut() {
+            t.filler_at = None;
+        }
+        self.play_filler(now, out);
     }
 
     // ---------------------------------------------------------------- turns
@@ -971,7 +1157,9 @@ impl CascadeAgent {
         }
         turn.user_text = text;
         turn.llm_retries = 0;
-        turn.llm_budget_until = now + ms(self.cfg.retry.budget_ms);
+        // Retries start only within the budget of the caller's turn end (its last segment).
+        let turn_end = turn.segments.iter().map(|s| s.end_at).max().unwrap_or(now);
+        turn.llm_budget_until = turn_end + ms(self.cfg.retry.budget_ms);
         self.start_llm(now, out);
     }
 
@@ -998,8 +1186,14 @@ impl CascadeAgent {
             Ok(c) => c,
             Err(e) => {
                 self.close(Some(peer), out);
+                // Not JSON at all (an HTML page): not what was asked for.
+                let kind = if e.starts_with("not JSON") {
+                    "content_type"
+                } else {
+                    "stream_error"
+                };
                 let class = FaultClass {
-                    kind: "stream_error".into(),
+                    kind: kind.into(),
                     retryable: true,
                 };
                 self.llm_fault(now, class, e, None, out);
@@ -1034,8 +1228,12 @@ impl CascadeAgent {
         if !sentences.is_empty() {
             llm.emitted = true;
         }
+        let progressed = llm.got_any;
         let round = turn.rounds.len();
         let done = chunk.done;
+        if progressed {
+            self.progress(now, peer);
+        }
         if !sentences.is_empty()
             && let Some(utt) = self.reply_speech()
         {
@@ -1309,6 +1507,18 @@ impl CascadeAgent {
                 };
                 self.stt_fault(now, seg_id, class, e, None, out);
             }
+            SttEvent::NotJson(e) => {
+                // Never taken as the caller's words.
+                self.close(Some(peer), out);
+                if let Some(s) = self.seg_mut(seg_id) {
+                    s.peer = None;
+                }
+                let class = FaultClass {
+                    kind: "content_type".into(),
+                    retryable: true,
+                };
+                self.stt_fault(now, seg_id, class, e, None, out);
+            }
             SttEvent::Ignore => {}
         }
     }
@@ -1447,15 +1657,10 @@ impl CascadeAgent {
             return;
         };
         if s.spoken_ix.is_some() {
-            // It has started playing: a retry would repeat it. Keep what arrived (handed out
-            // first, so the cut falls after it) and cut the rest.
+            // It has started playing: hand out what arrived (so the cut falls after it), then
+            // ask for the rest of the sentence only — never the words already played.
             self.pump_speech(now, utt, out);
-            if let Some(i) = self.speech_ix(utt)
-                && let Some(ix) = self.speeches[i].sentences.iter().position(|s| s.sid == sid)
-            {
-                truncate_sentence(&mut self.speeches[i], ix);
-            }
-            self.pump_speech(now, utt, out);
+            self.resume_sentence(now, utt, sid, &class, retry_after_ms, out);
             return;
         }
         match self.may_retry(now, s.retries, s.budget_until, &class, retry_after_ms) {
@@ -1487,19 +1692,106 @@ impl CascadeAgent {
         }
     }
 
+    /// A sentence whose audio has started playing broke off (dropped, stalled): its audio so far
+    /// stays, cut after the word it reached, and the rest of its text becomes a sentence of its
+    /// own, synthesised again (after the retry delay) — or, when no retry is allowed, the answer
+    /// ends with the fallback phrase.
+    fn resume_sentence(
+        &mut self,
+        now: Instant,
+        utt: UtteranceId,
+        sid: u64,
+        class: &FaultClass,
+        retry_after_ms: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(i) = self.speech_ix(utt) else {
+            return;
+        };
+        let Some(ix) = self.speeches[i].sentences.iter().position(|s| s.sid == sid) else {
+            return;
+        };
+        let s = &self.speeches[i].sentences[ix];
+        let est_us = s.text.chars().count() as u64 * self.us_per_char;
+        let cut = text::resume_at(&s.text, s.given, s.received_us, est_us);
+        let rest = text::char_slice(&s.text, cut, usize::MAX)
+            .trim()
+            .to_string();
+        let delay = self.may_retry(now, s.retries, s.budget_until, class, retry_after_ms);
+        let (round, retries, budget_until) = (s.round, s.retries, s.budget_until);
+        let owner = self.speeches[i].owner;
+        cut_sentence(&mut self.speeches[i], ix, cut);
+        if rest.is_empty() {
+            // Only the sentence's last word was missing its end: nothing more to say.
+            self.pump_speech(now, utt, out);
+            return;
+        }
+        match delay {
+            Some(d) => {
+                let sid = self.id();
+                let rest_sentence = Sentence {
+                    sid,
+                    text: rest,
+                    round,
+                    peer: None,
+                    sent_at: None,
+                    retries: retries + 1,
+                    retry_at: (d > 0).then(|| now + ms(d)),
+                    budget_until,
+                    pcm: Pcm16Stream::default(),
+                    rate: audio::TTS_RATE,
+                    buffered: Vec::new(),
+                    received_us: 0,
+                    got_bytes: false,
+                    given: 0,
+                    done: false,
+                    spoken_ix: None,
+                    truncated: false,
+                };
+                if let Some(i) = self.speech_ix(utt) {
+                    self.speeches[i].sentences.insert(ix + 1, rest_sentence);
+                }
+                self.pump_speech(now, utt, out);
+            }
+            None => match owner {
+                Owner::Reply(tid) if self.turn.as_ref().is_some_and(|t| t.id == tid) => {
+                    self.give_up_turn(now, out)
+                }
+                _ => self.end_with_fallback(now, utt, round, out),
+            },
+        }
+    }
+
     // ---------------------------------------------------------------- fallback pre-render
 
-    fn render_fallback(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let req = wire::speech_request(&self.cfg, &self.cfg.fallback_text.clone());
+    /// Starts rendering phrase `k` (a first try: its budget runs from now).
+    fn start_phrase(&mut self, now: Instant, k: PhraseKind, out: &mut Vec<Action>) {
+        if self.phrase_text(k).trim().is_empty() {
+            *self.phrase_mut(k) = Phrase::Pending;
+            return;
+        }
+        *self.phrase_mut(k) = Phrase::Rendering {
+            peer: None,
+            pcm: Pcm16Stream::default(),
+            samples: Vec::new(),
+            retries: 0,
+            retry_at: None,
+            budget_until: now + ms(self.cfg.retry.budget_ms),
+        };
+        self.render_phrase(now, k, out);
+    }
+
+    fn render_phrase(&mut self, now: Instant, k: PhraseKind, out: &mut Vec<Action>) {
+        let req = wire::speech_request(&self.cfg, &self.phrase_text(k));
         let t = self.cfg.tts.first_byte_timeout_ms;
-        let peer = self.open(now, Pipe::Fallback, req, t, "audio", out);
-        if let Fallback::Rendering {
+        let peer = self.open(now, Pipe::Phrase(k), req, t, "audio", out);
+        if let Phrase::Rendering {
             peer: p,
             retry_at,
             pcm,
             samples,
             ..
-        } = &mut self.fallback
+        } = self.phrase_mut(k)
         {
             *p = Some(peer);
             *retry_at = None;
@@ -1508,9 +1800,22 @@ impl CascadeAgent {
         }
     }
 
-    fn fallback_fault(
+    /// Phrase `k` is rendered (`Ready`) or given up (`Chime`): the filler is rendered after the
+    /// fallback, so a TTS that is down at the start costs one failed request, not two.
+    fn phrase_settled(&mut self, now: Instant, k: PhraseKind, out: &mut Vec<Action>) {
+        if k != PhraseKind::Fallback || !matches!(self.filler, Phrase::Pending) {
+            return;
+        }
+        match self.fallback {
+            Phrase::Ready(_) => self.start_phrase(now, PhraseKind::Filler, out),
+            _ => self.filler = Phrase::Chime,
+        }
+    }
+
+    fn phrase_fault(
         &mut self,
         now: Instant,
+        k: PhraseKind,
         class: FaultClass,
         detail: String,
         retry_after_ms: Option<u64>,
@@ -1521,35 +1826,38 @@ impl CascadeAgent {
             AgentReport::ProviderFault {
                 provider: PROVIDER_TTS.into(),
                 kind: class.kind.clone(),
-                detail: format!("rendering the fallback phrase: {detail}"),
+                detail: format!("rendering the {} phrase: {detail}", k.name()),
             },
         );
-        let Fallback::Rendering {
+        let Phrase::Rendering {
             retries,
             budget_until,
             ..
-        } = &self.fallback
+        } = self.phrase(k)
         else {
             return;
         };
         match self.may_retry(now, *retries, *budget_until, &class, retry_after_ms) {
             Some(d) => {
-                if let Fallback::Rendering {
+                if let Phrase::Rendering {
                     peer,
                     retries,
                     retry_at,
                     ..
-                } = &mut self.fallback
+                } = self.phrase_mut(k)
                 {
                     *peer = None;
                     *retries += 1;
                     *retry_at = Some(now + ms(d));
                 }
                 if d == 0 {
-                    self.render_fallback(now, out);
+                    self.render_phrase(now, k, out);
                 }
             }
-            None => self.fallback = Fallback::Chime,
+            None => {
+                *self.phrase_mut(k) = Phrase::Chime;
+                self.phrase_settled(now, k, out);
+            }
         }
     }
 
@@ -1618,6 +1926,10 @@ fn truncate_sentence(sp: &mut Speech, ix: usize) {
     let Some(s) = sp.sentences.get_mut(ix) else {
         return;
     };
+    if s.done && s.truncated {
+        // Already cut where its audio ended ([`cut_sentence`]).
+        return;
+    }
     s.done = true;
     s.truncated = true;
     s.peer = None;
@@ -1630,6 +1942,25 @@ fn truncate_sentence(sp: &mut Speech, ix: usize) {
     }
     s.text = given;
     s.given = s.text.chars().count();
+}
+
+/// Ends sentence `ix` of `sp` after `cut` characters of its text (at least what was handed out
+/// with audio): no more audio is awaited; the text up to `cut` goes with the audio received.
+fn cut_sentence(sp: &mut Speech, ix: usize, cut: usize) {
+    let Some(s) = sp.sentences.get_mut(ix) else {
+        return;
+    };
+    s.done = true;
+    s.truncated = true;
+    s.peer = None;
+    s.retry_at = None;
+    let kept = text::char_slice(&s.text, 0, cut.max(s.given));
+    if let Some(k) = s.spoken_ix
+        && let Some(sp_entry) = sp.spoken.get_mut(k)
+    {
+        sp_entry.text = kept.trim().to_string();
+    }
+    s.text = kept;
 }
 
 /// Stops generating `sp`: closes nothing itself (returns the pipes to close), keeps only the
@@ -1670,8 +2001,21 @@ impl Agent for CascadeAgent {
     fn needs(&self) -> AgentNeeds {
         AgentNeeds {
             utterance_audio: true,
-            streaming_audio: false,
+            // Only the VAD's verdict per frame is used: a due filler waits while the caller
+            // is talking again.
+            streaming_audio: true,
         }
+    }
+
+    fn on_audio(&mut self, now: Instant, frame: &AudioFrame<'_>, _out: &mut Vec<Action>) {
+        if frame.voiced {
+            self.caller_voiced_at = Some(now);
+        }
+    }
+
+    fn on_user_speech_start(&mut self, now: Instant, _media_ms: u64, _out: &mut Vec<Action>) {
+        self.caller_speaking = true;
+        self.caller_voiced_at = Some(now);
     }
 
     fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
@@ -1695,22 +2039,22 @@ impl Agent for CascadeAgent {
         if let Some(g) = greeting {
             self.say(now, Owner::Greeting, &g, out);
         }
-        self.fallback = Fallback::Rendering {
-            peer: None,
-            pcm: Pcm16Stream::default(),
-            samples: Vec::new(),
-            retries: 0,
-            retry_at: None,
-            budget_until: now + ms(self.cfg.retry.budget_ms),
-        };
-        self.render_fallback(now, out);
+        self.start_phrase(now, PhraseKind::Fallback, out);
         self.arm(out);
     }
 
     fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
+        self.caller_speaking = false;
         if self.stopped || turn.audio.is_empty() {
             return;
         }
+        let filler_at = self
+            .cfg
+            .filler_text
+            .as_deref()
+            .is_some_and(|f| !f.trim().is_empty())
+            .then(|| now + ms(self.cfg.filler_after_ms));
+        let filler_cap = filler_at.map(|t| t + ms(FILLER_MAX_DEFER_MS));
         let wav = match audio::wav_16k(&turn.audio, turn.rate) {
             Ok(w) => w,
             Err(e) => {
@@ -1783,6 +2127,9 @@ impl Agent for CascadeAgent {
             t.ttft_reported = false;
             let speech = t.speech.take();
             t.segments.push(seg);
+            // The caller's turn ends now: the filler's time counts from here.
+            t.filler_at = filler_at;
+            t.filler_cap = filler_cap;
             self.close(llm, out);
             if let Some(u) = speech {
                 // No audio yet: drop it without a trace.
@@ -1814,6 +2161,8 @@ impl Agent for CascadeAgent {
                 ttft_reported: false,
                 speech: None,
                 after: None,
+                filler_at,
+                filler_cap,
             });
         }
         self.start_stt(now, seg_id, out);
@@ -1888,9 +2237,10 @@ impl Agent for CascadeAgent {
         match event {
             ProviderEvent::Opened { .. } => {}
             ProviderEvent::Message { message, .. } => {
-                if let Some(p) = self.pipes.get_mut(&peer) {
-                    p.deadline = now + ms(self.cfg.idle_timeout_ms);
-                    p.waiting_for = "more data";
+                // The LLM's first-token deadline holds until a content or tool-call delta
+                // (see `on_llm_message`); any data counts for the other stages.
+                if !matches!(role, Pipe::Llm { .. }) {
+                    self.progress(now, peer);
                 }
                 match (role, message) {
                     (Pipe::Stt { seg, .. }, ProviderMessage::Text(t)) => {
@@ -1905,12 +2255,12 @@ impl Agent for CascadeAgent {
                     (Pipe::Tts { utt, sid }, ProviderMessage::Text(t)) => {
                         self.on_tts_bytes(now, utt, sid, t.as_bytes(), out)
                     }
-                    (Pipe::Fallback, m) => {
+                    (Pipe::Phrase(k), m) => {
                         let b = match m {
                             ProviderMessage::Binary(b) => b,
                             ProviderMessage::Text(t) => t.into_bytes(),
                         };
-                        if let Fallback::Rendering { pcm, samples, .. } = &mut self.fallback {
+                        if let Phrase::Rendering { pcm, samples, .. } = self.phrase_mut(k) {
                             pcm.push(&b, samples);
                         }
                     }
@@ -1945,19 +2295,20 @@ impl Agent for CascadeAgent {
                     }
                     Pipe::Llm { .. } => self.on_llm_closed(now, peer, out),
                     Pipe::Tts { utt, sid } => self.on_tts_closed(now, utt, sid, out),
-                    Pipe::Fallback => {
-                        let ok = matches!(&self.fallback, Fallback::Rendering { samples, .. } if !samples.is_empty());
+                    Pipe::Phrase(k) => {
+                        let ok = matches!(self.phrase(k), Phrase::Rendering { samples, .. } if !samples.is_empty());
                         if ok {
-                            if let Fallback::Rendering { samples, .. } = &mut self.fallback {
+                            if let Phrase::Rendering { samples, .. } = self.phrase_mut(k) {
                                 let s = std::mem::take(samples);
-                                self.fallback = Fallback::Ready(s);
+                                *self.phrase_mut(k) = Phrase::Ready(s);
                             }
+                            self.phrase_settled(now, k, out);
                         } else {
                             let class = FaultClass {
                                 kind: "empty_audio".into(),
                                 retryable: true,
                             };
-                            self.fallback_fault(now, class, "no audio".into(), None, out);
+                            self.phrase_fault(now, k, class, "no audio".into(), None, out);
                         }
                     }
                 }
@@ -1990,7 +2341,7 @@ impl Agent for CascadeAgent {
                     Pipe::Tts { utt, sid } => {
                         self.tts_fault(now, utt, sid, class, error, retry_after_ms, out)
                     }
-                    Pipe::Fallback => self.fallback_fault(now, class, error, retry_after_ms, out),
+                    Pipe::Phrase(k) => self.phrase_fault(now, k, class, error, retry_after_ms, out),
                 }
             }
         }
@@ -2001,19 +2352,30 @@ impl Agent for CascadeAgent {
         if self.stopped {
             return;
         }
-        let expired: Vec<(PeerId, Pipe, &'static str)> = self
+        let expired: Vec<(PeerId, Pipe, &'static str, bool)> = self
             .pipes
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, p)| (*id, p.role, p.waiting_for))
+            .map(|(id, p)| (*id, p.role, p.waiting_for, p.started))
             .collect();
-        for (peer, role, waiting) in expired {
+        for (peer, role, waiting, started) in expired {
             self.close(Some(peer), out);
+            // Nothing at all within the first deadline, or a stream that stopped sending.
+            let (kind, detail) = if started {
+                (
+                    "stall",
+                    format!(
+                        "the stream stalled: no {waiting} for {} ms",
+                        self.stall_ms(role)
+                    ),
+                )
+            } else {
+                ("timeout", format!("no {waiting} in time"))
+            };
             let class = FaultClass {
-                kind: "timeout".into(),
+                kind: kind.into(),
                 retryable: true,
             };
-            let detail = format!("no {waiting} in time");
             match role {
                 Pipe::Stt { seg, .. } => {
                     if let Some(s) = self.seg_mut(seg) {
@@ -2032,7 +2394,7 @@ impl Agent for CascadeAgent {
                     }
                 }
                 Pipe::Tts { utt, sid } => self.tts_fault(now, utt, sid, class, detail, None, out),
-                Pipe::Fallback => self.fallback_fault(now, class, detail, None, out),
+                Pipe::Phrase(k) => self.phrase_fault(now, k, class, detail, None, out),
             }
         }
         // Retries that are due.
@@ -2070,9 +2432,12 @@ impl Agent for CascadeAgent {
         for u in due_speech {
             self.pump_speech(now, u, out);
         }
-        if matches!(&self.fallback, Fallback::Rendering { retry_at: Some(r), .. } if *r <= now) {
-            self.render_fallback(now, out);
+        for k in [PhraseKind::Fallback, PhraseKind::Filler] {
+            if matches!(self.phrase(k), Phrase::Rendering { retry_at: Some(r), .. } if *r <= now) {
+                self.render_phrase(now, k, out);
+            }
         }
+        self.maybe_filler(now, out);
         self.arm(out);
     }
 

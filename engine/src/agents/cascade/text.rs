@@ -189,6 +189,23 @@ pub fn text_share(text: &str, given: usize, have_us: u64, est_total_us: u64) -> 
     cut.max(given)
 }
 
+/// Where to resume a sentence whose audio broke off after `have_us` of an estimated
+/// `est_total_us` of speech: the share of its characters that audio covers, rounded up and
+/// moved on to the end of the word it falls in (a word the caller began hearing is not said
+/// again), never before `given` (characters already handed out with audio). A char index;
+/// `text`'s length when nothing is left.
+pub fn resume_at(text: &str, given: usize, have_us: u64, est_total_us: u64) -> usize {
+    let chars: Vec<char> = text.chars().collect();
+    let len = chars.len();
+    let total = est_total_us.max(have_us).max(1) as u128;
+    let mut cut = (len as u128 * have_us as u128).div_ceil(total) as usize;
+    cut = cut.min(len).max(given.min(len));
+    while cut > 0 && cut < len && !chars[cut - 1].is_whitespace() && !chars[cut].is_whitespace() {
+        cut += 1;
+    }
+    cut
+}
+
 /// The characters `from..to` of `text`.
 pub fn char_slice(text: &str, from: usize, to: usize) -> String {
     text.chars()
@@ -275,6 +292,20 @@ mod tests {
             "Hello there friend"
         );
         assert_eq!(heard_prefix("Hello there friend", 13, 18), "Hello there");
+    }
+
+    #[test]
+    fn resume_after_the_word_reached() {
+        let t = "I'm sorry to hear that.";
+        // 100 ms of about 1.6 s: inside "I'm", which is not said again.
+        let c = resume_at(t, 0, 100_000, 1_600_000);
+        assert_eq!(char_slice(t, c, usize::MAX).trim(), "sorry to hear that.");
+        // Half: from the word after the middle.
+        let c = resume_at(t, 0, 800_000, 1_600_000);
+        assert_eq!(char_slice(t, c, usize::MAX).trim(), "hear that.");
+        // Never before what was handed out; nothing left at the end.
+        assert_eq!(resume_at(t, 13, 1, 1_600_000), 13);
+        assert_eq!(resume_at(t, 0, 2_000_000, 1_600_000), t.chars().count());
     }
 
     #[test]

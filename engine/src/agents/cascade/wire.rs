@@ -89,6 +89,16 @@ impl ChatMessage {
     }
 }
 
+/// What an STT or LLM answer may be: SSE, or JSON (a server that ignores `stream`).
+pub fn accept_text() -> Vec<String> {
+    vec!["text/event-stream".into(), "application/json".into()]
+}
+
+/// What a speech answer may be: audio (`audio/pcm`, `audio/L16`, …) or raw bytes.
+pub fn accept_audio() -> Vec<String> {
+    vec!["audio/*".into(), "application/octet-stream".into()]
+}
+
 fn text_part(name: &str, v: &str) -> MultipartPart {
     MultipartPart {
         name: name.into(),
@@ -133,6 +143,7 @@ pub fn transcription_request(cfg: &CascadeConfig, wav: Vec<u8>) -> HttpRequest {
             ResponseMode::Whole
         },
         timeout_ms: Some(cfg.request_timeout_ms),
+        accept: accept_text(),
     }
 }
 
@@ -208,6 +219,7 @@ pub fn chat_request(cfg: &CascadeConfig, messages: &[ChatMessage]) -> HttpReques
         body: HttpBody::Json(body),
         response: ResponseMode::Sse,
         timeout_ms: Some(cfg.request_timeout_ms),
+        accept: accept_text(),
     }
 }
 
@@ -234,6 +246,7 @@ pub fn speech_request(cfg: &CascadeConfig, text: &str) -> HttpRequest {
         body: HttpBody::Json(body),
         response: ResponseMode::Chunks,
         timeout_ms: Some(cfg.request_timeout_ms),
+        accept: accept_audio(),
     }
 }
 
@@ -246,6 +259,9 @@ pub enum SttEvent {
     Done(String),
     /// An `{"error":{…}}` object (inside a 200 stream).
     Error(String),
+    /// Not JSON at all (an HTML error page, bare text): a provider fault, never the caller's
+    /// words (hark asks for `response_format=json`).
+    NotJson(String),
     /// `[DONE]`, other event types, or nothing usable.
     Ignore,
 }
@@ -257,8 +273,9 @@ pub fn parse_stt(data: &str) -> SttEvent {
         return SttEvent::Ignore;
     }
     let Ok(v) = serde_json::from_str::<Value>(d) else {
-        // `response_format=text` answers bare text; accept it.
-        return SttEvent::Done(d.to_string());
+        // hark asks for `response_format=json`: anything else is not a transcript.
+        let head: String = d.chars().take(200).collect();
+        return SttEvent::NotJson(format!("the transcription answer is not JSON: {head}"));
     };
     if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
         return SttEvent::Error(error_text(e));
@@ -454,7 +471,11 @@ mod tests {
             SttEvent::Done("whole".into())
         );
         assert_eq!(parse_stt("[DONE]"), SttEvent::Ignore);
-        assert_eq!(parse_stt("bare text"), SttEvent::Done("bare text".into()));
+        assert!(matches!(parse_stt("bare text"), SttEvent::NotJson(_)));
+        assert!(matches!(
+            parse_stt("<html>502 Bad Gateway</html>"),
+            SttEvent::NotJson(e) if e.contains("502 Bad Gateway")
+        ));
         assert!(matches!(
             parse_stt(r#"{"error":{"message":"boom","type":"server_error","code":null}}"#),
             SttEvent::Error(e) if e.contains("boom")
@@ -539,8 +560,11 @@ mod tests {
         };
         assert_eq!(b["stream"], true);
         assert_eq!(b["tools"].as_array().map(Vec::len), Some(2));
+        assert_eq!(r.accept, accept_text());
         let r = transcription_request(&cfg, vec![1, 2]);
         assert_eq!(r.response, ResponseMode::Sse);
+        assert_eq!(r.accept, accept_text());
+        assert_eq!(speech_request(&cfg, "x").accept, accept_audio());
         let HttpBody::Multipart(p) = &r.body else {
             panic!("multipart")
         };
