@@ -1,7 +1,8 @@
 //! The ElevenLabs relay in virtual time with a scripted Conversational AI socket (no network):
 //! μ-law passthrough both ways byte for byte, PCM formats, initiation with dynamic variables,
 //! interruption → `clear` and stale audio dropped by `event_id`, ping → pong, transcripts,
-//! `end_call`, close codes and `error` events.
+//! `end_call`, close codes and `error` events; the signed-URL lookup as an HTTP pipe (the
+//! URL then opened verbatim; 401, a hang and malformed answers end the call).
 
 #[path = "elevenlabs_realtime_harness.rs"]
 mod harness;
@@ -10,9 +11,12 @@ use std::time::Instant;
 
 use hark_codecs::SampleRate;
 use hark_engine::agent::{
-    AgentReport, OpenSpec, ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage,
+    AgentReport, HttpBody, OpenSpec, ProviderCommand, ProviderEvent, ProviderMessage, ResponseMode,
+    Role, Stage,
 };
-use hark_engine::agents::elevenlabs::{ElevenLabsAgent, ElevenLabsConfig, Overrides, PEER};
+use hark_engine::agents::elevenlabs::{
+    ElevenLabsAgent, ElevenLabsConfig, Overrides, PEER, SIGNED_URL_PEER, SignedUrlLookup,
+};
 use hark_engine::{CallConfig, CloseReason, Event};
 use harness::*;
 use serde_json::{Value, json};
@@ -605,4 +609,297 @@ fn an_answer_before_hark_ends_the_turn_is_timed_from_that_turn() {
     assert_eq!(heard.len(), 1, "{heard:?}");
     assert!(heard[0].0 >= since && heard[0].0 <= since + 50, "{heard:?}");
     assert!(heard[0].1);
+}
+
+// ---- The signed-URL lookup (private agents): an HTTP pipe, then the WebSocket ----
+
+const LOOKUP_URL: &str =
+    "https://api.elevenlabs.io/v1/convai/conversation/get-signed-url?agent_id=agent_1";
+const SIGNED: &str =
+    "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent_1&conversation_signature=sig";
+
+/// A private agent: no URL, a signed-URL lookup with a 5 s deadline.
+fn private_agent() -> Box<ElevenLabsAgent> {
+    Box::new(ElevenLabsAgent::new(ElevenLabsConfig {
+        url: None,
+        signed_url: Some(SignedUrlLookup {
+            url: LOOKUP_URL.into(),
+            api_key: "xi-test-key".into(),
+            timeout_ms: 5_000,
+        }),
+        ..ElevenLabsConfig::default()
+    }))
+}
+
+/// How the scripted REST endpoint answers the lookup, 80 ms after the request.
+enum Lookup {
+    /// `200` with this whole body (`Opened`, one text `Message`, `Closed`).
+    Body(String),
+    /// `200` with a binary body.
+    Binary,
+    /// A non-2xx answer: the connector's `Failed` with the status.
+    Status(u16, &'static str),
+    /// No answer at all.
+    Hang,
+}
+
+/// The signed-URL endpoint and then the conversation socket ([`El`], ulaw both ways).
+struct Private {
+    lookup: Lookup,
+    el: El,
+}
+
+impl Script for Private {
+    fn command(
+        &mut self,
+        now: Instant,
+        cmd: &ProviderCommand,
+        out: &mut Vec<(Instant, ProviderEvent)>,
+    ) {
+        let ProviderCommand::Open {
+            peer,
+            spec: OpenSpec::Http(_),
+        } = cmd
+        else {
+            return self.el.command(now, cmd, out);
+        };
+        let peer = *peer;
+        let at = now + ms(80);
+        let opened = ProviderEvent::Opened {
+            peer,
+            status: Some(200),
+        };
+        match &self.lookup {
+            Lookup::Body(body) => out.extend([
+                (at, opened),
+                (at, text(peer, body.clone())),
+                (at, ProviderEvent::Closed { peer }),
+            ]),
+            Lookup::Binary => out.extend([
+                (at, opened),
+                (
+                    at,
+                    ProviderEvent::Message {
+                        peer,
+                        message: ProviderMessage::Binary(vec![0x89, 0x50, 0x4e, 0x47]),
+                    },
+                ),
+                (at, ProviderEvent::Closed { peer }),
+            ]),
+            Lookup::Status(status, body) => out.push((
+                at,
+                ProviderEvent::Failed {
+                    peer,
+                    error: format!("status: {status}: {body}"),
+                    status: Some(*status),
+                    retry_after_ms: None,
+                    close_code: None,
+                },
+            )),
+            Lookup::Hang => {}
+        }
+    }
+}
+
+fn run_private(lookup: Lookup, call_ms: u64) -> Run {
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * call_ms as usize]);
+    let mut script = Private {
+        lookup,
+        el: El {
+            input: "ulaw_8000",
+            output: "ulaw_8000",
+        },
+    };
+    run(
+        &lines,
+        CallConfig::default(),
+        private_agent(),
+        &mut script,
+        vec![],
+    )
+}
+
+fn faults(run: &Run) -> Vec<(String, String)> {
+    run.reports()
+        .into_iter()
+        .filter_map(|r| match r {
+            AgentReport::ProviderFault {
+                provider,
+                kind,
+                detail,
+            } => {
+                assert_eq!(provider, "elevenlabs");
+                Some((kind, detail))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The lookup failed: one fault of `kind`, the call hung up with it as the reason, no
+/// WebSocket opened and no caller audio sent anywhere.
+fn assert_ended_by_lookup(run: &Run, kind: &str) {
+    let f = faults(run);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, kind, "{f:?}");
+    match &run.closed {
+        Some(CloseReason::Hangup(r)) => assert!(r.contains(kind), "{r}"),
+        other => panic!("expected a hang-up, got {other:?}"),
+    }
+    assert!(
+        !run.commands.iter().any(|(_, c)| matches!(
+            c,
+            ProviderCommand::Open {
+                spec: OpenSpec::WebSocket(_),
+                ..
+            }
+        )),
+        "no conversation without a signed URL"
+    );
+    assert!(run.texts_sent().is_empty(), "nothing sent to ElevenLabs");
+}
+
+#[test]
+fn signed_url_is_looked_up_then_opened_verbatim() {
+    let body = json!({ "signed_url": SIGNED }).to_string();
+    let run = run_private(Lookup::Body(body), 1_000);
+
+    // At stream start: one GET with the key, the whole body asked for, nothing else.
+    let (at, first) = &run.commands[0];
+    assert_eq!(run.at(*at), 0, "looked up at stream start");
+    match first {
+        ProviderCommand::Open {
+            peer,
+            spec: OpenSpec::Http(req),
+        } => {
+            assert_eq!(*peer, SIGNED_URL_PEER);
+            assert_eq!(req.method, "GET");
+            assert_eq!(req.url, LOOKUP_URL);
+            assert!(
+                req.headers
+                    .contains(&("xi-api-key".into(), "xi-test-key".into()))
+            );
+            assert_eq!(req.body, HttpBody::Empty);
+            assert_eq!(req.response, ResponseMode::Whole);
+            assert!(
+                req.timeout_ms.is_some_and(|t| t > 5_000),
+                "the agent's own 5 s deadline fires before the connector's: {:?}",
+                req.timeout_ms
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The answer (80 ms) opens the WebSocket at once, on the signed URL as given.
+    let (at, second) = &run.commands[1];
+    assert_eq!(run.at(*at), 80);
+    match second {
+        ProviderCommand::Open {
+            peer,
+            spec: OpenSpec::WebSocket(ws),
+        } => {
+            assert_eq!(*peer, PEER);
+            assert_eq!(ws.url, SIGNED);
+            assert!(ws.headers.is_empty(), "a signed URL needs no auth header");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Then the usual start: initiation at open (120 ms), audio from the metadata (150 ms),
+    // every caller byte held since stream start relayed; the finished lookup is not closed.
+    let sent = run.json_sent();
+    assert_eq!(sent[0].1["type"], "conversation_initiation_client_data");
+    assert_eq!(run.at(sent[0].0), 120);
+    let chunks = user_chunks(&run);
+    assert_eq!(run.at(sent[1].0), 150);
+    assert_eq!(chunks.concat(), vec![0xFF; 8 * 1_000]);
+    assert!(faults(&run).is_empty());
+    assert!(!run.commands.iter().any(|(_, c)| matches!(
+        c,
+        ProviderCommand::Close { peer } if *peer == SIGNED_URL_PEER
+    )));
+    // Twilio's stop closes the conversation.
+    assert!(matches!(
+        run.commands.last(),
+        Some((_, ProviderCommand::Close { peer })) if *peer == PEER
+    ));
+}
+
+#[test]
+fn a_refused_lookup_ends_the_call() {
+    let run = run_private(
+        Lookup::Status(401, r#"{"detail":{"status":"invalid_api_key"}}"#),
+        3_000,
+    );
+    assert_ended_by_lookup(&run, "signed_url_http_401");
+    let (_, detail) = &faults(&run)[0];
+    assert!(detail.contains("invalid_api_key"), "{detail}");
+    // Ended when the answer came, and the failed pipe is not closed again.
+    let closed_at = run.events.last().map(|(t, _)| run.at(*t));
+    assert_eq!(closed_at, Some(80));
+    assert_eq!(run.commands.len(), 1, "{:?}", run.commands);
+}
+
+#[test]
+fn a_lookup_that_hangs_is_given_up_at_its_deadline() {
+    let run = run_private(Lookup::Hang, 8_000);
+    assert_ended_by_lookup(&run, "signed_url_timeout");
+    // The request is cancelled (its pipe closed) at the 5 s deadline, and the call ends then.
+    let closes: Vec<u64> = run
+        .commands
+        .iter()
+        .filter(|(_, c)| matches!(c, ProviderCommand::Close { peer } if *peer == SIGNED_URL_PEER))
+        .map(|(t, _)| run.at(*t))
+        .collect();
+    assert_eq!(closes, vec![5_000]);
+    assert_eq!(run.events.last().map(|(t, _)| run.at(*t)), Some(5_000));
+}
+
+#[test]
+fn a_malformed_lookup_answer_ends_the_call() {
+    for body in [
+        "<html>502 Bad Gateway</html>",
+        "{}",
+        r#"{"signed_url": 42}"#,
+        r#"{"signed_url": "https://api.elevenlabs.io/v1/convai/conversation?agent_id=a"}"#,
+        "",
+    ] {
+        let run = run_private(Lookup::Body(body.to_string()), 2_000);
+        assert_ended_by_lookup(&run, "signed_url_bad_answer");
+        assert_eq!(
+            run.events.last().map(|(t, _)| run.at(*t)),
+            Some(80),
+            "{body}"
+        );
+    }
+    let run = run_private(Lookup::Binary, 2_000);
+    assert_ended_by_lookup(&run, "signed_url_bad_answer");
+}
+
+#[test]
+fn a_public_agent_connects_without_a_lookup() {
+    // No key: the public agent URL is opened directly at stream start, as before.
+    let t0 = Instant::now();
+    let lines = session(t0, &[], &vec![0xFF; 8 * 500]);
+    let public = "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent_1";
+    let agent = Box::new(ElevenLabsAgent::new(ElevenLabsConfig {
+        url: Some(public.into()),
+        ..ElevenLabsConfig::default()
+    }));
+    let mut el = El {
+        input: "ulaw_8000",
+        output: "ulaw_8000",
+    };
+    let run = run(&lines, CallConfig::default(), agent, &mut el, vec![]);
+    assert!(matches!(
+        &run.commands[0],
+        (_, ProviderCommand::Open { peer, spec: OpenSpec::WebSocket(ws) })
+            if *peer == PEER && ws.url == public
+    ));
+    assert!(!run.commands.iter().any(|(_, c)| matches!(
+        c,
+        ProviderCommand::Open {
+            spec: OpenSpec::Http(_),
+            ..
+        }
+    )));
 }

@@ -5,9 +5,14 @@
 //! 2.6.0) and `shared/reference/providers.md` §5; the relay follows ElevenLabs' own Twilio
 //! example (`shared/reference/anchors.md` §6).
 //!
-//! - **Connect**: a WebSocket to [`ElevenLabsConfig::url`] — the signed URL from
-//!   `GET /v1/convai/conversation/get-signed-url` (used verbatim, no auth header), fetched by
-//!   the gateway before the call; or given later with [`ElevenLabsAgent::set_url`]. Once open,
+//! - **Connect**: at stream start, a WebSocket to [`ElevenLabsConfig::url`] (a public agent's
+//!   URL); or, for a private agent ([`ElevenLabsConfig::signed_url`]), first an HTTP pipe
+//!   `GET /v1/convai/conversation/get-signed-url?agent_id=…` with `xi-api-key`, whose whole
+//!   body `{"signed_url":"wss://…"}` gives the WebSocket URL, used verbatim with no auth header
+//!   (`providers.md` §5). A refused lookup (non-2xx), no answer within
+//!   [`SignedUrlLookup::timeout_ms`] or an answer without a usable `signed_url` ends the call
+//!   like a refused connection (below), with kind `signed_url_http_<status>`,
+//!   `signed_url_timeout`, `signed_url_connect` or `signed_url_bad_answer`. Once open,
 //!   `conversation_initiation_client_data` goes first: the configured
 //!   `conversation_config_override` (prompt, first message, language, voice; a `prompt`,
 //!   `first_message`, `language` or `voice_id` stream parameter overrides its setting for
@@ -41,23 +46,30 @@
 //!   failed connection, or an unknown audio format is reported as
 //!   [`AgentReport::ProviderFault`] (`provider` `elevenlabs`) and ends the call with the reason
 //!   logged ([`Action::Hangup`]; the TwiML after `<Connect>` can say goodbye).
-//! - **Latency**: [`Stage::FirstAudio`] from the end of the caller's turn (the final
+//! - **Latency** (timed as for every speech-to-speech agent, `agents/s2s.rs`):
+//!   [`crate::agent::Stage::FirstAudio`] from the end of the caller's turn (the final
 //!   `user_transcript`, else hark's endpointing) to the answer's first `audio`;
-//!   [`Stage::Greeting`] from stream start to the first audio when the agent speaks first.
+//!   [`crate::agent::Stage::Greeting`] from stream start to the first audio when the agent
+//!   speaks first.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hark_codecs::{Resampler, SampleRate, mulaw};
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::s2s::AnswerTiming;
 use crate::agent::{
     Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, OpenSpec, PeerId,
-    ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage, UserTurn, WsRequest,
+    ProviderCommand, ProviderEvent, ProviderMessage, Role, UserTurn, WsRequest,
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
+
+mod wire;
+
+use wire::{AudioEvent, Metadata, ServerMessage};
+pub use wire::{AudioFormat, DEFAULT_SIGNED_URL_TIMEOUT_MS, SignedUrlLookup, parse_signed_url};
 
 /// `provider` label of this agent's [`AgentReport::ProviderFault`]s.
 pub const PROVIDER: &str = "elevenlabs";
@@ -65,36 +77,8 @@ pub const PROVIDER: &str = "elevenlabs";
 /// The pipe id of the conversation WebSocket.
 pub const PEER: PeerId = PeerId(1);
 
-/// An ElevenLabs agent audio format (`AudioFormat` / `UserInputAudioFormat` in the AsyncAPI
-/// spec). PCM is signed 16-bit little-endian mono, headerless.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioFormat {
-    /// `ulaw_8000`: G.711 μ-law at 8 kHz, Twilio's own format.
-    Ulaw8000,
-    /// `pcm_<rate>`: 8000, 16000, 22050, 24000, 44100 or 48000 Hz.
-    Pcm(SampleRate),
-}
-
-impl AudioFormat {
-    /// Parses a format name; `None` for names the spec does not list.
-    pub fn parse(s: &str) -> Option<Self> {
-        if s == "ulaw_8000" {
-            return Some(AudioFormat::Ulaw8000);
-        }
-        let hz: u32 = s.strip_prefix("pcm_")?.parse().ok()?;
-        hark_codecs::resample::SUPPORTED_RATES
-            .contains(&hz)
-            .then_some(AudioFormat::Pcm(SampleRate(hz)))
-    }
-
-    /// The format's name as ElevenLabs writes it.
-    pub fn name(self) -> String {
-        match self {
-            AudioFormat::Ulaw8000 => "ulaw_8000".to_string(),
-            AudioFormat::Pcm(r) => format!("pcm_{}", r.hz()),
-        }
-    }
-}
+/// The pipe id of the signed-URL request ([`SignedUrlLookup`]).
+pub const SIGNED_URL_PEER: PeerId = PeerId(2);
 
 /// `conversation_config_override` values. Each is sent only when set, and ElevenLabs accepts
 /// each only if the agent's security settings allow overriding it (else it closes with 1008
@@ -116,8 +100,11 @@ pub struct Overrides {
 pub struct ElevenLabsConfig {
     /// The conversation WebSocket URL: a signed URL (`wss://…/v1/convai/conversation?agent_id=…
     /// &conversation_signature=…`), or `wss://…/v1/convai/conversation?agent_id=…` for a public
-    /// agent. `None`: connect when [`ElevenLabsAgent::set_url`] gives it.
+    /// agent. `None`: the URL comes from [`ElevenLabsConfig::signed_url`].
     pub url: Option<String>,
+    /// The signed-URL lookup of a private agent, made at stream start when `url` is `None`.
+    /// With neither, the call ends at stream start (fault kind `no_url`).
+    pub signed_url: Option<SignedUrlLookup>,
     /// Extra upgrade headers (none for a signed URL).
     pub headers: Vec<(String, String)>,
     /// Overrides sent with the initiation.
@@ -136,6 +123,7 @@ impl Default for ElevenLabsConfig {
     fn default() -> Self {
         ElevenLabsConfig {
             url: None,
+            signed_url: None,
             headers: Vec::new(),
             overrides: Overrides::default(),
             dynamic_variables: true,
@@ -148,8 +136,13 @@ impl Default for ElevenLabsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for the stream start and the URL.
+    /// Waiting for the stream start.
     Idle,
+    /// The signed-URL request is in flight (until the deadline).
+    Signing {
+        /// When the agent gives up on it.
+        deadline: Instant,
+    },
     /// WebSocket requested.
     Connecting,
     /// Open, initiation sent, waiting for the metadata (formats).
@@ -158,107 +151,6 @@ enum Phase {
     Ready,
     /// Over (ended, failed or stopped).
     Ended,
-}
-
-// Server → client messages (AsyncAPI `AgentMessages.publish`), parsed leniently: unknown
-// types and fields are ignored, `event_id`s optional where older docs omit them.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerMessage {
-    ConversationInitiationMetadata {
-        conversation_initiation_metadata_event: Metadata,
-    },
-    Audio {
-        audio_event: AudioEvent,
-    },
-    Interruption {
-        #[serde(default)]
-        interruption_event: Option<EventId>,
-    },
-    Ping {
-        ping_event: EventId,
-    },
-    UserTranscript {
-        user_transcription_event: UserTranscription,
-    },
-    AgentResponse {
-        agent_response_event: AgentResponse,
-    },
-    AgentResponseCorrection {
-        agent_response_correction_event: Correction,
-    },
-    ClientToolCall {
-        client_tool_call: ToolCall,
-    },
-    Error {
-        error_event: ErrorEvent,
-    },
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    conversation_id: String,
-    agent_output_audio_format: String,
-    user_input_audio_format: String,
-}
-
-#[derive(Deserialize)]
-struct AudioEvent {
-    audio_base_64: String,
-    #[serde(default)]
-    event_id: Option<i64>,
-    #[serde(default)]
-    alignment: Option<Alignment>,
-}
-
-#[derive(Deserialize)]
-struct Alignment {
-    #[serde(default)]
-    chars: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct EventId {
-    #[serde(default)]
-    event_id: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct UserTranscription {
-    user_transcript: String,
-}
-
-#[derive(Deserialize)]
-struct AgentResponse {
-    agent_response: String,
-}
-
-#[derive(Deserialize)]
-struct Correction {
-    corrected_agent_response: String,
-}
-
-#[derive(Deserialize)]
-struct ToolCall {
-    tool_name: String,
-    tool_call_id: String,
-    #[serde(default)]
-    parameters: Value,
-}
-
-#[derive(Deserialize)]
-struct ErrorEvent {
-    #[serde(default)]
-    code: Option<i64>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    error_type: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
 }
 
 /// Counters of one relay, for tests and logs.
@@ -281,7 +173,6 @@ pub struct ElevenLabsAgent {
     cfg: ElevenLabsConfig,
     phase: Phase,
     info: Option<CallInfo>,
-    started_at: Option<Instant>,
     input: Option<AudioFormat>,
     output: Option<AudioFormat>,
     /// μ-law held until the input format is known.
@@ -298,9 +189,8 @@ pub struct ElevenLabsAgent {
     next_id: u64,
     last_audio_at: Option<Instant>,
     interrupted_upto: Option<i64>,
-    spoke: bool,
-    provider_turn_end: Option<Instant>,
-    hark_turn_end: Option<Instant>,
+    /// Greeting and first-audio latencies.
+    timing: AnswerTiming,
     stats: RelayStats,
 }
 
@@ -316,13 +206,12 @@ impl std::fmt::Debug for ElevenLabsAgent {
 }
 
 impl ElevenLabsAgent {
-    /// A relay with `cfg`; it connects at stream start if `cfg.url` is set.
+    /// A relay with `cfg`; it connects (or looks the URL up first) at stream start.
     pub fn new(cfg: ElevenLabsConfig) -> Self {
         ElevenLabsAgent {
             cfg,
             phase: Phase::Idle,
             info: None,
-            started_at: None,
             input: None,
             output: None,
             pending: Vec::new(),
@@ -336,9 +225,7 @@ impl ElevenLabsAgent {
             next_id: 0,
             last_audio_at: None,
             interrupted_upto: None,
-            spoke: false,
-            provider_turn_end: None,
-            hark_turn_end: None,
+            timing: AnswerTiming::default(),
             stats: RelayStats::default(),
         }
     }
@@ -348,20 +235,63 @@ impl ElevenLabsAgent {
         self.stats
     }
 
-    /// Gives the conversation URL when it was not known at construction (e.g. a signed URL
-    /// fetched while the stream was starting). Connects at once if the stream has started.
-    pub fn set_url(&mut self, url: String, out: &mut Vec<Action>) {
-        self.cfg.url = Some(url);
-        if self.phase == Phase::Idle && self.info.is_some() {
-            self.connect(out);
-        }
+    /// Asks for the signed URL ([`SIGNED_URL_PEER`]) and a wake-up at its deadline.
+    fn look_up(&mut self, now: Instant, lookup: &SignedUrlLookup, out: &mut Vec<Action>) {
+        let deadline = now + Duration::from_millis(lookup.timeout_ms);
+        self.phase = Phase::Signing { deadline };
+        out.push(Action::Provider(ProviderCommand::Open {
+            peer: SIGNED_URL_PEER,
+            spec: OpenSpec::Http(lookup.request()),
+        }));
+        out.push(Action::WakeAt(deadline));
     }
 
-    /// Ends the call because the relay cannot connect (e.g. the signed URL could not be
-    /// fetched): reports a [`AgentReport::ProviderFault`] with `kind` and `detail`, then hangs
-    /// up.
-    pub fn fail(&mut self, kind: &str, detail: &str, out: &mut Vec<Action>) {
-        self.end(Some((kind.to_string(), detail.to_string())), out);
+    /// What the signed-URL pipe reported: the URL (then the WebSocket opens), or the end of
+    /// the call.
+    fn on_lookup(&mut self, event: ProviderEvent, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Signing { .. }) {
+            return; // Answered, timed out or stopped already.
+        }
+        let fault = match event {
+            ProviderEvent::Opened { .. } => return,
+            ProviderEvent::Message {
+                message: ProviderMessage::Text(body),
+                ..
+            } => match parse_signed_url(&body) {
+                Some(url) => {
+                    self.cfg.url = Some(url);
+                    self.connect(out);
+                    return;
+                }
+                None => (
+                    "signed_url_bad_answer".to_string(),
+                    body.chars().take(200).collect(),
+                ),
+            },
+            ProviderEvent::Message {
+                message: ProviderMessage::Binary(b),
+                ..
+            } => (
+                "signed_url_bad_answer".to_string(),
+                format!("a binary body of {} bytes", b.len()),
+            ),
+            ProviderEvent::Closed { .. } => {
+                self.phase = Phase::Idle; // The pipe is gone: nothing to close.
+                (
+                    "signed_url_bad_answer".to_string(),
+                    "the answer ended without a body".to_string(),
+                )
+            }
+            ProviderEvent::Failed { error, status, .. } => {
+                self.phase = Phase::Idle; // The pipe is gone: nothing to close.
+                let kind = match status {
+                    Some(s) => format!("signed_url_http_{s}"),
+                    None => "signed_url_connect".to_string(),
+                };
+                (kind, error)
+            }
+        };
+        self.end(Some(fault), out);
     }
 
     fn connect(&mut self, out: &mut Vec<Action>) {
@@ -505,7 +435,7 @@ impl ElevenLabsAgent {
         if self.phase == Phase::Ended {
             return;
         }
-        let was_connected = matches!(self.phase, Phase::Connecting | Phase::Open | Phase::Ready);
+        let open_pipe = self.open_pipe();
         self.phase = Phase::Ended;
         self.finish_utterance(out);
         let reason = match fault {
@@ -520,10 +450,19 @@ impl ElevenLabsAgent {
             }
             None => "elevenlabs ended the conversation".to_string(),
         };
-        if was_connected {
-            out.push(Action::Provider(ProviderCommand::Close { peer: PEER }));
+        if let Some(peer) = open_pipe {
+            out.push(Action::Provider(ProviderCommand::Close { peer }));
         }
         out.push(Action::Hangup { reason });
+    }
+
+    /// The pipe this phase has open, to close when the relay ends.
+    fn open_pipe(&self) -> Option<PeerId> {
+        match self.phase {
+            Phase::Signing { .. } => Some(SIGNED_URL_PEER),
+            Phase::Connecting | Phase::Open | Phase::Ready => Some(PEER),
+            Phase::Idle | Phase::Ended => None,
+        }
     }
 
     fn on_message(&mut self, now: Instant, text: &str, out: &mut Vec<Action>) {
@@ -560,7 +499,7 @@ impl ElevenLabsAgent {
             ServerMessage::UserTranscript {
                 user_transcription_event: t,
             } => {
-                self.provider_turn_end = Some(now);
+                self.timing.provider_turn_end(now);
                 // A new answer follows: whatever is still open belongs to the last one.
                 self.finish_utterance(out);
                 out.push(Action::Report(AgentReport::Transcript {
@@ -679,23 +618,7 @@ impl ElevenLabsAgent {
                 self.next_id += 1;
                 let id = UtteranceId(self.next_id);
                 self.current = Some(id);
-                let turn_end = self.provider_turn_end.take().or(self.hark_turn_end.take());
-                self.provider_turn_end = None;
-                self.hark_turn_end = None;
-                if let Some(t) = turn_end {
-                    out.push(Action::Report(AgentReport::Latency {
-                        stage: Stage::FirstAudio,
-                        ms: now.saturating_duration_since(t).as_millis() as u64,
-                    }));
-                } else if !self.spoke
-                    && let Some(t) = self.started_at
-                {
-                    out.push(Action::Report(AgentReport::Latency {
-                        stage: Stage::Greeting,
-                        ms: now.saturating_duration_since(t).as_millis() as u64,
-                    }));
-                }
-                self.spoke = true;
+                out.extend(self.timing.first_audio(now).map(Action::Report));
                 id
             }
         };
@@ -744,16 +667,24 @@ impl Agent for ElevenLabsAgent {
 
     fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
         self.info = Some(info.clone());
-        self.started_at = Some(now);
-        if self.phase == Phase::Idle && self.cfg.url.is_some() {
+        self.timing.start(now);
+        if self.phase != Phase::Idle {
+            return;
+        }
+        if self.cfg.url.is_some() {
             self.connect(out);
+        } else if let Some(lookup) = self.cfg.signed_url.clone() {
+            self.look_up(now, &lookup, out);
+        } else {
+            let detail = "neither a conversation URL nor a signed-URL lookup is configured";
+            self.end(Some(("no_url".to_string(), detail.to_string())), out);
         }
     }
 
     fn on_audio(&mut self, _now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
         match self.phase {
             Phase::Ready => self.send_audio(frame.mulaw, Some(frame.pcm), out),
-            Phase::Idle | Phase::Connecting | Phase::Open => {
+            Phase::Idle | Phase::Signing { .. } | Phase::Connecting | Phase::Open => {
                 let cap = SampleRate::TWILIO.g711_bytes_in_ms(self.cfg.max_buffer_ms);
                 self.pending.extend_from_slice(frame.mulaw);
                 if self.pending.len() > cap {
@@ -769,7 +700,7 @@ impl Agent for ElevenLabsAgent {
     fn on_user_turn(&mut self, now: Instant, _turn: UserTurn, _out: &mut Vec<Action>) {
         // ElevenLabs takes turns itself; hark's endpointing only times the answer when no
         // user transcript does.
-        self.hark_turn_end = Some(now);
+        self.timing.hark_turn_end(now);
     }
 
     fn on_barge_in(&mut self, _now: Instant, _heard: &Interrupted, _out: &mut Vec<Action>) {
@@ -782,6 +713,14 @@ impl Agent for ElevenLabsAgent {
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
         match event {
+            ProviderEvent::Opened { peer, .. }
+            | ProviderEvent::Message { peer, .. }
+            | ProviderEvent::Closed { peer }
+            | ProviderEvent::Failed { peer, .. }
+                if peer == SIGNED_URL_PEER =>
+            {
+                self.on_lookup(event, out)
+            }
             ProviderEvent::Opened { peer, .. } if peer == PEER => {
                 if self.phase != Phase::Connecting {
                     return;
@@ -831,6 +770,16 @@ impl Agent for ElevenLabsAgent {
     }
 
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Phase::Signing { deadline } = self.phase {
+            if now < deadline {
+                out.push(Action::WakeAt(deadline));
+            } else {
+                let timeout_ms = self.cfg.signed_url.as_ref().map_or(0, |l| l.timeout_ms);
+                let detail = format!("no signed URL within {timeout_ms} ms");
+                self.end(Some(("signed_url_timeout".to_string(), detail)), out);
+            }
+            return;
+        }
         if let (Some(_), Some(last)) = (self.current, self.last_audio_at) {
             let due = last + Duration::from_millis(self.cfg.idle_finish_ms);
             if now >= due {
@@ -842,8 +791,8 @@ impl Agent for ElevenLabsAgent {
     }
 
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {
-        if matches!(self.phase, Phase::Connecting | Phase::Open | Phase::Ready) {
-            out.push(Action::Provider(ProviderCommand::Close { peer: PEER }));
+        if let Some(peer) = self.open_pipe() {
+            out.push(Action::Provider(ProviderCommand::Close { peer }));
         }
         self.phase = Phase::Ended;
     }
@@ -879,16 +828,17 @@ mod tests {
     }
 
     #[test]
-    fn formats_parse_as_the_spec_lists_them() {
-        assert_eq!(AudioFormat::parse("ulaw_8000"), Some(AudioFormat::Ulaw8000));
-        for hz in [8000, 16000, 22050, 24000, 44100, 48000] {
-            let f = AudioFormat::parse(&format!("pcm_{hz}"));
-            assert_eq!(f, Some(AudioFormat::Pcm(SampleRate(hz))));
-            assert_eq!(f.map(|f| f.name()), Some(format!("pcm_{hz}")));
-        }
-        for bad in ["pcm_11025", "mp3_44100", "ulaw_16000", "pcm_", ""] {
-            assert_eq!(AudioFormat::parse(bad), None, "{bad}");
-        }
+    fn without_any_url_the_call_ends_at_start() {
+        let mut a = ElevenLabsAgent::new(ElevenLabsConfig::default());
+        let mut out = Vec::new();
+        a.on_start(Instant::now(), &CallInfo::default(), &mut out);
+        assert!(matches!(
+            &out[..],
+            [
+                Action::Report(AgentReport::ProviderFault { kind, .. }),
+                Action::Hangup { .. }
+            ] if kind == "no_url"
+        ));
     }
 
     #[test]

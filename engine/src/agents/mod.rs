@@ -4,3 +4,4 @@ pub mod elevenlabs;
 
 pub mod cascade;
 pub mod realtime;
+mod s2s;

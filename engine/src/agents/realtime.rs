@@ -33,8 +33,9 @@
 //!   [`RealtimeConfig::transcription_model`]) and `response.output_audio_transcript.done`
 //!   (agent; beta `response.audio_transcript.done`) → [`AgentReport::Transcript`]; for an
 //!   interrupted item, the heard words instead (`interrupted: true`).
-//! - **Latency**: [`Stage::FirstAudio`] from `speech_stopped` (or hark's turn end) to the
-//!   answer's first delta; [`Stage::Greeting`] for a greeting.
+//! - **Latency** (timed as for every speech-to-speech agent, `agents/s2s.rs`):
+//!   [`crate::agent::Stage::FirstAudio`] from `speech_stopped` (or hark's turn end) to the
+//!   answer's first delta; [`crate::agent::Stage::Greeting`] for a greeting.
 //! - **Faults**: `error` events are reported ([`AgentReport::ProviderFault`], provider
 //!   `realtime`) and the call goes on (the session survives them), except a cancel that found
 //!   nothing to cancel (ignored). A session whose output is not `audio/pcmu`, a refused or
@@ -49,9 +50,10 @@ use hark_codecs::SampleRate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::s2s::AnswerTiming;
 use crate::agent::{
     Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, OpenSpec, PeerId,
-    ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage, UserTurn, WsRequest,
+    ProviderCommand, ProviderEvent, ProviderMessage, Role, UserTurn, WsRequest,
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 
@@ -349,7 +351,6 @@ pub struct RealtimeStats {
 pub struct RealtimeAgent {
     cfg: RealtimeConfig,
     phase: Phase,
-    started_at: Option<Instant>,
     pending: Vec<u8>,
     items: Vec<Item>,
     /// Transcript deltas of items whose audio has not arrived yet.
@@ -357,8 +358,8 @@ pub struct RealtimeAgent {
     next_utt: u64,
     active_response: Option<String>,
     cancelled: HashSet<String>,
-    turn_end: Option<Instant>,
-    spoke: bool,
+    /// Greeting and first-audio latencies.
+    timing: AnswerTiming,
     event_seq: u64,
     stats: RealtimeStats,
 }
@@ -413,15 +414,13 @@ impl RealtimeAgent {
         RealtimeAgent {
             cfg,
             phase: Phase::Idle,
-            started_at: None,
             pending: Vec::new(),
             items: Vec::new(),
             early_words: Vec::new(),
             next_utt: 0,
             active_response: None,
             cancelled: HashSet::new(),
-            turn_end: None,
-            spoke: false,
+            timing: AnswerTiming::default(),
             event_seq: 0,
             stats: RealtimeStats::default(),
         }
@@ -539,7 +538,7 @@ impl RealtimeAgent {
                 // was heard (on_barge_in → truncate).
                 out.push(Action::Interrupt);
             }
-            ServerEvent::SpeechStopped => self.turn_end = Some(now),
+            ServerEvent::SpeechStopped => self.timing.provider_turn_end(now),
             ServerEvent::ResponseCreated { response } => {
                 self.active_response = Some(response.id);
             }
@@ -650,20 +649,7 @@ impl RealtimeAgent {
         if self.item_mut(&item_id).is_none() {
             self.next_utt += 1;
             let utt = UtteranceId(self.next_utt);
-            if let Some(t) = self.turn_end.take() {
-                out.push(Action::Report(AgentReport::Latency {
-                    stage: Stage::FirstAudio,
-                    ms: now.saturating_duration_since(t).as_millis() as u64,
-                }));
-            } else if !self.spoke
-                && let Some(t) = self.started_at
-            {
-                out.push(Action::Report(AgentReport::Latency {
-                    stage: Stage::Greeting,
-                    ms: now.saturating_duration_since(t).as_millis() as u64,
-                }));
-            }
-            self.spoke = true;
+            out.extend(self.timing.first_audio(now).map(Action::Report));
             if self.items.len() >= KEEP_ITEMS {
                 self.items.remove(0);
             }
@@ -739,7 +725,7 @@ impl Agent for RealtimeAgent {
     }
 
     fn on_start(&mut self, now: Instant, _info: &CallInfo, out: &mut Vec<Action>) {
-        self.started_at = Some(now);
+        self.timing.start(now);
         if self.phase == Phase::Idle {
             self.phase = Phase::Connecting;
             out.push(Action::Provider(ProviderCommand::Open {
@@ -768,7 +754,7 @@ impl Agent for RealtimeAgent {
         if self.cfg.turn_detection != TurnDetection::Hark || self.phase != Phase::Open {
             return;
         }
-        self.turn_end = Some(now);
+        self.timing.hark_turn_end(now);
         self.send_event(out, json!({"type": "input_audio_buffer.commit"}));
         self.send_event(out, json!({"type": "response.create"}));
     }

@@ -14,12 +14,15 @@
 //!   agent allows overriding it), relay mode only.
 //! - `HARK_ELEVENLABS_END_CALL_TOOL` (default `end_call`): the client tool that hangs up.
 //!
-//! **Relay** ([`build`]): the signed URL is fetched with reqwest when the call's WebSocket is
-//! accepted, concurrently with Twilio's `connected`/`start`; the engine's
-//! [`ElevenLabsAgent`] is given it as soon as it arrives and buffers caller audio until then.
-//! A failed fetch ends the call with the reason logged.
+//! **Relay** ([`build`]): the settings become an [`ElevenLabsConfig`]; the engine's sans-IO
+//! [`ElevenLabsAgent`] asks for the signed URL itself at stream start, as an HTTP provider
+//! pipe the call's driver carries out ([`SignedUrlLookup`]), buffers caller audio until the
+//! conversation is open, and ends the call with a provider fault when the lookup fails. The
+//! lookup starts with Twilio's `start` message (the agent's first callback), a few ms after
+//! the WebSocket is accepted.
 //!
-//! **Direct** ([`direct_voice`]): `/voice` fetches the signed URL and answers
+//! **Direct** ([`direct_voice`]): `/voice` fetches the signed URL (the same request and
+//! answer parser as the relay, carried out by the engine's HTTP connector) and answers
 //! `<Connect><Stream url="<signed url>" /></Connect>` followed by `HARK_AFTER_CONNECT`. On
 //! failure: 401 → a configuration-error message, 429 → "busy, call back in a few minutes",
 //! anything else → "technical difficulties", each `<Say>` + `<Hangup />`, logged with the
@@ -30,16 +33,15 @@
 //! its native integration and register-call. Prefer the relay.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hark_engine::agent::{
-    Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderEvent, UserTurn,
+use hark_engine::agent::{Agent, ProviderEvent, ProviderMessage};
+use hark_engine::agents::elevenlabs::{
+    DEFAULT_SIGNED_URL_TIMEOUT_MS, ElevenLabsAgent, ElevenLabsConfig, Overrides, SIGNED_URL_PEER,
+    SignedUrlLookup, parse_signed_url,
 };
-use hark_engine::agents::elevenlabs::{ElevenLabsAgent, ElevenLabsConfig, Overrides};
-use hark_engine::playout::{Interrupted, UtteranceId};
-use tokio::sync::oneshot;
+use hark_engine::io::http;
 use tracing::{info, warn};
 
 use crate::config::ConfigError;
@@ -47,8 +49,6 @@ use crate::twiml::{self, Verb};
 
 /// Default REST base (`ELEVENLABS_API_BASE`).
 pub const DEFAULT_API_BASE: &str = "https://api.elevenlabs.io";
-/// Whole-request timeout of the signed-URL lookup (Twilio waits 15 s for `/voice`).
-pub const SIGNED_URL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Said on a 401 from the signed-URL lookup (direct mode).
 pub const SAY_CONFIG_ERROR: &str = "Sorry, this line is not configured correctly. Please contact the business another way. Goodbye.";
 /// Said on a 429 (direct mode).
@@ -125,6 +125,35 @@ impl Settings {
         let id: String = form_urlencoded::byte_serialize(self.agent_id.as_bytes()).collect();
         format!("{ws}/v1/convai/conversation?agent_id={id}")
     }
+
+    /// The signed-URL lookup of a private agent (`None` without an API key): `GET {api base}
+    /// /v1/convai/conversation/get-signed-url?agent_id=…` with `xi-api-key`, answered within
+    /// [`DEFAULT_SIGNED_URL_TIMEOUT_MS`] (Twilio waits 15 s for `/voice`).
+    pub fn signed_url_lookup(&self) -> Option<SignedUrlLookup> {
+        let key = self.api_key.as_ref()?;
+        let id: String = form_urlencoded::byte_serialize(self.agent_id.as_bytes()).collect();
+        Some(SignedUrlLookup {
+            url: format!(
+                "{}/v1/convai/conversation/get-signed-url?agent_id={id}",
+                self.api_base
+            ),
+            api_key: key.clone(),
+            timeout_ms: DEFAULT_SIGNED_URL_TIMEOUT_MS,
+        })
+    }
+
+    /// The relay agent's settings: the signed-URL lookup with an API key, else the public
+    /// agent URL.
+    pub fn agent_config(&self) -> ElevenLabsConfig {
+        let signed_url = self.signed_url_lookup();
+        ElevenLabsConfig {
+            url: signed_url.is_none().then(|| self.public_url()),
+            signed_url,
+            overrides: self.overrides.clone(),
+            end_call_tool: self.end_call_tool.clone(),
+            ..ElevenLabsConfig::default()
+        }
+    }
 }
 
 /// Why a signed URL could not be had. Each ends the call (relay) or is answered with a spoken
@@ -166,177 +195,61 @@ impl SignedUrlError {
     }
 }
 
-/// The process's HTTP client for signed-URL lookups (rustls on ring; the provider is installed
-/// here if the API has not done it yet).
-fn client() -> Result<&'static reqwest::Client, SignedUrlError> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+/// The process's HTTP connector client for direct-mode lookups (built once).
+fn client() -> Result<http::Client, SignedUrlError> {
+    static CLIENT: OnceLock<Result<http::Client, String>> = OnceLock::new();
     CLIENT
-        .get_or_init(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .timeout(SIGNED_URL_TIMEOUT)
-                .connect_timeout(Duration::from_secs(3))
-                .user_agent(concat!("hark/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
+        .get_or_init(|| http::Client::new(http::ClientConfig::default()).map_err(|e| e.to_string()))
+        .clone()
         .map_err(|e| SignedUrlError::Transport(format!("HTTP client: {e}")))
 }
 
-/// The conversation URL for one call: a fresh signed URL when an API key is set, else the
-/// public agent URL.
+/// The conversation URL for one call (direct mode): a fresh signed URL when an API key is
+/// set, else the public agent URL. The lookup is the relay's [`SignedUrlLookup`] request,
+/// carried out by the engine's HTTP connector with its own timeout as the deadline.
 ///
 /// # Errors
 /// [`SignedUrlError`] when ElevenLabs refuses or cannot be reached.
 pub async fn conversation_url(s: &Settings) -> Result<String, SignedUrlError> {
-    let Some(key) = &s.api_key else {
+    let Some(lookup) = s.signed_url_lookup() else {
         return Ok(s.public_url());
     };
-    let id: String = form_urlencoded::byte_serialize(s.agent_id.as_bytes()).collect();
-    let url = format!(
-        "{}/v1/convai/conversation/get-signed-url?agent_id={id}",
-        s.api_base
-    );
-    let resp = client()?
-        .get(url)
-        .header("xi-api-key", key)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| SignedUrlError::Transport(e.without_url().to_string()))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| SignedUrlError::Transport(e.without_url().to_string()))?;
-    if !(200..300).contains(&status) {
-        return Err(SignedUrlError::Status {
-            status,
-            body: body.chars().take(200).collect(),
-        });
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| SignedUrlError::BadAnswer(e.to_string()))?;
-    match v.get("signed_url").and_then(|u| u.as_str()) {
-        Some(u) if u.starts_with("wss://") || u.starts_with("ws://") => Ok(u.to_string()),
-        _ => Err(SignedUrlError::BadAnswer(body.chars().take(200).collect())),
-    }
-}
-
-/// A new relay agent for one call: starts the signed-URL lookup now (on the current tokio
-/// runtime) and hands the URL to the engine's [`ElevenLabsAgent`] when it arrives.
-///
-/// # Errors
-/// A reason when there is no tokio runtime to run the lookup on.
-pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, String> {
-    let handle = tokio::runtime::Handle::try_current()
-        .map_err(|_| "the elevenlabs agent needs a tokio runtime".to_string())?;
-    let (tx, rx) = oneshot::channel();
-    let s = settings.clone();
-    handle.spawn(async move {
-        let _ = tx.send(conversation_url(&s).await);
-    });
-    let inner = ElevenLabsAgent::new(ElevenLabsConfig {
-        url: None,
-        overrides: settings.overrides.clone(),
-        end_call_tool: settings.end_call_tool.clone(),
-        ..ElevenLabsConfig::default()
-    });
-    Ok(Box::new(Relay {
-        inner,
-        url: Some(rx),
-        asked_at: Instant::now(),
-    }))
-}
-
-/// How often the relay checks for the signed URL while it has no inbound audio to wake it.
-const URL_POLL: Duration = Duration::from_millis(10);
-
-/// The engine's relay plus the signed URL on its way.
-struct Relay {
-    inner: ElevenLabsAgent,
-    url: Option<oneshot::Receiver<Result<String, SignedUrlError>>>,
-    asked_at: Instant,
-}
-
-impl Relay {
-    /// Hands the URL over once it has arrived; asks to be woken again while it has not.
-    fn poll(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(rx) = self.url.as_mut() else {
-            return;
-        };
-        match rx.try_recv() {
-            Ok(Ok(url)) => {
-                self.url = None;
-                info!(
-                    wait_ms = now.saturating_duration_since(self.asked_at).as_millis() as u64,
-                    "elevenlabs conversation URL ready"
-                );
-                self.inner.set_url(url, out);
+    let mut req = lookup.request();
+    req.timeout_ms = Some(lookup.timeout_ms);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    http::run(client()?, SIGNED_URL_PEER, req, tx).await;
+    let mut body = None;
+    while let Some(event) = rx.recv().await {
+        match event {
+            ProviderEvent::Message { message, .. } => body = Some(message),
+            ProviderEvent::Failed {
+                status: Some(status),
+                error,
+                ..
+            } => {
+                return Err(SignedUrlError::Status {
+                    status,
+                    body: error.chars().take(200).collect(),
+                });
             }
-            Ok(Err(e)) => {
-                self.url = None;
-                warn!(status = e.status(), error = %e, "elevenlabs: no conversation URL");
-                self.inner.fail(&e.kind(), &e.to_string(), out);
-            }
-            Err(oneshot::error::TryRecvError::Empty) => out.push(Action::WakeAt(now + URL_POLL)),
-            Err(oneshot::error::TryRecvError::Closed) => {
-                self.url = None;
-                self.inner.fail(
-                    "signed_url_lost",
-                    "the signed-URL lookup ended without an answer",
-                    out,
-                );
-            }
+            ProviderEvent::Failed { error, .. } => return Err(SignedUrlError::Transport(error)),
+            ProviderEvent::Opened { .. } | ProviderEvent::Closed { .. } => {}
         }
     }
+    match body {
+        Some(ProviderMessage::Text(text)) => parse_signed_url(&text)
+            .ok_or_else(|| SignedUrlError::BadAnswer(text.chars().take(200).collect())),
+        Some(ProviderMessage::Binary(b)) => Err(SignedUrlError::BadAnswer(format!(
+            "a binary body of {} bytes",
+            b.len()
+        ))),
+        None => Err(SignedUrlError::BadAnswer("no body".to_string())),
+    }
 }
 
-impl Agent for Relay {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn needs(&self) -> AgentNeeds {
-        self.inner.needs()
-    }
-    fn vad_barge_in(&self) -> bool {
-        self.inner.vad_barge_in()
-    }
-    fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
-        self.inner.on_start(now, info, out);
-        self.poll(now, out);
-    }
-    fn on_audio(&mut self, now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
-        self.poll(now, out);
-        self.inner.on_audio(now, frame, out);
-    }
-    fn on_user_speech_start(&mut self, now: Instant, media_ms: u64, out: &mut Vec<Action>) {
-        self.inner.on_user_speech_start(now, media_ms, out);
-    }
-    fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
-        self.inner.on_user_turn(now, turn, out);
-    }
-    fn on_barge_in(&mut self, now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
-        self.inner.on_barge_in(now, heard, out);
-    }
-    fn on_played(&mut self, now: Instant, id: UtteranceId, out: &mut Vec<Action>) {
-        self.inner.on_played(now, id, out);
-    }
-    fn on_dtmf(&mut self, now: Instant, digit: &str, out: &mut Vec<Action>) {
-        self.inner.on_dtmf(now, digit, out);
-    }
-    fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
-        self.inner.on_provider(now, event, out);
-    }
-    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.poll(now, out);
-        self.inner.on_timeout(now, out);
-    }
-    fn on_stop(&mut self, now: Instant, out: &mut Vec<Action>) {
-        self.url = None;
-        self.inner.on_stop(now, out);
-    }
+/// A new relay agent for one call (see the module docs).
+pub fn build(settings: &Settings) -> Box<dyn Agent> {
+    Box::new(ElevenLabsAgent::new(settings.agent_config()))
 }
 
 fn xml(body: String) -> Response {
@@ -463,6 +376,34 @@ mod tests {
             "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=agent+1"
         );
         assert_eq!(s.end_call_tool, "end_call");
+    }
+
+    #[test]
+    fn a_key_makes_the_agent_look_the_url_up_else_it_is_public() {
+        let private = settings(&[
+            ("ELEVENLABS_AGENT_ID", "agent 1"),
+            ("ELEVENLABS_API_KEY", " xi-key "),
+            ("ELEVENLABS_API_BASE", "http://127.0.0.1:9/"),
+        ])
+        .unwrap();
+        let cfg = private.agent_config();
+        assert_eq!(cfg.url, None);
+        let lookup = cfg.signed_url.expect("a lookup with a key");
+        assert_eq!(
+            lookup.url,
+            "http://127.0.0.1:9/v1/convai/conversation/get-signed-url?agent_id=agent+1"
+        );
+        assert_eq!(lookup.api_key, "xi-key");
+        assert_eq!(lookup.timeout_ms, DEFAULT_SIGNED_URL_TIMEOUT_MS);
+        let public = settings(&[("ELEVENLABS_AGENT_ID", "a")])
+            .unwrap()
+            .agent_config();
+        assert_eq!(public.signed_url, None);
+        assert_eq!(
+            public.url.as_deref(),
+            Some("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a")
+        );
+        assert_eq!(public.end_call_tool, "end_call");
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl AgentSettings {
         match self {
             AgentSettings::Echo => Ok(Box::new(EchoAgent::new())),
             AgentSettings::Cascade(s) => cascade::build(s),
-            AgentSettings::ElevenLabs(s) => elevenlabs::build(s),
+            AgentSettings::ElevenLabs(s) => Ok(elevenlabs::build(s)),
             AgentSettings::Realtime(s) => realtime::build(s),
         }
     }

@@ -369,8 +369,10 @@ mod tests {
         let mut c = CascadeConfig::default();
         c.tts.speed = Some(9.0);
         assert!(c.validate().unwrap_err().to_string().contains("speed"));
-        let mut c = CascadeConfig::default();
-        c.filler_after_ms = 5;
+        let c = CascadeConfig {
+            filler_after_ms: 5,
+            ..CascadeConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("filler"));
         let mut c = CascadeConfig::default();
         c.llm.stall_ms = 0;
