@@ -2,6 +2,9 @@
 //! `hark serve` in-process on a free loopback port with the echo agent, runs the call simulator
 //! against it with a bundled multi-turn real-speech session (four caller turns, one of which
 //! talks over the agent: a barge-in), prints the per-turn table and writes what the caller heard.
+//!
+//! The server gets a fresh random `TWILIO_AUTH_TOKEN` and the simulator signs its upgrade with
+//! it, as Twilio would: the demo runs the same signature check as `hark serve`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,9 +37,11 @@ pub enum DemoError {
 /// # Errors
 /// [`DemoError`] if the server cannot start or the call fails.
 pub async fn run(speed: f64, out: Option<&Path>) -> Result<Report, DemoError> {
+    let token = simulator::random_token();
     let config = Config {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         workers: 1,
+        twilio_auth_token: Some(token.clone()),
         ..Config::default()
     };
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
@@ -52,6 +57,7 @@ pub async fn run(speed: f64, out: Option<&Path>) -> Result<Report, DemoError> {
         Arc::from(AUDIO),
     );
     setup.speed = speed;
+    setup.auth_token = Some(token);
     setup.tail_ms = 500;
     setup.keep_heard = out.is_some();
     setup.speech = Some(UserSpeech::from_annotation_json(ANNOTATION)?);

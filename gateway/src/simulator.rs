@@ -5,7 +5,10 @@
 //! `shared/reference/twilio.md` §1) and plays the caller:
 //!
 //! 1. the upgrade, signed with `X-Twilio-Signature` when an Auth Token is given (HMAC-SHA1 over
-//!    the exact `ws://` URL with no parameters, as [`crate::signature::compute`] does);
+//!    the URL Twilio would have dialled, with no parameters, as [`crate::signature::compute`]
+//!    does): the `ws://` URL dialled, or with a public URL ([`CallSetup::public_url`],
+//!    `--public-url`) `wss://<public host and path>/<path dialled>`, as a server with
+//!    `HARK_PUBLIC_URL` expects;
 //! 2. `connected`, then `start` (`sequenceNumber` `"1"`, tracks `["inbound"]`, mediaFormat
 //!    `audio/x-mulaw` 8000 Hz mono, `customParameters`, `MZ`/`CA`/`AC` SIDs);
 //! 3. one inbound `media` message per 20 ms of audio (160 bytes of μ-law 8 kHz, `sequenceNumber`,
@@ -148,13 +151,16 @@ pub enum SimError {
         message: String,
     },
     /// The TCP connect or the WebSocket upgrade failed (refused, not 101, …). Nothing was sent.
-    #[error("connecting to {url}: {source}")]
+    #[error("connecting to {url}: {source}{answer}")]
     Connect {
         /// The URL.
         url: String,
         /// What went wrong.
         #[source]
         source: Box<tungstenite::Error>,
+        /// The server's answer when it refused the upgrade (`": <body>"`, at most 300
+        /// characters; e.g. why a signature was refused), else empty.
+        answer: String,
     },
     /// The connect or upgrade took longer than [`CallSetup::connect_timeout`].
     #[error("connecting to {url}: no WebSocket after {after:?}")]
@@ -207,7 +213,9 @@ pub struct CallArgs {
     #[arg(long, value_name = "FILE.wav")]
     pub out: Option<PathBuf>,
 
-    /// Sign the upgrade with X-Twilio-Signature using this Auth Token, as Twilio does.
+    /// Sign the upgrade with X-Twilio-Signature using this Auth Token, as Twilio does. A
+    /// server without TWILIO_AUTH_TOKEN refuses every upgrade (503) unless it runs with
+    /// HARK_DEV_INSECURE=no-signatures.
     #[arg(
         long,
         value_name = "T",
@@ -215,6 +223,13 @@ pub struct CallArgs {
         hide_env_values = true
     )]
     pub auth_token: Option<String>,
+
+    /// The server's public base URL, as in its HARK_PUBLIC_URL (e.g. `https://abc.ngrok.app`):
+    /// the upgrade is signed for the URL Twilio would dial, `wss://abc.ngrok.app/media-stream`
+    /// (the path of WS-URL appended), while WS-URL is dialled. Without it the ws:// URL dialled
+    /// is signed, which a server with HARK_PUBLIC_URL refuses (403).
+    #[arg(long, value_name = "URL", requires = "auth_token")]
+    pub public_url: Option<String>,
 
     /// Line noise sent after the audio so the agent can answer, ms.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TAIL_MS)]
@@ -564,6 +579,13 @@ pub fn fresh_start(params: Vec<(String, String)>) -> Start {
     }
 }
 
+/// A fresh Auth Token for a server and its simulated callers in one process (`hark demo`,
+/// `hark bench`): 32 lowercase hex digits from [`random_hex32`]. Unguessable enough for a
+/// loopback server that lives as long as the process, not for credentials that outlive it.
+pub fn random_token() -> String {
+    random_hex32()
+}
+
 /// 32 lowercase hex digits, unique per process and random across processes (std's randomly
 /// keyed SipHash over a counter and the time; not for secrets).
 fn random_hex32() -> String {
@@ -611,6 +633,10 @@ pub struct CallSetup {
     pub tail_ms: u64,
     /// Auth Token to sign the upgrade with (`X-Twilio-Signature`), if any.
     pub auth_token: Option<String>,
+    /// The server's public base URL (its `HARK_PUBLIC_URL`, `https://…` or `http://…`, a
+    /// `wss://`/`ws://` URL is taken as is): the signature covers
+    /// [`signed_url`]`(url, public_url)` instead of `url`. `None`: `url` is signed.
+    pub public_url: Option<String>,
     /// The caller's speech; `None` runs [`UserSpeech::detect`] in [`run_call`] (share one
     /// result instead when running many calls with the same audio).
     pub speech: Option<UserSpeech>,
@@ -636,6 +662,7 @@ impl CallSetup {
             speed: 1.0,
             tail_ms: DEFAULT_TAIL_MS,
             auth_token: None,
+            public_url: None,
             speech: None,
             keep_heard: false,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -735,6 +762,7 @@ pub struct Report {
 /// [`UserSpeech::from_annotation`].
 pub fn prepare(args: &CallArgs) -> Result<CallSetup, SimError> {
     check_url(&args.url)?;
+    signed_url(&args.url, args.public_url.as_deref())?;
     check_speed(args.speed).map_err(SimError::Invalid)?;
     let loaded = match &args.audio {
         Some(path) => load_audio(path)?,
@@ -773,6 +801,7 @@ pub fn prepare(args: &CallArgs) -> Result<CallSetup, SimError> {
         speed: args.speed,
         tail_ms: args.tail_ms,
         auth_token: args.auth_token.clone(),
+        public_url: args.public_url.clone(),
         speech: Some(speech),
         keep_heard: args.out.is_some(),
         close_timeout: DEFAULT_CLOSE_TIMEOUT,
@@ -816,6 +845,45 @@ pub async fn command(args: &CallArgs) -> Result<Report, SimError> {
     Ok(report)
 }
 
+/// The URL whose signature Twilio sends when it dials `url` for a server whose public base URL
+/// is `public_url` (its `HARK_PUBLIC_URL`): `https://` becomes `wss://` and `http://` becomes
+/// `ws://`, a trailing `/` is dropped, and the path of `url` is appended (`https://abc.ngrok.app`
+/// and `ws://127.0.0.1:3000/media-stream` → `wss://abc.ngrok.app/media-stream`). Without
+/// `public_url`, `url` itself.
+///
+/// # Errors
+/// [`SimError::Invalid`] when `public_url` is not an `https://`, `http://`, `wss://` or `ws://`
+/// URL with a host, or has a query string or fragment.
+pub fn signed_url(url: &str, public_url: Option<&str>) -> Result<String, SimError> {
+    let Some(public) = public_url else {
+        return Ok(url.to_string());
+    };
+    let public = public.trim().trim_end_matches('/');
+    let lower = public.to_ascii_lowercase();
+    let rest = [
+        ("https://", "wss://"),
+        ("http://", "ws://"),
+        ("wss://", "wss://"),
+        ("ws://", "ws://"),
+    ]
+    .into_iter()
+    .find_map(|(from, to)| lower.starts_with(from).then(|| (to, &public[from.len()..])));
+    let Some((scheme, rest)) = rest.filter(|(_, r)| !r.is_empty()) else {
+        return Err(SimError::Invalid(format!(
+            "--public-url {public}: expected the server's HARK_PUBLIC_URL, like https://abc.ngrok.app"
+        )));
+    };
+    if rest.contains('?') || rest.contains('#') {
+        return Err(SimError::Invalid(format!(
+            "--public-url {public}: no query string or fragment"
+        )));
+    }
+    // The path of the dialled URL: after `ws://host[:port]`.
+    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    Ok(format!("{scheme}{rest}{path}"))
+}
+
 /// Checks that `url` is one Twilio would connect to and this build can reach.
 fn check_url(url: &str) -> Result<(), SimError> {
     let lower = url.to_ascii_lowercase();
@@ -850,9 +918,28 @@ pub async fn run_call(cfg: CallSetup) -> Result<Report, SimError> {
         Some(s) => s,
         None => UserSpeech::detect(&cfg.audio, cfg.tail_ms),
     };
-    let connect_err = |e: tungstenite::Error| SimError::Connect {
-        url: cfg.url.clone(),
-        source: Box::new(e),
+    let connect_err = |e: tungstenite::Error| {
+        let answer = match &e {
+            tungstenite::Error::Http(resp) => resp
+                .body()
+                .as_deref()
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .trim()
+                        .chars()
+                        .take(300)
+                        .collect()
+                })
+                .filter(|b: &String| !b.is_empty())
+                .map(|b| format!(": {b}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        SimError::Connect {
+            url: cfg.url.clone(),
+            source: Box::new(e),
+            answer,
+        }
     };
     let mut request = cfg
         .url
@@ -860,7 +947,8 @@ pub async fn run_call(cfg: CallSetup) -> Result<Report, SimError> {
         .into_client_request()
         .map_err(connect_err)?;
     if let Some(token) = &cfg.auth_token {
-        let sig = signature::compute(token, &cfg.url, &[] as &[(String, String)]);
+        let url = signed_url(&cfg.url, cfg.public_url.as_deref())?;
+        let sig = signature::compute(token, &url, &[] as &[(String, String)]);
         let value = HeaderValue::from_str(&sig)
             .map_err(|e| connect_err(tungstenite::Error::HttpFormat(e.into())))?;
         request.headers_mut().insert(signature::HEADER, value);
@@ -1670,6 +1758,31 @@ mod tests {
         assert!(check_url("wss://h/x").is_err());
         assert!(check_url("http://h/x").is_err());
         assert!(check_url("ws://h/x?a=1").is_err());
+    }
+
+    #[test]
+    fn the_signed_url_is_the_one_twilio_dials() {
+        let dial = "ws://127.0.0.1:3000/media-stream";
+        assert_eq!(signed_url(dial, None).unwrap(), dial);
+        for public in [
+            "https://abc.ngrok.app",
+            "https://abc.ngrok.app/",
+            "HTTPS://abc.ngrok.app",
+            "wss://abc.ngrok.app",
+        ] {
+            assert_eq!(
+                signed_url(dial, Some(public)).unwrap(),
+                "wss://abc.ngrok.app/media-stream",
+                "{public}"
+            );
+        }
+        assert_eq!(
+            signed_url(dial, Some("http://h:8080/hark")).unwrap(),
+            "ws://h:8080/hark/media-stream"
+        );
+        for bad in ["abc.ngrok.app", "https://", "https://h/?x=1", "ftp://h"] {
+            assert!(signed_url(dial, Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -125,3 +125,30 @@ fn cascade_smoke_run_against_the_openai_double() {
     let e = s.engine_share_ms.p50.expect("answered");
     assert!((0.0..=50.0).contains(&e), "engine share p50 {e} ms");
 }
+
+/// `--chaos SEED`: every call through the chaos proxy (TCP segments re-cut and held 0–20 ms
+/// both ways); the calls still run whole, with no errors and no underruns, and the step reports
+/// what the proxy did.
+#[test]
+fn chaos_smoke_run_through_the_proxy() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = args("2", &["--chaos", "7"]);
+    assert_eq!(a.chaos, Some(7));
+    let r = bench::run(&a, rt.handle(), &mut |_| {}).expect("the bench runs");
+    assert_eq!(r.chaos_seed, Some(7));
+    let s = &r.steps[0];
+    eprintln!("{}\n{}", bench::table_header(), bench::table_row(s));
+    assert_eq!(s.calls_completed, 2, "{:?}", s.error_samples);
+    assert_eq!(s.errors, 0, "{:?}", s.error_samples);
+    assert_eq!(s.underruns, 0);
+    assert_eq!((s.turns, s.unanswered), (4, 0));
+    assert_eq!((s.barge_ins_expected, s.barge_ins_missed), (2, 0));
+    assert_eq!(s.inbound_frames, 2 * 256);
+    let c = s.chaos.expect("the proxy's figures");
+    assert_eq!((c.connections, c.connect_failures), (2, 0));
+    assert!(c.segments > 2 * s.inbound_frames && c.cuts > 0, "{c:?}");
+}

@@ -198,3 +198,82 @@ async fn two_hundred_simultaneous_calls_at_full_speed() {
     assert_eq!(server.state.wait_idle(Duration::from_secs(10)).await, 0);
     server.stop().await;
 }
+
+/// Issue 12 §4 over real sockets: the media WebSocket's signature policy.
+/// - No `TWILIO_AUTH_TOKEN`: refused with 503 naming the variable, unless the server runs with
+///   `HARK_DEV_INSECURE=no-signatures`, when an unsigned call runs.
+/// - A token and `HARK_PUBLIC_URL`: an unsigned upgrade, or one signed for the `ws://` URL
+///   dialled, is refused with 403; signed for the URL Twilio dials (`--public-url`) it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_stream_signature_policy_over_a_real_socket() {
+    let audio: Arc<[u8]> = Arc::from(vec![0xFFu8; 8 * 200]);
+    let quick = |url: &str| {
+        let mut s = CallSetup::new(url, audio.clone());
+        s.speed = 0.0;
+        s.tail_ms = 0;
+        s
+    };
+
+    let closed = Server::start_as_configured(
+        Config {
+            workers: 1,
+            ..Config::default()
+        },
+        None,
+    )
+    .await;
+    let err = simulator::run_call(quick(&closed.url))
+        .await
+        .expect_err("no token: refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("503") && msg.contains("TWILIO_AUTH_TOKEN"),
+        "{msg}"
+    );
+    let mut signed = quick(&closed.url);
+    signed.auth_token = Some("whatever".into());
+    assert!(simulator::run_call(signed).await.is_err(), "still refused");
+    closed.stop().await;
+
+    let dev = Server::start_as_configured(
+        Config {
+            workers: 1,
+            dev_insecure: hark_gateway::config::parse_dev_insecure("no-signatures").unwrap(),
+            ..Config::default()
+        },
+        None,
+    )
+    .await;
+    let r = simulator::run_call(quick(&dev.url)).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.inbound_frames, 10);
+    dev.stop().await;
+
+    let public = "https://abc123.ngrok.app";
+    let server = start(|c| {
+        c.twilio_auth_token = Some("s3cret".into());
+        c.public_url = Some(public.into());
+    })
+    .await;
+    let mut dialled = quick(&server.url);
+    dialled.auth_token = Some("s3cret".into());
+    let err = simulator::run_call(dialled)
+        .await
+        .expect_err("the ws:// URL dialled is not the one Twilio signs");
+    assert!(err.to_string().contains("403"), "{err}");
+    assert!(
+        simulator::run_call(quick(&server.url)).await.is_err(),
+        "unsigned: refused"
+    );
+    let mut good = quick(&server.url);
+    good.auth_token = Some("s3cret".into());
+    good.public_url = Some(public.into());
+    assert_eq!(
+        simulator::signed_url(&server.url, Some(public)).unwrap(),
+        "wss://abc123.ngrok.app/media-stream"
+    );
+    let r = simulator::run_call(good).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.inbound_frames, 10);
+    server.stop().await;
+}

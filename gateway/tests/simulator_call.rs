@@ -275,6 +275,7 @@ fn args(url: &str, audio: Option<PathBuf>, speed: f64, tail_ms: u64) -> CallArgs
         speed,
         out: None,
         auth_token: None,
+        public_url: None,
         tail_ms,
         json: false,
         annotation: None,
@@ -666,6 +667,8 @@ fn command_line() {
         "x.json",
         "--auth-token",
         "tok",
+        "--public-url",
+        "https://abc.ngrok.app",
     ])
     .unwrap();
     let c = cli.call;
@@ -676,11 +679,13 @@ fn command_line() {
     );
     assert_eq!((c.speed, c.tail_ms, c.json), (0.0, 100, true));
     assert_eq!(c.auth_token.as_deref(), Some("tok"));
+    assert_eq!(c.public_url.as_deref(), Some("https://abc.ngrok.app"));
     assert!(Cli::try_parse_from(["hark", "ws://h/x", "--speed", "-2"]).is_err());
     assert!(Cli::try_parse_from(["hark", "ws://h/x", "--param", "nokey"]).is_err());
     let d = Cli::try_parse_from(["hark", "ws://h/x"]).unwrap().call;
     assert_eq!((d.speed, d.tail_ms, d.json), (1.0, 3000, false));
     assert!(d.audio.is_none() && d.out.is_none() && d.annotation.is_none());
+    assert!(d.public_url.is_none());
 }
 
 #[test]

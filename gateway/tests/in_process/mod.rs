@@ -12,6 +12,8 @@ use hark_gateway::server::{self, AppState, STREAM_PATH};
 pub struct Server {
     /// Its Media Streams endpoint, `ws://127.0.0.1:<port>/media-stream`.
     pub url: String,
+    /// Where it listens (127.0.0.1, a free port).
+    pub addr: SocketAddr,
     /// Its state (config, live calls).
     pub state: Arc<AppState>,
     api: Option<Arc<ApiState>>,
@@ -21,8 +23,18 @@ pub struct Server {
 
 impl Server {
     /// Serves `config` (its `addr` replaced by 127.0.0.1:0), with the gateway API on `api`
-    /// when given.
+    /// when given. Without `TWILIO_AUTH_TOKEN` in `config` the server opts in to unsigned
+    /// media streams (`HARK_DEV_INSECURE=no-signatures`), so the simulator's unsigned calls are
+    /// accepted; a test of the signature policy uses [`Server::start_as_configured`].
     pub async fn start(mut config: Config, api: Option<Arc<ApiState>>) -> Server {
+        if config.twilio_auth_token.is_none() {
+            config.dev_insecure.no_signatures = true;
+        }
+        Self::start_as_configured(config, api).await
+    }
+
+    /// Like [`Server::start`], with `config`'s signature policy untouched.
+    pub async fn start_as_configured(mut config: Config, api: Option<Arc<ApiState>>) -> Server {
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -37,6 +49,7 @@ impl Server {
         }));
         Server {
             url: format!("ws://{addr}{STREAM_PATH}"),
+            addr,
             state,
             api,
             stop,
