@@ -1,0 +1,251 @@
+//! `GET /media-stream`: the Media Streams WebSocket. The upgrade's signature policy, then each
+//! call's life on a call worker: the agent, the engine driven on the socket
+//! (`hark_engine::io::drive`), transfers, and the call's summary in the record.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use hark_engine::Call;
+use tracing::{Instrument, info, warn};
+
+use super::observer::CallObserver;
+use super::transfer::{MAX_FAILED_TRANSFERS, transfer};
+use super::{AppState, bad_request, host};
+use crate::{signature, ws};
+
+/// `GET /media-stream`: the Media Streams WebSocket.
+pub(super) async fn media_stream(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<
+        IncomingUpgrade,
+        <IncomingUpgrade as axum::extract::FromRequestParts<Arc<AppState>>>::Rejection,
+    >,
+) -> Response {
+    if let Some(refused) = check_media_stream_signature(&st, &headers, &uri) {
+        return refused;
+    }
+    let Ok(upgrade) = upgrade else {
+        return bad_request("expected a WebSocket upgrade (Twilio Media Streams connects here)");
+    };
+    let (response, fut) = match upgrade.upgrade() {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+            return bad_request(format!("websocket upgrade failed: {e}"));
+        }
+    };
+    st.active.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!("hark_calls_active").increment(1.0);
+    metrics::counter!("hark_calls_total").increment(1);
+    let st2 = st.clone();
+    // Counted as not yet a call until Twilio's `start` arrives.
+    let slot = st.conns.open(crate::conns::ConnState::WebSocketPending);
+    st.pool.spawn(move || {
+        let span = tracing::info_span!(
+            "call",
+            call_sid = tracing::field::Empty,
+            stream_sid = tracing::field::Empty
+        );
+        async move {
+            let handshake = st2.config.limits.handshake_timeout;
+            match tokio::time::timeout(handshake, fut).await {
+                Ok(Ok(socket)) => run_call(&st2, socket, slot).await,
+                Ok(Err(e)) => {
+                    metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+                    warn!(error = %e, "websocket upgrade failed");
+                }
+                Err(_) => {
+                    metrics::counter!("hark_ws_errors_total", "kind" => "handshake_timeout")
+                        .increment(1);
+                    warn!(?handshake, "websocket upgrade did not complete in time");
+                }
+            }
+            st2.active.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("hark_calls_active").decrement(1.0);
+            st2.idle.notify_waiters();
+        }
+        .instrument(span)
+    });
+    response.map(axum::body::Body::new).into_response()
+}
+
+/// The `/media-stream` upgrade's signature policy, the same as `/voice`'s and the callbacks':
+/// - `HARK_DEV_INSECURE=no-signatures`: accepted unsigned (development only);
+/// - `TWILIO_AUTH_TOKEN` unset: refused, 503 naming the variable (an open media socket lets
+///   anyone who finds the URL talk to the agent on the operator's provider bill);
+/// - else `X-Twilio-Signature` must match the URL Twilio was given (`wss://` +
+///   `HARK_PUBLIC_URL`'s host and path + `/media-stream`; without `HARK_PUBLIC_URL`, the `Host`
+///   header with `wss://` or `ws://`), 403 when it is missing or does not.
+///
+/// Refusals are counted in `hark_media_stream_refused_total{reason}` (`no_token`,
+/// `missing_signature`, `bad_signature`); the 403s also in
+/// `hark_signature_failures_total{route="media-stream"}`.
+///
+/// Returns the refusal to send instead of upgrading, or `None` to go on.
+fn check_media_stream_signature(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    if st.config.dev_insecure.no_signatures {
+        return None;
+    }
+    let Some(v) = &st.validator else {
+        metrics::counter!("hark_media_stream_refused_total", "reason" => "no_token").increment(1);
+        warn!("media stream upgrade refused: TWILIO_AUTH_TOKEN is unset");
+        let why = "media stream refused: TWILIO_AUTH_TOKEN is unset, so X-Twilio-Signature \
+                   cannot be checked; set TWILIO_AUTH_TOKEN (or HARK_DEV_INSECURE=no-signatures \
+                   for development)";
+        return Some((StatusCode::SERVICE_UNAVAILABLE, why).into_response());
+    };
+    let sig = headers.get(signature::HEADER).and_then(|h| h.to_str().ok());
+    // Twilio was told wss://<public host>/media-stream (see /voice). Without
+    // HARK_PUBLIC_URL (local runs, the simulator over plain ws://), try both schemes.
+    let pq = uri
+        .path_and_query()
+        .map_or(uri.path(), |p| p.as_str())
+        .to_string();
+    let candidates: Vec<String> = match &st.config.public_url {
+        Some(u) => {
+            let rest = u
+                .strip_prefix("https://")
+                .map(|r| format!("wss://{r}"))
+                .or_else(|| u.strip_prefix("http://").map(|r| format!("ws://{r}")))
+                .unwrap_or_else(|| u.clone());
+            vec![format!("{rest}{pq}")]
+        }
+        None => match host(headers) {
+            Some(h) => vec![format!("wss://{h}{pq}"), format!("ws://{h}{pq}")],
+            None => vec![],
+        },
+    };
+    if candidates
+        .iter()
+        .any(|u| v.validate_websocket(u, sig).is_ok())
+    {
+        return None;
+    }
+    metrics::counter!("hark_signature_failures_total", "route" => "media-stream").increment(1);
+    let (reason, kind) = if sig.is_none() {
+        ("missing X-Twilio-Signature", "missing_signature")
+    } else {
+        ("X-Twilio-Signature does not match", "bad_signature")
+    };
+    metrics::counter!("hark_media_stream_refused_total", "reason" => kind).increment(1);
+    warn!(reason, "media stream upgrade refused");
+    Some((StatusCode::FORBIDDEN, reason).into_response())
+}
+
+async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
+    let agent = match st.config.agent_settings.build() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot build the agent: call refused");
+            return;
+        }
+    };
+    let mut call = match Call::new(st.config.call, agent) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot start call");
+            return;
+        }
+    };
+    let mut socket = ws::Socket::from_upgraded(socket);
+    let mut shutdown = st.shutdown.subscribe();
+    let mut observer = CallObserver {
+        recorder: st.api.as_ref().map(|a| a.recorder()),
+        turns: crate::api::turns::TurnLog::new(call.provider_ends_turns()),
+        slot: Some(slot),
+        ..CallObserver::default()
+    };
+    let drive_cfg = hark_engine::io::DriveConfig {
+        start_timeout: st.config.limits.start_timeout,
+        idle_timeout: st.config.limits.idle_timeout,
+        ..hark_engine::io::DriveConfig::default()
+    };
+    let started = Instant::now();
+    let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
+    // Failed transfers, for the record: the call went on after each.
+    let mut failed_transfers: Vec<String> = Vec::new();
+    let ended = loop {
+        let ended = hark_engine::io::drive(
+            &mut call,
+            &mut socket,
+            &mut connectors,
+            &mut observer,
+            drive_cfg,
+            &mut shutdown,
+        )
+        .await;
+        if let hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) = &ended {
+            match transfer(st, observer.call_sid.as_deref(), to).await {
+                // Redirected: Twilio ends the stream itself; the socket closes now.
+                Ok(()) => {
+                    hark_engine::io::TwilioSocket::close(&mut socket).await;
+                    break format!("transferred to {to}");
+                }
+                // The call goes on: the agent tells the caller (the socket is still open).
+                // An agent that keeps asking is stopped after a few tries.
+                Err(why) => {
+                    failed_transfers.push(format!("transfer to {to} failed: {why}"));
+                    if failed_transfers.len() >= MAX_FAILED_TRANSFERS {
+                        hark_engine::io::TwilioSocket::close(&mut socket).await;
+                        break format!("{MAX_FAILED_TRANSFERS} transfers failed");
+                    }
+                    call.handle_input(hark_engine::Input::TransferFailed {
+                        at: hark_engine::io::now(),
+                        reason: why,
+                    });
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            }
+        }
+        break match ended {
+            hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
+            hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+            hark_engine::io::Ended::Shutdown => "shutdown".into(),
+            hark_engine::io::Ended::Failed(e) => {
+                metrics::counter!("hark_ws_errors_total", "kind" => e.kind()).increment(1);
+                warn!(error = %e, "call ended by a socket failure");
+                format!("failed: {e}")
+            }
+        };
+    };
+    let ended = if failed_transfers.is_empty() {
+        ended
+    } else {
+        format!("{ended} (after: {})", failed_transfers.join("; "))
+    };
+    observer.flush(&call);
+    let stats = call.stats();
+    observer.finish_turns(call.media_ms());
+    info!(ended, "call ended");
+    if let (Some(rec), Some(sid)) = (&observer.recorder, &observer.call_sid) {
+        rec.stream_stopped(
+            sid,
+            crate::api::recorder::StreamSummary {
+                duration_ms: started.elapsed().as_millis() as u64,
+                inbound_ms: stats.inbound_ms,
+                sent_ms: stats.playout.sent_ms,
+                turns: stats.turns,
+                barge_ins: stats.barge_ins,
+                malformed: stats.malformed_total(),
+                ended,
+            },
+        );
+    }
+    info!(
+        secs = started.elapsed().as_secs_f64(),
+        inbound_ms = stats.inbound_ms,
+        turns = stats.turns,
+        barge_ins = stats.barge_ins,
+        malformed = stats.malformed_total(),
+        sent_ms = stats.playout.sent_ms,
+        "call summary"
+    );
+}

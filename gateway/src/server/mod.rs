@@ -1,0 +1,285 @@
+//! `hark serve`: the HTTP server — TwiML for Twilio's voice webhook, the Media Streams WebSocket,
+//! health and metrics.
+//!
+//! Routes:
+//! - `GET /healthz` → `ok`.
+//! - `GET /metrics` → Prometheus text format (see [`crate::metrics`]).
+//! - `POST /voice` (alias `/api/twilio/voice`; GET accepted too) → TwiML connecting the call to
+//!   `wss://<public host>/media-stream`, or `<Dial>` for browser clients.
+//! - `GET /media-stream` → WebSocket upgrade; each call runs the engine on a call worker.
+//!
+//! One file per job:
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | [`AppState`], the [`router`], [`serve`]: the accept loop with its limits ([`crate::conns`]) and the shutdown sequence |
+//! | `voice.rs` | `/voice`: signature check, TwiML |
+//! | `media.rs` | `/media-stream`: the upgrade's signature policy, then each call's life (`run_call`) |
+//! | `transfer.rs` | redirecting a call for a transfer (Twilio REST call update) |
+//! | `observer.rs` | a call's events → logs, metrics and the call record |
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::pool::CallPool;
+use crate::signature::Validator;
+
+mod media;
+mod observer;
+mod transfer;
+mod voice;
+
+/// Path of the Media Streams WebSocket.
+pub const STREAM_PATH: &str = "/media-stream";
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    pool: CallPool,
+    active: AtomicUsize,
+    idle: Notify,
+    validator: Option<Validator>,
+    api: Option<Arc<crate::api::ApiState>>,
+    /// One HTTP client for every call's provider requests (shared connection pools).
+    http: hark_engine::io::http::Client,
+    /// Open connections by state (see [`crate::conns`]).
+    conns: Arc<crate::conns::Connections>,
+    /// `true` stops every live call (after the shutdown timeout).
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl AppState {
+    /// State for `config`, with its call workers started.
+    ///
+    /// # Errors
+    /// An I/O error if the worker threads cannot start.
+    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+        Self::build(config, None)
+    }
+
+    /// State for `config` with the gateway API (tokens, outbound calls, callbacks, records,
+    /// Conversations): its routes are served too, `/voice` follows its signature policy, and
+    /// calls are recorded through it.
+    ///
+    /// # Errors
+    /// An I/O error if the worker threads cannot start.
+    pub fn with_api(config: Config, api: Arc<crate::api::ApiState>) -> std::io::Result<Arc<Self>> {
+        Self::build(config, Some(api))
+    }
+
+    fn build(config: Config, api: Option<Arc<crate::api::ApiState>>) -> std::io::Result<Arc<Self>> {
+        let pool = CallPool::new(config.workers)?;
+        let validator = config.twilio_auth_token.as_ref().map(Validator::new);
+        // Install the recorder before the first call records anything.
+        let _ = crate::metrics::handle();
+        Ok(Arc::new(AppState {
+            config,
+            pool,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            validator,
+            api,
+            http: hark_engine::io::http::Client::default(),
+            conns: Arc::new(crate::conns::Connections::default()),
+            shutdown: tokio::sync::watch::Sender::new(false),
+        }))
+    }
+
+    /// Open connections by state.
+    pub fn connections(&self) -> &crate::conns::Connections {
+        &self.conns
+    }
+
+    /// Calls with an open media stream.
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no call is active, or `timeout` passes. Returns the calls still active.
+    pub async fn wait_idle(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.idle.notified();
+            let n = self.active_calls();
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.active_calls();
+            }
+        }
+    }
+}
+
+/// The router (used by `hark serve` and by tests without a socket).
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = state.api.clone();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/voice", any(voice::voice))
+        .route("/api/twilio/voice", any(voice::voice))
+        .route(STREAM_PATH, get(media::media_stream))
+        .with_state(state);
+    match api {
+        Some(api) => app.merge(crate::api::router(api)),
+        None => app,
+    }
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves. Then it stops accepting,
+/// closes idle HTTP connections, lets live calls finish for up to `config.shutdown_timeout`,
+/// stops the calls still live (each closed with 1001 "going away" and recorded with
+/// `ended: shutdown`), waits for their tasks to end, and drains the call records.
+///
+/// Each connection is served by hyper's HTTP/1 server with [`crate::conns::Limits`]: a
+/// header-read deadline (which also closes idle keep-alive connections) and a cap on
+/// connections that are not calls (one more gets 503 at once). Accept errors (e.g. out of file
+/// descriptors) are logged and retried after 100 ms; they never end the server.
+///
+/// # Errors
+/// None today (kept for callers that may add I/O set-up).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let limits = state.config.limits;
+    let (close_idle, close_idle_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection aborted before
+                    // accept: never spin, never stop serving live calls.
+                    metrics::counter!("hark_accept_errors_total").increment(1);
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if state.conns.pending() >= limits.max_pending_connections {
+            tokio::spawn(crate::conns::refuse_busy(tcp));
+            continue;
+        }
+        // Small frames both ways: without TCP_NODELAY, Nagle holds each outbound `media` until
+        // the peer's next packet (~20 ms of added latency measured on loopback).
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let slot = state.conns.open(crate::conns::ConnState::Http);
+        tokio::spawn(serve_connection(
+            tcp,
+            app.clone(),
+            limits,
+            close_idle_rx.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    info!("shutdown: no new connections; idle HTTP connections closing");
+    let _ = close_idle.send(true);
+    let left = state.wait_idle(state.config.shutdown_timeout).await;
+    if left > 0 {
+        warn!(
+            calls = left,
+            "shutdown timeout: stopping live calls (closed with 1001, recorded as ended: shutdown)"
+        );
+        let _ = state.shutdown.send(true);
+        let still = state.wait_idle(CALL_STOP_GRACE).await;
+        if still > 0 {
+            warn!(calls = still, "calls did not stop in time");
+        }
+    } else {
+        info!("all calls finished");
+    }
+    if let Some(api) = &state.api {
+        // Waits for the call tasks' recorders, writes every queued record, closes any stream
+        // of this run still open as `ended: shutdown`, then stops the writer.
+        let report = api.shutdown(CALL_STOP_GRACE).await;
+        if report.calls_still_running > 0 || report.stats.dropped > 0 {
+            warn!(?report, "some call records may be incomplete");
+        }
+    }
+    Ok(())
+}
+
+/// How long stopped calls have to close their sockets and hand in their records.
+const CALL_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves one HTTP/1 connection (upgrades allowed). On shutdown, an idle keep-alive connection
+/// is closed and a busy one closed after its response.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    limits: crate::conns::Limits,
+    mut close_idle: tokio::sync::watch::Receiver<bool>,
+    slot: crate::conns::Slot,
+) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = close_idle.wait_for(|c| *c) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+    drop(slot);
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+pub(super) fn host(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok())
+}
+
+pub(super) fn bad_request(reason: impl Into<String>) -> Response {
+    (StatusCode::BAD_REQUEST, reason.into()).into_response()
+}
