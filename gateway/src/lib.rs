@@ -8,12 +8,12 @@
 //! # Layout
 //!
 //! A live call, top-down: `main.rs` (`hark serve`) → [`server::serve`] (accept loop, limits) →
-//! `server::media_stream` (signature check, upgrade) → a call worker ([`pool`]) →
-//! `server::run_call` → `hark_engine::io::drive` on a [`ws::Socket`] → `hark_engine::Call`.
+//! `server/media.rs` `media_stream` (signature check, upgrade) → a call worker ([`pool`]) →
+//! `run_call` → `hark_engine::io::drive` on a [`ws::Socket`] → `hark_engine::Call`.
 //!
 //! | module | job |
 //! |---|---|
-//! | [`server`] | the router, `/voice`, the `/media-stream` upgrade, each call's life, transfers, the observer feeding metrics and records |
+//! | [`server`] | `mod.rs`: state, router, accept loop and shutdown; `voice.rs`: `/voice`; `media.rs`: the `/media-stream` upgrade and each call's life; `transfer.rs`; `observer.rs`: events → metrics and records |
 //! | [`conns`] | connection limits, deadlines and counts by state |
 //! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
 //! | [`pool`] | call workers: one single-threaded runtime per core |
