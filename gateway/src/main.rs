@@ -117,7 +117,7 @@ async fn serve() -> ExitCode {
     );
     if config.twilio_auth_token.is_none() {
         tracing::warn!(
-            "TWILIO_AUTH_TOKEN is unset: media-stream upgrades are not signature-checked and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
+            "TWILIO_AUTH_TOKEN is unset: media-stream upgrades and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
         );
     }
     let api = match hark_gateway::api::ApiState::from_lookup(|k| std::env::var(k).ok()).await {
