@@ -7,24 +7,18 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use common::{arrival_times, load, segments};
+use common::{Pending, Provider, TestCall, arrival_times, load, ms, segments};
 use hark_engine::agent::{
     AgentReport, HttpBody, HttpRequest, OpenSpec, PeerId, ProviderCommand, ProviderEvent,
     ProviderMessage, Role, Stage,
 };
 use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
 use hark_engine::call::CloseReason;
-use hark_engine::sim::{Phone, Received};
-use hark_engine::twilio::{self, Outbound};
-use hark_engine::{Call, CallConfig, Event, Input, Output};
+use hark_engine::{CallConfig, Event};
 use serde_json::{Value, json};
-
-fn ms(d: u64) -> Duration {
-    Duration::from_millis(d)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -114,7 +108,6 @@ struct Fake {
     tts_index: usize,
     requests: Vec<Req>,
     closes: Vec<(Instant, PeerId)>,
-    seq: u64,
 }
 
 fn chunk(content: Option<&str>, tools: Option<Value>, finish: Option<&str>) -> String {
@@ -171,7 +164,6 @@ impl Fake {
             filler_fault: None,
             requests: Vec::new(),
             closes: Vec::new(),
-            seq: 0,
         }
     }
 
@@ -471,50 +463,31 @@ impl Fake {
     }
 }
 
-struct Run {
-    t0: Instant,
-    events: Vec<(Instant, Event)>,
-    phone: Phone,
-    fake: Fake,
-    closed: Option<CloseReason>,
-    clears: Vec<Instant>,
+impl Provider for Fake {
+    fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
+        match cmd {
+            ProviderCommand::Open { peer, spec } => {
+                let OpenSpec::Http(req) = spec else {
+                    panic!("cascade opens only HTTP pipes")
+                };
+                out.extend(self.respond(now, *peer, req.clone()));
+            }
+            ProviderCommand::Close { peer } => {
+                self.closes.push((now, *peer));
+                out.cancel(*peer);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
-impl Run {
-    fn at(&self, t: Instant) -> u64 {
-        t.duration_since(self.t0).as_millis() as u64
-    }
-    fn reports(&self) -> Vec<(Instant, AgentReport)> {
-        self.events
-            .iter()
-            .filter_map(|(t, e)| match e {
-                Event::Agent(r) => Some((*t, r.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-    fn latencies(&self, stage: Stage) -> Vec<u64> {
-        self.reports()
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                AgentReport::Latency { stage: s, ms } if s == stage => Some(ms),
-                _ => None,
-            })
-            .collect()
-    }
-    fn faults(&self) -> Vec<(String, String)> {
-        self.reports()
-            .into_iter()
-            .filter_map(|(_, r)| match r {
-                AgentReport::ProviderFault { provider, kind, .. } => Some((provider, kind)),
-                _ => None,
-            })
-            .collect()
-    }
+type Run = TestCall<Fake>;
+
+impl TestCall<Fake> {
     fn transcripts(&self, role: Role) -> Vec<(String, bool)> {
         self.reports()
             .into_iter()
-            .filter_map(|(_, r)| match r {
+            .filter_map(|r| match r {
                 AgentReport::Transcript {
                     role: r,
                     text,
@@ -525,21 +498,15 @@ impl Run {
             .collect()
     }
     fn turn_ends(&self) -> Vec<Instant> {
-        self.events
-            .iter()
-            .filter_map(|(t, e)| matches!(e, Event::UserTurnEnded { .. }).then_some(*t))
-            .collect()
+        self.pick(|t, e| matches!(e, Event::UserTurnEnded { .. }).then_some(t))
     }
     fn audio_starts(&self) -> Vec<(Instant, Option<Duration>)> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::AgentAudioStarted {
-                    at, since_user_end, ..
-                } => Some((*at, *since_user_end)),
-                _ => None,
-            })
-            .collect()
+        self.pick(|_, e| match e {
+            Event::AgentAudioStarted {
+                at, since_user_end, ..
+            } => Some((*at, *since_user_end)),
+            _ => None,
+        })
     }
     /// Every caller turn is answered with audio within `within` of its end (never dead air).
     fn assert_no_dead_air(&self, within: Duration) {
@@ -580,14 +547,16 @@ fn run(cfg: CascadeConfig, fake: Fake, until_ms: Option<u64>) -> Run {
 }
 
 /// As [`run`], with extra `customParameters` in the `start` message.
-fn run_with(
-    cfg: CascadeConfig,
-    mut fake: Fake,
-    until_ms: Option<u64>,
-    params: &[(&str, &str)],
-) -> Run {
+fn run_with(cfg: CascadeConfig, fake: Fake, until_ms: Option<u64>, params: &[(&str, &str)]) -> Run {
     let s = load("multi-turn");
-    let t0 = Instant::now();
+    let agent = CascadeAgent::new(cfg).unwrap();
+    let mut r = TestCall::with_provider(
+        CallConfig::default(),
+        Box::new(agent),
+        &s.stream_sid,
+        Instant::now(),
+        fake,
+    );
     let mut lines = s.lines.clone();
     for l in lines.iter_mut() {
         let mut v: Value = serde_json::from_str(l).unwrap();
@@ -598,128 +567,19 @@ fn run_with(
             *l = v.to_string();
         }
     }
-    let mut times = arrival_times(&lines, t0);
+    let mut timed: Vec<(Instant, String)> =
+        arrival_times(&lines, r.t0).into_iter().zip(lines).collect();
     if let Some(u) = until_ms {
-        let keep = times.iter().take_while(|t| **t <= t0 + ms(u)).count();
-        lines.truncate(keep);
-        times.truncate(keep);
+        timed.retain(|(t, _)| *t <= r.t0 + ms(u));
     }
-    let agent = CascadeAgent::new(cfg).unwrap();
-    let mut call = Call::new(CallConfig::default(), Box::new(agent)).unwrap();
-    let mut phone = Phone::new(&s.stream_sid, t0);
-    let mut pending: BTreeMap<(Instant, u64), ProviderEvent> = BTreeMap::new();
-    let mut events = Vec::new();
-    let mut clears = Vec::new();
-    let mut closed = None;
-    let mut timeout: Option<Instant>;
-    let mut idx = 0;
-    let mut now = t0;
-    let mut mark_seq = 100_000u64;
-    let mut guard = 0u64;
-    let mut last_wake: Option<Instant> = None;
-    let mut same_wake = 0u32;
-    loop {
-        guard += 1;
-        assert!(guard < 5_000_000, "harness did not terminate");
-        // Drain the call's outputs.
-        loop {
-            match call.poll_output() {
-                Output::Transmit(text) => {
-                    let parsed = twilio::parse_outbound(text).unwrap();
-                    if matches!(parsed, Outbound::Clear { .. }) {
-                        clears.push(now);
-                    }
-                    if let Received::Invalid(e) = phone.receive(now, text) {
-                        panic!("phone rejected {text}: {e}");
-                    }
-                }
-                Output::Event(e) => events.push((now, e)),
-                Output::Provider(ProviderCommand::Open { peer, spec }) => {
-                    let OpenSpec::Http(req) = spec else {
-                        panic!("cascade opens only HTTP pipes")
-                    };
-                    for (t, e) in fake.respond(now, peer, req) {
-                        fake.seq += 1;
-                        pending.insert((t, fake.seq), e);
-                    }
-                }
-                Output::Provider(ProviderCommand::Close { peer }) => {
-                    fake.closes.push((now, peer));
-                    pending.retain(|_, e| match e {
-                        ProviderEvent::Opened { peer: p, .. }
-                        | ProviderEvent::Message { peer: p, .. }
-                        | ProviderEvent::Closed { peer: p }
-                        | ProviderEvent::Failed { peer: p, .. } => *p != peer,
-                    });
-                }
-                Output::Provider(other) => panic!("unexpected {other:?}"),
-                Output::Close(r) => closed = Some(r),
-                Output::Timeout(t) => {
-                    timeout = t;
-                    break;
-                }
-            }
-        }
-        if closed.is_some() || (idx >= lines.len() && call.is_stopped()) {
-            break;
-        }
-        let ti = times.get(idx).copied().filter(|_| idx < lines.len());
-        let te = phone.next_echo_at();
-        let tp = pending.keys().next().map(|k| k.0);
-        let Some(t) = [ti, te, tp, timeout].into_iter().flatten().min() else {
-            break;
-        };
-        now = now.max(t);
-        phone.advance(now);
-        let echoes = phone.take_echoes();
-        if !echoes.is_empty() {
-            for name in echoes {
-                mark_seq += 1;
-                let m = twilio::inbound::mark(mark_seq, &s.stream_sid, &name);
-                call.handle_input(Input::Twilio { at: now, text: &m });
-            }
-            continue;
-        }
-        if ti.is_some_and(|t| t <= now) {
-            call.handle_input(Input::Twilio {
-                at: now,
-                text: &lines[idx],
-            });
-            idx += 1;
-        } else if tp.is_some_and(|t| t <= now) {
-            let key = *pending.keys().next().unwrap();
-            let e = pending.remove(&key).unwrap();
-            call.handle_input(Input::Provider { at: now, event: e });
-        } else if timeout.is_some_and(|t| t <= now) {
-            // The call must not ask to be woken again and again at the same instant.
-            if last_wake == Some(now) {
-                same_wake += 1;
-                assert!(
-                    same_wake < 100,
-                    "busy wake-ups at {} ms",
-                    now.duration_since(t0).as_millis()
-                );
-            } else {
-                last_wake = Some(now);
-                same_wake = 0;
-            }
-            call.handle_input(Input::Timeout(now));
-        }
-    }
+    r.replay(&timed);
     assert!(
-        phone.stats().errors.is_empty(),
+        r.phone.stats().errors.is_empty(),
         "{:?}",
-        phone.stats().errors
+        r.phone.stats().errors
     );
-    assert_eq!(call.stats().malformed_total(), 0, "{:?}", call.stats());
-    Run {
-        t0,
-        events,
-        phone,
-        fake,
-        closed,
-        clears,
-    }
+    assert_eq!(r.call.stats().malformed_total(), 0, "{:?}", r.call.stats());
+    r
 }
 
 fn segment_texts() -> Vec<String> {
@@ -793,7 +653,7 @@ fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
     assert_eq!(user, segment_texts());
 
     // Turn A: the first sentence plays before the LLM has finished streaming.
-    let llm = r.fake.requests(Kind::Llm);
+    let llm = r.provider.requests(Kind::Llm);
     assert_eq!(llm.len(), 4);
     let a_llm_done = llm[0].at + ms(LAT.ttft + LAT.token * tokens(REPLY_A).len() as u64);
     let starts = r.audio_starts();
@@ -825,7 +685,7 @@ fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
 
     // TTS requests go out in sentence order.
     let tts: Vec<String> = r
-        .fake
+        .provider
         .requests(Kind::Tts)
         .iter()
         .map(|q| q.body["input"].as_str().unwrap().to_string())
@@ -836,7 +696,7 @@ fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
     assert_eq!(tts[c0 + 1], "I will look into it.");
 
     // Turn B barges in on answer A: the in-flight LLM and TTS requests are closed.
-    assert_eq!(r.clears.len(), 1, "one barge-in");
+    assert_eq!(r.clears().len(), 1, "one barge-in");
     let bi = r
         .events
         .iter()
@@ -847,15 +707,15 @@ fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
         .unwrap();
     assert!(bi.speech_start_ms.abs_diff(segs[1].0) <= 80);
     let closed_at_barge: Vec<PeerId> = r
-        .fake
+        .provider
         .closes
         .iter()
-        .filter(|(t, _)| *t == r.clears[0])
+        .filter(|(t, _)| *t == r.clears()[0])
         .map(|(_, p)| *p)
         .collect();
     assert!(closed_at_barge.contains(&llm[0].peer), "LLM A cancelled");
     assert!(
-        r.fake
+        r.provider
             .requests(Kind::Tts)
             .iter()
             .any(|q| closed_at_barge.contains(&q.peer)),
@@ -895,9 +755,9 @@ fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
     assert_eq!(m[6]["content"], segment_texts()[2]);
 
     // Turn D: the model says goodbye and calls end_call; the call hangs up after the audio.
-    assert!(r.reports().iter().any(|(_, x)| matches!(x,
+    assert!(r.timed_reports().iter().any(|(_, x)| matches!(x,
         AgentReport::ToolCall { name, arguments } if name == "end_call" && arguments.contains("goodbye"))));
-    match &r.closed {
+    match &r.closed() {
         Some(CloseReason::Hangup(reason)) => assert!(reason.contains("end_call"), "{reason}"),
         other => panic!("expected a hang-up, got {other:?}"),
     }
@@ -922,13 +782,13 @@ fn a_turn_while_thinking_restarts_with_both_texts() {
     let mut cfg = config();
     cfg.llm.first_token_timeout_ms = 5_000;
     let r = run(cfg, fake, Some(12_000));
-    let llm = r.fake.requests(Kind::Llm);
+    let llm = r.provider.requests(Kind::Llm);
     assert_eq!(llm.len(), 2, "one cancelled request, one answer");
     let ends = r.turn_ends();
     assert_eq!(ends.len(), 2);
     // The first request was cancelled when the second turn ended.
     assert!(
-        r.fake
+        r.provider
             .closes
             .iter()
             .any(|(t, p)| *p == llm[0].peer && *t == ends[1])
@@ -939,7 +799,7 @@ fn a_turn_while_thinking_restarts_with_both_texts() {
     let texts = segment_texts();
     assert_eq!(user[0]["content"], format!("{} {}", texts[0], texts[1]));
     // No barge-in (nothing played), one answer.
-    assert!(r.clears.is_empty());
+    assert!(r.clears().is_empty());
     let answers: Vec<_> = r
         .audio_starts()
         .into_iter()
@@ -967,7 +827,7 @@ fn transfer_with_a_bad_number_gets_an_error_result_and_a_second_round() {
         }
     });
     let r = run(config(), fake, Some(6_600));
-    let llm = r.fake.requests(Kind::Llm);
+    let llm = r.provider.requests(Kind::Llm);
     assert_eq!(llm.len(), 2);
     let m = messages(llm[1]);
     let n = m.len();
@@ -1009,14 +869,14 @@ fn transfer_with_a_bad_number_gets_an_error_result_and_a_second_round() {
         .0;
     assert!(transfer_at >= answered);
     let tts: Vec<&str> = r
-        .fake
+        .provider
         .requests(Kind::Tts)
         .iter()
         .map(|q| q.body["input"].as_str().unwrap())
         .collect();
     assert!(tts.contains(&"Connecting you now."));
     assert_eq!(
-        r.reports()
+        r.timed_reports()
             .iter()
             .filter(|(_, x)| matches!(x, AgentReport::ToolCall { .. }))
             .count(),
@@ -1038,13 +898,13 @@ fn end_call_without_words_says_the_configured_goodbye() {
     });
     let r = run(config(), fake, Some(6_600));
     let tts: Vec<&str> = r
-        .fake
+        .provider
         .requests(Kind::Tts)
         .iter()
         .map(|q| q.body["input"].as_str().unwrap())
         .collect();
     assert!(tts.contains(&"Goodbye!"), "{tts:?}");
-    assert!(matches!(r.closed, Some(CloseReason::Hangup(_))));
+    assert!(matches!(r.closed(), Some(CloseReason::Hangup(_))));
     assert!(
         r.transcripts(Role::Agent)
             .contains(&("Goodbye!".to_string(), false))
@@ -1261,7 +1121,7 @@ fn every_fault_ends_in_a_retry_or_the_fallback_never_dead_air() {
         assert_eq!(got, want, "{}: faults", c.name);
         if c.want_requests > 0 {
             assert_eq!(
-                r.fake.requests(c.kind).len(),
+                r.provider.requests(c.kind).len(),
                 c.want_requests,
                 "{}: requests",
                 c.name
@@ -1285,7 +1145,7 @@ fn every_fault_ends_in_a_retry_or_the_fallback_never_dead_air() {
         }
         if matches!(c.faults.last(), Some(Some(Fault::DroppedAfterAudio))) {
             let n = r
-                .fake
+                .provider
                 .requests(Kind::Tts)
                 .iter()
                 .filter(|q| q.body["input"] == "I'm sorry to hear that.")
@@ -1310,7 +1170,7 @@ fn a_429_waits_for_its_retry_after() {
     let fake = Fake::new(segment_texts(), script)
         .fault(Kind::Llm, vec![Some(Fault::Status(429, Some(300)))]);
     let r = run(config(), fake, Some(6_600));
-    let llm = r.fake.requests(Kind::Llm);
+    let llm = r.provider.requests(Kind::Llm);
     assert_eq!(llm.len(), 2);
     // Failed 50 ms after the request, retried 300 ms after that.
     assert_eq!(llm[1].at - llm[0].at, ms(50 + 300));
@@ -1318,7 +1178,7 @@ fn a_429_waits_for_its_retry_after() {
     let fake =
         Fake::new(segment_texts(), script).fault(Kind::Llm, vec![Some(Fault::Status(502, None))]);
     let r = run(config(), fake, Some(6_600));
-    let llm = r.fake.requests(Kind::Llm);
+    let llm = r.provider.requests(Kind::Llm);
     assert_eq!(llm[1].at - llm[0].at, ms(50 + 150));
 }
 
@@ -1354,8 +1214,12 @@ fn barge_in_on_the_greeting_keeps_only_its_heard_part() {
     );
     let fake = Fake::new(segment_texts(), script);
     let r = run(cfg, fake, Some(6_600));
-    assert_eq!(r.clears.len(), 1, "the caller talks over the long greeting");
-    let llm = r.fake.requests(Kind::Llm);
+    assert_eq!(
+        r.clears().len(),
+        1,
+        "the caller talks over the long greeting"
+    );
+    let llm = r.provider.requests(Kind::Llm);
     let m = messages(llm[0]);
     assert_eq!(m[1]["role"], "assistant");
     let c = m[1]["content"].as_str().unwrap();
@@ -1376,10 +1240,10 @@ fn system_prompt_and_greeting_from_twiml_parameters() {
     let mut cfg = config();
     cfg.system_prompt = "You are Ada from Acme.".into();
     let r = run(cfg.clone(), fake, Some(6_600));
-    let m = messages(r.fake.requests(Kind::Llm)[0]);
+    let m = messages(r.provider.requests(Kind::Llm)[0]);
     assert_eq!(m[0]["role"], "system");
     assert_eq!(m[0]["content"], "You are Ada from Acme.");
-    let stt = &r.fake.requests(Kind::Stt)[0].body;
+    let stt = &r.provider.requests(Kind::Stt)[0].body;
     assert_eq!(stt["model"], "gpt-4o-mini-transcribe");
     assert_eq!(stt["stream"], "true");
     // 4.1 s of speech plus pre-roll, as a 16 kHz 16-bit WAV.
@@ -1396,10 +1260,13 @@ fn system_prompt_and_greeting_from_twiml_parameters() {
             ("greeting", "Hi, Bob here."),
         ],
     );
-    let m = messages(r.fake.requests(Kind::Llm)[0]);
+    let m = messages(r.provider.requests(Kind::Llm)[0]);
     assert_eq!(m[0]["content"], "You are Bob.");
     assert_eq!(m[1]["content"], "Hi, Bob here.");
-    assert_eq!(r.fake.requests(Kind::Tts)[0].body["input"], "Hi, Bob here.");
+    assert_eq!(
+        r.provider.requests(Kind::Tts)[0].body["input"],
+        "Hi, Bob here."
+    );
 }
 
 /// What the caller hears first after the faulty turn.
@@ -1752,7 +1619,7 @@ fn fault_matrix_something_is_heard_within_two_seconds() {
         );
         // What it was, in the order heard.
         let said: Vec<String> = r
-            .reports()
+            .timed_reports()
             .into_iter()
             .filter(|(t, _)| *t >= end)
             .filter_map(|(_, x)| match x {
@@ -1794,7 +1661,7 @@ fn fault_matrix_something_is_heard_within_two_seconds() {
         }
         // Content of the wrong type is never taken as the caller's words.
         assert!(
-            r.fake
+            r.provider
                 .requests(Kind::Llm)
                 .iter()
                 .all(|q| !q.body.to_string().contains("Bad Gateway")),
@@ -1806,7 +1673,7 @@ fn fault_matrix_something_is_heard_within_two_seconds() {
             Some(Some(Fault::DroppedAfterAudio | Fault::StallAfter(_)))
         ) {
             let inputs: Vec<String> = r
-                .fake
+                .provider
                 .requests(Kind::Tts)
                 .iter()
                 .map(|q| q.body["input"].as_str().unwrap_or("").to_string())
@@ -1848,7 +1715,7 @@ fn the_filler_is_the_chime_when_unrendered_and_waits_for_a_talking_caller() {
     fake.filler_fault = Some(Fault::Status(401, None));
     let r = run(cfg.clone(), fake, Some(6_600));
     let tts: Vec<&Value> = r
-        .fake
+        .provider
         .requests(Kind::Tts)
         .iter()
         .map(|q| &q.body["input"])
@@ -1862,7 +1729,7 @@ fn the_filler_is_the_chime_when_unrendered_and_waits_for_a_talking_caller() {
         ]
     );
     // After the fallback phrase was rendered, not with it.
-    assert!(r.fake.requests(Kind::Tts)[2].at > r.fake.requests(Kind::Tts)[1].at);
+    assert!(r.provider.requests(Kind::Tts)[2].at > r.provider.requests(Kind::Tts)[1].at);
     assert_eq!(
         r.faults(),
         vec![
@@ -1895,7 +1762,7 @@ fn the_filler_is_the_chime_when_unrendered_and_waits_for_a_talking_caller() {
     let mut cfg = fault_config();
     cfg.llm.first_token_timeout_ms = 5_000;
     let r = run(cfg, fake, Some(12_000));
-    assert!(r.clears.is_empty(), "nothing played over the caller");
+    assert!(r.clears().is_empty(), "nothing played over the caller");
     let ends = r.turn_ends();
     assert_eq!(ends.len(), 2);
     let said: Vec<(String, bool)> = r.transcripts(Role::Agent);

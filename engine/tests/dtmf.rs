@@ -4,17 +4,19 @@
 //! arrival times; what the agent does in answer (play, hang up, transfer) takes effect. Bad or
 //! misplaced `dtmf` messages are counted and never reach the agent.
 
+mod common;
+
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use common::TestCall;
 use hark_engine::agent::{AgentNeeds, CallInfo, UserTurn};
 use hark_engine::playout::Interrupted;
-use hark_engine::sim::{Phone, Received};
-use hark_engine::twilio::{self, Outbound, Start};
+use hark_engine::twilio::{self, Outbound};
 use hark_engine::{
-    Action, Agent, AgentAudio, Call, CallConfig, CloseReason, Event, Input, Malformed, Output,
-    UtteranceId,
+    Action, Agent, AgentAudio, CallConfig, CloseReason, Event, Input, Malformed, UtteranceId,
 };
 
 const SID: &str = "MZ00000000000000000000000000000042";
@@ -61,16 +63,23 @@ impl Agent for Keypad {
     }
 }
 
+/// A call with the keypad agent, and the digits it saw.
 struct H {
-    call: Call,
-    phone: Phone,
-    now: Instant,
+    t: TestCall,
     log: Log,
-    events: Vec<(Instant, Event)>,
-    sent: Vec<Outbound>,
-    closes: Vec<CloseReason>,
-    timeout: Option<Instant>,
-    seq: u64,
+}
+
+impl Deref for H {
+    type Target = TestCall;
+    fn deref(&self) -> &TestCall {
+        &self.t
+    }
+}
+
+impl DerefMut for H {
+    fn deref_mut(&mut self) -> &mut TestCall {
+        &mut self.t
+    }
 }
 
 impl H {
@@ -80,101 +89,21 @@ impl H {
             log: log.clone(),
             next: 0,
         };
-        let now = Instant::now();
-        H {
-            call: Call::new(CallConfig::default(), Box::new(agent)).unwrap(),
-            phone: Phone::new(SID, now),
-            now,
-            log,
-            events: Vec::new(),
-            sent: Vec::new(),
-            closes: Vec::new(),
-            timeout: None,
-            seq: 1,
-        }
+        let mut t = TestCall::new(CallConfig::default(), Box::new(agent), SID);
+        t.seq = 1;
+        H { t, log }
     }
 
     fn started() -> H {
         let mut h = H::new();
-        h.text(&twilio::inbound::connected());
-        h.text(&twilio::inbound::start(
-            1,
-            &Start {
-                stream_sid: SID.into(),
-                call_sid: "CA1".into(),
-                account_sid: "AC1".into(),
-                tracks: vec!["inbound".into()],
-                custom_parameters: Vec::new(),
-                encoding: "audio/x-mulaw".into(),
-                sample_rate: 8000,
-                channels: 1,
-            },
-        ));
+        h.start_stream(&[]);
         h
-    }
-
-    fn text(&mut self, text: &str) -> Vec<Event> {
-        self.call.handle_input(Input::Twilio { at: self.now, text });
-        self.drain()
     }
 
     fn dtmf(&mut self, digit: &str) -> Vec<Event> {
         self.seq += 1;
         let msg = twilio::inbound::dtmf(self.seq, SID, digit);
         self.text(&msg)
-    }
-
-    fn drain(&mut self) -> Vec<Event> {
-        let mut new = Vec::new();
-        loop {
-            match self.call.poll_output() {
-                Output::Transmit(text) => {
-                    self.sent.push(twilio::parse_outbound(text).unwrap());
-                    if let Received::Invalid(e) = self.phone.receive(self.now, text) {
-                        panic!("phone rejected {text}: {e}");
-                    }
-                }
-                Output::Event(e) => new.push(e),
-                Output::Provider(_) => {}
-                Output::Close(r) => self.closes.push(r),
-                Output::Timeout(t) => {
-                    self.timeout = t;
-                    self.events
-                        .extend(new.iter().map(|e| (self.now, e.clone())));
-                    return new;
-                }
-            }
-        }
-    }
-
-    /// Lets virtual time pass to `to`: the call's timeouts fire and the phone plays audio and
-    /// echoes marks.
-    fn run_until(&mut self, to: Instant) -> Vec<Event> {
-        let mut ev = Vec::new();
-        loop {
-            let next = [self.timeout, self.phone.next_echo_at()]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(t) = next.filter(|t| *t <= to) else {
-                break;
-            };
-            self.now = self.now.max(t);
-            self.phone.advance(self.now);
-            for name in self.phone.take_echoes() {
-                self.seq += 1;
-                let msg = twilio::inbound::mark(self.seq, SID, &name);
-                ev.extend(self.text(&msg));
-            }
-            if self.timeout.is_some_and(|t| t <= self.now) {
-                let now = self.now;
-                self.call.handle_input(Input::Timeout(now));
-                ev.extend(self.drain());
-            }
-        }
-        self.now = self.now.max(to);
-        self.phone.advance(self.now);
-        ev
     }
 
     fn dtmf_events(&self) -> Vec<(Instant, String)> {
@@ -194,7 +123,7 @@ fn dtmf_becomes_an_event_and_reaches_the_agent_in_order() {
     let t0 = h.now;
     let digits = ["1", "2", "*", "9", "A", "D"];
     for (k, d) in digits.iter().enumerate() {
-        h.run_until(t0 + Duration::from_millis(300 * k as u64 + 50));
+        h.advance_to(t0 + Duration::from_millis(300 * k as u64 + 50));
         let ev = h.dtmf(d);
         assert!(
             ev.contains(&Event::Dtmf {
@@ -222,7 +151,7 @@ fn dtmf_becomes_an_event_and_reaches_the_agent_in_order() {
     );
     assert_eq!(h.call.stats().malformed_total(), 0);
     // Each key's answer played completely.
-    h.run_until(t0 + Duration::from_secs(3));
+    h.advance_to(t0 + Duration::from_secs(3));
     let played = h
         .events
         .iter()
@@ -240,11 +169,15 @@ fn dtmf_while_the_agent_speaks_is_not_a_barge_in() {
     h.dtmf("5");
     assert!(h.call.agent_speaking());
     // Keys pressed while the answer plays queue their answers behind it; nothing is cleared.
-    h.run_until(t0 + Duration::from_millis(30));
+    h.advance_to(t0 + Duration::from_millis(30));
     h.dtmf("6");
     h.dtmf("7");
-    h.run_until(t0 + Duration::from_secs(2));
-    assert!(!h.sent.iter().any(|m| matches!(m, Outbound::Clear { .. })));
+    h.advance_to(t0 + Duration::from_secs(2));
+    assert!(
+        !h.sent
+            .iter()
+            .any(|(_, m)| matches!(m, Outbound::Clear { .. }))
+    );
     assert_eq!(h.call.stats().barge_ins, 0);
     assert_eq!(h.phone.stats().audio_ms, 300);
     assert_eq!(h.phone.bursts().len(), 1, "three answers back to back");
@@ -260,17 +193,17 @@ fn the_agent_can_transfer_or_hang_up_from_a_key() {
     assert!(ev.contains(&Event::TransferRequested {
         to: "+15550100".into()
     }));
-    h.run_until(t0 + Duration::from_millis(60));
+    h.advance_to(t0 + Duration::from_millis(60));
     assert!(h.closes.is_empty(), "closed before the beep played");
-    h.run_until(t0 + Duration::from_millis(300));
+    h.advance_to(t0 + Duration::from_millis(300));
     assert_eq!(h.closes, vec![CloseReason::Transfer("+15550100".into())]);
     assert_eq!(h.phone.stats().audio_ms, 100);
     // The redirect failed: the call goes on and this agent (the default) hangs up.
-    h.call.handle_input(Input::TransferFailed {
-        at: h.now,
+    let at = h.now;
+    let ev = h.input(Input::TransferFailed {
+        at,
         reason: "Twilio answered 503".into(),
     });
-    let ev = h.drain();
     assert!(ev.contains(&Event::TransferFailed {
         to: "+15550100".into(),
         reason: "Twilio answered 503".into()
@@ -282,22 +215,25 @@ fn the_agent_can_transfer_or_hang_up_from_a_key() {
         ))
     );
     // Only after a transfer: a second one is ignored.
-    h.call.handle_input(Input::TransferFailed {
-        at: h.now,
-        reason: "again".into(),
-    });
-    assert!(h.drain().is_empty());
+    let at = h.now;
+    assert!(
+        h.input(Input::TransferFailed {
+            at,
+            reason: "again".into(),
+        })
+        .is_empty()
+    );
 
     let mut h = H::started();
     let t0 = h.now;
     h.dtmf("1");
-    h.run_until(t0 + Duration::from_millis(500));
+    h.advance_to(t0 + Duration::from_millis(500));
     h.dtmf("#");
     // The goodbye beep plays first; the stream closes once its final mark is echoed.
     assert!(h.closes.is_empty());
-    h.run_until(t0 + Duration::from_millis(560));
+    h.advance_to(t0 + Duration::from_millis(560));
     assert!(h.closes.is_empty(), "closed before the beep played");
-    h.run_until(t0 + Duration::from_millis(700));
+    h.advance_to(t0 + Duration::from_millis(700));
     assert_eq!(
         h.closes,
         vec![CloseReason::Hangup("caller pressed #".into())]

@@ -4,11 +4,11 @@
 //! `end_call`, close codes and `error` events; the signed-URL lookup as an HTTP pipe (the
 //! URL then opened verbatim; 401, a hang and malformed answers end the call).
 
-#[path = "elevenlabs_realtime_harness.rs"]
-mod harness;
+mod common;
 
 use std::time::Instant;
 
+use common::*;
 use hark_codecs::SampleRate;
 use hark_engine::agent::{
     AgentReport, HttpBody, OpenSpec, ProviderCommand, ProviderEvent, ProviderMessage, ResponseMode,
@@ -18,7 +18,6 @@ use hark_engine::agents::elevenlabs::{
     ElevenLabsAgent, ElevenLabsConfig, Overrides, PEER, SIGNED_URL_PEER, SignedUrlLookup,
 };
 use hark_engine::{CallConfig, CloseReason, Event};
-use harness::*;
 use serde_json::{Value, json};
 
 fn metadata(input: &str, output: &str) -> String {
@@ -38,21 +37,10 @@ struct El {
     output: &'static str,
 }
 
-impl Script for El {
-    fn command(
-        &mut self,
-        now: Instant,
-        cmd: &ProviderCommand,
-        out: &mut Vec<(Instant, ProviderEvent)>,
-    ) {
+impl Provider for El {
+    fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
         match cmd {
-            ProviderCommand::Open { peer, .. } => out.push((
-                now + ms(40),
-                ProviderEvent::Opened {
-                    peer: *peer,
-                    status: Some(101),
-                },
-            )),
+            ProviderCommand::Open { peer, .. } => out.push((now + ms(40), upgraded(*peer))),
             ProviderCommand::Send {
                 peer,
                 message: ProviderMessage::Text(t),
@@ -95,11 +83,11 @@ fn ulaw_passes_through_both_ways_byte_for_byte() {
         id += 1;
         timed.push((t0 + ms(600 + 30 * k as u64), text(PEER, audio(chunk, id))));
     }
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
 
     // Caller → ElevenLabs: every byte, in order, untouched (audio from before the socket
     // opened included), one chunk per 20 ms frame.
@@ -148,11 +136,11 @@ fn initiation_goes_first_with_dynamic_variables_and_overrides() {
         },
         ..ElevenLabsConfig::default()
     }));
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent, &mut el, vec![]);
+    let run = run_scripted(&lines, CallConfig::default(), agent, el, vec![]);
     let (open_at, open) = run.commands[0].clone();
     assert_eq!(run.at(open_at), 0, "connects at stream start");
     match open {
@@ -217,11 +205,11 @@ fn interruption_clears_twilio_and_drops_stale_audio_by_event_id() {
     // A late chunk of the interrupted answer, then the next answer.
     timed.push((t0 + ms(2_050), text(PEER, audio(&[29u8; 800], 29))));
     timed.push((t0 + ms(2_100), text(PEER, audio(&[0x55; 4_000], 31))));
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
 
     let clears = run.clears();
     assert_eq!(clears.len(), 1);
@@ -276,11 +264,11 @@ fn ping_is_answered_with_the_same_event_id() {
             ),
         ),
     ];
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
     let pongs: Vec<(u64, Value)> = run
         .json_sent()
         .into_iter()
@@ -320,11 +308,11 @@ fn transcripts_and_latency_are_reported() {
             text(PEER, json!({"type": "vad_score", "vad_score_event": {"vad_score": 0.5}}).to_string()),
         ),
     ];
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
     let transcripts: Vec<(Role, String, bool)> = run
         .reports()
         .into_iter()
@@ -374,11 +362,11 @@ fn end_call_tool_answers_and_hangs_up_after_the_goodbye() {
                 "tool_name": "lookup", "tool_call_id": "tc_2", "parameters": {}, "event_id": 3}}).to_string()),
         ),
     ];
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
     let results: Vec<Value> = run
         .json_sent()
         .into_iter()
@@ -394,7 +382,7 @@ fn end_call_tool_answers_and_hangs_up_after_the_goodbye() {
         name: "end_call".into(),
         arguments: r#"{"reason":"done"}"#.into()
     }));
-    match &run.closed {
+    match &run.closed() {
         Some(CloseReason::Hangup(r)) => assert!(r.contains("end_call"), "{r}"),
         other => panic!("expected a hang-up, got {other:?}"),
     }
@@ -410,11 +398,11 @@ fn ends_with_fault(timed_event: ProviderEvent, kind: &str) {
         (t0 + ms(300), text(PEER, audio(&[0x33; 1_600], 1))),
         (t0 + ms(400), timed_event),
     ];
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
     let faults: Vec<String> = run
         .reports()
         .into_iter()
@@ -427,7 +415,7 @@ fn ends_with_fault(timed_event: ProviderEvent, kind: &str) {
         })
         .collect();
     assert_eq!(faults, vec![kind.to_string()]);
-    match &run.closed {
+    match &run.closed() {
         Some(CloseReason::Hangup(r)) => assert!(r.contains(kind), "{r}"),
         other => panic!("expected a hang-up, got {other:?}"),
     }
@@ -466,12 +454,12 @@ fn close_codes_and_errors_end_the_call_cleanly() {
     let t0 = Instant::now();
     let lines = session(t0, &[], &vec![0xFF; 8 * 2_000]);
     let timed = vec![(t0 + ms(300), ProviderEvent::Closed { peer: PEER })];
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
-    assert!(matches!(run.closed, Some(CloseReason::Hangup(_))));
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
+    assert!(matches!(run.closed(), Some(CloseReason::Hangup(_))));
     assert!(
         !run.reports()
             .iter()
@@ -482,13 +470,8 @@ fn close_codes_and_errors_end_the_call_cleanly() {
     let t0 = Instant::now();
     let lines = session(t0, &[], &vec![0xFF; 8 * 2_000]);
     struct Refuse;
-    impl Script for Refuse {
-        fn command(
-            &mut self,
-            now: Instant,
-            cmd: &ProviderCommand,
-            out: &mut Vec<(Instant, ProviderEvent)>,
-        ) {
+    impl Provider for Refuse {
+        fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
             if let ProviderCommand::Open { peer, .. } = cmd {
                 out.push((
                     now + ms(20),
@@ -503,8 +486,8 @@ fn close_codes_and_errors_end_the_call_cleanly() {
             }
         }
     }
-    let run = harness::run(&lines, CallConfig::default(), agent(), &mut Refuse, vec![]);
-    assert!(matches!(run.closed, Some(CloseReason::Hangup(ref r)) if r.contains("http_403")));
+    let run = run_scripted(&lines, CallConfig::default(), agent(), Refuse, vec![]);
+    assert!(matches!(run.closed(), Some(CloseReason::Hangup(ref r)) if r.contains("http_403")));
 }
 
 #[test]
@@ -531,11 +514,11 @@ fn pcm_formats_are_converted_both_ways() {
         agent_rate: SampleRate::HZ_16000,
         ..CallConfig::default()
     };
-    let mut el = El {
+    let el = El {
         input: "pcm_16000",
         output: "pcm_22050",
     };
-    let run = run(&lines, cfg, agent(), &mut el, timed);
+    let run = run_scripted(&lines, cfg, agent(), el, timed);
     let chunks = user_chunks(&run);
     assert!(
         chunks.iter().all(|c| c.len() == 640),
@@ -559,11 +542,11 @@ fn an_answer_before_hark_ends_the_turn_is_timed_from_that_turn() {
     let timed: Vec<_> = (1..=10i64)
         .map(|id| (t0 + ms(5_400), text(PEER, audio(&[0x33; 800], id))))
         .collect();
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent(), &mut el, timed);
+    let run = run_scripted(&lines, CallConfig::default(), agent(), el, timed);
     let started: Vec<_> = run
         .events
         .iter()
@@ -649,13 +632,8 @@ struct Private {
     el: El,
 }
 
-impl Script for Private {
-    fn command(
-        &mut self,
-        now: Instant,
-        cmd: &ProviderCommand,
-        out: &mut Vec<(Instant, ProviderEvent)>,
-    ) {
+impl Provider for Private {
+    fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
         let ProviderCommand::Open {
             peer,
             spec: OpenSpec::Http(_),
@@ -704,18 +682,18 @@ impl Script for Private {
 fn run_private(lookup: Lookup, call_ms: u64) -> Run {
     let t0 = Instant::now();
     let lines = session(t0, &[], &vec![0xFF; 8 * call_ms as usize]);
-    let mut script = Private {
+    let script = Private {
         lookup,
         el: El {
             input: "ulaw_8000",
             output: "ulaw_8000",
         },
     };
-    run(
+    run_scripted(
         &lines,
         CallConfig::default(),
         private_agent(),
-        &mut script,
+        script,
         vec![],
     )
 }
@@ -743,7 +721,7 @@ fn assert_ended_by_lookup(run: &Run, kind: &str) {
     let f = faults(run);
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0].0, kind, "{f:?}");
-    match &run.closed {
+    match &run.closed() {
         Some(CloseReason::Hangup(r)) => assert!(r.contains(kind), "{r}"),
         other => panic!("expected a hang-up, got {other:?}"),
     }
@@ -885,11 +863,11 @@ fn a_public_agent_connects_without_a_lookup() {
         url: Some(public.into()),
         ..ElevenLabsConfig::default()
     }));
-    let mut el = El {
+    let el = El {
         input: "ulaw_8000",
         output: "ulaw_8000",
     };
-    let run = run(&lines, CallConfig::default(), agent, &mut el, vec![]);
+    let run = run_scripted(&lines, CallConfig::default(), agent, el, vec![]);
     assert!(matches!(
         &run.commands[0],
         (_, ProviderCommand::Open { peer, spec: OpenSpec::WebSocket(ws) })

@@ -44,7 +44,7 @@ fn turns_match_the_annotation() {
             "end {te} vs {se}"
         );
     }
-    assert!(run.closed, "stop closes the stream");
+    assert!(run.closed().is_some(), "stop closes the stream");
     assert_eq!(run.call.stats().malformed_total(), 0);
     assert_eq!(run.call.stats().ignored_fields, 0);
 }

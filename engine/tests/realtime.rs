@@ -4,11 +4,11 @@
 //! echoes (clamped to the audio generated, never the clock), stale deltas dropped, hark's own
 //! turn detection, transcripts, latency, beta event names, errors and closes.
 
-#[path = "elevenlabs_realtime_harness.rs"]
-mod harness;
+mod common;
 
 use std::time::Instant;
 
+use common::*;
 use hark_engine::agent::{
     AgentReport, ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage,
 };
@@ -16,28 +16,16 @@ use hark_engine::agents::realtime::{
     ApiVersion, PEER, RealtimeAgent, RealtimeConfig, TurnDetection,
 };
 use hark_engine::{CallConfig, CloseReason};
-use harness::*;
 use serde_json::{Value, json};
 
 /// Opens after 40 ms; answers `session.update` with `session.updated` (echoing the output
 /// format) after 20 ms.
 struct Rt;
 
-impl Script for Rt {
-    fn command(
-        &mut self,
-        now: Instant,
-        cmd: &ProviderCommand,
-        out: &mut Vec<(Instant, ProviderEvent)>,
-    ) {
+impl Provider for Rt {
+    fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
         match cmd {
-            ProviderCommand::Open { peer, .. } => out.push((
-                now + ms(40),
-                ProviderEvent::Opened {
-                    peer: *peer,
-                    status: Some(101),
-                },
-            )),
+            ProviderCommand::Open { peer, .. } => out.push((now + ms(40), upgraded(*peer))),
             ProviderCommand::Send {
                 peer,
                 message: ProviderMessage::Text(t),
@@ -116,11 +104,11 @@ fn pcmu_passes_through_both_ways_byte_for_byte() {
         t0 + ms(700),
         ev(json!({"type": "response.output_audio.done", "event_id": "e", "response_id": "resp_1", "item_id": "item_1", "output_index": 0, "content_index": 0})),
     ));
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     );
 
@@ -172,11 +160,11 @@ fn barge_in_run(speech_at: u64, extra: Vec<(u64, ProviderEvent)>) -> Run {
     for (t, e) in extra {
         timed.push((t0 + ms(t), e));
     }
-    run(
+    run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     )
 }
@@ -255,11 +243,11 @@ fn truncate_is_clamped_to_the_audio_generated() {
             ),
         ),
     ];
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     );
     let truncs = sent_of(&run, "conversation.item.truncate");
@@ -285,11 +273,11 @@ fn speech_started_without_agent_audio_changes_nothing() {
             json!({"type": "input_audio_buffer.speech_started", "event_id": "e", "audio_start_ms": 700, "item_id": "item_2"}),
         ),
     )];
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     );
     assert!(run.clears().is_empty());
@@ -307,13 +295,8 @@ fn hark_turn_detection_commits_and_barges_in_itself() {
     struct Answer {
         inner: Rt,
     }
-    impl Script for Answer {
-        fn command(
-            &mut self,
-            now: Instant,
-            cmd: &ProviderCommand,
-            out: &mut Vec<(Instant, ProviderEvent)>,
-        ) {
+    impl Provider for Answer {
+        fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
             self.inner.command(now, cmd, out);
             if let ProviderCommand::Send {
                 message: ProviderMessage::Text(t),
@@ -328,11 +311,11 @@ fn hark_turn_detection_commits_and_barges_in_itself() {
             }
         }
     }
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(TurnDetection::Hark),
-        &mut Answer { inner: Rt },
+        Answer { inner: Rt },
         vec![],
     );
     let (_, update) = &sent_of(&run, "session.update")[0];
@@ -412,11 +395,11 @@ fn transcripts_latency_and_heard_words() {
             "item_id": "item_1", "output_index": 0, "content_index": 0, "transcript": "Your order left the warehouse this morning and arrives tomorrow."})),
     ));
     let timed = timed.into_iter().map(|(t, e)| (t0 + ms(t), e)).collect();
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     );
     let transcripts: Vec<(Role, String, bool)> = run
@@ -483,7 +466,7 @@ fn beta_event_names_are_accepted() {
         api: ApiVersion::Beta,
         ..RealtimeConfig::default()
     }));
-    let run = run(&lines, CallConfig::default(), beta, &mut Rt, timed);
+    let run = run_scripted(&lines, CallConfig::default(), beta, Rt, timed);
     assert_eq!(
         run.media().iter().map(|(_, b)| b.len()).sum::<usize>(),
         1_600
@@ -525,11 +508,11 @@ fn errors_are_reported_and_closes_end_the_call() {
             },
         ),
     ];
-    let run = run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Rt,
+        Rt,
         timed,
     );
     let faults: Vec<String> = run
@@ -547,7 +530,7 @@ fn errors_are_reported_and_closes_end_the_call() {
         faults,
         vec!["invalid_value".to_string(), "close_1011".to_string()]
     );
-    match &run.closed {
+    match &run.closed() {
         Some(CloseReason::Hangup(r)) => assert!(r.contains("close_1011"), "{r}"),
         other => panic!("{other:?}"),
     }
@@ -555,15 +538,10 @@ fn errors_are_reported_and_closes_end_the_call() {
 
     // A session that will not speak μ-law ends the call.
     struct Pcm;
-    impl Script for Pcm {
-        fn command(
-            &mut self,
-            now: Instant,
-            cmd: &ProviderCommand,
-            out: &mut Vec<(Instant, ProviderEvent)>,
-        ) {
+    impl Provider for Pcm {
+        fn command(&mut self, now: Instant, cmd: &ProviderCommand, out: &mut Pending) {
             match cmd {
-                ProviderCommand::Open { peer, .. } => out.push((now, ProviderEvent::Opened { peer: *peer, status: Some(101) })),
+                ProviderCommand::Open { peer, .. } => out.push((now, upgraded(*peer))),
                 ProviderCommand::Send { peer, message: ProviderMessage::Text(t) } if t.contains("session.update") => out.push((
                     now + ms(10),
                     text(*peer, json!({"type": "session.updated", "event_id": "e", "session": {"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}}}}}).to_string()),
@@ -574,12 +552,12 @@ fn errors_are_reported_and_closes_end_the_call() {
     }
     let t0 = Instant::now();
     let lines = session(t0, &[], &vec![0xFF; 8 * 1_000]);
-    let run = harness::run(
+    let run = run_scripted(
         &lines,
         CallConfig::default(),
         agent(server_vad()),
-        &mut Pcm,
+        Pcm,
         vec![],
     );
-    assert!(matches!(&run.closed, Some(CloseReason::Hangup(r)) if r.contains("audio_format")));
+    assert!(matches!(&run.closed(), Some(CloseReason::Hangup(r)) if r.contains("audio_format")));
 }

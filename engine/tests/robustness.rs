@@ -16,10 +16,11 @@ mod common;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use common::TestCall;
 use hark_codecs::SampleRate;
 use hark_engine::agent::Agent;
-use hark_engine::twilio::{self, Outbound, Start};
-use hark_engine::{Call, CallConfig, CloseReason, EchoAgent, Event, Input, Malformed, Output};
+use hark_engine::twilio::{self, Outbound};
+use hark_engine::{CallConfig, CloseReason, EchoAgent, Event, Input, Malformed};
 use proptest::prelude::*;
 
 const SID: &str = "MZ00000000000000000000000000000001";
@@ -34,19 +35,7 @@ static MULTI: LazyLock<Vec<u8>> =
 const SEGMENTS: [(u64, u64); 4] = [(1000, 5100), (6800, 8580), (13360, 15380), (20400, 22520)];
 
 fn start_msg(sid: &str) -> String {
-    twilio::inbound::start(
-        1,
-        &Start {
-            stream_sid: sid.into(),
-            call_sid: "CA00000000000000000000000000000001".into(),
-            account_sid: "AC00000000000000000000000000000001".into(),
-            tracks: vec!["inbound".into()],
-            custom_parameters: vec![("k".into(), "v".into())],
-            encoding: "audio/x-mulaw".into(),
-            sample_rate: 8000,
-            channels: 1,
-        },
-    )
+    twilio::inbound::start(1, &common::start(sid, common::CALL_SID, &[("k", "v")]))
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -77,44 +66,24 @@ fn malformed_kinds(events: &[Event]) -> Vec<Malformed> {
         .collect()
 }
 
-/// A call driven in virtual time, with every output checked as it is drained.
-struct H {
-    call: Call,
-    now: Instant,
-    sid: String,
-    seq: u64,
-    chunk: u64,
-    /// Inbound μ-law bytes sent in `media` messages built by [`H::media`] (for `timestamp`).
-    media_bytes: u64,
-    events: Vec<Event>,
-    sent: Vec<Outbound>,
-    closes: Vec<CloseReason>,
-    timeout: Option<Instant>,
-}
+/// A call driven in virtual time, without a phone: marks are echoed by hand.
+type H = TestCall;
 
-impl H {
+impl TestCall {
     fn with(cfg: CallConfig, agent: Box<dyn Agent>) -> H {
-        H {
-            call: Call::new(cfg, agent).unwrap(),
-            now: Instant::now(),
-            sid: SID.into(),
-            seq: 1,
-            chunk: 0,
-            media_bytes: 0,
-            events: Vec::new(),
-            sent: Vec::new(),
-            closes: Vec::new(),
-            timeout: None,
-        }
+        let mut h = TestCall::new(cfg, agent, SID).without_phone();
+        h.seq = 1;
+        h
     }
 
-    fn new() -> H {
+    /// The echo agent, nothing received yet.
+    fn idle() -> H {
         H::with(CallConfig::default(), Box::new(EchoAgent::new()))
     }
 
     /// `connected` + `start`.
     fn started() -> H {
-        let mut h = H::new();
+        let mut h = H::idle();
         h.text(&twilio::inbound::connected());
         let ev = h.start();
         assert!(matches!(ev.as_slice(), [Event::Started(_)]), "{ev:?}");
@@ -124,92 +93,6 @@ impl H {
     fn start(&mut self) -> Vec<Event> {
         let s = start_msg(&self.sid.clone());
         self.text(&s)
-    }
-
-    fn text(&mut self, text: &str) -> Vec<Event> {
-        self.input(Input::Twilio { at: self.now, text })
-    }
-
-    fn input(&mut self, input: Input<'_>) -> Vec<Event> {
-        self.call.handle_input(input);
-        self.drain()
-    }
-
-    fn drain(&mut self) -> Vec<Event> {
-        let mut new = Vec::new();
-        for _ in 0..100_000 {
-            match self.call.poll_output() {
-                Output::Transmit(text) => {
-                    let m = twilio::parse_outbound(text)
-                        .unwrap_or_else(|e| panic!("invalid outbound {text}: {e}"));
-                    let sid = match &m {
-                        Outbound::Media { stream_sid, .. }
-                        | Outbound::Mark { stream_sid, .. }
-                        | Outbound::Clear { stream_sid } => stream_sid,
-                    };
-                    assert_eq!(sid, &self.sid);
-                    self.sent.push(m);
-                }
-                Output::Event(e) => new.push(e),
-                Output::Provider(_) => {}
-                Output::Close(r) => self.closes.push(r),
-                Output::Timeout(t) => {
-                    if let Some(t) = t {
-                        assert!(t >= self.now, "timeout in the past");
-                    }
-                    self.timeout = t;
-                    self.events.extend(new.iter().cloned());
-                    return new;
-                }
-            }
-        }
-        panic!("poll_output never returned Timeout");
-    }
-
-    /// Moves virtual time to `to`, firing the call's timeouts on the way.
-    fn advance(&mut self, to: Instant) -> Vec<Event> {
-        let mut ev = Vec::new();
-        let mut guard = 0;
-        while let Some(t) = self.timeout
-            && t <= to
-        {
-            guard += 1;
-            assert!(guard < 100_000, "timeouts do not advance");
-            self.now = self.now.max(t);
-            ev.extend(self.input(Input::Timeout(self.now)));
-        }
-        self.now = self.now.max(to);
-        ev
-    }
-
-    /// A valid inbound `media` message carrying `bytes`.
-    fn media(&mut self, bytes: &[u8]) -> String {
-        self.seq += 1;
-        self.chunk += 1;
-        let mut s = String::new();
-        twilio::inbound::media(
-            self.seq,
-            &self.sid,
-            self.chunk,
-            self.media_bytes / 8,
-            bytes,
-            &mut s,
-        );
-        self.media_bytes += bytes.len() as u64;
-        s
-    }
-
-    /// Sends `ulaw` as `media` messages of `size` bytes, each arriving when its audio has been
-    /// recorded (8 bytes per ms).
-    fn audio(&mut self, ulaw: &[u8], size: usize) -> Vec<Event> {
-        let mut ev = Vec::new();
-        for piece in ulaw.chunks(size) {
-            let to = self.now + Duration::from_micros(piece.len() as u64 * 125);
-            ev.extend(self.advance(to));
-            let msg = self.media(piece);
-            ev.extend(self.text(&msg));
-        }
-        ev
     }
 
     /// Feeds `text` and asserts that exactly one malformed input of `kind` was counted and
@@ -248,7 +131,7 @@ impl H {
 /// over A's echo) is framed, ends a turn and barges in, with nothing counted as malformed.
 fn assert_still_works(h: &mut H) {
     let before = h.call.stats();
-    let ev = h.audio(&MULTI[..7500 * 8], 160);
+    let ev = h.feed_audio(&MULTI[..7500 * 8], 160);
     let after = h.call.stats();
     assert_eq!(after.frames, before.frames + 375);
     assert_eq!(after.media_messages, before.media_messages + 375);
@@ -261,7 +144,11 @@ fn assert_still_works(h: &mut H) {
         ev.iter().any(|e| matches!(e, Event::BargeIn(_))),
         "no barge-in after bad input"
     );
-    assert!(h.sent.iter().any(|m| matches!(m, Outbound::Clear { .. })));
+    assert!(
+        h.sent
+            .iter()
+            .any(|(_, m)| matches!(m, Outbound::Clear { .. }))
+    );
 }
 
 #[test]
@@ -277,7 +164,7 @@ fn a_clean_call_counts_nothing_and_works() {
 #[test]
 fn malformed_json_is_counted_and_skipped() {
     let mut h = H::started();
-    let valid = h.media(&MULTI[..160]);
+    let valid = h.inbound_media(&MULTI[..160]);
     let cases: Vec<String> = vec![
         "not json".into(),
         String::new(),
@@ -358,7 +245,7 @@ fn bad_base64_is_counted_and_the_audio_skipped() {
 fn empty_payload_is_counted() {
     let mut h = H::started();
     h.expect(&media_raw(SID, ""), Malformed::EmptyPayload);
-    let msg = h.media(&[]);
+    let msg = h.inbound_media(&[]);
     h.expect(&msg, Malformed::EmptyPayload);
     assert_eq!(h.call.stats().media_messages, 0);
     assert_still_works(&mut h);
@@ -371,7 +258,7 @@ fn payloads_of_any_size_are_reframed_not_rejected() {
     let mut reference: Option<Vec<(u64, u64, bool)>> = None;
     for size in [160, 80, 240, 1, 159, 161, 800, 3, 1000, 4096] {
         let mut h = H::started();
-        let ev = h.audio(audio, size);
+        let ev = h.feed_audio(audio, size);
         let st = h.call.stats();
         assert_eq!(st.malformed_total(), 0, "size {size}");
         assert_eq!(
@@ -414,7 +301,7 @@ fn media_time_follows_payload_bytes_in_whole_frames() {
     let mut h = H::started();
     let mut total = 0u64;
     for n in [159usize, 1, 7, 500, 13, 160, 161, 2] {
-        let msg = h.media(&MULTI[total as usize..total as usize + n]);
+        let msg = h.inbound_media(&MULTI[total as usize..total as usize + n]);
         h.text(&msg);
         total += n as u64;
         assert_eq!(h.call.stats().frames, total / 160);
@@ -426,9 +313,9 @@ fn media_time_follows_payload_bytes_in_whole_frames() {
 
 #[test]
 fn media_before_start_is_counted_and_not_heard() {
-    let mut h = H::new();
+    let mut h = H::idle();
     h.text(&twilio::inbound::connected());
-    let msg = h.media(&MULTI[..160]);
+    let msg = h.inbound_media(&MULTI[..160]);
     h.expect(&msg, Malformed::BeforeStart);
     let msg = twilio::inbound::dtmf(3, SID, "5");
     h.expect(&msg, Malformed::BeforeStart);
@@ -452,7 +339,7 @@ fn media_before_start_is_counted_and_not_heard() {
 #[test]
 fn a_second_start_is_counted_and_ignored() {
     let mut h = H::started();
-    h.audio(&MULTI[..1000 * 8], 160);
+    h.feed_audio(&MULTI[..1000 * 8], 160);
     let again = start_msg(SID).replace("CA00000000000000000000000000000001", "CAother");
     h.expect(&again, Malformed::SecondStart);
     assert_eq!(
@@ -464,7 +351,7 @@ fn a_second_start_is_counted_and_ignored() {
     assert_eq!(h.call.info().unwrap().stream_sid, SID);
     assert_eq!(h.call.media_ms(), 1000, "media time is not reset");
     // The rest of the multi-turn audio from 1 s: A's turn and B's barge-in still happen.
-    let ev = h.audio(&MULTI[1000 * 8..7500 * 8], 160);
+    let ev = h.feed_audio(&MULTI[1000 * 8..7500 * 8], 160);
     assert!(ev.iter().any(|e| matches!(e, Event::UserTurnEnded { .. })));
     assert!(ev.iter().any(|e| matches!(e, Event::BargeIn(_))));
     assert_eq!(h.call.stats().malformed_total(), 2);
@@ -474,7 +361,7 @@ fn a_second_start_is_counted_and_ignored() {
 fn anything_after_stop_is_counted_and_the_call_stays_ended() {
     let mut h = H::started();
     // Get the echo of A playing, then stop in the middle of it.
-    h.audio(&MULTI[..6000 * 8], 160);
+    h.feed_audio(&MULTI[..6000 * 8], 160);
     assert!(h.call.agent_speaking());
     let sent_before = h.sent.len();
     let ev = h.text(&twilio::inbound::stop(9, SID, "AC1", "CA1"));
@@ -484,7 +371,7 @@ fn anything_after_stop_is_counted_and_the_call_stays_ended() {
     assert_eq!(h.timeout, None, "a stopped call asks for no more wake-ups");
     let frames = h.call.stats().frames;
 
-    let media = h.media(&MULTI[..160]);
+    let media = h.inbound_media(&MULTI[..160]);
     for msg in [
         media.as_str(),
         &twilio::inbound::stop(10, SID, "AC1", "CA1"),
@@ -500,7 +387,7 @@ fn anything_after_stop_is_counted_and_the_call_stays_ended() {
     }
     // The rest of the session: every message counted, none heard.
     let before = h.call.stats();
-    let ev = h.audio(&MULTI[6000 * 8..7500 * 8], 160);
+    let ev = h.feed_audio(&MULTI[6000 * 8..7500 * 8], 160);
     assert_eq!(
         h.call.stats().malformed(Malformed::AfterStop),
         before.malformed(Malformed::AfterStop) + 75
@@ -526,12 +413,12 @@ fn anything_after_stop_is_counted_and_the_call_stays_ended() {
 #[test]
 fn a_socket_close_without_stop_ends_the_call_without_a_close_request() {
     let mut h = H::started();
-    h.audio(&MULTI[..6000 * 8], 160);
+    h.feed_audio(&MULTI[..6000 * 8], 160);
     let now = h.now;
     let ev = h.input(Input::TwilioClosed { at: now });
     assert!(ev.iter().any(|e| matches!(e, Event::Stopped { .. })));
     assert!(h.closes.is_empty(), "the socket is already closed");
-    let msg = h.media(&MULTI[..160]);
+    let msg = h.inbound_media(&MULTI[..160]);
     h.expect(&msg, Malformed::AfterStop);
 }
 
@@ -539,7 +426,7 @@ fn a_socket_close_without_stop_ends_the_call_without_a_close_request() {
 fn a_one_megabyte_message_is_counted_and_skipped() {
     let mut h = H::started();
     // Valid JSON, a valid payload of 750 KB: too large, not decoded.
-    let big = h.media(&vec![0x7Fu8; 750_000]);
+    let big = h.inbound_media(&vec![0x7Fu8; 750_000]);
     assert!(big.len() > 1_000_000);
     h.expect(&big, Malformed::TooLarge);
     h.expect(&"{".repeat(1 << 20), Malformed::TooLarge);
@@ -547,7 +434,7 @@ fn a_one_megabyte_message_is_counted_and_skipped() {
     assert_eq!(h.call.stats().frames, 0);
     assert_eq!(h.call.media_ms(), 0);
     // Just under the limit (64 KiB): accepted and re-framed (48 000 bytes = 300 frames).
-    let msg = h.media(&MULTI[..48_000]);
+    let msg = h.inbound_media(&MULTI[..48_000]);
     assert!(msg.len() < CallConfig::default().max_message_bytes);
     assert!(malformed_kinds(&h.text(&msg)).is_empty());
     assert_eq!(h.call.stats().frames, 300);
@@ -582,7 +469,7 @@ fn deeply_nested_json_is_no_stack_overflow() {
 
 #[test]
 fn binary_frames_are_counted() {
-    let mut h = H::new();
+    let mut h = H::idle();
     let now = h.now;
     let before = h.call.stats();
     let ev = h.input(Input::TwilioBinary { at: now, len: 0 });
@@ -627,7 +514,7 @@ fn unknown_events_and_extra_fields_are_counted_not_malformed() {
     assert_eq!(st.ignored_fields, 4);
     assert_eq!((st.media_messages, st.frames), (1, 1));
     // Extra fields in `start` (at both levels) and `mark`, `dtmf`, `stop` are counted too.
-    let mut h = H::new();
+    let mut h = H::idle();
     let start = start_msg(SID).replacen('{', r#"{"extra":1,"#, 2);
     h.text(&start);
     assert_eq!(h.call.stats().ignored_fields, 2);
@@ -663,11 +550,11 @@ fn other_tracks_are_counted_and_skipped() {
 #[test]
 fn unknown_and_repeated_mark_echoes_are_counted() {
     let mut h = H::started();
-    h.audio(&MULTI[..6000 * 8], 160);
+    h.feed_audio(&MULTI[..6000 * 8], 160);
     let marks: Vec<String> = h
         .sent
         .iter()
-        .filter_map(|m| match m {
+        .filter_map(|(_, m)| match m {
             Outbound::Mark { name, .. } => Some(name.clone()),
             _ => None,
         })
@@ -699,7 +586,7 @@ fn unknown_and_repeated_mark_echoes_are_counted() {
     assert_eq!(st.playout.marks_echoed, 1);
     assert_eq!(st.malformed(Malformed::UnknownMark), 8);
     // Barge-in on the echo still works.
-    let ev = h.audio(&MULTI[6000 * 8..7500 * 8], 160);
+    let ev = h.feed_audio(&MULTI[6000 * 8..7500 * 8], 160);
     assert!(ev.iter().any(|e| matches!(e, Event::BargeIn(_))));
 }
 
@@ -752,7 +639,7 @@ fn a_wrong_stream_sid_is_counted_and_the_message_skipped() {
 
 #[test]
 fn an_unsupported_media_format_is_counted_and_treated_as_mulaw() {
-    let mut h = H::new();
+    let mut h = H::idle();
     let start = start_msg(SID).replace("\"sampleRate\":8000", "\"sampleRate\":16000");
     let ev = h.expect(&start, Malformed::UnsupportedFormat);
     assert!(ev.iter().any(|e| matches!(e, Event::Started(_))));
@@ -959,7 +846,7 @@ impl PropRun {
 
     fn after(&mut self, ev: &[Event], was_stopped: bool, sent_before: usize) {
         self.malformed_events += malformed_kinds(ev).len() as u64;
-        for m in &self.h.sent[sent_before..] {
+        for (_, m) in &self.h.sent[sent_before..] {
             assert!(!was_stopped, "sent {m:?} after stop");
             assert!(self.model.started, "sent {m:?} before start");
             if let Outbound::Mark { name, .. } = m {
@@ -1082,7 +969,7 @@ impl PropRun {
                 for frame in audio.chunks(160) {
                     let to = self.h.now + Duration::from_millis(20);
                     self.fire_until(to);
-                    let msg = self.h.media(frame);
+                    let msg = self.h.inbound_media(frame);
                     self.text(&msg, |m| {
                         if !m.started {
                             m.count(Malformed::BeforeStart);

@@ -5,7 +5,7 @@
 mod twilio_double;
 
 use axum::http::StatusCode;
-use hark_gateway::api::{ApiState, StreamSummary, TurnRecord};
+use hark_gateway::api::{ApiState, StreamSummary, TurnRow};
 use hark_gateway::signature;
 use serde_json::json;
 use twilio_double::harness::*;
@@ -264,10 +264,10 @@ async fn record_a_call(st: &ApiState) {
             ("agent".into(), "support".into()),
         ],
     );
-    for (i, latency) in [(0u64, 620u64), (1, 480), (2, 900)] {
+    for (i, latency) in [(0i64, 620i64), (1, 480), (2, 900)] {
         rec.turn(
             CALL,
-            TurnRecord {
+            TurnRow {
                 index: Some(i as u32),
                 user_start_ms: 1000 + i * 5000,
                 user_end_ms: 2500 + i * 5000,

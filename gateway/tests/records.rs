@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hark_gateway::api::{ApiState, Store, StreamSummary, TurnRecord};
+use hark_gateway::api::{ApiState, Store, StreamSummary, TurnRow};
 use hark_gateway::config::Config;
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
 use serde_json::Value;
@@ -501,13 +501,13 @@ async fn file_api(dir: &TempDir, node: &str) -> Arc<ApiState> {
         .expect("api state")
 }
 
-fn turn(index: u32, start: u64) -> TurnRecord {
-    TurnRecord {
+fn turn(index: u32, start: i64) -> TurnRow {
+    TurnRow {
         index: Some(index),
         user_start_ms: start,
         user_end_ms: start + 1500,
         latency_ms: Some(600),
-        ..TurnRecord::default()
+        ..TurnRow::default()
     }
 }
 
@@ -583,7 +583,7 @@ async fn shutdown_waits_for_call_tasks_then_drains_and_closes_the_rest() {
     let task = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         for i in 0..500 {
-            rec.turn("CA_finishing", turn(i, u64::from(i) * 3000));
+            rec.turn("CA_finishing", turn(i, i64::from(i) * 3000));
         }
         rec.stream_stopped(
             "CA_finishing",

@@ -1,14 +1,19 @@
-//! Virtual-time harness: replays a recorded Twilio session (`.jsonl`) into a `Call` and plays
-//! its output on the virtual phone (`hark_engine::sim::Phone`), with exact timings.
+//! The virtual-time test harness ([`TestCall`], in `harness.rs`) and the recorded sessions
+//! (`fixtures/sessions/*.jsonl` with their annotations) it replays.
 #![allow(dead_code)]
+
+mod harness;
+
+pub use harness::*;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hark_engine::agent::Agent;
-use hark_engine::sim::{Phone, Received};
-use hark_engine::twilio::{self, Outbound};
-use hark_engine::{Call, CallConfig, Event, Input, Output};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hark_engine::CallConfig;
+use hark_engine::agent::{Agent, PeerId, ProviderEvent, ProviderMessage};
+use hark_engine::twilio;
 
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -85,154 +90,87 @@ pub fn arrival_times(lines: &[String], t0: Instant) -> Vec<Instant> {
         .collect()
 }
 
-pub struct Run {
-    pub t0: Instant,
-    pub events: Vec<(Instant, Event)>,
-    /// Every message hark sent, parsed strictly, with its send time.
-    pub sent: Vec<(Instant, Outbound)>,
-    /// Mark names echoed to the call, with the time.
-    pub echoed: Vec<(Instant, String)>,
-    pub phone: Phone,
-    pub call: Call,
-    pub closed: bool,
+/// Replays `lines` (a recorded session, each line arriving as [`arrival_times`] says) into a
+/// call with `agent`, playing hark's output on the virtual phone.
+pub fn run(lines: &[String], cfg: CallConfig, agent: Box<dyn Agent>, stream_sid: &str) -> TestCall {
+    let mut call = TestCall::new(cfg, agent, stream_sid);
+    let timed: Vec<(Instant, String)> = arrival_times(lines, call.t0)
+        .into_iter()
+        .zip(lines.iter().cloned())
+        .collect();
+    call.replay(&timed);
+    call
 }
 
-impl Run {
-    pub fn ms(&self, t: Instant) -> u64 {
-        t.duration_since(self.t0).as_millis() as u64
+pub const STREAM_SID: &str = "MZ00000000000000000000000000000001";
+pub const CALL_SID: &str = "CA00000000000000000000000000000001";
+
+/// A synthetic Twilio session: `connected` and `start` (with `params`) at `t0`, one 20 ms
+/// `media` per 160 bytes of `audio` arriving when recorded (`t0 + 20(k+1)` ms), then `stop`.
+pub fn session(t0: Instant, params: &[(&str, &str)], audio: &[u8]) -> Vec<(Instant, String)> {
+    let start = start(STREAM_SID, CALL_SID, params);
+    let mut lines = vec![
+        (t0, twilio::inbound::connected()),
+        (t0, twilio::inbound::start(1, &start)),
+    ];
+    let mut seq = 2;
+    for (k, chunk) in audio.chunks(160).enumerate() {
+        let mut s = String::new();
+        twilio::inbound::media(seq, STREAM_SID, k as u64 + 1, 20 * k as u64, chunk, &mut s);
+        seq += 1;
+        lines.push((t0 + ms(20 * (k as u64 + 1)), s));
     }
-    pub fn turns(&self) -> Vec<(u64, u64)> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::UserTurnEnded {
-                    start_ms, end_ms, ..
-                } => Some((*start_ms, *end_ms)),
-                _ => None,
-            })
-            .collect()
-    }
-    pub fn barge_ins(&self) -> Vec<hark_engine::BargeIn> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::BargeIn(b) => Some(b.clone()),
-                _ => None,
-            })
-            .collect()
+    let end = t0 + ms(20 * audio.len().div_ceil(160) as u64);
+    lines.push((
+        end,
+        twilio::inbound::stop(seq, STREAM_SID, &start.account_sid, CALL_SID),
+    ));
+    lines
+}
+
+/// A call whose provider side is a script.
+pub type Run = TestCall<Box<dyn Provider>>;
+
+/// Replays the session `lines` through a call with `agent` on [`STREAM_SID`] whose provider
+/// side is `script`; `timed` events are delivered at their times whatever the agent does.
+pub fn run_scripted(
+    lines: &[(Instant, String)],
+    cfg: CallConfig,
+    agent: Box<dyn Agent>,
+    script: impl Provider + 'static,
+    timed: Vec<(Instant, ProviderEvent)>,
+) -> Run {
+    let script: Box<dyn Provider> = Box::new(script);
+    let mut call = TestCall::with_provider(cfg, agent, STREAM_SID, lines[0].0, script).timed(timed);
+    call.replay(lines);
+    call
+}
+
+/// The provider's WebSocket on `peer` opened (HTTP 101).
+pub fn upgraded(peer: PeerId) -> ProviderEvent {
+    ProviderEvent::Opened {
+        peer,
+        status: Some(101),
     }
 }
 
-fn drain(
-    call: &mut Call,
-    phone: &mut Phone,
-    now: Instant,
-    run_sent: &mut Vec<(Instant, Outbound)>,
-    events: &mut Vec<(Instant, Event)>,
-    closed: &mut bool,
-) -> Option<Instant> {
-    loop {
-        match call.poll_output() {
-            Output::Transmit(text) => {
-                let parsed = twilio::parse_outbound(text)
-                    .unwrap_or_else(|e| panic!("invalid outbound {text}: {e}"));
-                run_sent.push((now, parsed));
-                if let Received::Invalid(e) = phone.receive(now, text) {
-                    panic!("phone rejected {text}: {e}");
-                }
-            }
-            Output::Event(e) => events.push((now, e)),
-            Output::Provider(_) => {}
-            Output::Close(_) => *closed = true,
-            Output::Timeout(t) => return t,
-        }
+/// A text message from the provider on `peer`.
+pub fn text(peer: PeerId, s: impl Into<String>) -> ProviderEvent {
+    ProviderEvent::Message {
+        peer,
+        message: ProviderMessage::Text(s.into()),
     }
 }
 
-/// Replays `lines` into a call with `agent`, playing hark's output on a virtual phone.
-/// `extra` appends silence-free idle time after the last line (for the phone to play out).
-pub fn run(lines: &[String], cfg: CallConfig, agent: Box<dyn Agent>, stream_sid: &str) -> Run {
-    let t0 = Instant::now();
-    let times = arrival_times(lines, t0);
-    let mut call = Call::new(cfg, agent).unwrap();
-    let mut phone = Phone::new(stream_sid, t0);
-    let mut sent = Vec::new();
-    let mut events = Vec::new();
-    let mut echoed = Vec::new();
-    let mut closed = false;
-    let mut timeout: Option<Instant> = None;
-    let mut idx = 0;
-    let mut now = t0;
-    let mut seq = 100_000u64;
-    let mut guard = 0u64;
-    loop {
-        guard += 1;
-        assert!(guard < 10_000_000, "harness did not terminate");
-        let ti = times.get(idx).copied();
-        let te = phone.next_echo_at();
-        let t = [ti, te, timeout].into_iter().flatten().min();
-        let Some(t) = t else { break };
-        if idx >= lines.len() && closed {
-            break;
-        }
-        now = now.max(t);
-        phone.advance(now);
-        // Echoes due now go first.
-        loop {
-            let echoes = phone.take_echoes();
-            if echoes.is_empty() {
-                break;
-            }
-            for name in echoes {
-                seq += 1;
-                echoed.push((now, name.clone()));
-                let msg = twilio::inbound::mark(seq, stream_sid, &name);
-                call.handle_input(Input::Twilio {
-                    at: now,
-                    text: &msg,
-                });
-                timeout = drain(
-                    &mut call,
-                    &mut phone,
-                    now,
-                    &mut sent,
-                    &mut events,
-                    &mut closed,
-                );
-            }
-        }
-        if ti.is_some_and(|ti| ti <= now) {
-            call.handle_input(Input::Twilio {
-                at: now,
-                text: &lines[idx],
-            });
-            idx += 1;
-        } else if timeout.is_some_and(|tt| tt <= now) {
-            call.handle_input(Input::Timeout(now));
-        } else if te.is_some_and(|te| te <= now) {
-            continue;
-        } else if ti.is_none() && timeout.is_none() && te.is_none() {
-            break;
-        }
-        timeout = drain(
-            &mut call,
-            &mut phone,
-            now,
-            &mut sent,
-            &mut events,
-            &mut closed,
-        );
-        if idx >= lines.len() && call.is_stopped() {
-            break;
-        }
-    }
-    Run {
-        t0,
-        events,
-        sent,
-        echoed,
-        phone,
-        call,
-        closed,
-    }
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+pub fn unb64(s: &str) -> Vec<u8> {
+    B64.decode(s).expect("base64")
+}
+
+/// The multi-turn real-speech caller audio (μ-law 8 kHz).
+pub fn speech() -> Vec<u8> {
+    std::fs::read(fixture("audio/multi-turn-8k.ulaw")).expect("fixture audio")
 }

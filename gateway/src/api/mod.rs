@@ -49,9 +49,9 @@ pub mod tokens;
 pub mod turns;
 pub mod twilio_rest;
 
-pub use recorder::{CallRecorder, StreamSummary, TurnRecord, WriterStats};
+pub use recorder::{CallRecorder, StreamSummary, WriterStats};
 pub use settings::{ApiSettings, DevInsecure};
-pub use store::{Node, OpenCalls, Store};
+pub use store::{Node, OpenCalls, Store, TurnRow};
 pub use twilio_rest::{TwilioApiError, TwilioRest};
 
 use crate::signature::Validator;

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::store::{
-    NewCall, RecordingEvent, StatusEvent, Store, StoredConversationEvent, StreamEvent,
+    NewCall, RecordingEvent, StatusEvent, Store, StoredConversationEvent, StreamEvent, TurnRow,
 };
 use super::{ApiError, now_ms};
 
@@ -46,44 +46,6 @@ pub const RETRY_BACKOFF: [Duration; 3] = [
     Duration::from_millis(250),
     Duration::from_millis(1000),
 ];
-
-/// One caller turn with its latency telemetry, as the engine reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct TurnRecord {
-    /// The turn's position in its call, from 0 ([`super::turns::TurnLog`] numbers them).
-    /// With an index, the store keeps one row per call and index, and storing the turn again
-    /// (as its answer plays) updates that row; without one, every store is a new row.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
-    /// Media time of the caller's first voiced frame, ms since the stream started.
-    pub user_start_ms: u64,
-    /// Media time at the end of the caller's last voiced frame, ms.
-    pub user_end_ms: u64,
-    /// Caller's last voiced frame → first agent audio sent, ms (engine-side voice-to-voice,
-    /// endpointing included); `None` if the agent did not answer.
-    pub latency_ms: Option<u64>,
-    /// The caller barged in on the answer.
-    pub interrupted: bool,
-    /// Agent audio the caller heard, ms, from Twilio's mark echoes.
-    pub heard_ms: Option<u64>,
-    /// The caller's words, when the agent has a transcript (speech-to-text, or the
-    /// provider's `user_transcript` / `conversation.item.input_audio_transcription.completed`).
-    pub text: Option<String>,
-    /// The agent's answer as the caller heard it: the agent's transcript, cut at a barge-in
-    /// to what the mark echoes say was played.
-    pub agent_text: Option<String>,
-    /// Caller's last voiced frame → the caller began hearing the answer, ms: voice-to-voice
-    /// at the phone, from the first mark echo (`Event::AgentAudioHeard`).
-    pub heard_latency_ms: Option<u64>,
-    /// Speech-to-text: turn end → final transcript, ms (cascade).
-    pub stt_ms: Option<u64>,
-    /// LLM time to first token, ms (cascade).
-    pub llm_ttft_ms: Option<u64>,
-    /// TTS time to first audio byte of the answer's first sentence, ms (cascade).
-    pub tts_ttfb_ms: Option<u64>,
-    /// Speech-to-speech providers: their end of turn → first answer audio received, ms.
-    pub first_audio_ms: Option<u64>,
-}
 
 /// The engine's summary of a stream at `stop`, stored as JSON in the call record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -115,7 +77,7 @@ pub(crate) enum Op {
     },
     Turn {
         call_sid: String,
-        turn: TurnRecord,
+        turn: TurnRow,
         at_ms: i64,
     },
     StreamStopped {
@@ -303,9 +265,9 @@ impl CallRecorder {
         });
     }
 
-    /// A caller turn ended, or (for a turn with an [`TurnRecord::index`]) news of how its
+    /// A caller turn ended, or (for a turn with an [`TurnRow::index`]) news of how its
     /// answer went: the stored turn is replaced.
-    pub fn turn(&self, call_sid: &str, turn: TurnRecord) {
+    pub fn turn(&self, call_sid: &str, turn: TurnRow) {
         self.offer(Op::Turn {
             call_sid: call_sid.to_owned(),
             turn,
@@ -629,12 +591,12 @@ mod tests {
             _live: None,
         };
         let started = Instant::now();
-        for i in 0..10_000u64 {
+        for i in 0..10_000i64 {
             rec.turn(
                 "CA1",
-                TurnRecord {
+                TurnRow {
                     user_start_ms: i,
-                    ..TurnRecord::default()
+                    ..TurnRow::default()
                 },
             );
         }
@@ -670,7 +632,7 @@ mod tests {
         let writer = Writer::start(store.clone(), 16);
         store.close().await;
         let rec = writer.recorder();
-        rec.turn("CA1", TurnRecord::default());
+        rec.turn("CA1", TurnRow::default());
         rec.stream_stopped("CA1", StreamSummary::default());
         assert!(writer.flush().await);
         let stats = writer.stats();
@@ -679,17 +641,17 @@ mod tests {
         assert_eq!(stats.retries, RETRY_BACKOFF.len() as u64, "{stats:?}");
         assert_eq!(stats.written, 0);
         // The writer goes on.
-        rec.turn("CA1", TurnRecord::default());
+        rec.turn("CA1", TurnRow::default());
         assert!(writer.flush().await);
         assert_eq!(writer.stats().failed, 3);
     }
 
-    fn turn(index: u32, start: u64) -> TurnRecord {
-        TurnRecord {
+    fn turn(index: u32, start: i64) -> TurnRow {
+        TurnRow {
             index: Some(index),
             user_start_ms: start,
             user_end_ms: start + 1000,
-            ..TurnRecord::default()
+            ..TurnRow::default()
         }
     }
 
@@ -702,7 +664,7 @@ mod tests {
             let sid = format!("CA{call}");
             rec.stream_started(&sid, &format!("MZ{call}"), &[]);
             for i in 0..50u32 {
-                rec.turn(&sid, turn(i, u64::from(i) * 2000));
+                rec.turn(&sid, turn(i, i64::from(i) * 2000));
             }
         }
         assert!(writer.flush().await);
@@ -741,7 +703,7 @@ mod tests {
         let writer = Writer::start(store.clone(), 8192);
         let rec = writer.recorder();
         for i in 0..3000u32 {
-            rec.turn("CA1", turn(i, u64::from(i) * 10));
+            rec.turn("CA1", turn(i, i64::from(i) * 10));
         }
         rec.stream_stopped("CA1", StreamSummary::default());
         assert!(writer.stop().await, "the writer was running");

@@ -33,7 +33,7 @@ use sqlx::sqlite::{
 };
 
 use super::ApiError;
-use super::recorder::{StreamSummary, TurnRecord};
+use super::recorder::StreamSummary;
 
 /// Call statuses after which nothing changes (twilio.com/docs/voice/api/call-resource,
 /// "Call Status values").
@@ -241,33 +241,43 @@ pub struct TimelineEntry {
     pub detail: Option<String>,
 }
 
-/// One caller turn of `GET /calls/{sid}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One caller turn with its latency telemetry: what the engine's events say
+/// ([`super::turns::TurnLog`] builds it), what the recorder queues, what the store writes to
+/// `turns` and reads back for `GET /calls/{sid}`. Times are ms, signed as SQLite stores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TurnRow {
-    /// Media time of the first voiced frame, ms from stream start.
+    /// The turn's position in its call, from 0 ([`super::turns::TurnLog`] numbers them).
+    /// With an index, the store keeps one row per call and index, and storing the turn again
+    /// (as its answer plays) updates that row; without one, every store is a new row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// Media time of the caller's first voiced frame, ms since the stream started.
     pub user_start_ms: i64,
-    /// Media time at the end of the last voiced frame.
+    /// Media time at the end of the caller's last voiced frame, ms.
     pub user_end_ms: i64,
-    /// Caller's last voiced frame → first agent audio sent, ms.
+    /// Caller's last voiced frame → first agent audio sent, ms (engine-side voice-to-voice,
+    /// endpointing included); `None` if the agent did not answer.
     pub latency_ms: Option<i64>,
     /// The caller barged in on the answer.
     pub interrupted: bool,
-    /// Agent audio the caller heard, ms (from mark echoes).
+    /// Agent audio the caller heard, ms, from Twilio's mark echoes.
     pub heard_ms: Option<i64>,
-    /// The caller's words (the agent's speech-to-text or the provider's transcript).
+    /// The caller's words, when the agent has a transcript (speech-to-text, or the
+    /// provider's `user_transcript` / `conversation.item.input_audio_transcription.completed`).
     pub text: Option<String>,
-    /// The agent's answer as the caller heard it (cut at a barge-in), when the agent reports
-    /// one.
+    /// The agent's answer as the caller heard it: the agent's transcript, cut at a barge-in
+    /// to what the mark echoes say was played.
     pub agent_text: Option<String>,
-    /// Caller's last voiced frame → the caller began hearing the answer (mark echoes), ms.
+    /// Caller's last voiced frame → the caller began hearing the answer, ms: voice-to-voice
+    /// at the phone, from the first mark echo (`Event::AgentAudioHeard`).
     pub heard_latency_ms: Option<i64>,
-    /// Speech-to-text latency, ms.
+    /// Speech-to-text: turn end → final transcript, ms (cascade).
     pub stt_ms: Option<i64>,
-    /// LLM time to first token, ms.
+    /// LLM time to first token, ms (cascade).
     pub llm_ttft_ms: Option<i64>,
-    /// TTS time to first byte, ms.
+    /// TTS time to first audio byte of the answer's first sentence, ms (cascade).
     pub tts_ttfb_ms: Option<i64>,
-    /// Speech-to-speech: provider's end of turn → first answer audio, ms.
+    /// Speech-to-speech providers: their end of turn → first answer audio received, ms.
     pub first_audio_ms: Option<i64>,
 }
 
@@ -900,18 +910,13 @@ impl Store {
         media_event(conn, call_sid, stream_sid, "stream-started", None, now_ms).await
     }
 
-    /// Stores one caller turn. A turn with an [`TurnRecord::index`] is one row per call and
+    /// Stores one caller turn. A turn with an [`TurnRow::index`] is one row per call and
     /// index: storing it again (as its answer plays) replaces the row's figures. Counts as
     /// activity on the call (`updated_at`).
     ///
     /// # Errors
     /// The driver's error.
-    pub async fn turn(
-        &self,
-        call_sid: &str,
-        t: &TurnRecord,
-        now_ms: i64,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn turn(&self, call_sid: &str, t: &TurnRow, now_ms: i64) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         self.turn_in(&mut tx, call_sid, t, now_ms).await?;
         tx.commit().await?;
@@ -922,10 +927,9 @@ impl Store {
         &self,
         conn: &mut SqliteConnection,
         call_sid: &str,
-        t: &TurnRecord,
+        t: &TurnRow,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         sqlx::query(ENSURE_CALL)
             .bind(call_sid)
             .bind(now_ms)
@@ -946,18 +950,18 @@ impl Store {
         )
         .bind(call_sid)
         .bind(t.index.map(i64::from))
-        .bind(clamp(t.user_start_ms))
-        .bind(clamp(t.user_end_ms))
-        .bind(t.latency_ms.map(clamp))
+        .bind(t.user_start_ms)
+        .bind(t.user_end_ms)
+        .bind(t.latency_ms)
         .bind(t.interrupted)
-        .bind(t.heard_ms.map(clamp))
+        .bind(t.heard_ms)
         .bind(&t.text)
         .bind(&t.agent_text)
-        .bind(t.heard_latency_ms.map(clamp))
-        .bind(t.stt_ms.map(clamp))
-        .bind(t.llm_ttft_ms.map(clamp))
-        .bind(t.tts_ttfb_ms.map(clamp))
-        .bind(t.first_audio_ms.map(clamp))
+        .bind(t.heard_latency_ms)
+        .bind(t.stt_ms)
+        .bind(t.llm_ttft_ms)
+        .bind(t.tts_ttfb_ms)
+        .bind(t.first_audio_ms)
         .bind(now_ms)
         .execute(&mut *conn)
         .await?;
@@ -1101,8 +1105,8 @@ impl Store {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let turns = sqlx::query(
-            "SELECT user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
-                    heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
+            "SELECT turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text,
+                    agent_text, heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
              FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
         )
         .bind(call_sid)
@@ -1111,6 +1115,7 @@ impl Store {
         .iter()
         .map(|r| {
             Ok(TurnRow {
+                index: r.try_get("turn_index")?,
                 user_start_ms: r.try_get("user_start_ms")?,
                 user_end_ms: r.try_get("user_end_ms")?,
                 latency_ms: r.try_get("latency_ms")?,

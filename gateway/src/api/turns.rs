@@ -17,7 +17,7 @@
 //!
 //! Stage latencies follow the same rule; the greeting is not a turn.
 //!
-//! Turns are numbered from 0 ([`TurnRecord::index`]) and handed to the store as soon as hark
+//! Turns are numbered from 0 ([`TurnRow::index`]) and handed to the store as soon as hark
 //! ends them, then again whenever their record changes ([`TurnLog::take_update`]), so a turn
 //! is on disk within the writer's commit lag of its end, not only when the next turn begins.
 //!
@@ -26,9 +26,9 @@
 
 use hark_engine::agent::Stage;
 
-use super::recorder::TurnRecord;
+use super::store::TurnRow;
 
-/// Builds [`TurnRecord`]s. Sans-IO: feed it events, store what it returns.
+/// Builds [`TurnRow`]s. Sans-IO: feed it events, store what it returns.
 #[derive(Debug, Default)]
 pub struct TurnLog {
     /// The agent's provider ends turns itself ([`hark_engine::Call::provider_ends_turns`]):
@@ -36,10 +36,10 @@ pub struct TurnLog {
     /// endpointing is the only one, and every report is about the latest turn it ended.
     provider_ends_turns: bool,
     /// The latest caller turn, still collecting its answer's outcome and transcripts.
-    open: Option<TurnRecord>,
+    open: Option<TurnRow>,
     /// What was reported about the caller turn hark has not ended yet: words, answer start,
     /// stage latencies. It becomes that turn's record when the turn ends.
-    early: TurnRecord,
+    early: TurnRow,
     /// The answer playing began before hark ended its turn: its outcome goes to `early`.
     early_answer: bool,
     /// Byte offset in the playing answer's `agent_text` (in `early` or `open`) where words
@@ -52,13 +52,18 @@ pub struct TurnLog {
     /// Media time the caller's current speech started (hark's VAD), while hark has not ended
     /// that turn.
     speech_start_ms: Option<u64>,
-    /// The index the next turn gets ([`TurnRecord::index`]).
+    /// The index the next turn gets ([`TurnRow::index`]).
     next_index: u32,
     /// The open turn as [`TurnLog::take_update`] last handed it out.
-    synced: Option<TurnRecord>,
+    synced: Option<TurnRow>,
 }
 
-fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
+/// Engine ms (`u64`) as the store keeps them (`i64`), saturating.
+fn stored(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+fn set_stage(t: &mut TurnRow, stage: Stage, ms: u64) {
     let slot = match stage {
         Stage::Stt => &mut t.stt_ms,
         Stage::LlmFirstToken => &mut t.llm_ttft_ms,
@@ -66,7 +71,7 @@ fn set_stage(t: &mut TurnRecord, stage: Stage, ms: u64) {
         Stage::FirstAudio => &mut t.first_audio_ms,
         Stage::Greeting => return,
     };
-    slot.get_or_insert(ms);
+    slot.get_or_insert(stored(ms));
 }
 
 /// Appends `text` to `slot` with a space; returns the offset it starts at.
@@ -100,13 +105,13 @@ impl TurnLog {
 
     /// hark's endpointing ended a caller turn (media time, ms). Returns the previous turn,
     /// finished, for the store.
-    pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
+    pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
         self.after_played = false;
         self.speech_start_ms = None;
         let done = self.open.take();
         let mut t = std::mem::take(&mut self.early);
-        t.user_start_ms = start_ms;
-        t.user_end_ms = end_ms;
+        t.user_start_ms = stored(start_ms);
+        t.user_end_ms = stored(end_ms);
         t.index = Some(self.next_index);
         self.next_index += 1;
         if !std::mem::take(&mut self.early_answer) {
@@ -120,8 +125,8 @@ impl TurnLog {
     /// The latest ended turn as it stands now, if it changed since the last call (or was
     /// never handed out): for the store, so a turn is recorded as soon as it ends and updated
     /// as its answer plays, and a crash loses at most what changed since. Carries its
-    /// [`TurnRecord::index`]: storing it again replaces the earlier row.
-    pub fn take_update(&mut self) -> Option<TurnRecord> {
+    /// [`TurnRow::index`]: storing it again replaces the earlier row.
+    pub fn take_update(&mut self) -> Option<TurnRow> {
         let open = self.open.as_ref()?;
         if self.synced.as_ref() == Some(open) {
             return None;
@@ -133,9 +138,9 @@ impl TurnLog {
     /// hark's VAD dropped the open caller turn as too short. If the agent already answered
     /// it (a speech-to-speech provider heard a turn there), it is recorded as one; otherwise
     /// nothing changes. Returns a finished turn for the store, as [`TurnLog::user_turn_ended`].
-    pub fn speech_discarded(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRecord> {
+    pub fn speech_discarded(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
         self.speech_start_ms = None;
-        if self.early == TurnRecord::default() {
+        if self.early == TurnRow::default() {
             return None;
         }
         self.user_turn_ended(start_ms, end_ms)
@@ -143,7 +148,7 @@ impl TurnLog {
 
     /// Where reports about a caller's turn go: the open caller turn hark has not ended yet
     /// (`turn_open`, only when the provider ends turns itself), or the latest ended one.
-    fn target(&mut self, turn_open: bool) -> Option<&mut TurnRecord> {
+    fn target(&mut self, turn_open: bool) -> Option<&mut TurnRow> {
         if turn_open && self.provider_ends_turns {
             Some(&mut self.early)
         } else {
@@ -152,7 +157,7 @@ impl TurnLog {
     }
 
     /// The turn whose answer is playing.
-    fn answer(&mut self) -> Option<&mut TurnRecord> {
+    fn answer(&mut self) -> Option<&mut TurnRow> {
         if self.early_answer {
             Some(&mut self.early)
         } else {
@@ -170,7 +175,7 @@ impl TurnLog {
             self.unconfirmed_from = self.early.agent_text.as_ref().map(|_| 0);
         }
         if let Some(t) = self.target(before_turn_end) {
-            t.latency_ms.get_or_insert(latency_ms);
+            t.latency_ms.get_or_insert(stored(latency_ms));
         }
     }
 
@@ -178,7 +183,7 @@ impl TurnLog {
     /// ([`hark_engine::Event::AgentAudioHeard`]). The first per turn counts.
     pub fn agent_audio_heard(&mut self, latency_ms: u64, before_turn_end: bool) {
         if let Some(t) = self.target(before_turn_end) {
-            t.heard_latency_ms.get_or_insert(latency_ms);
+            t.heard_latency_ms.get_or_insert(stored(latency_ms));
         }
     }
 
@@ -195,7 +200,7 @@ impl TurnLog {
     /// reported for it before it played are now confirmed.
     pub fn utterance_played(&mut self, heard_ms: u64) {
         if let Some(t) = self.answer() {
-            t.heard_ms = Some(t.heard_ms.unwrap_or(0) + heard_ms);
+            t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
             self.unconfirmed_from = None;
             self.after_played = true;
         }
@@ -210,7 +215,7 @@ impl TurnLog {
         let early = self.early_answer;
         if let Some(t) = self.answer() {
             t.interrupted = true;
-            t.heard_ms = Some(t.heard_ms.unwrap_or(0) + heard_ms);
+            t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
             if early {
                 t.latency_ms = None;
                 t.heard_latency_ms = None;
@@ -293,9 +298,9 @@ impl TurnLog {
     /// The stream ended at media time `end_ms`: the last turn, and the exchange of a turn
     /// hark had not ended yet if the provider reported one (its end is the stream's), in
     /// order.
-    pub fn finish(&mut self, end_ms: u64) -> Vec<TurnRecord> {
-        let mut done: Vec<TurnRecord> = self.open.take().into_iter().collect();
-        if self.early != TurnRecord::default() {
+    pub fn finish(&mut self, end_ms: u64) -> Vec<TurnRow> {
+        let mut done: Vec<TurnRow> = self.open.take().into_iter().collect();
+        if self.early != TurnRow::default() {
             let start = self.speech_start_ms.take().unwrap_or(end_ms);
             done.extend(self.user_turn_ended(start, end_ms.max(start)));
             done.extend(self.open.take());

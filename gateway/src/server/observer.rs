@@ -20,7 +20,7 @@ pub(super) struct CallObserver {
 }
 
 impl CallObserver {
-    pub(super) fn record_turn(&self, turn: Option<crate::api::recorder::TurnRecord>) {
+    pub(super) fn record_turn(&self, turn: Option<crate::api::TurnRow>) {
         if let (Some(t), Some(rec), Some(sid)) = (turn, &self.recorder, &self.call_sid) {
             rec.turn(sid, t);
         }
