@@ -18,7 +18,7 @@
 //! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
 //! | [`agents`] | the real agents, sans-IO: `cascade` (STT → LLM → TTS), `elevenlabs`, `realtime` |
 //! | [`config`] | [`CallConfig`]: VAD, turn-taking and playout settings, with units |
-//! | [`sim`] | the virtual phone: plays outbound audio in (virtual) real time, echoes marks, honours `clear` |
+//! | [`sim`] (feature `sim`) | the virtual phone: plays outbound audio in (virtual) real time, echoes marks, honours `clear` |
 //! | `error` | [`Error`], the crate's error type |
 //! | [`io`] (feature `io`) | the tokio driver ([`io::drive`]) and provider connectors (`io::http`, `io::ws`): the only code that reads the clock or touches a socket |
 //!
@@ -33,6 +33,7 @@ mod error;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod playout;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod turn;
 pub mod twilio;

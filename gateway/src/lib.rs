@@ -24,25 +24,21 @@
 //! | [`token`] | Twilio access tokens (JWT) |
 //! | [`twiml`] | TwiML writing |
 //! | [`metrics`] | the Prometheus recorder behind `/metrics` |
-//! | [`simulator`] | `hark call`: a Twilio simulator with a virtual phone |
-//! | [`demo`] | `hark demo` |
-//! | [`bench`] | `hark bench`: concurrent-call load test |
-//! | [`chaos`] | a byte-level TCP proxy that re-cuts and delays segments (tests, `hark bench --chaos`) |
-//! | [`doubles`] | local doubles of the OpenAI-compatible, ElevenLabs and Realtime APIs |
+//! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
 
 pub mod agents;
 pub mod api;
-pub mod bench;
-pub mod chaos;
 pub mod config;
+#[cfg(feature = "dev-tools")]
+pub mod dev;
 pub mod conns;
-pub mod demo;
-pub mod doubles;
 pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod signature;
-pub mod simulator;
 pub mod token;
 pub mod twiml;
 pub mod ws;
+
+#[cfg(feature = "dev-tools")]
+pub use dev::{bench, chaos, demo, doubles, simulator};

@@ -22,9 +22,11 @@ enum Command {
     Serve,
     /// Call a hark server the way Twilio does: stream caller audio over a Media Stream, play
     /// the agent's audio on a virtual phone, report latency, barge-ins and marks.
+    #[cfg(feature = "dev-tools")]
     Call(hark_gateway::simulator::CallArgs),
     /// Run the server in-process with the echo agent and call it with a bundled multi-turn
     /// real-speech session (one barge-in). No keys, no network, under a minute.
+    #[cfg(feature = "dev-tools")]
     Demo {
         /// Where to write what the caller heard (8 kHz μ-law WAV).
         #[arg(long, default_value = "demo-out.wav")]
@@ -40,6 +42,7 @@ enum Command {
     /// (in-process by default), ramped in steps; reports underruns, barge-in delay,
     /// voice-to-voice latency and the engine's share, CPU and memory per call, and the largest
     /// N meeting the service level.
+    #[cfg(feature = "dev-tools")]
     Bench(hark_gateway::bench::BenchArgs),
 }
 
@@ -147,6 +150,7 @@ async fn serve() -> ExitCode {
     }
 }
 
+#[cfg(feature = "dev-tools")]
 async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> ExitCode {
     println!(
         "hark demo: starting hark serve on 127.0.0.1 (echo agent) and calling it with a 28 s real-speech session…"
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve => rt.block_on(serve()),
+        #[cfg(feature = "dev-tools")]
         Command::Call(args) => match rt.block_on(hark_gateway::simulator::command(&args)) {
             Ok(r) if r.errors.is_empty() => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
@@ -199,7 +204,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "dev-tools")]
         Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
+        #[cfg(feature = "dev-tools")]
         Command::Bench(args) => hark_gateway::bench::main(&args, rt.handle()),
     }
 }

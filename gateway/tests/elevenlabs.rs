@@ -5,6 +5,7 @@
 //! Every message both ways is checked against the ElevenLabs AsyncAPI spec.
 
 mod in_process;
+mod provider_doubles;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
@@ -16,7 +17,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::config::{AgentKind, Config};
-use hark_gateway::doubles::elevenlabs::{Conversation, ElevenLabsDouble, Reply, Script, Step};
+use provider_doubles::elevenlabs::{Conversation, ElevenLabsDouble, Reply, Script, Step};
 use hark_gateway::server::{self, AppState};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
 use http_body_util::BodyExt;

@@ -6,6 +6,7 @@
 //! call record), within the audio generated.
 
 mod in_process;
+mod provider_doubles;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::config::{AgentKind, Config};
-use hark_gateway::doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
+use provider_doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
 use in_process::Server;
 use serde_json::Value;

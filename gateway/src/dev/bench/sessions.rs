@@ -21,23 +21,23 @@ use crate::simulator::{FRAME_BYTES, FRAME_MS, UserSpeech};
 pub const EMBEDDED: &[(&str, &[u8], &str)] = &[
     (
         "support",
-        include_bytes!("../../../fixtures/bench/support.ulaw"),
-        include_str!("../../../fixtures/bench/support.json"),
+        include_bytes!("../../../../fixtures/bench/support.ulaw"),
+        include_str!("../../../../fixtures/bench/support.json"),
     ),
     (
         "interrupts",
-        include_bytes!("../../../fixtures/bench/interrupts.ulaw"),
-        include_str!("../../../fixtures/bench/interrupts.json"),
+        include_bytes!("../../../../fixtures/bench/interrupts.ulaw"),
+        include_str!("../../../../fixtures/bench/interrupts.json"),
     ),
     (
         "calm",
-        include_bytes!("../../../fixtures/bench/calm.ulaw"),
-        include_str!("../../../fixtures/bench/calm.json"),
+        include_bytes!("../../../../fixtures/bench/calm.ulaw"),
+        include_str!("../../../../fixtures/bench/calm.json"),
     ),
     (
         "short",
-        include_bytes!("../../../fixtures/bench/short.ulaw"),
-        include_str!("../../../fixtures/bench/short.json"),
+        include_bytes!("../../../../fixtures/bench/short.ulaw"),
+        include_str!("../../../../fixtures/bench/short.json"),
     ),
 ];
 

@@ -16,9 +16,9 @@ use crate::simulator::{self, CallSetup, Report, SimError, UserSpeech};
 
 /// The bundled caller audio: `fixtures/audio/multi-turn-8k.ulaw` (μ-law 8 kHz, 27.64 s;
 /// provenance in `fixtures/README.md`).
-pub const AUDIO: &[u8] = include_bytes!("../../fixtures/audio/multi-turn-8k.ulaw");
+pub const AUDIO: &[u8] = include_bytes!("../../../fixtures/audio/multi-turn-8k.ulaw");
 /// Its annotation (caller speech segments), `fixtures/sessions/multi-turn.json`.
-pub const ANNOTATION: &str = include_str!("../../fixtures/sessions/multi-turn.json");
+pub const ANNOTATION: &str = include_str!("../../../fixtures/sessions/multi-turn.json");
 
 /// Errors of the demo.
 #[derive(Debug, thiserror::Error)]
