@@ -15,6 +15,7 @@
 //! Voice-to-voice at the phone is printed per turn (run with `--nocapture`).
 
 mod in_process;
+use in_process::{fixture, speech};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +26,9 @@ use hark_gateway::config::{AgentKind, Config};
 use hark_gateway::doubles::openai::{
     self, Endpoint, Fault, FaultRule, Latency, OpenAiDouble, Reply, Rule, Script,
 };
-use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use hark_gateway::simulator::{self, CallSetup, Report};
 use in_process::Server;
 use serde_json::Value;
-
-fn fixture(rel: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
 
 const REPLY_A: &str = "I'm sorry to hear that. Let me check the status of your order right away. \
 It looks like it left our warehouse on Monday and is now with the local courier.";
@@ -62,26 +57,6 @@ async fn serve(double: &OpenAiDouble, extra: &[(&str, &str)]) -> Server {
     Server::start(config, None).await
 }
 
-/// The session's caller turns: annotated segments split at pauses longer than `stop_ms`.
-fn speech() -> UserSpeech {
-    let text = std::fs::read_to_string(fixture("sessions/multi-turn.json")).unwrap();
-    let mut ann: Value = serde_json::from_str(&text).unwrap();
-    let mut turns = vec![];
-    for seg in ann["segments"].as_array().unwrap() {
-        let mut start = seg["start_ms"].as_u64().unwrap();
-        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
-            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
-            if pe - ps > 600 {
-                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
-                start = pe;
-            }
-        }
-        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
-    }
-    ann["segments"] = Value::Array(turns);
-    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
-}
-
 fn segment_texts() -> Vec<String> {
     let text = std::fs::read_to_string(fixture("sessions/multi-turn.json")).unwrap();
     let ann: Value = serde_json::from_str(&text).unwrap();
@@ -99,7 +74,7 @@ fn setup(url: &str, until_ms: Option<u64>, tail_ms: u64) -> CallSetup {
         audio.truncate(u as usize * 8);
     }
     let mut s = CallSetup::new(url, Arc::from(audio));
-    s.speech = Some(speech());
+    s.speech = Some(speech("multi-turn"));
     s.tail_ms = tail_ms;
     s.keep_heard = true;
     s.close_timeout = Duration::from_secs(10);

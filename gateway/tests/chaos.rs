@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod in_process;
+use in_process::{fixture, speech};
 
 use hark_gateway::chaos::{ChaosConfig, ChaosProxy};
 use hark_gateway::config::Config;
@@ -36,33 +37,6 @@ const CUTS: [usize; 3] = [2, 6, 150];
 const ANSWER_SLACK_MS: i64 = 2 * 20 + 2 * 20;
 /// Caller audio sent: the session (27,640 ms) and 300 ms of line noise.
 const FRAMES: u64 = (27_640 + 300) / 20;
-
-fn fixture(rel: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
-
-/// The session's caller turns: the annotated segments split at pauses longer than the
-/// server's `stop_ms` (600), where the engine ends a turn (as in `tests/live.rs`).
-fn speech(name: &str) -> UserSpeech {
-    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
-    let mut ann: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut turns = vec![];
-    for seg in ann["segments"].as_array().unwrap() {
-        let mut start = seg["start_ms"].as_u64().unwrap();
-        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
-            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
-            if pe - ps > 600 {
-                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
-                start = pe;
-            }
-        }
-        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
-    }
-    ann["segments"] = serde_json::Value::Array(turns);
-    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
-}
 
 fn setup(url: &str, audio: &Arc<[u8]>, speech: &UserSpeech) -> CallSetup {
     let mut s = CallSetup::new(url, audio.clone());

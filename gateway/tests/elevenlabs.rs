@@ -5,11 +5,11 @@
 //! Every message both ways is checked against the ElevenLabs AsyncAPI spec.
 
 mod in_process;
+use in_process::{fixture, speech};
 mod provider_doubles;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,20 +17,14 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::config::{AgentKind, Config};
-use provider_doubles::elevenlabs::{Conversation, ElevenLabsDouble, Reply, Script, Step};
 use hark_gateway::server::{self, AppState};
-use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use hark_gateway::simulator::{self, CallSetup, Report};
 use http_body_util::BodyExt;
 use in_process::Server;
+use provider_doubles::elevenlabs::{Conversation, ElevenLabsDouble, Reply, Script, Step};
 use serde_json::Value;
 use specs::{Dir, check_elevenlabs};
 use tower::ServiceExt;
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
 
 fn tls() {
     // One TLS provider for the process, as `hark serve` does (crates.md: ring everywhere).
@@ -109,26 +103,6 @@ fn multi_turn_script() -> Script {
         ],
         ..Script::default()
     }
-}
-
-/// The session's caller turns: annotated segments split at pauses longer than `stop_ms`.
-fn speech(name: &str) -> UserSpeech {
-    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
-    let mut ann: Value = serde_json::from_str(&text).unwrap();
-    let mut turns = vec![];
-    for seg in ann["segments"].as_array().unwrap() {
-        let mut start = seg["start_ms"].as_u64().unwrap();
-        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
-            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
-            if pe - ps > 600 {
-                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
-                start = pe;
-            }
-        }
-        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
-    }
-    ann["segments"] = Value::Array(turns);
-    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
 }
 
 async fn start(agent: AgentKind, settings: AgentSettings) -> Server {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod in_process;
+use in_process::fixture;
 
 use futures_util::{SinkExt, StreamExt};
 use hark_gateway::config::Config;
@@ -16,12 +17,6 @@ use in_process::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-fn fixture(rel: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
 
 async fn start(f: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config {

@@ -5,16 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod in_process;
+use in_process::{fixture, speech};
 
 use hark_gateway::config::Config;
-use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use hark_gateway::simulator::{self, CallSetup, Report};
 use in_process::Server;
-
-fn fixture(rel: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
 
 async fn start(f: impl FnOnce(&mut Config)) -> Server {
     let mut config = Config {
@@ -23,27 +18,6 @@ async fn start(f: impl FnOnce(&mut Config)) -> Server {
     };
     f(&mut config);
     Server::start(config, None).await
-}
-
-/// The session's caller turns: the annotated segments split at pauses longer than the
-/// server's `stop_ms` (600), where the engine ends a turn.
-fn speech(name: &str) -> UserSpeech {
-    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
-    let mut ann: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut turns = vec![];
-    for seg in ann["segments"].as_array().unwrap() {
-        let mut start = seg["start_ms"].as_u64().unwrap();
-        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
-            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
-            if pe - ps > 600 {
-                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
-                start = pe;
-            }
-        }
-        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
-    }
-    ann["segments"] = serde_json::Value::Array(turns);
-    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
 }
 
 fn session(url: &str, name: &str) -> CallSetup {

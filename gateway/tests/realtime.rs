@@ -6,27 +6,21 @@
 //! call record), within the audio generated.
 
 mod in_process;
+use in_process::{fixture, speech};
 mod provider_doubles;
 #[path = "elevenlabs_realtime_specs.rs"]
 mod specs;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hark_gateway::agents::AgentSettings;
 use hark_gateway::config::{AgentKind, Config};
-use provider_doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
-use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
+use hark_gateway::simulator::{self, CallSetup, Report};
 use in_process::Server;
+use provider_doubles::realtime::{RealtimeDouble, Reply, Script, Session, Turn};
 use serde_json::Value;
 use specs::{Api, check_realtime};
-
-fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
-}
 
 fn tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -98,25 +92,6 @@ fn turns() -> Vec<Turn> {
             "Goodbye!",
         ),
     ]
-}
-
-fn speech(name: &str) -> UserSpeech {
-    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
-    let mut ann: Value = serde_json::from_str(&text).unwrap();
-    let mut turns = vec![];
-    for seg in ann["segments"].as_array().unwrap() {
-        let mut start = seg["start_ms"].as_u64().unwrap();
-        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
-            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
-            if pe - ps > 600 {
-                turns.push(serde_json::json!({"start_ms": start, "end_ms": ps}));
-                start = pe;
-            }
-        }
-        turns.push(serde_json::json!({"start_ms": start, "end_ms": seg["end_ms"]}));
-    }
-    ann["segments"] = Value::Array(turns);
-    UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
 }
 
 async fn start(settings: AgentSettings) -> Server {

@@ -77,3 +77,32 @@ pub async fn memory_api() -> Arc<ApiState> {
         .await
         .expect("api state")
 }
+
+/// `fixtures/<rel>` in this repository.
+pub fn fixture(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel)
+}
+
+/// The caller turns of `fixtures/sessions/<name>.json`: the annotated segments split at pauses
+/// longer than the server's `stop_ms` (600), where the engine ends a turn.
+pub fn speech(name: &str) -> hark_gateway::simulator::UserSpeech {
+    use serde_json::{Value, json};
+    let text = std::fs::read_to_string(fixture(&format!("sessions/{name}.json"))).unwrap();
+    let mut ann: Value = serde_json::from_str(&text).unwrap();
+    let mut turns = vec![];
+    for seg in ann["segments"].as_array().unwrap() {
+        let mut start = seg["start_ms"].as_u64().unwrap();
+        for p in seg["pauses_ms"].as_array().into_iter().flatten() {
+            let (ps, pe) = (p[0].as_u64().unwrap(), p[1].as_u64().unwrap());
+            if pe - ps > 600 {
+                turns.push(json!({"start_ms": start, "end_ms": ps}));
+                start = pe;
+            }
+        }
+        turns.push(json!({"start_ms": start, "end_ms": seg["end_ms"]}));
+    }
+    ann["segments"] = Value::Array(turns);
+    hark_gateway::simulator::UserSpeech::from_annotation_json(&ann.to_string()).unwrap()
+}
