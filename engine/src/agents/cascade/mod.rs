@@ -70,22 +70,29 @@
 //! [`AgentReport::Transcript`]: the caller's words (per transcribed utterance) and the agent's
 //! as heard (when an utterance finished playing, or its heard prefix on barge-in).
 //!
+//! [`ProviderCommand::Close`]: crate::agent::ProviderCommand::Close
+//! [`Stage::Stt`]: crate::agent::Stage::Stt
+//! [`Stage::LlmFirstToken`]: crate::agent::Stage::LlmFirstToken
+//! [`Stage::TtsFirstByte`]: crate::agent::Stage::TtsFirstByte
+//! [`Stage::Greeting`]: crate::agent::Stage::Greeting
+//!
 //! ## Vocabulary
-//! - **turn** ([`turn::Turn`]): the caller turn being answered, from its audio to the answer's
-//!   last sentence.
-//! - **transcription** ([`turn::Transcription`]): one piece of the caller's audio and its STT
-//!   request (a turn has more than one when the caller spoke again while it thought).
-//! - **round** ([`turn::Round`]): one chat completion of a turn and the tool calls it made; the
-//!   stream being received is a [`turn::ChatStream`].
-//! - **utterance** ([`utterance::Utterance`]): something the agent says, one playout
+//! One noun per thing, each with its own type:
+//! - **turn** (`Turn`, `turn.rs`): the caller turn being answered, from its audio to the
+//!   answer's last sentence.
+//! - **transcription** (`Transcription`): one piece of the caller's audio and its STT request
+//!   (a turn has more than one when the caller spoke again while it thought).
+//! - **round** (`Round`): one chat completion of a turn with the tool calls it made and their
+//!   results; `ChatStream` is the round being received.
+//! - **utterance** (`Utterance`, `utterance.rs`): something the agent says, one playout
 //!   utterance ([`UtteranceId`]): a greeting, a notice, the filler, or a turn's answer.
-//! - **sentence** ([`utterance::Sentence`]): one TTS request of an utterance and its audio.
-//! - **spoken** ([`utterance::Spoken`]): the text that went to the playout with an audio
-//!   length, to map what was heard back to words.
-//! - **committed** ([`history::Committed`]): an utterance in the history, until the playout
+//! - **sentence** (`Sentence`): one TTS request of an utterance and its audio.
+//! - **spoken** (`Spoken`): text that went to the playout with its audio length, to map what
+//!   was heard back to words.
+//! - **committed** (`Committed`, `history.rs`): an utterance in the history, until the playout
 //!   says what of it was heard.
-//! - **attempt** ([`retry::Attempt`]): a request's pipe and retry state, the same for every
-//!   stage.
+//! - **attempt** (`Attempt`, `retry.rs`): a request's pipe and retry state, the same type for
+//!   every stage.
 //!
 //! ## Layout
 //! | file | job |
@@ -94,11 +101,14 @@
 //! | `turn.rs` | a turn: STT, chat rounds, tool results, giving up |
 //! | `utterance.rs` | sentences to TTS and to the playout, in order |
 //! | `history.rs` | the history the model sees; cutting it to what was heard |
-//! | `retry.rs` | [`retry::Attempt`], fault classes and the one fault path |
+//! | `retry.rs` | `Attempt`, fault classes and the one fault path |
 //! | `pipes.rs` | open provider pipes and their first/stall deadlines |
 //! | `fallback.rs` | the fallback and filler phrases, rendered ahead; the chime |
 //! | `tools.rs` | `end_call`, `transfer_call` |
-//! | `config.rs`, `wire.rs`, `text.rs`, `audio.rs` | settings, OpenAI wire format, sentence splitting and text shares, PCM/WAV |
+//! | `config.rs` | the settings ([`CascadeConfig`]) |
+//! | `wire.rs` | the OpenAI-compatible requests and stream events |
+//! | `text.rs` | sentence splitting; text shares of audio and of what was heard |
+//! | `audio.rs` | PCM streams, WAV, the chime |
 
 pub mod audio;
 pub mod config;
@@ -162,7 +172,7 @@ pub struct CascadeAgent {
     next_utt: u64,
     next_id: u64,
     /// Utterances being generated, in order.
-    speeches: Vec<Utterance>,
+    utterances: Vec<Utterance>,
     turn: Option<Turn>,
     /// Utterances in the history until the playout says what of them was heard.
     committed: Vec<Committed>,
@@ -183,7 +193,7 @@ impl std::fmt::Debug for CascadeAgent {
         f.debug_struct("CascadeAgent")
             .field("history", &self.history.len())
             .field("pipes", &self.pipes.len())
-            .field("speeches", &self.speeches.len())
+            .field("utterances", &self.utterances.len())
             .field("turn", &self.turn.as_ref().map(|t| t.id))
             .finish()
     }
@@ -215,7 +225,7 @@ impl CascadeAgent {
             pipes: Pipes::new(),
             next_utt: 1,
             next_id: 1,
-            speeches: Vec::new(),
+            utterances: Vec::new(),
             turn: None,
             committed: Vec::new(),
             fallback: Phrase::Chime,
@@ -300,7 +310,7 @@ impl CascadeAgent {
         [
             self.pipes.poll_timeout(),
             self.turn.as_ref().and_then(Turn::poll_timeout),
-            self.speeches_poll_timeout(),
+            self.utterances_poll_timeout(),
             self.phrases_poll_timeout(),
         ]
         .into_iter()
@@ -314,35 +324,35 @@ impl CascadeAgent {
         }
     }
 
-    /// Speeches still being generated (a greeting, an answer) stop when the caller takes the
+    /// Utterances still being generated (a greeting, an answer) stop when the caller takes the
     /// floor; one that has audio queued was or will be barged in on by the call, so its queued
     /// audio plays. With `restart`, the current turn's answer (no audio yet) is left to
     /// [`CascadeAgent::take_turn`].
-    fn stop_other_speeches(&mut self, now: Instant, restart: bool, out: &mut Vec<Action>) {
-        let answer = self.turn.as_ref().and_then(|t| t.speech);
+    fn stop_other_utterances(&mut self, now: Instant, restart: bool, out: &mut Vec<Action>) {
+        let answer = self.turn.as_ref().and_then(|t| t.answer);
         let other: Vec<UtteranceId> = self
-            .speeches
+            .utterances
             .iter()
             .filter(|s| !restart || Some(s.utt) != answer)
             .map(|s| s.utt)
             .collect();
         for u in other {
-            let Some(i) = self.utt_ix(u).filter(|i| self.speeches[*i].started) else {
-                self.cancel_speech(u, out);
+            let Some(i) = self.utt_ix(u).filter(|i| self.utterances[*i].started) else {
+                self.cancel_utterance(u, out);
                 continue;
             };
             // Let the queued audio play; stop generating more.
-            for p in self.speeches[i].stop_generating() {
+            for p in self.utterances[i].stop_generating() {
                 self.pipes.close(p, out);
             }
-            if let Some(t) = self.turn.as_mut().filter(|t| t.speech == Some(u))
+            if let Some(t) = self.turn.as_mut().filter(|t| t.answer == Some(u))
                 && t.llm.peer.is_some()
             {
                 t.chat = None;
                 let p = t.llm.peer.take();
                 self.pipes.close(p, out);
             }
-            self.pump_speech(now, u, out);
+            self.pump_utterance(now, u, out);
         }
     }
 
@@ -482,32 +492,32 @@ impl Agent for CascadeAgent {
         // The current answer has no audio yet (and decided no hang-up or transfer): it starts
         // over with both texts.
         let restart = self.turn.as_ref().is_some_and(|t| {
-            t.speech
+            t.answer
                 .and_then(|u| self.utt_ix(u))
-                .is_none_or(|i| !self.speeches[i].started)
+                .is_none_or(|i| !self.utterances[i].started)
                 && t.after.is_none()
         });
-        self.stop_other_speeches(now, restart, out);
+        self.stop_other_utterances(now, restart, out);
         self.take_turn(now, wav, (filler_at, filler_cap), restart, out);
         self.arm(out);
     }
 
     fn on_barge_in(&mut self, _now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
-        // Every speech that has audio is cut: stop generating it and commit what was said.
+        // Every utterance that has audio is cut: stop generating it and commit what was said.
         let speaking: Vec<UtteranceId> = self
-            .speeches
+            .utterances
             .iter()
             .filter(|s| s.started || s.utt <= heard.id)
             .map(|s| s.utt)
             .collect();
         let mut afters = Vec::new();
         for u in speaking {
-            if let Some(t) = self.turn.as_ref().filter(|t| t.speech == Some(u))
+            if let Some(t) = self.turn.as_ref().filter(|t| t.answer == Some(u))
                 && let Some(a) = &t.after
             {
                 afters.push(a.clone());
             }
-            self.cancel_speech(u, out);
+            self.cancel_utterance(u, out);
         }
         self.cut_to_heard(heard.id, heard.heard_ms * 1000, out);
         for d in &heard.dropped {
@@ -590,7 +600,7 @@ impl Agent for CascadeAgent {
         }
         // Retries that are due.
         self.retry_turn(now, out);
-        self.retry_speeches(now, out);
+        self.retry_sentences(now, out);
         self.retry_phrases(now, out);
         self.maybe_filler(now, out);
         self.arm(out);
