@@ -352,8 +352,7 @@ impl Config {
     /// # Errors
     /// As [`Config::from_lookup`].
     pub fn from_env() -> Result<Config, ConfigError> {
-        // A missing .env is normal.
-        let _ = dotenvy::dotenv();
+        load_dotenv()?;
         Config::from_lookup(|k| std::env::var(k).ok())
     }
 
@@ -364,6 +363,156 @@ impl Config {
             None => host.map(|h| format!("https://{h}")),
         }
     }
+}
+
+/// Loads `.env` from the working directory into the environment (variables already set win).
+/// A missing file is normal.
+///
+/// # Errors
+/// [`ConfigError`] naming `.env` when the file exists but cannot be read or parsed (a
+/// malformed line would otherwise silently drop every setting after it).
+pub fn load_dotenv() -> Result<(), ConfigError> {
+    match dotenvy::dotenv() {
+        Ok(_) => Ok(()),
+        Err(e) if e.not_found() => Ok(()),
+        Err(e) => Err(ConfigError {
+            var: ".env",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Every environment variable hark reads (a test keeps this in step with the sources).
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "ELEVENLABS_AGENT_ID",
+    "ELEVENLABS_API_BASE",
+    "ELEVENLABS_API_KEY",
+    "HARK_ADDR",
+    "HARK_AFTER_CONNECT",
+    "HARK_AGENT",
+    "HARK_API_KEY",
+    "HARK_CALLS_PER_SECOND",
+    "HARK_CALL_QUEUE",
+    "HARK_DATABASE_URL",
+    "HARK_DEV_INSECURE",
+    "HARK_ELEVENLABS_END_CALL_TOOL",
+    "HARK_ELEVENLABS_FIRST_MESSAGE",
+    "HARK_ELEVENLABS_LANGUAGE",
+    "HARK_ELEVENLABS_PROMPT",
+    "HARK_ELEVENLABS_VOICE_ID",
+    "HARK_FALLBACK_TEXT",
+    "HARK_FILLER_AFTER_MS",
+    "HARK_FILLER_TEXT",
+    "HARK_GOODBYE_TEXT",
+    "HARK_GREETING",
+    "HARK_GREETING_PARAM",
+    "HARK_HEADER_TIMEOUT_S",
+    "HARK_IDLE_TIMEOUT_S",
+    "HARK_LANGUAGE",
+    "HARK_LEAD_MS",
+    "HARK_LLM_API_KEY",
+    "HARK_LLM_BASE_URL",
+    "HARK_LLM_MAX_TOKENS",
+    "HARK_LLM_MODEL",
+    "HARK_LLM_STALL_MS",
+    "HARK_LLM_TEMPERATURE",
+    "HARK_LLM_TIMEOUT_MS",
+    "HARK_LOG_FORMAT",
+    "HARK_MARK_EVERY_MS",
+    "HARK_MAX_PENDING_CONNECTIONS",
+    "HARK_MIN_INTERRUPTION_MS",
+    "HARK_MIN_UTTERANCE_MS",
+    "HARK_NODE_ID",
+    "HARK_NOISE_MARGIN_DB",
+    "HARK_PROVIDER_IDLE_MS",
+    "HARK_PUBLIC_URL",
+    "HARK_RATE_LIMIT_BURST",
+    "HARK_RATE_LIMIT_PER_MIN",
+    "HARK_REALTIME_API",
+    "HARK_REALTIME_EAGERNESS",
+    "HARK_REALTIME_GREETING",
+    "HARK_REALTIME_INSTRUCTIONS",
+    "HARK_REALTIME_MODEL",
+    "HARK_REALTIME_PREFIX_PADDING_MS",
+    "HARK_REALTIME_SILENCE_MS",
+    "HARK_REALTIME_TRANSCRIBE_MODEL",
+    "HARK_REALTIME_TURN_DETECTION",
+    "HARK_REALTIME_URL",
+    "HARK_REALTIME_VAD_THRESHOLD",
+    "HARK_REALTIME_VOICE",
+    "HARK_RETRY_BACKOFF_MS",
+    "HARK_RETRY_BUDGET_MS",
+    "HARK_RETRY_MAX",
+    "HARK_SHUTDOWN_TIMEOUT_S",
+    "HARK_START_TIMEOUT_S",
+    "HARK_STOP_MS",
+    "HARK_STORE_QUEUE",
+    "HARK_STREAM_PARAMS",
+    "HARK_STT_API_KEY",
+    "HARK_STT_BASE_URL",
+    "HARK_STT_MODEL",
+    "HARK_STT_PROMPT",
+    "HARK_STT_STALL_MS",
+    "HARK_STT_STREAM",
+    "HARK_STT_TIMEOUT_MS",
+    "HARK_SYSTEM_PROMPT",
+    "HARK_SYSTEM_PROMPT_PARAM",
+    "HARK_TOKEN_TTL_S",
+    "HARK_TOOLS",
+    "HARK_TRANSFER_ALLOW",
+    "HARK_TRANSFER_FAILED_TEXT",
+    "HARK_TRANSFER_TEXT",
+    "HARK_TRUSTED_IDENTITY_HEADER",
+    "HARK_TTS_API_KEY",
+    "HARK_TTS_BASE_URL",
+    "HARK_TTS_INSTRUCTIONS",
+    "HARK_TTS_MODEL",
+    "HARK_TTS_SPEED",
+    "HARK_TTS_STALL_MS",
+    "HARK_TTS_TIMEOUT_MS",
+    "HARK_TTS_VOICE",
+    "HARK_TWILIO_API_BASE",
+    "HARK_TWILIO_CONVERSATIONS_BASE",
+    "HARK_VAD_MODE",
+    "HARK_VAD_RATE",
+    "HARK_WORKERS",
+    "HARK_WS_HANDSHAKE_TIMEOUT_S",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_API_KEY",
+    "TWILIO_API_SECRET",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_CONVERSATIONS_SERVICE_SID",
+    "TWILIO_PHONE_NUMBER",
+    "TWILIO_TWIML_APP_SID",
+    "TWILIO_VOICE_REGION",
+];
+
+/// The `HARK_*` variables among `names` that hark does not read (a typo such as `HARK_STOPMS`
+/// would otherwise be silently ignored), each with the nearest known name when one is close
+/// (Levenshtein distance ≤ 3).
+pub fn unknown_hark_variables<I, S>(names: I) -> Vec<(String, Option<&'static str>)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.as_ref();
+        if !name.starts_with("HARK_") || KNOWN_VARIABLES.contains(&name) {
+            continue;
+        }
+        let nearest = KNOWN_VARIABLES
+            .iter()
+            .map(|k| (strsim::levenshtein(name, k), *k))
+            .filter(|(d, _)| *d <= 3)
+            .min()
+            .map(|(_, k)| k);
+        out.push((name.to_string(), nearest));
+    }
+    out.sort();
+    out
 }
 
 #[cfg(test)]
@@ -452,5 +601,76 @@ mod tests {
         assert_eq!(c.stream_params, vec!["a", "b"]);
         assert_eq!(c.call.turn.stop_ms, 700);
         assert!(c.twilio_auth_token.is_none(), "empty counts as unset");
+    }
+
+    #[test]
+    fn unknown_hark_variables_get_the_nearest_known_name() {
+        let found = unknown_hark_variables([
+            "HARK_STOPMS",
+            "HARK_STOP_MS",
+            "PATH",
+            "HARK_TOTALLY_DIFFERENT_THING",
+        ]);
+        assert_eq!(
+            found,
+            vec![
+                ("HARK_STOPMS".to_string(), Some("HARK_STOP_MS")),
+                ("HARK_TOTALLY_DIFFERENT_THING".to_string(), None),
+            ]
+        );
+    }
+
+    /// Every `HARK_*`, `TWILIO_*`, `OPENAI_*` and `ELEVENLABS_*` name quoted in the sources is
+    /// in [`KNOWN_VARIABLES`], and every known name is still read somewhere.
+    #[test]
+    fn known_variables_match_the_sources() {
+        fn walk(dir: &std::path::Path, out: &mut String) {
+            for e in std::fs::read_dir(dir).expect("source folder") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push_str(&std::fs::read_to_string(&p).expect("source file"));
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut text = String::new();
+        walk(&root.join("src"), &mut text);
+        walk(&root.join("../engine/src"), &mut text);
+        // The list itself is not a read.
+        let start = text
+            .find("pub const KNOWN_VARIABLES")
+            .expect("the list is in config.rs");
+        let end = start + text[start..].find("];").expect("the list ends");
+        text.replace_range(start..end, "");
+        let mut quoted = std::collections::BTreeSet::new();
+        for prefix in ["\"HARK_", "\"TWILIO_", "\"OPENAI_", "\"ELEVENLABS_"] {
+            for (i, _) in text.match_indices(prefix) {
+                let rest = &text[i + 1..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                if rest[end..].starts_with('"') {
+                    quoted.insert(rest[..end].to_string());
+                }
+            }
+        }
+        // This file's own list and test strings are not reads.
+        for k in KNOWN_VARIABLES {
+            assert!(
+                quoted.contains(*k),
+                "{k} is in KNOWN_VARIABLES but not read anywhere"
+            );
+        }
+        for q in &quoted {
+            if q.ends_with('_') || q == "HARK_STOPMS" || q == "HARK_TOTALLY_DIFFERENT_THING" {
+                continue;
+            }
+            assert!(
+                KNOWN_VARIABLES.contains(&q.as_str()),
+                "{q} is read but missing from KNOWN_VARIABLES"
+            );
+        }
     }
 }

@@ -95,6 +95,22 @@ async fn serve() -> ExitCode {
         }
     };
     init_logs(config.log_format);
+    for (name, nearest) in
+        hark_gateway::config::unknown_hark_variables(std::env::vars().map(|(k, _)| k))
+    {
+        match nearest {
+            Some(n) => tracing::warn!(variable = name, "unknown setting: did you mean {n}?"),
+            None => tracing::warn!(variable = name, "unknown setting (not read by hark)"),
+        }
+    }
+    // Every setting is checked before listening: the gateway API's too.
+    let api = match hark_gateway::api::ApiState::from_lookup(|k| std::env::var(k).ok()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hark: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match hark_gateway::conns::raise_nofile_limit() {
         Ok(n) => info!(open_files = n, "RLIMIT_NOFILE raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
@@ -123,13 +139,6 @@ async fn serve() -> ExitCode {
             "TWILIO_AUTH_TOKEN is unset: media-stream upgrades and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
         );
     }
-    let api = match hark_gateway::api::ApiState::from_lookup(|k| std::env::var(k).ok()).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("hark: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     // Calls this node left open when it crashed or was killed: closed as `ended: crashed`.
     if let Err(e) = api.recover_crashed().await {
         error!(error = %e, "cannot close the calls left open by an earlier run");
@@ -180,8 +189,12 @@ async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // Settings such as TWILIO_AUTH_TOKEN may come from .env for every subcommand.
-    let _ = dotenvy::dotenv();
+    // Settings such as TWILIO_AUTH_TOKEN may come from .env for every subcommand; a malformed
+    // .env is an error, not a silently half-read configuration.
+    if let Err(e) = hark_gateway::config::load_dotenv() {
+        eprintln!("hark: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
