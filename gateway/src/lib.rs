@@ -29,9 +29,9 @@
 pub mod agents;
 pub mod api;
 pub mod config;
+pub mod conns;
 #[cfg(feature = "dev-tools")]
 pub mod dev;
-pub mod conns;
 pub mod metrics;
 pub mod pool;
 pub mod server;
