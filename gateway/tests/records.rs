@@ -646,6 +646,14 @@ async fn a_stream_only_call_gets_its_status_end_and_timeline() {
     setup.speed = 1.0;
     let report = simulator::run_call(setup).await.expect("call");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // The phone is done; the server's call task hands in the stream's end just after.
+    assert_eq!(
+        server
+            .state
+            .wait_idle(std::time::Duration::from_secs(5))
+            .await,
+        0
+    );
     assert!(api.flush().await);
     let call = api
         .store()
