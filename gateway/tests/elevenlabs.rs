@@ -233,15 +233,7 @@ async fn relay_multi_turn_through_the_media_stream() {
 
     // The call record: four turns, the first interrupted with what was heard (from marks)
     // and its heard words (from the alignment).
-    assert_eq!(server.state.wait_idle(Duration::from_secs(5)).await, 0);
-    assert!(server.api().flush().await);
-    let detail = server
-        .api()
-        .store()
-        .call(&call_sid)
-        .await
-        .unwrap()
-        .expect("call recorded");
+    let detail = server.record(&call_sid, Duration::from_secs(5)).await;
     let t0 = &detail.turns[0];
     assert!(t0.interrupted, "{:?}", detail.turns);
     let heard_ms = t0.heard_ms.expect("heard ms") as u64;

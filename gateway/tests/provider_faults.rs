@@ -140,15 +140,7 @@ async fn one_call(c: &Case) -> Outcome {
         .await
         .expect("the call ends")
         .unwrap();
-    assert_eq!(server.state.wait_idle(Duration::from_secs(10)).await, 0);
-    assert!(server.api().flush().await);
-    let detail = server
-        .api()
-        .store()
-        .call(&call_sid)
-        .await
-        .unwrap()
-        .expect("call recorded");
+    let detail = server.record(&call_sid, Duration::from_secs(10)).await;
     server.stop().await;
     let name = c.name;
     assert_eq!(detail.turns.len(), 1, "{name}: {:?}", detail.turns);

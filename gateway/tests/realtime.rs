@@ -170,15 +170,7 @@ async fn call_at(
         s.audio_in[..audio.len()] == audio[..],
         "caller μ-law appended untouched"
     );
-    assert_eq!(server.state.wait_idle(Duration::from_secs(5)).await, 0);
-    assert!(server.api().flush().await);
-    let detail = server
-        .api()
-        .store()
-        .call(&call_sid)
-        .await
-        .unwrap()
-        .expect("call recorded");
+    let detail = server.record(&call_sid, Duration::from_secs(5)).await;
     (r, s, detail)
 }
 

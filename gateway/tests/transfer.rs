@@ -98,15 +98,7 @@ async fn call(server: &Server) -> (Report, CallDetail, String) {
         .expect("the call ends")
         .unwrap();
     eprintln!("{}", simulator::format_table(&r));
-    assert_eq!(server.state.wait_idle(Duration::from_secs(10)).await, 0);
-    assert!(server.api().flush().await);
-    let detail = server
-        .api()
-        .store()
-        .call(&call_sid)
-        .await
-        .unwrap()
-        .expect("call recorded");
+    let detail = server.record(&call_sid, Duration::from_secs(10)).await;
     (r, detail, call_sid)
 }
 

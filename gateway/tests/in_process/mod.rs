@@ -64,6 +64,23 @@ impl Server {
             .expect("the server was started with the gateway API")
     }
 
+    /// The stored record of `call_sid`, once the server's call tasks have ended (within
+    /// `wait`) and every queued record is written.
+    pub async fn record(
+        &self,
+        call_sid: &str,
+        wait: std::time::Duration,
+    ) -> hark_gateway::api::store::CallDetail {
+        assert_eq!(self.state.wait_idle(wait).await, 0, "calls still running");
+        assert!(self.api().flush().await, "records could not be written");
+        self.api()
+            .store()
+            .call(call_sid)
+            .await
+            .unwrap()
+            .expect("call recorded")
+    }
+
     /// Shuts it down and waits until it has (live calls finish first).
     pub async fn stop(self) {
         let _ = self.stop.send(());
