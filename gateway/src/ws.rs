@@ -260,6 +260,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// Writes everything queued in `output`. Cancel-safe: what the kernel took is removed from
     /// the buffer, the rest stays queued for the next call.
     async fn flush_output(&mut self) -> std::io::Result<()> {
+        // The common case on every read: nothing queued, nothing to write or flush.
+        if !self.output.has_remaining() {
+            return Ok(());
+        }
         while self.output.has_remaining() {
             let n = self.io.write_buf(&mut self.output).await?;
             if n == 0 {
