@@ -117,7 +117,9 @@ fn drain(call: &mut Call, marks: &mut Vec<String>) -> usize {
                 }
             }
             Output::Timeout(_) => return n,
-            Output::Event(_) | Output::Provider(_) | Output::Close(_) => n += 1,
+            Output::Event(_) | Output::Provider(_) | Output::Close(_) | Output::Transfer { .. } => {
+                n += 1
+            }
         }
     }
 }

@@ -13,6 +13,9 @@ use hark_codecs::SampleRate;
 
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 
+mod fault;
+pub use fault::{FaultKind, ProviderFault};
+
 /// Identifies one provider pipe (an HTTP request, a WebSocket) opened by an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
@@ -164,14 +167,9 @@ pub enum ProviderEvent {
     Failed {
         /// The pipe.
         peer: PeerId,
-        /// What went wrong, for logs (for a non-2xx status: the start of the body).
-        error: String,
-        /// HTTP status, when the failure is one.
-        status: Option<u16>,
-        /// `Retry-After` (seconds) or `retry-after-ms`, as ms, when the response had one.
-        retry_after_ms: Option<u64>,
-        /// WebSocket close code, when the failure is a close.
-        close_code: Option<u16>,
+        /// What went wrong: its [`FaultKind`] (with the HTTP status or close code), details
+        /// for logs and the provider's `Retry-After`, ms.
+        fault: ProviderFault,
     },
 }
 
@@ -198,9 +196,10 @@ pub enum Action {
         /// Why, for logs and the call record.
         reason: String,
     },
-    /// Hand the call to `to` (E.164 number or SIP URI) after queued audio has played: the
-    /// call closes with [`crate::CloseReason::Transfer`] and the gateway redirects it through
-    /// Twilio's REST API. If that fails, the call goes on ([`Agent::on_transfer_failed`]).
+    /// Hand the call to `to` (E.164 number or SIP URI) after queued audio has played: the call
+    /// asks its driver to redirect it ([`crate::Output::Transfer`], a Twilio REST call update)
+    /// and holds meanwhile; once redirected it closes with [`crate::CloseReason::Transfer`]. If
+    /// that fails, the call goes on ([`Agent::on_transfer_failed`]).
     Transfer {
         /// Where to.
         to: String,
@@ -283,7 +282,8 @@ pub enum AgentReport {
         /// `stt`, `llm`, `tts`, `elevenlabs`, `realtime`, …
         provider: String,
         /// Short kind for metric labels: `http_401`, `http_429`, `http_5xx`, `timeout`,
-        /// `connect`, `stream_error`, `dropped`, `close_1008`, …
+        /// `connect`, `stream_error`, `dropped`, `close_1008`, … (a pipe's fault is named by
+        /// [`ProviderFault::label`] or [`ProviderFault::session_label`]).
         kind: String,
         /// Details for the log.
         detail: String,

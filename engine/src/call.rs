@@ -18,326 +18,22 @@ use crate::agent::{
     Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderCommand, ProviderEvent, UserTurn,
 };
 use crate::config::CallConfig;
-use crate::playout::{Interrupted, Playout, PlayoutEvent, PlayoutStats, Send, UtteranceId};
+use crate::playout::{Playout, PlayoutEvent, Send, UtteranceId};
 use crate::turn::{TurnDetector, TurnEvent, VoiceDetector};
 use crate::twilio::{self, Inbound, Track};
 
-/// An input to the call. Every input carries the time it happened (arrival at the driver).
-#[derive(Debug)]
-pub enum Input<'a> {
-    /// A text frame from Twilio's WebSocket.
-    Twilio {
-        /// Arrival time.
-        at: Instant,
-        /// The frame's text.
-        text: &'a str,
-    },
-    /// A binary frame from Twilio (Twilio sends only text; counted as malformed).
-    TwilioBinary {
-        /// Arrival time.
-        at: Instant,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// Twilio's socket closed (with or without `stop`).
-    TwilioClosed {
-        /// When.
-        at: Instant,
-    },
-    /// A provider pipe reported something.
-    Provider {
-        /// Arrival time.
-        at: Instant,
-        /// What happened.
-        event: ProviderEvent,
-    },
-    /// The deadline from the last [`Output::Timeout`] has come.
-    Timeout(Instant),
-    /// The call closed with [`CloseReason::Transfer`], but redirecting it failed (e.g. Twilio's
-    /// REST API refused or did not answer): the call goes on, with the socket still open, and
-    /// the agent is told ([`Agent::on_transfer_failed`](crate::Agent::on_transfer_failed)).
-    /// Ignored unless the call's last close was a transfer.
-    TransferFailed {
-        /// When.
-        at: Instant,
-        /// Why, for the agent and the logs.
-        reason: String,
-    },
-}
+mod events;
+mod turn_book;
 
-/// Why the call asks the driver to close Twilio's socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Twilio sent `stop`.
-    Stopped,
-    /// The agent hung up (reason given); queued audio has played.
-    Hangup(String),
-    /// The agent handed the call to this number or SIP URI; queued audio has played. The
-    /// driver leaves Twilio's socket open: closing it would make Twilio run the TwiML after
-    /// `</Connect>` (a hang-up) before the transfer lands. Whoever drives the call redirects
-    /// it (Twilio REST `POST …/Calls/{CallSid}.json` with `Twiml=<Dial>…`, which ends the
-    /// stream from Twilio's side) and then closes the socket.
-    Transfer(String),
-}
-
-/// What the driver must do next.
-#[derive(Debug)]
-pub enum Output<'a> {
-    /// Send this JSON text frame to Twilio.
-    Transmit(&'a str),
-    /// Carry out a provider command.
-    Provider(ProviderCommand),
-    /// Report an event (logs, metrics, the call record).
-    Event(Event),
-    /// Close Twilio's socket: for `<Connect><Stream>` that makes Twilio continue with the TwiML
-    /// after `</Connect>`.
-    Close(CloseReason),
-    /// Nothing more to do now; call [`Call::handle_input`] with [`Input::Timeout`] at this time
-    /// (`None`: only new input can wake the call).
-    Timeout(Option<Instant>),
-}
-
-/// Kinds of bad or unexpected input, each counted in [`CallStats::malformed`]. None of them ends
-/// the call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Malformed {
-    /// Not JSON, or JSON of the wrong shape.
-    Json,
-    /// A known event lacking a required field.
-    MissingField,
-    /// `media.payload` is not valid base64.
-    BadBase64,
-    /// `media.payload` decodes to nothing.
-    EmptyPayload,
-    /// A text frame over `max_message_bytes`.
-    TooLarge,
-    /// A binary frame.
-    Binary,
-    /// `media` (or `mark`/`dtmf`) before `start`.
-    BeforeStart,
-    /// A second `start`.
-    SecondStart,
-    /// A message after `stop`.
-    AfterStop,
-    /// `mediaFormat` other than μ-law 8 kHz mono.
-    UnsupportedFormat,
-    /// A `mark` echo hark never sent.
-    UnknownMark,
-    /// `streamSid` differs from the one in `start`.
-    WrongStream,
-}
-
-impl Malformed {
-    /// All kinds, in a fixed order (for metrics).
-    pub const ALL: [Malformed; 12] = [
-        Malformed::Json,
-        Malformed::MissingField,
-        Malformed::BadBase64,
-        Malformed::EmptyPayload,
-        Malformed::TooLarge,
-        Malformed::Binary,
-        Malformed::BeforeStart,
-        Malformed::SecondStart,
-        Malformed::AfterStop,
-        Malformed::UnsupportedFormat,
-        Malformed::UnknownMark,
-        Malformed::WrongStream,
-    ];
-
-    /// A stable snake_case name for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Malformed::Json => "json",
-            Malformed::MissingField => "missing_field",
-            Malformed::BadBase64 => "bad_base64",
-            Malformed::EmptyPayload => "empty_payload",
-            Malformed::TooLarge => "too_large",
-            Malformed::Binary => "binary",
-            Malformed::BeforeStart => "before_start",
-            Malformed::SecondStart => "second_start",
-            Malformed::AfterStop => "after_stop",
-            Malformed::UnsupportedFormat => "unsupported_format",
-            Malformed::UnknownMark => "unknown_mark",
-            Malformed::WrongStream => "wrong_stream",
-        }
-    }
-}
-
-/// A barge-in: the caller spoke over the agent and playback was cleared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BargeIn {
-    /// When the `clear` was emitted.
-    pub at: Instant,
-    /// Media time of the caller's first voiced frame.
-    pub speech_start_ms: u64,
-    /// Media time when the barge-in was decided (end of the deciding frame).
-    pub decided_ms: u64,
-    /// What was interrupted and what of it was heard.
-    pub interrupted: Interrupted,
-}
-
-impl BargeIn {
-    /// Media ms from the start of the first voiced frame to the decision (the `clear`).
-    pub fn delay_ms(&self) -> u64 {
-        self.decided_ms - self.speech_start_ms
-    }
-}
-
-/// Events for logs, metrics, the call record and tests. Times are `Instant`s of the inputs that
-/// caused them; `*_ms` are media times (ms of inbound audio since the stream started).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// `connected` arrived.
-    Connected,
-    /// `start` arrived.
-    Started(CallInfo),
-    /// The caller started speaking.
-    UserSpeechStarted {
-        /// Media time of the first voiced frame.
-        media_ms: u64,
-        /// Arrival of the frame that confirmed it.
-        at: Instant,
-    },
-    /// The caller's turn ended (endpointing), and was handed to the agent.
-    UserTurnEnded {
-        /// Media time of the first voiced frame.
-        start_ms: u64,
-        /// Media time at the end of the last voiced frame.
-        end_ms: u64,
-        /// Arrival of the last voiced frame.
-        speech_end_at: Instant,
-        /// When endpointing decided (`stop_ms` later).
-        at: Instant,
-        /// `max_utterance_ms` forced the end.
-        forced: bool,
-    },
-    /// Voice too short to be a turn (cough, click), dropped.
-    UserSpeechDiscarded {
-        /// Media time of the first voiced frame.
-        start_ms: u64,
-        /// Media time at the end of the last voiced frame.
-        end_ms: u64,
-    },
-    /// The first `media` of an agent utterance was sent.
-    AgentAudioStarted {
-        /// The utterance.
-        id: UtteranceId,
-        /// When.
-        at: Instant,
-        /// Time since the caller's last voiced frame arrived, when this answers a turn: the
-        /// engine-side voice-to-voice latency (endpointing wait included).
-        since_user_end: Option<Duration>,
-        /// The answer began while hark's endpointing still held the caller's turn open (a
-        /// provider that ends turns itself did so first, after at least
-        /// [`Call::EARLY_ANSWER_SILENCE`] of silence): its [`Event::UserTurnEnded`] follows.
-        before_turn_end: bool,
-    },
-    /// The first mark of an agent utterance was echoed: the caller heard it begin.
-    AgentAudioHeard {
-        /// The utterance.
-        id: UtteranceId,
-        /// When the echo arrived.
-        at: Instant,
-        /// When this utterance answers a turn: caller's last voiced frame → the caller began
-        /// hearing the answer (the echo's arrival minus the audio the mark covers, as Twilio
-        /// echoes a mark once playback reaches it). Voice-to-voice latency at the phone, as
-        /// far as hark can see it; the echo's trip back to hark makes it a slight over-estimate.
-        since_user_end: Option<Duration>,
-        /// As for [`Event::AgentAudioStarted`]: the answer's turn had not been ended by hark
-        /// when the answer began.
-        before_turn_end: bool,
-    },
-    /// An agent utterance played to the end.
-    UtterancePlayed {
-        /// The utterance.
-        id: UtteranceId,
-        /// Audio heard, ms.
-        heard_ms: u64,
-    },
-    /// The caller barged in.
-    BargeIn(BargeIn),
-    /// The caller pressed a key.
-    Dtmf {
-        /// The digit.
-        digit: String,
-        /// When.
-        at: Instant,
-    },
-    /// Bad input, counted and skipped.
-    Malformed {
-        /// What kind.
-        kind: Malformed,
-        /// Details for the log.
-        detail: String,
-    },
-    /// Something the agent reported: transcripts, stage latencies, provider faults, tools.
-    Agent(crate::agent::AgentReport),
-    /// The agent asked to transfer the call. The call closes with [`CloseReason::Transfer`]
-    /// once the audio queued before the request has played.
-    TransferRequested {
-        /// Destination.
-        to: String,
-    },
-    /// A transfer could not be carried out ([`Input::TransferFailed`]); the call goes on.
-    TransferFailed {
-        /// Where it was to go.
-        to: String,
-        /// Why it failed.
-        reason: String,
-    },
-    /// `stop` arrived or the socket closed.
-    Stopped {
-        /// When.
-        at: Instant,
-    },
-}
-
-/// Counters for one call.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallStats {
-    /// Text frames received.
-    pub messages: u64,
-    /// `media` messages accepted (inbound track).
-    pub media_messages: u64,
-    /// 20 ms frames run through the VAD.
-    pub frames: u64,
-    /// Inbound audio, ms (from payload bytes).
-    pub inbound_ms: u64,
-    /// Malformed inputs by kind, in [`Malformed::ALL`] order.
-    pub malformed: [u64; 12],
-    /// JSON fields the parser skipped (extra fields).
-    pub ignored_fields: u64,
-    /// Messages with an unknown `event`.
-    pub unknown_events: u64,
-    /// `media` on tracks other than inbound (skipped).
-    pub other_track: u64,
-    /// Caller turns handed to the agent.
-    pub turns: u64,
-    /// Voice discarded as too short.
-    pub discarded: u64,
-    /// Barge-ins.
-    pub barge_ins: u64,
-    /// Playout totals.
-    pub playout: PlayoutStats,
-}
-
-impl CallStats {
-    /// Total malformed inputs of all kinds.
-    pub fn malformed_total(&self) -> u64 {
-        self.malformed.iter().sum()
-    }
-
-    /// Count of one kind.
-    pub fn malformed(&self, kind: Malformed) -> u64 {
-        self.malformed[Malformed::ALL.iter().position(|k| *k == kind).unwrap_or(0)]
-    }
-}
+pub use events::*;
+use turn_book::TurnBook;
 
 enum Pending {
     Tx(String),
     Provider(ProviderCommand),
     Event(Event),
     Close(CloseReason),
+    Transfer(String),
 }
 
 const FRAME_8K: usize = 160;
@@ -378,9 +74,16 @@ pub struct Call {
     /// An answer began while the caller's turn was still open (see
     /// [`Event::AgentAudioStarted::before_turn_end`]); that turn's end is not timed again.
     open_turn_answered: bool,
-    /// The call closed for a transfer to this target, not yet confirmed or failed.
+    /// A transfer to this target is in flight ([`Output::Transfer`]): the call holds.
     transferring: Option<String>,
+    /// Provider events that came while the call held for a transfer, with their arrival: the
+    /// agent gets them if the transfer fails.
+    deferred: Vec<(Instant, ProviderEvent)>,
+    /// Transfers that failed so far.
+    failed_transfers: u32,
     barged_this_speech: bool,
+    /// Which caller turn each event and report belongs to.
+    book: TurnBook,
     // Output.
     out: VecDeque<Pending>,
     pool: Vec<String>,
@@ -447,7 +150,10 @@ impl Call {
             answer_of: None,
             open_turn_answered: false,
             transferring: None,
+            deferred: Vec::new(),
+            failed_transfers: 0,
             barged_this_speech: false,
+            book: TurnBook::new(!vad_barge_in),
             out: VecDeque::with_capacity(16),
             pool: Vec::with_capacity(16),
             current: String::new(),
@@ -492,6 +198,10 @@ impl Call {
     /// `stop_ms`), rather than more of the previous answer playing while the caller talks.
     pub const EARLY_ANSWER_SILENCE: Duration = Duration::from_millis(150);
 
+    /// After this many failed transfers the call hangs up (an agent that keeps asking for one
+    /// would otherwise loop).
+    pub const MAX_FAILED_TRANSFERS: u32 = 3;
+
     /// Whether agent audio is still unplayed (queued or not yet confirmed by a mark).
     pub fn agent_speaking(&self) -> bool {
         self.playout.is_speaking()
@@ -522,32 +232,27 @@ impl Call {
             }
             Input::Provider { at, event } => {
                 self.now = Some(at);
-                if !self.stopped {
+                if self.transferring.is_some() && !self.stopped {
+                    self.deferred.push((at, event));
+                } else if !self.stopped {
                     let mut actions = std::mem::take(&mut self.actions);
                     self.agent.on_provider(at, event, &mut actions);
                     self.run_actions(at, &mut actions);
                     self.actions = actions;
                 }
             }
-            Input::TransferFailed { at, reason } => {
+            Input::Transfer { at, outcome } => {
                 self.now = Some(at);
                 if let Some(to) = self.transferring.take() {
-                    // The socket is still open (the driver leaves it so for a transfer).
-                    self.stopped = false;
-                    self.event(Event::TransferFailed {
-                        to: to.clone(),
-                        reason: reason.clone(),
-                    });
-                    let mut actions = std::mem::take(&mut self.actions);
-                    self.agent
-                        .on_transfer_failed(at, &to, &reason, &mut actions);
-                    self.run_actions(at, &mut actions);
-                    self.actions = actions;
+                    self.on_transfer(at, to, outcome);
                 }
             }
             Input::Timeout(at) => {
                 self.now = Some(at);
-                if self.agent_wake.is_some_and(|w| w <= at) && !self.stopped {
+                if self.agent_wake.is_some_and(|w| w <= at)
+                    && !self.stopped
+                    && self.transferring.is_none()
+                {
                     self.agent_wake = None;
                     let mut actions = std::mem::take(&mut self.actions);
                     self.agent.on_timeout(at, &mut actions);
@@ -574,6 +279,7 @@ impl Call {
             Some(Pending::Provider(c)) => Output::Provider(c),
             Some(Pending::Event(e)) => Output::Event(e),
             Some(Pending::Close(r)) => Output::Close(r),
+            Some(Pending::Transfer(to)) => Output::Transfer { to },
             None => Output::Timeout(self.next_timeout()),
         }
     }
@@ -584,7 +290,9 @@ impl Call {
         }
         let now = self.now?;
         let a = self.playout.next_wake(now);
-        match (a, self.agent_wake) {
+        // The agent sleeps while the call holds for a transfer.
+        let agent_wake = self.agent_wake.filter(|_| self.transferring.is_none());
+        match (a, agent_wake) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -648,33 +356,7 @@ impl Call {
         }
         match parsed.message {
             Inbound::Connected => self.event(Event::Connected),
-            Inbound::Start(start) => {
-                if self.info.is_some() {
-                    self.malformed(Malformed::SecondStart, "second start ignored".into());
-                    return;
-                }
-                if start.encoding != "audio/x-mulaw"
-                    || start.sample_rate != 8000
-                    || start.channels != 1
-                {
-                    let detail = format!(
-                        "mediaFormat {} {} Hz x{}: treating as audio/x-mulaw 8000 Hz mono",
-                        start.encoding, start.sample_rate, start.channels
-                    );
-                    self.malformed(Malformed::UnsupportedFormat, detail);
-                }
-                let info = CallInfo {
-                    call_sid: start.call_sid,
-                    stream_sid: start.stream_sid,
-                    parameters: start.custom_parameters,
-                };
-                self.info = Some(info.clone());
-                self.event(Event::Started(info.clone()));
-                let mut actions = std::mem::take(&mut self.actions);
-                self.agent.on_start(at, &info, &mut actions);
-                self.run_actions(at, &mut actions);
-                self.actions = actions;
-            }
+            Inbound::Start(start) => self.on_start(at, *start),
             Inbound::Media(m) => {
                 if self.info.is_none() {
                     self.malformed(Malformed::BeforeStart, "media before start".into());
@@ -705,6 +387,9 @@ impl Call {
                     digit: digit.clone(),
                     at,
                 });
+                if self.transferring.is_some() {
+                    return;
+                }
                 let mut actions = std::mem::take(&mut self.actions);
                 self.agent.on_dtmf(at, &digit, &mut actions);
                 self.run_actions(at, &mut actions);
@@ -733,6 +418,32 @@ impl Call {
         }
     }
 
+    /// `start`: the stream's facts (once), then the agent's greeting.
+    fn on_start(&mut self, at: Instant, start: twilio::Start) {
+        if self.info.is_some() {
+            self.malformed(Malformed::SecondStart, "second start ignored".into());
+            return;
+        }
+        if start.encoding != "audio/x-mulaw" || start.sample_rate != 8000 || start.channels != 1 {
+            let detail = format!(
+                "mediaFormat {} {} Hz x{}: treating as audio/x-mulaw 8000 Hz mono",
+                start.encoding, start.sample_rate, start.channels
+            );
+            self.malformed(Malformed::UnsupportedFormat, detail);
+        }
+        let info = CallInfo {
+            call_sid: start.call_sid,
+            stream_sid: start.stream_sid,
+            parameters: start.custom_parameters,
+        };
+        self.info = Some(info.clone());
+        self.event(Event::Started(info.clone()));
+        let mut actions = std::mem::take(&mut self.actions);
+        self.agent.on_start(at, &info, &mut actions);
+        self.run_actions(at, &mut actions);
+        self.actions = actions;
+    }
+
     fn stop(&mut self, at: Instant, by_message: bool) {
         if self.stopped {
             return;
@@ -752,6 +463,46 @@ impl Call {
         if by_message {
             self.out.push_back(Pending::Close(CloseReason::Stopped));
         }
+    }
+
+    /// The outcome of the transfer to `to` came back.
+    fn on_transfer(&mut self, at: Instant, to: String, outcome: TransferOutcome) {
+        let deferred = std::mem::take(&mut self.deferred);
+        let reason = match outcome {
+            TransferOutcome::Redirected => {
+                if !self.stopped {
+                    self.stop(at, false);
+                    self.out
+                        .push_back(Pending::Close(CloseReason::Transfer(to)));
+                }
+                return;
+            }
+            TransferOutcome::Failed { reason } => reason,
+        };
+        self.failed_transfers += 1;
+        self.event(Event::TransferFailed {
+            to: to.clone(),
+            reason: reason.clone(),
+        });
+        if self.stopped {
+            return;
+        }
+        if self.failed_transfers >= Self::MAX_FAILED_TRANSFERS {
+            self.stop(at, false);
+            let why = format!("{} transfers failed", self.failed_transfers);
+            self.out.push_back(Pending::Close(CloseReason::Hangup(why)));
+            return;
+        }
+        // The call goes on: the agent is told, then gets what its providers said meanwhile.
+        let mut actions = std::mem::take(&mut self.actions);
+        self.agent
+            .on_transfer_failed(at, &to, &reason, &mut actions);
+        self.run_actions(at, &mut actions);
+        for (t, event) in deferred {
+            self.agent.on_provider(t, event, &mut actions);
+            self.run_actions(t, &mut actions);
+        }
+        self.actions = actions;
     }
 
     fn on_audio(&mut self, at: Instant, ulaw: &[u8]) {
@@ -774,118 +525,37 @@ impl Call {
         let frame_start = self.media_ms;
         self.media_ms += 20;
         self.stats.inbound_ms += 20;
+        // Holding for a transfer: the caller is not listened to.
+        if self.transferring.is_some() {
+            return;
+        }
         if let Some(up) = self.up.as_mut() {
             self.pcm16.clear();
             if up.process(&self.pcm8, &mut self.pcm16).is_err() {
                 self.pcm16.resize(320, 0);
             }
         }
-        let voiced = if self.cfg.vad.rate == SampleRate::HZ_16000 {
-            self.vad.is_voiced(&self.pcm16)
-        } else {
-            self.vad.is_voiced(&self.pcm8)
-        };
+        let vad_16 = self.cfg.vad.rate == SampleRate::HZ_16000;
+        let voiced = self.vad.is_voiced(at_rate(vad_16, &self.pcm8, &self.pcm16));
         if voiced {
             self.last_voiced_at = Some(at);
         }
-        let agent_pcm_16 = self.cfg.agent_rate == SampleRate::HZ_16000;
+        let agent_16 = self.cfg.agent_rate == SampleRate::HZ_16000;
         let mut actions = std::mem::take(&mut self.actions);
         if self.needs.streaming_audio {
-            let pcm: &[i16] = if agent_pcm_16 {
-                &self.pcm16
-            } else {
-                &self.pcm8
-            };
             let frame = AudioFrame {
                 media_ms: frame_start,
                 mulaw: &self.frame_ulaw,
-                pcm,
+                pcm: at_rate(agent_16, &self.pcm8, &self.pcm16),
                 voiced,
             };
             self.agent.on_audio(at, &frame, &mut actions);
         }
-        // Utterance capture at the agent rate.
         if self.needs.utterance_audio {
-            let pcm: &[i16] = if agent_pcm_16 {
-                &self.pcm16
-            } else {
-                &self.pcm8
-            };
-            if self.turn.is_speaking() {
-                self.utterance.extend_from_slice(pcm);
-            } else {
-                let cap = self.preroll.capacity().max(1);
-                for &s in pcm {
-                    if self.preroll.len() == cap {
-                        self.preroll.pop_front();
-                    }
-                    self.preroll.push_back(s);
-                }
-            }
+            self.capture(agent_16);
         }
-        match self.turn.on_frame(frame_start, 20, voiced) {
-            Some(TurnEvent::SpeechStart { start_ms }) => {
-                self.barged_this_speech = false;
-                if self.needs.utterance_audio {
-                    self.utterance.clear();
-                    self.utterance.extend(self.preroll.drain(..));
-                    let have_ms = self.cfg.agent_rate.ms_of(self.utterance.len());
-                    self.utterance_start_ms = self.media_ms.saturating_sub(have_ms);
-                }
-                self.event(Event::UserSpeechStarted {
-                    media_ms: start_ms,
-                    at,
-                });
-                self.agent.on_user_speech_start(at, start_ms, &mut actions);
-            }
-            Some(TurnEvent::SpeechEnd {
-                start_ms,
-                end_ms,
-                forced,
-            }) => {
-                self.stats.turns += 1;
-                let speech_end_at = self.last_voiced_at.unwrap_or(at);
-                // Unless its answer has already begun (a provider endpointed first).
-                if !std::mem::take(&mut self.open_turn_answered) {
-                    self.user_end_at = Some(speech_end_at);
-                }
-                let audio = if self.needs.utterance_audio {
-                    let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
-                    let keep = self
-                        .cfg
-                        .agent_rate
-                        .samples_in_ms(keep_ms)
-                        .min(self.utterance.len());
-                    self.utterance.truncate(keep);
-                    std::mem::take(&mut self.utterance)
-                } else {
-                    Vec::new()
-                };
-                self.event(Event::UserTurnEnded {
-                    start_ms,
-                    end_ms,
-                    speech_end_at,
-                    at,
-                    forced,
-                });
-                self.agent.on_user_turn(
-                    at,
-                    UserTurn {
-                        start_ms,
-                        end_ms,
-                        audio,
-                        rate: self.cfg.agent_rate,
-                    },
-                    &mut actions,
-                );
-            }
-            Some(TurnEvent::Discarded { start_ms, end_ms }) => {
-                self.stats.discarded += 1;
-                self.open_turn_answered = false;
-                self.utterance.clear();
-                self.event(Event::UserSpeechDiscarded { start_ms, end_ms });
-            }
-            None => {}
+        if let Some(ev) = self.turn.on_frame(frame_start, 20, voiced) {
+            self.on_turn_event(at, ev, &mut actions);
         }
         // Barge-in: enough caller voice while agent audio is unplayed.
         if self.vad_barge_in
@@ -902,6 +572,107 @@ impl Call {
         self.actions = actions;
     }
 
+    /// Utterance capture at the agent rate: the open turn's audio, or the pre-roll before it.
+    fn capture(&mut self, agent_16: bool) {
+        let pcm = at_rate(agent_16, &self.pcm8, &self.pcm16);
+        if self.turn.is_speaking() {
+            self.utterance.extend_from_slice(pcm);
+        } else {
+            let cap = self.preroll.capacity().max(1);
+            for &s in pcm {
+                if self.preroll.len() == cap {
+                    self.preroll.pop_front();
+                }
+                self.preroll.push_back(s);
+            }
+        }
+    }
+
+    /// The turn detector's verdict on this frame: speech started, a turn ended (handed to the
+    /// agent), or speech too short dropped.
+    fn on_turn_event(&mut self, at: Instant, ev: TurnEvent, actions: &mut Vec<Action>) {
+        match ev {
+            TurnEvent::SpeechStart { start_ms } => {
+                self.barged_this_speech = false;
+                if self.needs.utterance_audio {
+                    self.utterance.clear();
+                    self.utterance.extend(self.preroll.drain(..));
+                    let have_ms = self.cfg.agent_rate.ms_of(self.utterance.len());
+                    self.utterance_start_ms = self.media_ms.saturating_sub(have_ms);
+                }
+                self.event(Event::UserSpeechStarted {
+                    turn: self.book.current(),
+                    media_ms: start_ms,
+                    at,
+                });
+                self.agent.on_user_speech_start(at, start_ms, actions);
+            }
+            TurnEvent::SpeechEnd {
+                start_ms,
+                end_ms,
+                forced,
+            } => self.end_turn(at, start_ms, end_ms, forced, actions),
+            TurnEvent::Discarded { start_ms, end_ms } => {
+                self.stats.discarded += 1;
+                self.open_turn_answered = false;
+                self.utterance.clear();
+                let (turn, kept) = self.book.discard();
+                self.event(Event::UserSpeechDiscarded {
+                    turn,
+                    kept,
+                    start_ms,
+                    end_ms,
+                });
+            }
+        }
+    }
+
+    /// Endpointing ended the caller's turn (media time `start_ms`–`end_ms`): its audio goes to
+    /// the agent.
+    fn end_turn(
+        &mut self,
+        at: Instant,
+        start_ms: u64,
+        end_ms: u64,
+        forced: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        self.stats.turns += 1;
+        let speech_end_at = self.last_voiced_at.unwrap_or(at);
+        // Unless its answer has already begun (a provider endpointed first).
+        if !std::mem::take(&mut self.open_turn_answered) {
+            self.user_end_at = Some(speech_end_at);
+        }
+        let audio = if self.needs.utterance_audio {
+            let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
+            let keep = self
+                .cfg
+                .agent_rate
+                .samples_in_ms(keep_ms)
+                .min(self.utterance.len());
+            self.utterance.truncate(keep);
+            std::mem::take(&mut self.utterance)
+        } else {
+            Vec::new()
+        };
+        let turn = self.book.end();
+        self.event(Event::UserTurnEnded {
+            turn,
+            start_ms,
+            end_ms,
+            speech_end_at,
+            at,
+            forced,
+        });
+        let user_turn = UserTurn {
+            start_ms,
+            end_ms,
+            audio,
+            rate: self.cfg.agent_rate,
+        };
+        self.agent.on_user_turn(at, user_turn, actions);
+    }
+
     fn barge_in(
         &mut self,
         at: Instant,
@@ -912,6 +683,7 @@ impl Call {
         let Some(interrupted) = self.playout.clear() else {
             return;
         };
+        let turn = self.book.answer_event();
         // `clear` goes out before anything else queued after it.
         let mut s = self.buf();
         if let Some(info) = &self.info {
@@ -930,6 +702,7 @@ impl Call {
             at,
             speech_start_ms,
             decided_ms,
+            turn,
             interrupted,
         }));
     }
@@ -967,7 +740,14 @@ impl Call {
                         self.event(Event::TransferRequested { to });
                     }
                 }
-                Action::Report(r) => self.event(Event::Agent(r)),
+                Action::Report(report) => {
+                    let cx = turn_book::ReportContext {
+                        turn_open: self.turn.speech_start_ms().is_some(),
+                        agent_speaking: self.playout.is_speaking(),
+                    };
+                    let turn = self.book.report(&report, cx);
+                    self.event(Event::Agent { turn, report });
+                }
                 Action::WakeAt(t) => {
                     self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));
                 }
@@ -1018,11 +798,14 @@ impl Call {
             && !self.playout.is_speaking()
         {
             self.closing = None;
-            self.stopped = true;
-            if let CloseReason::Transfer(to) = &reason {
+            if let CloseReason::Transfer(to) = reason {
+                // The socket stays open while the driver redirects the call.
                 self.transferring = Some(to.clone());
+                self.out.push_back(Pending::Transfer(to));
+            } else {
+                self.stopped = true;
+                self.out.push_back(Pending::Close(reason));
             }
-            self.out.push_back(Pending::Close(reason));
         }
     }
 
@@ -1051,8 +834,10 @@ impl Call {
                         self.answer_of = Some((id, u, before_turn_end));
                     }
                     let since = user_end.map(|u| at.saturating_duration_since(u));
+                    let turn = self.book.audio_started(before_turn_end);
                     self.event(Event::AgentAudioStarted {
                         id,
+                        turn,
                         at,
                         since_user_end: since,
                         before_turn_end,
@@ -1072,15 +857,18 @@ impl Call {
                         }
                         _ => (None, false),
                     };
+                    let turn = self.book.audio_heard(before_turn_end);
                     self.event(Event::AgentAudioHeard {
                         id,
+                        turn,
                         at,
                         since_user_end,
                         before_turn_end,
                     })
                 }
                 PlayoutEvent::Played { id, heard_ms, .. } => {
-                    self.event(Event::UtterancePlayed { id, heard_ms });
+                    let turn = self.book.answer_event();
+                    self.event(Event::UtterancePlayed { id, turn, heard_ms });
                     let mut actions = std::mem::take(&mut self.actions);
                     self.agent.on_played(at, id, &mut actions);
                     self.run_actions(at, &mut actions);
@@ -1089,4 +877,9 @@ impl Call {
             }
         }
     }
+}
+
+/// The frame's PCM at 16 kHz (`sixteen`) or 8 kHz.
+fn at_rate<'a>(sixteen: bool, pcm8: &'a [i16], pcm16: &'a [i16]) -> &'a [i16] {
+    if sixteen { pcm16 } else { pcm8 }
 }

@@ -11,13 +11,14 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear` |
-//! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, events |
+//! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear`; `twilio/peer.rs` Twilio's side for simulators and tests |
+//! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, transfers on hold; `call/events.rs` its inputs, outputs and events; `call/turn_book.rs` which caller turn ([`TurnId`]) each event and report belongs to |
 //! | [`turn`] | VAD (webrtc-vad behind an adaptive noise gate) and the turn detector (speech start, end of turn) |
 //! | [`playout`] | paced outbound audio (resample → μ-law → 20 ms frames) with marks, and what the caller heard from mark echoes |
 //! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
 //! | [`agents`] | the real agents, sans-IO: `cascade` (STT → LLM → TTS), `elevenlabs`, `realtime` |
 //! | [`config`] | [`CallConfig`]: VAD, turn-taking and playout settings, with units |
+//! | [`dial`] | where a call can be handed: E.164 numbers and SIP URIs |
 //! | [`sim`] (feature `sim`) | the virtual phone: plays outbound audio in (virtual) real time, echoes marks, honours `clear` |
 //! | `error` | [`Error`], the crate's error type |
 //! | [`io`] (feature `io`) | the tokio driver ([`io::drive`]) and provider connectors (`io::http`, `io::ws`): the only code that reads the clock or touches a socket |
@@ -29,6 +30,7 @@ pub mod agent;
 pub mod agents;
 pub mod call;
 pub mod config;
+pub mod dial;
 mod error;
 #[cfg(feature = "io")]
 pub mod io;
@@ -39,7 +41,9 @@ pub mod turn;
 pub mod twilio;
 
 pub use agent::{Action, Agent, EchoAgent};
-pub use call::{BargeIn, Call, CallStats, CloseReason, Event, Input, Malformed, Output};
+pub use call::{
+    BargeIn, Call, CallStats, CloseReason, Event, Input, Malformed, Output, TransferOutcome, TurnId,
+};
 pub use config::CallConfig;
 pub use error::Error;
 pub use playout::{AgentAudio, UtteranceId};

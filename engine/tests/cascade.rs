@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{Pending, Provider, TestCall, arrival_times, load, ms, segments};
 use hark_engine::agent::{
-    AgentReport, HttpBody, HttpRequest, OpenSpec, PeerId, ProviderCommand, ProviderEvent,
-    ProviderMessage, Role, Stage,
+    AgentReport, FaultKind, HttpBody, HttpRequest, OpenSpec, PeerId, ProviderCommand,
+    ProviderEvent, ProviderFault, ProviderMessage, Role, Stage,
 };
 use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
 use hark_engine::call::CloseReason;
@@ -265,22 +265,16 @@ impl Fake {
         };
         let fault = fault.filter(|_| stall_after.is_none());
         if let Some(f) = fault {
-            let failed =
-                |error: &str, status: Option<u16>, ra: Option<u64>| ProviderEvent::Failed {
-                    peer,
-                    error: error.to_string(),
-                    status,
-                    retry_after_ms: ra,
-                    close_code: None,
-                };
+            let failed = |fault: ProviderFault| ProviderEvent::Failed { peer, fault };
+            let fail = |k: FaultKind, detail: &str| failed(ProviderFault::new(k, detail));
             match f {
                 Fault::Status(code, ra) => ev.push((
                     50,
-                    failed(
-                        &format!("status: {code}: {{\"error\":{{\"message\":\"injected\",\"type\":\"x\",\"param\":null,\"code\":null}}}}"),
-                        Some(code),
+                    failed(ProviderFault::status(
+                        code,
+                        r#"{"error":{"message":"injected","type":"x","param":null,"code":null}}"#,
                         ra,
-                    ),
+                    )),
                 )),
                 Fault::Hang => {}
                 Fault::StreamError => {
@@ -294,7 +288,7 @@ impl Fake {
                     if kind == Kind::Llm {
                         ev.push((100, msg(&chunk(Some(""), None, None))));
                     }
-                    ev.push((120, failed("dropped: connection reset by peer", None, None)));
+                    ev.push((120, fail(FaultKind::Dropped, "connection reset by peer")));
                 }
                 Fault::DroppedAfterAudio => {
                     let t = self.lat.ttfb;
@@ -306,9 +300,9 @@ impl Fake {
                             message: ProviderMessage::Binary(pcm_bytes(1, 0)[..4800].to_vec()),
                         },
                     ));
-                    ev.push((t + 30, failed("dropped: connection reset by peer", None, None)));
+                    ev.push((t + 30, fail(FaultKind::Dropped, "connection reset by peer")));
                 }
-                Fault::Connect => ev.push((1, failed("connect: connection refused", None, None))),
+                Fault::Connect => ev.push((1, fail(FaultKind::Connect, "connection refused"))),
                 Fault::Empty => {
                     ev.push((50, opened));
                     ev.push((50, ProviderEvent::Closed { peer }));
@@ -318,13 +312,12 @@ impl Fake {
                     assert!(!req.accept.iter().any(|a| a == "text/html" || a == "text/*"));
                     ev.push((
                         50,
-                        failed(
+                        fail(
+                            FaultKind::ContentType,
                             &format!(
-                                "content_type: 200 answered with \"text/html; charset=utf-8\", expected {}: {HTML}",
+                                "200 answered with \"text/html; charset=utf-8\", expected {}: {HTML}",
                                 req.accept.join(" or ")
                             ),
-                            None,
-                            None,
                         ),
                     ));
                 }

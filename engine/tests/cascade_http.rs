@@ -16,8 +16,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hark_engine::agent::{
-    HttpBody, HttpRequest, MultipartPart, OpenSpec, PeerId, ProviderCommand, ProviderEvent,
-    ProviderMessage, ResponseMode,
+    FaultKind, HttpBody, HttpRequest, MultipartPart, OpenSpec, PeerId, ProviderCommand,
+    ProviderEvent, ProviderMessage, ResponseMode,
 };
 use hark_engine::io::http::{self, Client};
 use hark_engine::io::{Connectors, Providers};
@@ -441,19 +441,16 @@ async fn non_2xx_report_status_retry_after_and_body() {
         )
         .await;
         assert_eq!(evs.len(), 1, "{evs:?}");
-        let ProviderEvent::Failed {
-            status,
-            retry_after_ms,
-            error,
-            ..
-        } = &evs[0].1
-        else {
+        let ProviderEvent::Failed { fault, .. } = &evs[0].1 else {
             panic!("{evs:?}")
         };
-        assert_eq!(*status, Some(code));
-        assert_eq!(*retry_after_ms, retry, "{code}");
-        assert!(error.starts_with(http::ERR_STATUS), "{error}");
-        assert!(error.contains(&format!("\"code\":\"c{code}\"")), "{error}");
+        assert_eq!(fault.http_status(), Some(code));
+        assert_eq!(fault.retry_after_ms, retry, "{code}");
+        assert_eq!(fault.kind, FaultKind::Status(code), "{fault}");
+        assert!(
+            fault.detail.contains(&format!("\"code\":\"c{code}\"")),
+            "{fault}"
+        );
     }
 }
 
@@ -470,11 +467,11 @@ async fn timeouts_refusals_and_drops_fail_with_their_kind() {
     );
     r.timeout_ms = Some(200);
     let evs = collect(&client, r).await;
-    let (t, ProviderEvent::Failed { error, status, .. }) = &evs[0] else {
+    let (t, ProviderEvent::Failed { fault, .. }) = &evs[0] else {
         panic!("{evs:?}")
     };
-    assert!(error.starts_with(http::ERR_TIMEOUT), "{error}");
-    assert_eq!(*status, None);
+    assert_eq!(fault.kind, FaultKind::Timeout, "{fault}");
+    assert_eq!(fault.http_status(), None);
     assert!(*t >= Duration::from_millis(190) && *t < Duration::from_secs(2));
 
     // Nothing listens on a port just released.
@@ -491,10 +488,10 @@ async fn timeouts_refusals_and_drops_fail_with_their_kind() {
         ),
     )
     .await;
-    let ProviderEvent::Failed { error, .. } = &evs[0].1 else {
+    let ProviderEvent::Failed { fault, .. } = &evs[0].1 else {
         panic!("{evs:?}")
     };
-    assert!(error.starts_with(http::ERR_CONNECT), "{error}");
+    assert_eq!(fault.kind, FaultKind::Connect, "{fault}");
 
     // The server breaks the connection after the first chunk.
     let evs = collect(
@@ -509,11 +506,11 @@ async fn timeouts_refusals_and_drops_fail_with_their_kind() {
     .await;
     assert!(matches!(evs[0].1, ProviderEvent::Opened { .. }));
     assert!(matches!(evs[1].1, ProviderEvent::Message { .. }));
-    let ProviderEvent::Failed { error, status, .. } = &evs.last().unwrap().1 else {
+    let ProviderEvent::Failed { fault, .. } = &evs.last().unwrap().1 else {
         panic!("{evs:?}")
     };
-    assert!(error.starts_with(http::ERR_DROPPED), "{error}");
-    assert_eq!(*status, None);
+    assert_eq!(fault.kind, FaultKind::Dropped, "{fault}");
+    assert_eq!(fault.http_status(), None);
 
     // A request that cannot be built.
     let evs = collect(
@@ -526,10 +523,10 @@ async fn timeouts_refusals_and_drops_fail_with_their_kind() {
         ),
     )
     .await;
-    let ProviderEvent::Failed { error, .. } = &evs[0].1 else {
+    let ProviderEvent::Failed { fault, .. } = &evs[0].1 else {
         panic!("{evs:?}")
     };
-    assert!(error.starts_with(http::ERR_REQUEST), "{error}");
+    assert_eq!(fault.kind, FaultKind::Request, "{fault}");
 }
 
 /// A 2xx answer of a type the request does not accept is a fault of its own kind, and nothing
@@ -556,11 +553,12 @@ async fn wrong_content_type_fails_the_pipe() {
         r.accept = accept.clone();
         let evs = collect(&client, r).await;
         assert_eq!(evs.len(), 1, "{path}: {evs:?}");
-        let ProviderEvent::Failed { error, status, .. } = &evs[0].1 else {
+        let ProviderEvent::Failed { fault, .. } = &evs[0].1 else {
             panic!("{path}: {evs:?}")
         };
-        assert!(error.starts_with(http::ERR_CONTENT_TYPE), "{error}");
-        assert_eq!(*status, None, "the status itself was fine");
+        assert_eq!(fault.kind, FaultKind::ContentType, "{fault}");
+        assert_eq!(fault.http_status(), None, "the status itself was fine");
+        let error = &fault.detail;
         assert!(error.contains(&accept[0]), "{error}");
         if path == "html" {
             assert!(error.contains("text/html"), "{error}");

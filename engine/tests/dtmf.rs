@@ -16,7 +16,8 @@ use hark_engine::agent::{AgentNeeds, CallInfo, UserTurn};
 use hark_engine::playout::Interrupted;
 use hark_engine::twilio::{self, Outbound};
 use hark_engine::{
-    Action, Agent, AgentAudio, CallConfig, CloseReason, Event, Input, Malformed, UtteranceId,
+    Action, Agent, AgentAudio, CallConfig, CloseReason, Event, Input, Malformed, TransferOutcome,
+    UtteranceId,
 };
 
 const SID: &str = "MZ00000000000000000000000000000042";
@@ -185,7 +186,7 @@ fn dtmf_while_the_agent_speaks_is_not_a_barge_in() {
 
 #[test]
 fn the_agent_can_transfer_or_hang_up_from_a_key() {
-    // A transfer is announced at once and closes the call (socket left to the driver) once
+    // A transfer is announced at once and handed to the driver (the socket stays open) once
     // the beep queued before it has played.
     let mut h = H::started();
     let t0 = h.now;
@@ -194,15 +195,30 @@ fn the_agent_can_transfer_or_hang_up_from_a_key() {
         to: "+15550100".into()
     }));
     h.advance_to(t0 + Duration::from_millis(60));
-    assert!(h.closes.is_empty(), "closed before the beep played");
+    assert!(h.transfers.is_empty(), "transferred before the beep played");
     h.advance_to(t0 + Duration::from_millis(300));
-    assert_eq!(h.closes, vec![CloseReason::Transfer("+15550100".into())]);
+    assert_eq!(h.transfers, vec!["+15550100".to_string()]);
+    assert!(
+        h.closes.is_empty(),
+        "the socket stays open while the call is redirected"
+    );
     assert_eq!(h.phone.stats().audio_ms, 100);
+    // While the redirect is in flight the call holds: a key reaches no agent.
+    let ev = h.dtmf("1");
+    assert!(ev.iter().any(|e| matches!(e, Event::Dtmf { .. })));
+    let seen: Vec<String> = h.log.borrow().iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(
+        seen,
+        vec!["0".to_string()],
+        "the agent heard no key while holding"
+    );
     // The redirect failed: the call goes on and this agent (the default) hangs up.
     let at = h.now;
-    let ev = h.input(Input::TransferFailed {
+    let ev = h.input(Input::Transfer {
         at,
-        reason: "Twilio answered 503".into(),
+        outcome: TransferOutcome::Failed {
+            reason: "Twilio answered 503".into(),
+        },
     });
     assert!(ev.contains(&Event::TransferFailed {
         to: "+15550100".into(),
@@ -214,15 +230,30 @@ fn the_agent_can_transfer_or_hang_up_from_a_key() {
             "transfer to +15550100 failed: Twilio answered 503".into()
         ))
     );
-    // Only after a transfer: a second one is ignored.
+    // Only after a transfer: a second outcome is ignored.
     let at = h.now;
     assert!(
-        h.input(Input::TransferFailed {
+        h.input(Input::Transfer {
             at,
-            reason: "again".into(),
+            outcome: TransferOutcome::Failed {
+                reason: "again".into(),
+            },
         })
         .is_empty()
     );
+
+    // Redirected: the call stops and closes for the transfer.
+    let mut h = H::started();
+    let t0 = h.now;
+    h.dtmf("0");
+    h.advance_to(t0 + Duration::from_millis(300));
+    let at = h.now;
+    let ev = h.input(Input::Transfer {
+        at,
+        outcome: TransferOutcome::Redirected,
+    });
+    assert!(ev.iter().any(|e| matches!(e, Event::Stopped { .. })));
+    assert_eq!(h.closes, vec![CloseReason::Transfer("+15550100".into())]);
 
     let mut h = H::started();
     let t0 = h.now;

@@ -11,13 +11,13 @@ use std::time::Instant;
 use common::*;
 use hark_codecs::SampleRate;
 use hark_engine::agent::{
-    AgentReport, HttpBody, OpenSpec, ProviderCommand, ProviderEvent, ProviderMessage, ResponseMode,
-    Role, Stage,
+    AgentReport, FaultKind, HttpBody, OpenSpec, ProviderCommand, ProviderEvent, ProviderFault,
+    ProviderMessage, ResponseMode, Role, Stage,
 };
 use hark_engine::agents::elevenlabs::{
     ElevenLabsAgent, ElevenLabsConfig, Overrides, PEER, SIGNED_URL_PEER, SignedUrlLookup,
 };
-use hark_engine::{CallConfig, CloseReason, Event};
+use hark_engine::{CallConfig, CloseReason, Event, TurnId};
 use serde_json::{Value, json};
 
 fn metadata(input: &str, output: &str) -> String {
@@ -432,10 +432,7 @@ fn close_codes_and_errors_end_the_call_cleanly() {
         ends_with_fault(
             ProviderEvent::Failed {
                 peer: PEER,
-                error: format!("WebSocket closed with {code}: x"),
-                status: None,
-                retry_after_ms: None,
-                close_code: Some(code),
+                fault: ProviderFault::new(FaultKind::Close(code), "x"),
             },
             &format!("close_{code}"),
         );
@@ -477,10 +474,7 @@ fn close_codes_and_errors_end_the_call_cleanly() {
                     now + ms(20),
                     ProviderEvent::Failed {
                         peer: *peer,
-                        error: "WebSocket upgrade refused with HTTP 403".into(),
-                        status: Some(403),
-                        retry_after_ms: None,
-                        close_code: None,
+                        fault: ProviderFault::status(403, "", None),
                     },
                 ));
             }
@@ -592,6 +586,32 @@ fn an_answer_before_hark_ends_the_turn_is_timed_from_that_turn() {
     assert_eq!(heard.len(), 1, "{heard:?}");
     assert!(heard[0].0 >= since && heard[0].0 <= since + 50, "{heard:?}");
     assert!(heard[0].1);
+    // The engine names the turn: the early answer, its first echo, its end and the turn's
+    // end all carry the turn the caller's speech opened, though the answer came first.
+    let turns: Vec<(&str, Option<TurnId>)> = run
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::UserSpeechStarted { turn, .. } => Some(("speech", Some(*turn))),
+            Event::AgentAudioStarted { turn, .. } => Some(("answer", *turn)),
+            Event::AgentAudioHeard { turn, .. } => Some(("heard", *turn)),
+            Event::UserTurnEnded { turn, .. } => Some(("ended", Some(*turn))),
+            Event::UtterancePlayed { turn, .. } => Some(("played", *turn)),
+            _ => None,
+        })
+        .collect();
+    let first = TurnId(0);
+    assert_eq!(
+        turns[..4],
+        [
+            ("speech", Some(first)),
+            ("answer", Some(first)),
+            ("heard", Some(first)),
+            ("ended", Some(first)),
+        ],
+        "{turns:?}"
+    );
+    assert_eq!(turns[4], ("played", Some(first)), "{turns:?}");
 }
 
 // ---- The signed-URL lookup (private agents): an HTTP pipe, then the WebSocket ----
@@ -668,10 +688,7 @@ impl Provider for Private {
                 at,
                 ProviderEvent::Failed {
                     peer,
-                    error: format!("status: {status}: {body}"),
-                    status: Some(*status),
-                    retry_after_ms: None,
-                    close_code: None,
+                    fault: ProviderFault::status(*status, *body, None),
                 },
             )),
             Lookup::Hang => {}

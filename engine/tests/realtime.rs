@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use common::*;
 use hark_engine::agent::{
-    AgentReport, ProviderCommand, ProviderEvent, ProviderMessage, Role, Stage,
+    AgentReport, FaultKind, ProviderCommand, ProviderEvent, ProviderFault, ProviderMessage, Role,
+    Stage,
 };
 use hark_engine::agents::realtime::{
     ApiVersion, PEER, RealtimeAgent, RealtimeConfig, TurnDetection,
@@ -501,10 +502,7 @@ fn errors_are_reported_and_closes_end_the_call() {
             t0 + ms(1_000),
             ProviderEvent::Failed {
                 peer: PEER,
-                error: "WebSocket closed with 1011: internal".into(),
-                status: None,
-                retry_after_ms: None,
-                close_code: Some(1011),
+                fault: ProviderFault::new(FaultKind::Close(1011), "internal"),
             },
         ),
     ];

@@ -280,9 +280,9 @@ fn payloads_of_any_size_are_reframed_not_rejected() {
                     forced,
                     ..
                 } => Some((*start_ms, *end_ms, *forced)),
-                Event::UserSpeechDiscarded { start_ms, end_ms } => {
-                    Some((*start_ms, *end_ms, false))
-                }
+                Event::UserSpeechDiscarded {
+                    start_ms, end_ms, ..
+                } => Some((*start_ms, *end_ms, false)),
                 Event::BargeIn(b) => Some((b.speech_start_ms, b.decided_ms, true)),
                 _ => None,
             })

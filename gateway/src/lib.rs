@@ -9,21 +9,24 @@
 //!
 //! A live call, top-down: `main.rs` (`hark serve`) → [`server::serve`] (accept loop, limits) →
 //! `server/media.rs` `media_stream` (signature check, upgrade) → a call worker ([`pool`]) →
-//! `run_call` → `hark_engine::io::drive` on a [`ws::Socket`] → `hark_engine::Call`.
+//! `run_call` → `hark_engine::io::drive` on a [`ws::Socket`], with the provider connectors and
+//! `server/transfer.rs` as its call control → `hark_engine::Call`. The call's events go to
+//! `server/observer.rs` → metrics, logs and `api/turns.rs` (the call record, a fold over them).
 //!
 //! | module | job |
 //! |---|---|
-//! | [`server`] | `mod.rs`: state, router, accept loop and shutdown; `voice.rs`: `/voice`; `media.rs`: the `/media-stream` upgrade and each call's life; `transfer.rs`; `observer.rs`: events → metrics and records |
+//! | [`server`] | `mod.rs`: state, router, accept loop and shutdown; `voice.rs`: `/voice`; `media.rs`: the `/media-stream` upgrade and each call's life; `transfer.rs`: the call control that redirects a call (Twilio REST) for the engine's driver; `observer.rs`: events → metrics and records |
 //! | [`conns`] | connection limits, deadlines and counts by state |
 //! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
 //! | [`pool`] | call workers: one single-threaded runtime per core |
-//! | [`config`] | `hark serve`'s settings from the environment |
+//! | [`config`] | `hark serve`'s one configuration: `hark.toml` (optional) with the environment on top, checked before listening |
 //! | [`agents`] | agent settings → engine agents (cascade, ElevenLabs, Realtime) |
 //! | [`api`] | the gateway API: tokens, signed callbacks, outbound calls, records (SQLite store and writer), Conversations |
 //! | [`signature`] | `X-Twilio-Signature` (form, JSON `bodySHA256`, WebSocket upgrade) |
 //! | [`token`] | Twilio access tokens (JWT) |
 //! | [`twiml`] | TwiML writing |
 //! | [`metrics`] | the Prometheus recorder behind `/metrics` |
+//! | [`error`] | [`Error`], the one error type: each subsystem's error, and whether a call can continue |
 //! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
 
 pub mod agents;
@@ -32,6 +35,7 @@ pub mod config;
 pub mod conns;
 #[cfg(feature = "dev-tools")]
 pub mod dev;
+pub mod error;
 pub mod metrics;
 pub mod pool;
 pub mod server;
@@ -42,3 +46,4 @@ pub mod ws;
 
 #[cfg(feature = "dev-tools")]
 pub use dev::{bench, chaos, demo, doubles, simulator};
+pub use error::Error;

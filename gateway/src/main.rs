@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hark_gateway::config::{Config, LogFormat};
+use hark_gateway::Error;
+use hark_gateway::config::{Config, Loaded, LogFormat};
 use hark_gateway::server;
 use tracing::{error, info};
 
@@ -18,8 +19,13 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the server: TwiML webhook (/voice), Media Streams WebSocket (/media-stream),
-    /// /healthz and /metrics. Configured from the environment and .env (see README).
-    Serve,
+    /// /healthz and /metrics. Configured from an optional TOML file with the environment and
+    /// .env on top (see README, "Configuration").
+    Serve {
+        /// The configuration file (else $HARK_CONFIG, else ./hark.toml if it exists).
+        #[arg(long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+    },
     /// Call a hark server the way Twilio does: stream caller audio over a Media Stream, play
     /// the agent's audio on a virtual phone, report latency, barge-ins and marks.
     #[cfg(feature = "dev-tools")]
@@ -86,42 +92,57 @@ async fn shutdown_signal() {
     info!("shutdown requested: no new calls, waiting for live calls");
 }
 
-async fn serve() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hark: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logs(config.log_format);
-    for (name, nearest) in
-        hark_gateway::config::unknown_hark_variables(std::env::vars().map(|(k, _)| k))
-    {
+/// Logs the names in the configuration that hark does not read, with the nearest known one.
+fn warn_unknown(loaded: &Loaded) {
+    for (name, nearest) in &loaded.unknown_variables {
         match nearest {
             Some(n) => tracing::warn!(variable = name, "unknown setting: did you mean {n}?"),
             None => tracing::warn!(variable = name, "unknown setting (not read by hark)"),
         }
     }
-    // Every setting is checked before listening: the gateway API's too.
-    let api = match hark_gateway::api::ApiState::from_lookup(|k| std::env::var(k).ok()).await {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("hark: configuration error: {e}");
-            return ExitCode::from(2);
+    let file = loaded
+        .file
+        .as_deref()
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
+    for u in &loaded.unknown_keys {
+        match u.nearest {
+            Some(n) => tracing::warn!(
+                file,
+                line = u.line,
+                key = u.key,
+                "unknown key in the configuration file: did you mean {n}?"
+            ),
+            None => tracing::warn!(
+                file,
+                line = u.line,
+                key = u.key,
+                "unknown key in the configuration file (not read by hark)"
+            ),
         }
-    };
+    }
+}
+
+async fn serve(file: Option<&std::path::Path>) -> Result<(), Error> {
+    // The whole configuration, every section, is read and checked once, before listening.
+    let loaded = Config::load(file)?;
+    init_logs(loaded.config.log_format);
+    if let Some(f) = &loaded.file {
+        info!(file = %f.display(), "configuration file read");
+    }
+    warn_unknown(&loaded);
+    let config = loaded.config;
+    let api = hark_gateway::api::ApiState::new(config.api.clone()).await?;
     match hark_gateway::conns::raise_nofile_limit() {
         Ok(n) => info!(open_files = n, "RLIMIT_NOFILE raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
-    let listener = match tokio::net::TcpListener::bind(config.addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!(addr = %config.addr, error = %e, "cannot listen");
-            return ExitCode::FAILURE;
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.addr,
+            source,
+        })?;
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -143,48 +164,56 @@ async fn serve() -> ExitCode {
     if let Err(e) = api.recover_crashed().await {
         error!(error = %e, "cannot close the calls left open by an earlier run");
     }
-    let state = match server::AppState::with_api(config, api) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot start call workers");
-            return ExitCode::FAILURE;
-        }
-    };
-    match server::serve(listener, state, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, "server failed");
-            ExitCode::FAILURE
-        }
-    }
+    let state = server::AppState::with_api(config, api).map_err(Error::Start)?;
+    server::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(Error::Serve)
 }
 
+/// `hark demo`: its report as JSON or a table; exit code 1 when the call had errors.
 #[cfg(feature = "dev-tools")]
-async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> ExitCode {
+async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> Result<ExitCode, Error> {
     println!(
         "hark demo: starting hark serve on 127.0.0.1 (echo agent) and calling it with a 28 s real-speech session…"
     );
-    match hark_gateway::demo::run(speed, Some(&out)).await {
-        Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => eprintln!("hark demo: {e}"),
-                }
-            } else {
-                hark_gateway::simulator::print_table(&report);
-                println!("what the caller heard: {}", out.display());
-            }
-            if report.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    let report = hark_gateway::demo::run(speed, Some(&out)).await?;
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("hark demo: {e}"),
         }
-        Err(e) => {
-            eprintln!("hark demo: {e}");
-            ExitCode::FAILURE
+    } else {
+        hark_gateway::simulator::print_table(&report);
+        println!("what the caller heard: {}", out.display());
+    }
+    Ok(exit_for(&report.errors))
+}
+
+/// Exit code 0 for a simulated call without errors, else 1.
+#[cfg(feature = "dev-tools")]
+fn exit_for(errors: &[String]) -> ExitCode {
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Runs one subcommand on `rt`.
+fn run(command: Command, rt: &tokio::runtime::Runtime) -> Result<ExitCode, Error> {
+    match command {
+        Command::Serve { config } => rt
+            .block_on(serve(config.as_deref()))
+            .map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "dev-tools")]
+        Command::Call(args) => {
+            let report = rt.block_on(hark_gateway::simulator::command(&args))?;
+            Ok(exit_for(&report.errors))
         }
+        #[cfg(feature = "dev-tools")]
+        Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
+        #[cfg(feature = "dev-tools")]
+        Command::Bench(args) => Ok(hark_gateway::bench::main(&args, rt.handle())),
     }
 }
 
@@ -192,8 +221,9 @@ fn main() -> ExitCode {
     // Settings such as TWILIO_AUTH_TOKEN may come from .env for every subcommand; a malformed
     // .env is an error, not a silently half-read configuration.
     if let Err(e) = hark_gateway::config::load_dotenv() {
-        eprintln!("hark: configuration error: {e}");
-        return ExitCode::from(2);
+        let e = Error::from(e);
+        eprintln!("hark: {e}");
+        return ExitCode::from(e.exit_code());
     }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -202,24 +232,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("hark: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            let e = Error::Start(e);
+            eprintln!("hark: {e}");
+            return ExitCode::from(e.exit_code());
         }
     };
-    match cli.command {
-        Command::Serve => rt.block_on(serve()),
-        #[cfg(feature = "dev-tools")]
-        Command::Call(args) => match rt.block_on(hark_gateway::simulator::command(&args)) {
-            Ok(r) if r.errors.is_empty() => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("hark call: {e}");
-                ExitCode::from(2)
-            }
-        },
-        #[cfg(feature = "dev-tools")]
-        Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
-        #[cfg(feature = "dev-tools")]
-        Command::Bench(args) => hark_gateway::bench::main(&args, rt.handle()),
+    match run(cli.command, &rt) {
+        Ok(code) => code,
+        Err(e) => {
+            // Logs may not be set up yet (configuration errors come first): stderr, always.
+            eprintln!("hark: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }

@@ -141,8 +141,10 @@ impl Credentials {
         }
     }
 
-    /// Reads the settings through `lookup` (an environment variable name → its value), so tests
-    /// need not touch the process environment. Empty values count as missing.
+    /// Reads the settings through `lookup` (an environment variable name → its value). `hark
+    /// serve` passes the values of its one configuration ([`crate::api::ApiSettings`]), so the
+    /// environment is not read a second time; tests pass their own. Empty values count as
+    /// missing.
     ///
     /// Required: [`ENV_ACCOUNT_SID`], [`ENV_API_KEY`], [`ENV_API_SECRET`]; optional:
     /// [`ENV_TWIML_APP_SID`], [`ENV_CONVERSATIONS_SERVICE_SID`].
@@ -175,12 +177,6 @@ impl Credentials {
                 Err(TokenError::MissingSetting { names })
             }
         }
-    }
-
-    /// [`Credentials::from_lookup`] over the process environment (`std::env::var`; values that are
-    /// not valid Unicode count as missing).
-    pub fn from_env() -> Result<Self, TokenError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// A Voice SDK token for `identity`: incoming calls allowed, outgoing calls through the

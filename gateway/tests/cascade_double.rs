@@ -1,5 +1,5 @@
 //! The OpenAI-compatible double (`hark_gateway::doubles::openai`) checked against OpenAI's own
-//! spec (`shared/specs/openai/openapi.yaml`), driven by hark's own request builders
+//! spec (`fixtures/specs/openai/openapi.yaml`), driven by hark's own request builders
 //! (`hark_engine::agents::cascade::wire`) through hark's HTTP connector — so neither the
 //! double's answers nor hark's requests can drift from the real API:
 //!
@@ -16,7 +16,9 @@ mod specs;
 
 use std::time::{Duration, Instant};
 
-use hark_engine::agent::{HttpRequest, PeerId, ProviderEvent, ProviderMessage};
+use hark_engine::agent::{
+    FaultKind, HttpRequest, PeerId, ProviderEvent, ProviderFault, ProviderMessage,
+};
 use hark_engine::agents::cascade::wire::{
     self, ChatMessage, SttEvent, ToolCall, ToolCallAssembler,
 };
@@ -238,7 +240,10 @@ async fn chat_stream_with_tool_fragments_and_usage_matches_the_spec() {
         usage |= c.usage.is_some();
     }
     assert_eq!(text, "Sure, let me connect you.");
-    assert_eq!(finish.as_deref(), Some("tool_calls"));
+    assert_eq!(
+        finish.as_ref().map(wire::Finish::as_str),
+        Some("tool_calls")
+    );
     assert!(usage, "include_usage gives a usage chunk");
     let calls = tools.finish();
     assert_eq!(calls.len(), 1);
@@ -318,14 +323,9 @@ async fn speech_streams_pcm_matching_the_text() {
     d.stop().await;
 }
 
-fn failed(evs: &[ProviderEvent]) -> (Option<u16>, Option<u64>, String) {
+fn failed(evs: &[ProviderEvent]) -> ProviderFault {
     match evs.last() {
-        Some(ProviderEvent::Failed {
-            status,
-            retry_after_ms,
-            error,
-            ..
-        }) => (*status, *retry_after_ms, error.clone()),
+        Some(ProviderEvent::Failed { fault, .. }) => fault.clone(),
         other => panic!("expected a failure, got {other:?}"),
     }
 }
@@ -367,13 +367,13 @@ async fn faults_look_like_openai() {
     for (fault, status, retry, code) in cases {
         d.inject(FaultRule::next(Endpoint::ChatCompletions, 1, fault.clone()));
         let evs = send(chat()).await;
-        let (s, r, e) = failed(&evs);
-        assert_eq!(s, Some(status), "{fault:?}");
-        assert_eq!(r, retry, "{fault:?}");
+        let f = failed(&evs);
+        let e = &f.detail;
+        assert_eq!(f.http_status(), Some(status), "{fault:?}");
+        assert_eq!(f.retry_after_ms, retry, "{fault:?}");
         assert!(e.contains(code), "{fault:?}: {e}");
-        let c = hark_engine::agents::cascade::classify_failure(s, &e);
         assert_eq!(
-            c.retryable,
+            f.retryable(),
             code != "invalid_api_key" && code != "insufficient_quota",
             "{fault:?}"
         );
@@ -388,7 +388,7 @@ async fn faults_look_like_openai() {
     assert!(matches!(evs.last(), Some(ProviderEvent::Closed { .. })));
     let errs: Vec<String> = texts(&evs)
         .iter()
-        .filter_map(|m| wire::parse_chat(m).err())
+        .filter_map(|m| wire::parse_chat(m).err().map(wire::ChatFault::into_detail))
         .collect();
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("server_error"));
@@ -403,16 +403,16 @@ async fn faults_look_like_openai() {
     ] {
         d.inject(FaultRule::next(ep, 1, Fault::Drop));
         let evs = send(req).await;
-        let (s, _, e) = failed(&evs);
-        assert_eq!(s, None, "{ep:?}");
-        assert!(e.starts_with(http::ERR_DROPPED), "{ep:?}: {e}");
+        let f = failed(&evs);
+        assert_eq!(f.http_status(), None, "{ep:?}");
+        assert_eq!(f.kind, FaultKind::Dropped, "{ep:?}: {f}");
     }
     // No answer: the request's own timeout.
     d.inject(FaultRule::next(Endpoint::Speech, 1, Fault::Hang));
     let mut r = wire::speech_request(&cfg, "Hello.");
     r.timeout_ms = Some(300);
-    let (_, _, e) = failed(&send(r).await);
-    assert!(e.starts_with(http::ERR_TIMEOUT), "{e}");
+    let f = failed(&send(r).await);
+    assert_eq!(f.kind, FaultKind::Timeout, "{f}");
 
     // Every error body is an ErrorResponse; every stream error object an Error.
     let ex: Vec<Exchange> = d.exchanges();
@@ -433,8 +433,8 @@ async fn faults_look_like_openai() {
     if let hark_engine::agent::HttpBody::Json(b) = &mut bad.body {
         b["response_format"] = json!("mp3");
     }
-    let (s, _, _) = failed(&send(bad).await);
-    assert_eq!(s, Some(400));
+    let f = failed(&send(bad).await);
+    assert_eq!(f.http_status(), Some(400));
     d.stop().await;
 
     // A double that checks keys answers 401 to a wrong one.
@@ -445,8 +445,8 @@ async fn faults_look_like_openai() {
     })
     .await;
     let cfg = config(&d.base_url());
-    let (s, _, e) = failed(&send(wire::speech_request(&cfg, "Hello.")).await);
-    assert_eq!(s, Some(401));
-    assert!(e.contains("invalid_api_key"));
+    let f = failed(&send(wire::speech_request(&cfg, "Hello.")).await);
+    assert_eq!(f.http_status(), Some(401));
+    assert!(f.detail.contains("invalid_api_key"));
     d.stop().await;
 }

@@ -1,7 +1,7 @@
 //! [`ElevenLabsAgent`]: relays a call to an ElevenLabs Conversational AI agent over its
 //! WebSocket, sans-IO.
 //!
-//! Wire format: `shared/specs/elevenlabs/agent.asyncapi.yaml` (elevenlabs/packages, AsyncAPI
+//! Wire format: `fixtures/specs/elevenlabs/agent.asyncapi.yaml` (elevenlabs/packages, AsyncAPI
 //! 2.6.0) and `shared/reference/providers.md` §5; the relay follows ElevenLabs' own Twilio
 //! example (`shared/reference/anchors.md` §6).
 //!
@@ -282,13 +282,9 @@ impl ElevenLabsAgent {
                     "the answer ended without a body".to_string(),
                 )
             }
-            ProviderEvent::Failed { error, status, .. } => {
+            ProviderEvent::Failed { fault, .. } => {
                 self.phase = Phase::Idle; // The pipe is gone: nothing to close.
-                let kind = match status {
-                    Some(s) => format!("signed_url_http_{s}"),
-                    None => "signed_url_connect".to_string(),
-                };
-                (kind, error)
+                (SignedUrlLookup::fault_label(&fault), fault.to_string())
             }
         };
         self.end(Some(fault), out);
@@ -745,25 +741,14 @@ impl Agent for ElevenLabsAgent {
                     reason: "elevenlabs ended the conversation (close 1000)".to_string(),
                 });
             }
-            ProviderEvent::Failed {
-                peer,
-                error,
-                status,
-                close_code,
-                ..
-            } if peer == PEER => {
+            ProviderEvent::Failed { peer, fault } if peer == PEER => {
                 if self.phase == Phase::Ended {
                     return;
                 }
-                let kind = match (close_code, status) {
-                    (Some(c), _) => format!("close_{c}"),
-                    (None, Some(s)) => format!("http_{s}"),
-                    (None, None) if self.phase == Phase::Connecting => "connect".to_string(),
-                    (None, None) => "dropped".to_string(),
-                };
+                let kind = fault.session_label(self.phase != Phase::Connecting);
                 // The socket is gone already: nothing to close.
                 self.phase = Phase::Idle;
-                self.end(Some((kind, error)), out);
+                self.end(Some((kind.into_owned(), fault.to_string())), out);
             }
             _ => {}
         }

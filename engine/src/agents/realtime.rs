@@ -1,9 +1,10 @@
 //! [`RealtimeAgent`]: a call answered by OpenAI Realtime (speech to speech) over its WebSocket,
 //! sans-IO.
 //!
-//! Wire format: the `RealtimeClientEvent*` / `RealtimeServerEvent*` schemas of
-//! `shared/specs/openai/openapi.yaml` (GA names) and, for the beta names, of
-//! `openapi-manual_spec-2025-04-29.yaml`; summary in `shared/reference/providers.md` §4.
+//! Wire format (`realtime/wire.rs`): the `RealtimeClientEvent*` / `RealtimeServerEvent*` schemas of
+//! `fixtures/specs/openai/openapi.yaml` (GA names; read and written with async-openai's types
+//! where they fit) and, for the beta names, of `openapi-manual_spec-2025-04-29.yaml`;
+//! summary in `shared/reference/providers.md` §4.
 //!
 //! - **Connect**: `<url>?model=<model>` with `Authorization: Bearer <key>` (beta adds
 //!   `OpenAI-Beta: realtime=v1`). Once open: `session.update` with `audio/pcmu` in and out
@@ -47,8 +48,6 @@ use std::time::Instant;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hark_codecs::SampleRate;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 use super::s2s::AnswerTiming;
 use crate::agent::{
@@ -56,6 +55,9 @@ use crate::agent::{
     ProviderCommand, ProviderEvent, ProviderMessage, Role, UserTurn, WsRequest,
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
+use wire::{ClientEvent, ServerEvent};
+
+mod wire;
 
 /// `provider` label of this agent's [`AgentReport::ProviderFault`]s.
 pub const PROVIDER: &str = "realtime";
@@ -90,38 +92,6 @@ pub enum TurnDetection {
     /// hark's VAD and endpointing (`turn_detection: null`; hark commits and asks for a
     /// response at each turn end).
     Hark,
-}
-
-impl TurnDetection {
-    fn json(&self) -> Value {
-        match self {
-            TurnDetection::ServerVad {
-                threshold,
-                prefix_padding_ms,
-                silence_duration_ms,
-            } => {
-                let mut m = Map::new();
-                m.insert("type".into(), json!("server_vad"));
-                if let Some(t) = threshold {
-                    m.insert("threshold".into(), json!(t));
-                }
-                if let Some(p) = prefix_padding_ms {
-                    m.insert("prefix_padding_ms".into(), json!(p));
-                }
-                if let Some(s) = silence_duration_ms {
-                    m.insert("silence_duration_ms".into(), json!(s));
-                }
-                m.insert("create_response".into(), json!(true));
-                m.insert("interrupt_response".into(), json!(true));
-                Value::Object(m)
-            }
-            TurnDetection::SemanticVad { eagerness } => json!({
-                "type": "semantic_vad", "eagerness": eagerness,
-                "create_response": true, "interrupt_response": true
-            }),
-            TurnDetection::Hark => Value::Null,
-        }
-    }
 }
 
 /// GA or beta event names and session shape.
@@ -198,49 +168,6 @@ impl RealtimeConfig {
         }
         WsRequest { url, headers }
     }
-
-    /// The `session.update` event.
-    pub fn session_update(&self) -> Value {
-        let mut session = Map::new();
-        match self.api {
-            ApiVersion::Ga => {
-                session.insert("type".into(), json!("realtime"));
-                session.insert("model".into(), json!(self.model));
-                session.insert("output_modalities".into(), json!(["audio"]));
-                let mut input = Map::new();
-                input.insert("format".into(), json!({"type": "audio/pcmu"}));
-                input.insert("turn_detection".into(), self.turn_detection.json());
-                if let Some(m) = &self.transcription_model {
-                    input.insert("transcription".into(), json!({ "model": m }));
-                }
-                let mut output = Map::new();
-                output.insert("format".into(), json!({"type": "audio/pcmu"}));
-                if let Some(v) = &self.voice {
-                    output.insert("voice".into(), json!(v));
-                }
-                session.insert(
-                    "audio".into(),
-                    json!({"input": Value::Object(input), "output": Value::Object(output)}),
-                );
-            }
-            ApiVersion::Beta => {
-                session.insert("modalities".into(), json!(["audio", "text"]));
-                session.insert("input_audio_format".into(), json!("g711_ulaw"));
-                session.insert("output_audio_format".into(), json!("g711_ulaw"));
-                session.insert("turn_detection".into(), self.turn_detection.json());
-                if let Some(m) = &self.transcription_model {
-                    session.insert("input_audio_transcription".into(), json!({ "model": m }));
-                }
-                if let Some(v) = &self.voice {
-                    session.insert("voice".into(), json!(v));
-                }
-            }
-        }
-        if let Some(i) = &self.instructions {
-            session.insert("instructions".into(), json!(i));
-        }
-        json!({"type": "session.update", "session": Value::Object(session)})
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,71 +176,6 @@ enum Phase {
     Connecting,
     Open,
     Ended,
-}
-
-// Server events (GA names, beta aliases where they differ). Unknown types and fields are
-// ignored.
-#[derive(Deserialize)]
-#[serde(tag = "type")]
-enum ServerEvent {
-    #[serde(rename = "session.updated", alias = "session.created")]
-    Session { session: Value },
-    #[serde(rename = "input_audio_buffer.speech_started")]
-    SpeechStarted,
-    #[serde(rename = "input_audio_buffer.speech_stopped")]
-    SpeechStopped,
-    #[serde(rename = "response.created")]
-    ResponseCreated { response: ResponseRef },
-    #[serde(rename = "response.done")]
-    ResponseDone { response: ResponseDone },
-    #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
-    AudioDelta {
-        response_id: String,
-        item_id: String,
-        delta: String,
-    },
-    #[serde(rename = "response.output_audio.done", alias = "response.audio.done")]
-    AudioDone { item_id: String },
-    #[serde(
-        rename = "response.output_audio_transcript.delta",
-        alias = "response.audio_transcript.delta"
-    )]
-    TranscriptDelta { item_id: String, delta: String },
-    #[serde(
-        rename = "response.output_audio_transcript.done",
-        alias = "response.audio_transcript.done"
-    )]
-    TranscriptDone { item_id: String, transcript: String },
-    #[serde(rename = "conversation.item.input_audio_transcription.completed")]
-    UserTranscript { transcript: String },
-    #[serde(rename = "error")]
-    Error { error: ErrorBody },
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-struct ResponseRef {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct ResponseDone {
-    id: String,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    status_details: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 /// One assistant output item with audio.
@@ -438,13 +300,11 @@ impl RealtimeAgent {
         }));
     }
 
-    /// A client `event_id` (`hark_<n>`), echoed by the server in errors.
-    fn send_event(&mut self, out: &mut Vec<Action>, mut v: Value) {
+    /// Sends `ev` with the next client `event_id` (`hark_<n>`, echoed by the server in
+    /// errors).
+    fn send_event(&mut self, out: &mut Vec<Action>, ev: ClientEvent) {
         self.event_seq += 1;
-        if let Some(m) = v.as_object_mut() {
-            m.insert("event_id".into(), json!(format!("hark_{}", self.event_seq)));
-        }
-        Self::send(out, v.to_string());
+        Self::send(out, ev.into_text(format!("hark_{}", self.event_seq)));
     }
 
     fn fault(out: &mut Vec<Action>, kind: impl Into<String>, detail: impl Into<String>) {
@@ -479,12 +339,8 @@ impl RealtimeAgent {
     }
 
     fn append(&mut self, mulaw: &[u8], out: &mut Vec<Action>) {
-        let mut s = String::with_capacity(48 + mulaw.len().div_ceil(3) * 4);
-        s.push_str("{\"type\":\"input_audio_buffer.append\",\"audio\":\"");
-        B64.encode_string(mulaw, &mut s);
-        s.push_str("\"}");
         self.stats.appends += 1;
-        Self::send(out, s);
+        Self::send(out, wire::append(mulaw));
     }
 
     /// Cancels the active response (its later deltas are dropped).
@@ -493,7 +349,7 @@ impl RealtimeAgent {
             && self.cancelled.insert(r.clone())
         {
             self.stats.cancels += 1;
-            self.send_event(out, json!({"type": "response.cancel", "response_id": r}));
+            self.send_event(out, ClientEvent::Cancel { response_id: r });
         }
     }
 
@@ -502,7 +358,7 @@ impl RealtimeAgent {
     }
 
     fn on_event(&mut self, now: Instant, text: &str, out: &mut Vec<Action>) {
-        let ev: ServerEvent = match serde_json::from_str(text) {
+        let ev = match wire::parse_server_event(text, self.cfg.api) {
             Ok(e) => e,
             Err(e) => {
                 Self::fault(
@@ -514,16 +370,19 @@ impl RealtimeAgent {
             }
         };
         match ev {
-            ServerEvent::Session { session } => {
-                let (fmt, want) = match self.cfg.api {
-                    ApiVersion::Ga => (session.pointer("/audio/output/format/type"), "audio/pcmu"),
-                    ApiVersion::Beta => (session.get("output_audio_format"), "g711_ulaw"),
+            ServerEvent::Session {
+                updated,
+                output_format,
+            } => {
+                let want = match self.cfg.api {
+                    ApiVersion::Ga => "audio/pcmu",
+                    ApiVersion::Beta => "g711_ulaw",
                 };
                 // `session.created` shows the defaults before our update: only check the
                 // answer to it.
-                if let Some(f) = fmt.and_then(Value::as_str)
+                if let Some(f) = output_format
                     && f != want
-                    && text.contains("session.updated")
+                    && updated
                 {
                     let detail = format!("session output format {f}, expected {want}");
                     self.end(Some(("audio_format".into(), detail)), true, out);
@@ -539,23 +398,22 @@ impl RealtimeAgent {
                 out.push(Action::Interrupt);
             }
             ServerEvent::SpeechStopped => self.timing.provider_turn_end(now),
-            ServerEvent::ResponseCreated { response } => {
-                self.active_response = Some(response.id);
+            ServerEvent::ResponseCreated { id } => {
+                self.active_response = Some(id);
             }
-            ServerEvent::ResponseDone { response } => {
-                if self.active_response.as_deref() == Some(response.id.as_str()) {
+            ServerEvent::ResponseDone { id, failed } => {
+                if self.active_response.as_deref() == Some(id.as_str()) {
                     self.active_response = None;
                 }
                 for it in self
                     .items
                     .iter_mut()
-                    .filter(|i| i.response_id == response.id && !i.done)
+                    .filter(|i| i.response_id == id && !i.done)
                 {
                     it.done = true;
                     out.push(Action::Finish(it.utt));
                 }
-                if response.status.as_deref() == Some("failed") {
-                    let d = response.status_details.unwrap_or(Value::Null).to_string();
+                if let Some(d) = failed {
                     Self::fault(out, "response_failed", d);
                 }
             }
@@ -564,36 +422,9 @@ impl RealtimeAgent {
                 item_id,
                 delta,
             } => self.on_delta(now, response_id, item_id, &delta, out),
-            ServerEvent::AudioDone { item_id } => {
-                if let Some(it) = self.item_mut(&item_id)
-                    && !it.done
-                {
-                    it.done = true;
-                    let utt = it.utt;
-                    let rest = std::mem::take(&mut it.words);
-                    if !rest.trim().is_empty() {
-                        out.push(Action::Play {
-                            id: utt,
-                            audio: AgentAudio::Mulaw(Vec::new()),
-                            text: Some(rest.trim().to_string()),
-                        });
-                    }
-                    out.push(Action::Finish(utt));
-                }
-            }
+            ServerEvent::AudioDone { item_id } => self.on_audio_done(&item_id, out),
             ServerEvent::TranscriptDelta { item_id, delta } => {
-                if let Some(it) = self.item_mut(&item_id) {
-                    it.words.push_str(&delta);
-                } else if let Some((_, w)) =
-                    self.early_words.iter_mut().find(|(i, _)| *i == item_id)
-                {
-                    w.push_str(&delta);
-                } else {
-                    if self.early_words.len() >= KEEP_ITEMS {
-                        self.early_words.remove(0);
-                    }
-                    self.early_words.push((item_id, delta));
-                }
+                self.on_transcript_delta(item_id, delta);
             }
             ServerEvent::TranscriptDone {
                 item_id,
@@ -615,18 +446,53 @@ impl RealtimeAgent {
                     interrupted: false,
                 }));
             }
-            ServerEvent::Error { error } => {
-                let code = error.code.clone().unwrap_or_default();
-                if code == "response_cancel_not_active" {
+            ServerEvent::Error {
+                kind,
+                code,
+                message,
+            } => {
+                if code.as_deref() == Some("response_cancel_not_active") {
                     return; // The server cancelled it first (interrupt_response).
                 }
-                let kind = error
-                    .code
-                    .or(error.kind)
-                    .unwrap_or_else(|| "error".to_string());
-                Self::fault(out, kind, error.message.unwrap_or_default());
+                let kind = code.or(kind).unwrap_or_else(|| "error".to_string());
+                Self::fault(out, kind, message.unwrap_or_default());
             }
             ServerEvent::Other => {}
+        }
+    }
+
+    /// `response.output_audio.done`: the item's words not yet attached go out with an empty
+    /// chunk, and its utterance finishes.
+    fn on_audio_done(&mut self, item_id: &str, out: &mut Vec<Action>) {
+        if let Some(it) = self.item_mut(item_id)
+            && !it.done
+        {
+            it.done = true;
+            let utt = it.utt;
+            let rest = std::mem::take(&mut it.words);
+            if !rest.trim().is_empty() {
+                out.push(Action::Play {
+                    id: utt,
+                    audio: AgentAudio::Mulaw(Vec::new()),
+                    text: Some(rest.trim().to_string()),
+                });
+            }
+            out.push(Action::Finish(utt));
+        }
+    }
+
+    /// A transcript delta: to its item's words, or held until the item's audio arrives (the
+    /// last [`KEEP_ITEMS`] items).
+    fn on_transcript_delta(&mut self, item_id: String, delta: String) {
+        if let Some(it) = self.item_mut(&item_id) {
+            it.words.push_str(&delta);
+        } else if let Some((_, w)) = self.early_words.iter_mut().find(|(i, _)| *i == item_id) {
+            w.push_str(&delta);
+        } else {
+            if self.early_words.len() >= KEEP_ITEMS {
+                self.early_words.remove(0);
+            }
+            self.early_words.push((item_id, delta));
         }
     }
 
@@ -702,7 +568,10 @@ impl RealtimeAgent {
         self.stats.truncates += 1;
         self.send_event(
             out,
-            json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": end}),
+            ClientEvent::Truncate {
+                item_id,
+                audio_end_ms: u32::try_from(end).unwrap_or(u32::MAX),
+            },
         );
         Some(end)
     }
@@ -755,8 +624,8 @@ impl Agent for RealtimeAgent {
             return;
         }
         self.timing.hark_turn_end(now);
-        self.send_event(out, json!({"type": "input_audio_buffer.commit"}));
-        self.send_event(out, json!({"type": "response.create"}));
+        self.send_event(out, ClientEvent::Commit);
+        self.send_event(out, ClientEvent::ResponseCreate { instructions: None });
     }
 
     fn on_barge_in(&mut self, _now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
@@ -782,7 +651,7 @@ impl Agent for RealtimeAgent {
                 }
                 self.phase = Phase::Open;
                 let update = self.cfg.session_update();
-                self.send_event(out, update);
+                self.send_event(out, ClientEvent::SessionUpdate(update));
                 let pending = std::mem::take(&mut self.pending);
                 for chunk in pending.chunks(160) {
                     self.append(chunk, out);
@@ -790,7 +659,9 @@ impl Agent for RealtimeAgent {
                 if let Some(g) = self.cfg.greeting.clone() {
                     self.send_event(
                         out,
-                        json!({"type": "response.create", "response": {"instructions": g}}),
+                        ClientEvent::ResponseCreate {
+                            instructions: Some(g),
+                        },
                     );
                 }
             }
@@ -803,20 +674,9 @@ impl Agent for RealtimeAgent {
                 ),
             },
             ProviderEvent::Closed { peer } if peer == PEER => self.end(None, false, out),
-            ProviderEvent::Failed {
-                peer,
-                error,
-                status,
-                close_code,
-                ..
-            } if peer == PEER => {
-                let kind = match (close_code, status) {
-                    (Some(c), _) => format!("close_{c}"),
-                    (None, Some(s)) => format!("http_{s}"),
-                    (None, None) if self.phase == Phase::Connecting => "connect".to_string(),
-                    (None, None) => "dropped".to_string(),
-                };
-                self.end(Some((kind, error)), false, out);
+            ProviderEvent::Failed { peer, fault } if peer == PEER => {
+                let kind = fault.session_label(self.phase != Phase::Connecting);
+                self.end(Some((kind.into_owned(), fault.to_string())), false, out);
             }
             _ => {}
         }
@@ -833,6 +693,7 @@ impl Agent for RealtimeAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn words_follow_the_audio_at_speaking_rate() {

@@ -17,23 +17,24 @@
 //!     answer whose `Content-Type` is not `text/event-stream` (e.g. a server that ignores
 //!     `stream=true` and answers JSON, as `whisper-1` does) is passed on whole, as one message;
 //!   - `Chunks`: each body chunk as a `Binary` message as it arrives (streamed audio).
-//! - `Failed` otherwise; terminal, nothing follows. `error` starts with a kind, then `: ` and
-//!   details, so agents can classify faults without this module:
-//!   - [`ERR_STATUS`] — a non-2xx answer: `status` is set, `retry_after_ms` comes from
-//!     `retry-after-ms` (float ms, what OpenAI's SDKs read first) or else `Retry-After` (integer
-//!     seconds; an HTTP date is not parsed), and `error` holds the start of the body (at most
+//! - `Failed` otherwise; terminal, nothing follows. Its [`ProviderFault`] has a [`FaultKind`]
+//!   so agents classify faults without reading text:
+//!   - [`FaultKind::Status`] — a non-2xx answer: `retry_after_ms` comes from `retry-after-ms`
+//!     (float ms, what OpenAI's SDKs read first) or else `Retry-After` (integer seconds; an
+//!     HTTP date is not parsed), and `detail` holds the start of the body (at most
 //!     [`ERROR_BODY_BYTES`], e.g. OpenAI's `{"error":{"message":…,"code":…}}`);
-//!   - [`ERR_TIMEOUT`] — no complete answer within the request's `timeout_ms` (default
+//!   - [`FaultKind::Timeout`] — no complete answer within the request's `timeout_ms` (default
 //!     [`ClientConfig::default_timeout`]) or no connection within
 //!     [`ClientConfig::connect_timeout`];
-//!   - [`ERR_CONNECT`] — the connection could not be made (refused, DNS, TLS);
-//!   - [`ERR_DROPPED`] — the connection broke while the body was streaming;
-//!   - [`ERR_REQUEST`] — the request could not be built or sent (bad method, URL or header);
-//!   - [`ERR_CONTENT_TYPE`] — a 2xx answer whose `Content-Type` is not one the request accepts
-//!     ([`HttpRequest::accept`]): e.g. a proxy's `<html>502 Bad Gateway</html>` page sent with
-//!     200 where JSON, SSE or audio was asked for. `status` is `None` (the status was fine),
-//!     `error` names the type received and the types accepted, then the start of the body. No
-//!     `Opened` is sent: nothing of such a body reaches the agent.
+//!   - [`FaultKind::Connect`] — the connection could not be made (refused, DNS, TLS);
+//!   - [`FaultKind::Dropped`] — the connection broke while the body was streaming;
+//!   - [`FaultKind::Request`] — the request could not be built or sent (bad method, URL,
+//!     header or body);
+//!   - [`FaultKind::ContentType`] — a 2xx answer whose `Content-Type` is not one the request
+//!     accepts ([`HttpRequest::accept`]): e.g. a proxy's `<html>502 Bad Gateway</html>` page
+//!     sent with 200 where JSON, SSE or audio was asked for. No status (the status was fine);
+//!     `detail` names the type received and the types accepted, then the start of the body.
+//!     No `Opened` is sent: nothing of such a body reaches the agent.
 //!
 //! Cancellation: the driver aborts the task on `ProviderCommand::Close`; dropping the reqwest
 //! future drops the connection, which is how a provider learns to stop generating (OpenAI stops
@@ -44,22 +45,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::agent::{
-    HttpBody, HttpRequest, MultipartPart, PeerId, ProviderEvent, ProviderMessage, ResponseMode,
+    FaultKind, HttpBody, HttpRequest, MultipartPart, PeerId, ProviderEvent, ProviderFault,
+    ProviderMessage, ResponseMode,
 };
 
-/// `error` prefix of a non-2xx answer.
-pub const ERR_STATUS: &str = "status";
-/// `error` prefix of a connect or whole-request timeout.
-pub const ERR_TIMEOUT: &str = "timeout";
-/// `error` prefix of a failed connection.
-pub const ERR_CONNECT: &str = "connect";
-/// `error` prefix of a connection that broke while the body streamed.
-pub const ERR_DROPPED: &str = "dropped";
-/// `error` prefix of a request that could not be built or sent.
-pub const ERR_REQUEST: &str = "request";
-/// `error` prefix of a 2xx answer of a content type the request does not accept.
-pub const ERR_CONTENT_TYPE: &str = "content_type";
-/// At most this many bytes of a non-2xx body are put in `Failed.error`.
+/// At most this many bytes of a non-2xx body are put in the fault's `detail`.
 pub const ERROR_BODY_BYTES: usize = 2048;
 /// How long reading a non-2xx body may take before the error is reported without it.
 const ERROR_BODY_WAIT: Duration = Duration::from_millis(500);
@@ -90,7 +80,7 @@ impl Default for ClientConfig {
 }
 
 /// Errors building a [`Client`]. The server cannot make provider requests without one.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
     /// reqwest could not build the client (its TLS backend failed to initialise).
     #[error("cannot build the HTTP client: {0}")]
@@ -146,23 +136,6 @@ impl Client {
     }
 }
 
-/// A terminal failure of one request.
-struct Fail {
-    error: String,
-    status: Option<u16>,
-    retry_after_ms: Option<u64>,
-}
-
-impl Fail {
-    fn new(kind: &str, detail: impl std::fmt::Display) -> Self {
-        Fail {
-            error: format!("{kind}: {detail}"),
-            status: None,
-            retry_after_ms: None,
-        }
-    }
-}
-
 /// Runs one request to completion, reporting through `tx` (see the module docs). Returns when
 /// the pipe has ended (its last event sent) or the receiver is gone.
 pub async fn run(
@@ -177,38 +150,31 @@ pub async fn run(
     let fut = execute(&client, peer, req, &tx);
     let end = match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(())) => ProviderEvent::Closed { peer },
-        Ok(Err(f)) => failed(peer, f),
-        Err(_) => failed(
+        Ok(Err(fault)) => ProviderEvent::Failed { peer, fault },
+        Err(_) => ProviderEvent::Failed {
             peer,
-            Fail::new(
-                ERR_TIMEOUT,
+            fault: ProviderFault::new(
+                FaultKind::Timeout,
                 format!("no complete response within {} ms", timeout.as_millis()),
             ),
-        ),
+        },
     };
     let _ = tx.send(end);
 }
 
-fn failed(peer: PeerId, f: Fail) -> ProviderEvent {
-    ProviderEvent::Failed {
-        peer,
-        error: f.error,
-        status: f.status,
-        retry_after_ms: f.retry_after_ms,
-        close_code: None,
-    }
-}
-
-fn classify(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        ERR_TIMEOUT
+/// A reqwest error as a fault: a timeout, a failed connection, a request that could not be
+/// built, else a connection that broke.
+fn fault(e: &reqwest::Error) -> ProviderFault {
+    let kind = if e.is_timeout() {
+        FaultKind::Timeout
     } else if e.is_connect() {
-        ERR_CONNECT
+        FaultKind::Connect
     } else if e.is_builder() {
-        ERR_REQUEST
+        FaultKind::Request
     } else {
-        ERR_DROPPED
-    }
+        FaultKind::Dropped
+    };
+    ProviderFault::new(kind, describe(e))
 }
 
 /// The full error text of `e` with its sources (reqwest's own message is terse).
@@ -228,9 +194,10 @@ async fn execute(
     peer: PeerId,
     req: HttpRequest,
     tx: &mpsc::UnboundedSender<ProviderEvent>,
-) -> Result<(), Fail> {
-    let method = reqwest::Method::from_bytes(req.method.as_bytes())
-        .map_err(|e| Fail::new(ERR_REQUEST, format!("method {:?}: {e}", req.method)))?;
+) -> Result<(), ProviderFault> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| {
+        ProviderFault::new(FaultKind::Request, format!("method {:?}: {e}", req.method))
+    })?;
     let mut rb = client.inner.request(method, &req.url);
     for (k, v) in &req.headers {
         rb = rb.header(k.as_str(), v.as_str());
@@ -238,7 +205,8 @@ async fn execute(
     rb = match req.body {
         HttpBody::Empty => rb,
         HttpBody::Json(v) => {
-            let data = serde_json::to_vec(&v).map_err(|e| Fail::new(ERR_REQUEST, e))?;
+            let data = serde_json::to_vec(&v)
+                .map_err(|e| ProviderFault::new(FaultKind::Request, e.to_string()))?;
             rb.header("content-type", "application/json").body(data)
         }
         HttpBody::Bytes { content_type, data } => {
@@ -254,19 +222,12 @@ async fn execute(
             .body(data)
         }
     };
-    let mut resp = rb
-        .send()
-        .await
-        .map_err(|e| Fail::new(classify(&e), describe(&e)))?;
+    let mut resp = rb.send().await.map_err(|e| fault(&e))?;
     let status = resp.status().as_u16();
     if !resp.status().is_success() {
         let retry_after_ms = retry_after_ms(resp.headers());
         let body = read_prefix(&mut resp).await;
-        return Err(Fail {
-            error: format!("{ERR_STATUS}: {status}: {body}"),
-            status: Some(status),
-            retry_after_ms,
-        });
+        return Err(ProviderFault::status(status, body, retry_after_ms));
     }
     let content_type = resp
         .headers()
@@ -276,8 +237,8 @@ async fn execute(
         && !accepts(&req.accept, ct)
     {
         let body = read_prefix(&mut resp).await;
-        return Err(Fail::new(
-            ERR_CONTENT_TYPE,
+        return Err(ProviderFault::new(
+            FaultKind::ContentType,
             format!(
                 "{status} answered with {ct:?}, expected {}: {body}",
                 req.accept.join(" or ")
@@ -298,16 +259,17 @@ async fn execute(
         ResponseMode::Sse if !sse => ResponseMode::Whole,
         m => m,
     };
-    let send = |message: ProviderMessage| -> Result<(), Fail> {
+    let gone = |_| ProviderFault::new(FaultKind::Dropped, "the call is gone");
+    let send = |message: ProviderMessage| -> Result<(), ProviderFault> {
         tx.send(ProviderEvent::Message { peer, message })
-            .map_err(|_| Fail::new(ERR_DROPPED, "the call is gone"))
+            .map_err(gone)
     };
     tx.send(ProviderEvent::Opened {
         peer,
         status: Some(status),
     })
-    .map_err(|_| Fail::new(ERR_DROPPED, "the call is gone"))?;
-    let body_err = |e: reqwest::Error| Fail::new(classify(&e), describe(&e));
+    .map_err(gone)?;
+    let body_err = |e: reqwest::Error| fault(&e);
     match mode {
         ResponseMode::Whole => {
             let mut all = Vec::new();

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use crate::agent::{OpenSpec, PeerId, ProviderCommand, ProviderEvent, ProviderMes
 
 pub mod http;
 pub mod ws;
-use crate::call::{Call, CloseReason, Event, Input, Output};
+use crate::call::{Call, CloseReason, Event, Input, Output, TransferOutcome};
 
 /// What one read from the Twilio socket gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,10 +211,10 @@ impl Providers for Connectors {
                 if !sent {
                     let _ = self.tx.send(ProviderEvent::Failed {
                         peer,
-                        error: "send on a pipe that is not an open WebSocket".into(),
-                        status: None,
-                        retry_after_ms: None,
-                        close_code: None,
+                        fault: crate::agent::ProviderFault::new(
+                            crate::agent::FaultKind::Request,
+                            "send on a pipe that is not an open WebSocket",
+                        ),
                     });
                 }
             }
@@ -234,6 +235,34 @@ impl Providers for Connectors {
     }
 }
 
+/// A transfer in flight: polled by the driver alongside the socket (not `Send`: calls run on
+/// a single-threaded runtime).
+pub type TransferFuture = Pin<Box<dyn Future<Output = TransferOutcome>>>;
+
+/// Call control the driver carries out for the call, outside the media socket: today the
+/// transfer ([`Output::Transfer`]), which the gateway does with a Twilio REST call update.
+pub trait CallControl {
+    /// Starts redirecting the call `call_sid` (`None` if the stream gave none) to `to`. The
+    /// returned future must not borrow `self`; the driver polls it while the call goes on and
+    /// feeds its outcome to the call as [`Input::Transfer`]. It should end on its own within a
+    /// few seconds (give the REST request a timeout): a call whose socket closes meanwhile
+    /// waits for it.
+    fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture;
+}
+
+/// Call control for calls that cannot be transferred (tests, the simulator without a gateway
+/// API): every transfer fails at once and the call goes on.
+#[derive(Debug, Default)]
+pub struct NoCallControl;
+
+impl CallControl for NoCallControl {
+    fn transfer(&mut self, _call_sid: Option<&str>, _to: &str) -> TransferFuture {
+        Box::pin(std::future::ready(TransferOutcome::Failed {
+            reason: "transfers are not available here".into(),
+        }))
+    }
+}
+
 /// Receives what happens in a driven call: events, and the engine's own processing time.
 pub trait Observer {
     /// An event from the call.
@@ -246,9 +275,8 @@ pub trait Observer {
 /// How a driven call ended.
 #[derive(Debug)]
 pub enum Ended {
-    /// The call asked to close (after `stop`, or an agent hang-up): the socket is closed. For
-    /// [`CloseReason::Transfer`] it is left open for the caller of [`drive`] to redirect the
-    /// call first and close it after.
+    /// The call asked to close (after `stop`, an agent hang-up, or a transfer that redirected
+    /// it: [`CloseReason::Transfer`]): the socket is closed.
     Closed(CloseReason),
     /// Twilio closed the socket.
     PeerClosed,
@@ -293,13 +321,19 @@ pub fn now() -> Instant {
 /// Runs `call` on `socket` until it ends, or until `shutdown` turns `true` (then the call is
 /// stopped and the socket closed with [`CLOSE_GOING_AWAY`]). See the module docs.
 ///
-/// The socket's [`TwilioSocket::recv`] is raced against provider events, the call's timer, the
-/// idle and start deadlines and `shutdown`, and dropped when one of those wins: it must be
-/// cancel-safe.
-pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
+/// Provider commands go to `providers`; a transfer ([`Output::Transfer`]) goes to `control`
+/// and its outcome comes back into the loop as [`Input::Transfer`]: nothing enters the call
+/// from outside. If the socket closes while a transfer is in flight, the driver waits for its
+/// outcome: a redirected call ends as [`Ended::Closed`] with [`CloseReason::Transfer`].
+///
+/// The socket's [`TwilioSocket::recv`] is raced against provider events, the transfer, the
+/// call's timer, the idle and start deadlines and `shutdown`, and dropped when one of those
+/// wins: it must be cancel-safe.
+pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
     call: &mut Call,
     socket: &mut S,
     providers: &mut P,
+    control: &mut C,
     observer: &mut O,
     cfg: DriveConfig,
     shutdown: &mut ShutdownSignal,
@@ -307,35 +341,23 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
     let mut buf = String::with_capacity(512);
     let began = tokio::time::Instant::now();
     let mut last_rx = began;
+    // The transfer in flight, with its target.
+    let mut transfer: Option<(String, TransferFuture)> = None;
     loop {
         // Carry out everything the call has to say.
-        let next = loop {
-            match call.poll_output() {
-                Output::Transmit(text) => {
-                    let r = tokio::time::timeout(cfg.send_timeout, socket.send(text)).await;
-                    match r {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return finish(call, observer, Ended::Failed(e)),
-                        Err(_) => {
-                            return finish(
-                                call,
-                                observer,
-                                Ended::Failed(SocketError::SendTimeout(cfg.send_timeout)),
-                            );
-                        }
-                    }
-                }
-                Output::Provider(c) => providers.execute(c),
-                Output::Event(e) => observer.event(call, &e),
-                Output::Close(reason) => {
-                    // A transfer keeps the socket open until the call is redirected.
-                    if !matches!(reason, CloseReason::Transfer(_)) {
-                        socket.close().await;
-                    }
-                    return Ended::Closed(reason);
-                }
-                Output::Timeout(t) => break t,
-            }
+        let next = match carry_out(
+            call,
+            socket,
+            providers,
+            control,
+            observer,
+            &mut transfer,
+            cfg,
+        )
+        .await
+        {
+            Ok(next) => next,
+            Err(ended) => return ended,
         };
         let deadline = next.map(tokio::time::Instant::from_std);
         // Before `start`, the start deadline; after it, the idle deadline.
@@ -362,12 +384,14 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
                     Ok(Recv::Closed) => {
                         call.handle_input(Input::TwilioClosed { at });
                         drain_events(call, observer, providers);
-                        return Ended::PeerClosed;
+                        return peer_gone(call, observer, providers, transfer, Ended::PeerClosed)
+                            .await;
                     }
                     Err(e) => {
                         call.handle_input(Input::TwilioClosed { at });
                         drain_events(call, observer, providers);
-                        return Ended::Failed(e);
+                        return peer_gone(call, observer, providers, transfer, Ended::Failed(e))
+                            .await;
                     }
                 }
                 observer.processed(t.elapsed());
@@ -378,6 +402,9 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
             }
             ev = providers.next() => {
                 call.handle_input(Input::Provider { at: now(), event: ev });
+            }
+            outcome = transfer_outcome(&mut transfer) => {
+                call.handle_input(Input::Transfer { at: now(), outcome });
             }
             _ = sleep_until_opt(deadline) => {
                 call.handle_input(Input::Timeout(now()));
@@ -399,6 +426,97 @@ pub async fn drive<S: TwilioSocket, P: Providers, O: Observer>(
                 return Ended::Failed(fault);
             }
         }
+    }
+}
+
+/// Carries out what the call has to say until it waits: text frames sent, provider commands
+/// and a transfer started, events observed. Returns the call's next deadline, or how the call
+/// ended (a close, or a socket that failed or stalled on a send).
+async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
+    call: &mut Call,
+    socket: &mut S,
+    providers: &mut P,
+    control: &mut C,
+    observer: &mut O,
+    transfer: &mut Option<(String, TransferFuture)>,
+    cfg: DriveConfig,
+) -> Result<Option<Instant>, Ended> {
+    loop {
+        match call.poll_output() {
+            Output::Transmit(text) => {
+                let r = tokio::time::timeout(cfg.send_timeout, socket.send(text)).await;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(finish(call, observer, Ended::Failed(e))),
+                    Err(_) => {
+                        let e = SocketError::SendTimeout(cfg.send_timeout);
+                        return Err(finish(call, observer, Ended::Failed(e)));
+                    }
+                }
+            }
+            Output::Provider(c) => providers.execute(c),
+            Output::Event(e) => observer.event(call, &e),
+            Output::Transfer { to } => {
+                let sid = call.info().map(|i| i.call_sid.clone());
+                let fut = control.transfer(sid.as_deref(), &to);
+                *transfer = Some((to, fut));
+            }
+            Output::Close(reason) => {
+                let reason = match transfer.take() {
+                    Some(t) => settle_transfer(call, observer, providers, t)
+                        .await
+                        .map_or(reason, CloseReason::Transfer),
+                    None => reason,
+                };
+                socket.close().await;
+                return Err(Ended::Closed(reason));
+            }
+            Output::Timeout(t) => return Ok(t),
+        }
+    }
+}
+
+/// The outcome of the transfer in flight; pending forever when there is none. Cancel-safe:
+/// the transfer's future lives in `transfer`, not in this one.
+async fn transfer_outcome(transfer: &mut Option<(String, TransferFuture)>) -> TransferOutcome {
+    let Some((_, fut)) = transfer.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = fut.await;
+    *transfer = None;
+    outcome
+}
+
+/// Waits for a transfer still in flight when the call ends and feeds its outcome to the call.
+/// Returns the target when the call was redirected.
+async fn settle_transfer<O: Observer, P: Providers>(
+    call: &mut Call,
+    observer: &mut O,
+    providers: &mut P,
+    (to, fut): (String, TransferFuture),
+) -> Option<String> {
+    let outcome = fut.await;
+    let redirected = outcome == TransferOutcome::Redirected;
+    call.handle_input(Input::Transfer { at: now(), outcome });
+    drain_events(call, observer, providers);
+    redirected.then_some(to)
+}
+
+/// Twilio's socket is gone: `ended`, unless a transfer in flight redirected the call (Twilio
+/// ends the stream of a call it redirects).
+async fn peer_gone<O: Observer, P: Providers>(
+    call: &mut Call,
+    observer: &mut O,
+    providers: &mut P,
+    transfer: Option<(String, TransferFuture)>,
+    ended: Ended,
+) -> Ended {
+    match transfer {
+        Some(t) => match settle_transfer(call, observer, providers, t).await {
+            Some(to) => Ended::Closed(CloseReason::Transfer(to)),
+            None => ended,
+        },
+        None => ended,
     }
 }
 
@@ -424,7 +542,7 @@ fn drain_events<O: Observer, P: Providers>(call: &mut Call, observer: &mut O, pr
         match call.poll_output() {
             Output::Event(e) => observer.event(call, &e),
             Output::Provider(c) => providers.execute(c),
-            Output::Transmit(_) | Output::Close(_) => {}
+            Output::Transmit(_) | Output::Close(_) | Output::Transfer { .. } => {}
             Output::Timeout(_) => return,
         }
     }
@@ -453,6 +571,8 @@ mod tests {
         inbound: std::collections::VecDeque<String>,
         closed: bool,
         close_code: Option<u16>,
+        /// Set on close, for a transfer to look at.
+        closed_flag: std::rc::Rc<std::cell::Cell<bool>>,
     }
 
     impl TwilioSocket for Script {
@@ -471,10 +591,12 @@ mod tests {
         }
         async fn close(&mut self) {
             self.closed = true;
+            self.closed_flag.set(true);
             self.close_code = Some(1000);
         }
         async fn close_with(&mut self, code: u16, _reason: &str) {
             self.closed = true;
+            self.closed_flag.set(true);
             self.close_code = Some(code);
         }
     }
@@ -501,32 +623,92 @@ mod tests {
         fn event(&mut self, _: &Call, _: &Event) {}
     }
 
-    async fn drive_until_closed(action: Action) -> (Ended, bool) {
+    async fn drive_until_closed(action: Action, control: &mut impl CallControl) -> (Ended, bool) {
         let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let (ended, socket, _) =
-            run(started(), Box::new(Closer(Some(action))), &mut shutdown).await;
+        let agent = Box::new(Closer(Some(action)));
+        let (ended, socket, _) = run_with(started(), agent, control, &mut shutdown).await;
         (ended, socket.closed)
     }
 
+    /// Redirects every call after 50 ms, noting whether Twilio's socket was still open then
+    /// and which call it was asked to redirect.
+    #[derive(Default)]
+    struct Redirect {
+        socket_closed: std::rc::Rc<std::cell::Cell<bool>>,
+        closed_at_redirect: std::rc::Rc<std::cell::Cell<Option<bool>>>,
+        asked: Vec<(Option<String>, String)>,
+    }
+
+    impl CallControl for Redirect {
+        fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture {
+            self.asked
+                .push((call_sid.map(str::to_owned), to.to_owned()));
+            let (closed, seen) = (self.socket_closed.clone(), self.closed_at_redirect.clone());
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen.set(Some(closed.get()));
+                TransferOutcome::Redirected
+            })
+        }
+    }
+
     #[tokio::test]
-    async fn a_transfer_leaves_the_socket_open_a_hang_up_closes_it() {
-        let (ended, closed) = drive_until_closed(Action::Transfer {
+    async fn a_transfer_keeps_the_socket_open_until_redirected_a_hang_up_closes_it() {
+        let mut control = Redirect::default();
+        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
+        let agent = Box::new(Closer(Some(Action::Transfer {
             to: "+14155550100".into(),
-        })
-        .await;
+        })));
+        let mut socket = script(started());
+        socket.closed_flag = control.socket_closed.clone();
+        let (ended, socket) = run_on(socket, agent, &mut control, &mut shutdown).await;
         assert!(
             matches!(&ended, Ended::Closed(CloseReason::Transfer(to)) if to == "+14155550100"),
             "{ended:?}"
         );
-        assert!(
-            !closed,
+        assert_eq!(
+            control.closed_at_redirect.get(),
+            Some(false),
             "closing first would make Twilio hang up before the transfer"
         );
-        let (ended, closed) = drive_until_closed(Action::Hangup {
-            reason: "done".into(),
-        })
+        assert_eq!(
+            control.asked,
+            vec![(
+                Some("CA00000000000000000000000000000001".to_string()),
+                "+14155550100".to_string()
+            )]
+        );
+        assert!(socket.closed, "closed once Twilio took the redirect");
+        let (ended, closed) = drive_until_closed(
+            Action::Hangup {
+                reason: "done".into(),
+            },
+            &mut NoCallControl,
+        )
         .await;
         assert!(matches!(ended, Ended::Closed(CloseReason::Hangup(_))));
+        assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn a_failed_transfer_goes_back_to_the_agent_inside_the_loop() {
+        // The default `on_transfer_failed` hangs up, naming the failure.
+        let (ended, closed) = drive_until_closed(
+            Action::Transfer {
+                to: "+14155550100".into(),
+            },
+            &mut NoCallControl,
+        )
+        .await;
+        match ended {
+            Ended::Closed(CloseReason::Hangup(why)) => {
+                assert!(
+                    why.starts_with("transfer to +14155550100 failed: "),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(closed);
     }
 
@@ -568,28 +750,52 @@ mod tests {
         ]
     }
 
+    fn script(inbound: Vec<String>) -> Script {
+        Script {
+            inbound: inbound.into_iter().collect(),
+            closed: false,
+            close_code: None,
+            closed_flag: Default::default(),
+        }
+    }
+
     async fn run(
         inbound: Vec<String>,
         agent: Box<dyn Agent>,
         shutdown: &mut ShutdownSignal,
     ) -> (Ended, Script, Duration) {
-        let mut socket = Script {
-            inbound: inbound.into_iter().collect(),
-            closed: false,
-            close_code: None,
-        };
-        let mut call = Call::new(CallConfig::default(), agent).expect("default config");
+        run_with(inbound, agent, &mut NoCallControl, shutdown).await
+    }
+
+    async fn run_with(
+        inbound: Vec<String>,
+        agent: Box<dyn Agent>,
+        control: &mut impl CallControl,
+        shutdown: &mut ShutdownSignal,
+    ) -> (Ended, Script, Duration) {
         let t0 = tokio::time::Instant::now();
+        let (ended, socket) = run_on(script(inbound), agent, control, shutdown).await;
+        (ended, socket, t0.elapsed())
+    }
+
+    async fn run_on(
+        mut socket: Script,
+        agent: Box<dyn Agent>,
+        control: &mut impl CallControl,
+        shutdown: &mut ShutdownSignal,
+    ) -> (Ended, Script) {
+        let mut call = Call::new(CallConfig::default(), agent).expect("default config");
         let ended = drive(
             &mut call,
             &mut socket,
             &mut NoProviders,
+            control,
             &mut Quiet,
             DriveConfig::default(),
             shutdown,
         )
         .await;
-        (ended, socket, t0.elapsed())
+        (ended, socket)
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,9 +12,13 @@
 //! - **Events**: handshake done → [`ProviderEvent::Opened`] with the HTTP status (101); every
 //!   text or binary frame → [`ProviderEvent::Message`]; a close frame with code 1000 (or none)
 //!   → [`ProviderEvent::Closed`]; any other close code → [`ProviderEvent::Failed`] with
-//!   `close_code` (ElevenLabs: 1002 operational, 1008 contract/auth, 1011 internal); a
-//!   handshake refused with an HTTP status → `Failed` with `status`; a reset, a protocol error
-//!   or a timeout → `Failed` without either. `Failed` and `Closed` are terminal.
+//!   [`FaultKind::Close`] and the reason as detail (ElevenLabs: 1002 operational, 1008
+//!   contract/auth, 1011 internal). Before the handshake is done: refused with an HTTP status
+//!   → [`FaultKind::Status`] with the body's start; not done within [`CONNECT_TIMEOUT`] →
+//!   [`FaultKind::Timeout`]; a bad URL or header → [`FaultKind::Request`]; any other failure
+//!   (refused, DNS, TLS, no root certificates, a bad upgrade answer) → [`FaultKind::Connect`].
+//!   After it: a reset, a protocol error, a failed send or an end without a close frame →
+//!   [`FaultKind::Dropped`]. `Failed` and `Closed` are terminal.
 //! - **Pings**: tungstenite queues the pong when it reads a ping and flushes it on the next read
 //!   or write; the loop always reads, so pings are answered without the agent.
 //! - **Send**: [`ProviderMessage::Text`] → a text frame, [`ProviderMessage::Binary`] → a binary
@@ -28,15 +32,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, connect_async_tls_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
+};
 
-use crate::agent::{PeerId, ProviderEvent, ProviderMessage, WsRequest};
+use crate::agent::{FaultKind, PeerId, ProviderEvent, ProviderFault, ProviderMessage, WsRequest};
 
 /// Read buffer per connection, bytes (tungstenite's default is 128 KiB).
 pub const READ_BUFFER_BYTES: usize = 4096;
@@ -47,18 +54,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Characters of a refused handshake's response body kept in the error.
 const BODY_PREFIX_CHARS: usize = 300;
 
-fn failed(
-    peer: PeerId,
-    error: String,
-    status: Option<u16>,
-    close_code: Option<u16>,
-) -> ProviderEvent {
+fn failed(peer: PeerId, kind: FaultKind, detail: impl Into<String>) -> ProviderEvent {
     ProviderEvent::Failed {
         peer,
-        error,
-        status,
-        retry_after_ms: None,
-        close_code,
+        fault: ProviderFault::new(kind, detail),
     }
 }
 
@@ -66,24 +65,25 @@ fn failed(
 /// root certificates. Built once per process.
 ///
 /// # Errors
-/// A description when no root certificate could be loaded or rustls refuses the provider.
-pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+/// A [`FaultKind::Connect`] fault when no root certificate could be loaded or rustls refuses
+/// the provider (no `wss://` connection can be made).
+pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, ProviderFault> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, ProviderFault>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(format!(
-                    "no root certificates found for wss:// ({:?})",
-                    found.errors
+                return Err(ProviderFault::new(
+                    FaultKind::Connect,
+                    format!("no root certificates found for wss:// ({:?})", found.errors),
                 ));
             }
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("rustls: {e}"))?
+                .map_err(|e| ProviderFault::new(FaultKind::Connect, format!("rustls: {e}")))?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             Ok(Arc::new(config))
@@ -91,17 +91,22 @@ pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
         .clone()
 }
 
-fn request(req: &WsRequest) -> Result<tungstenite::handshake::client::Request, String> {
+/// The upgrade request for `req`.
+///
+/// # Errors
+/// A [`FaultKind::Request`] fault for a bad URL, header name or header value.
+fn request(req: &WsRequest) -> Result<tungstenite::handshake::client::Request, ProviderFault> {
+    let bad = |detail: String| ProviderFault::new(FaultKind::Request, detail);
     let mut request = req
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| format!("bad WebSocket URL: {e}"))?;
+        .map_err(|e| bad(format!("bad WebSocket URL: {e}")))?;
     for (k, v) in &req.headers {
         let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|e| format!("bad header name {k:?}: {e}"))?;
+            .map_err(|e| bad(format!("bad header name {k:?}: {e}")))?;
         let value =
-            HeaderValue::from_str(v).map_err(|e| format!("bad value for header {k}: {e}"))?;
+            HeaderValue::from_str(v).map_err(|e| bad(format!("bad value for header {k}: {e}")))?;
         request.headers_mut().insert(name, value);
     }
     Ok(request)
@@ -114,46 +119,34 @@ fn to_frame(m: ProviderMessage) -> Message {
     }
 }
 
-/// Runs one WebSocket until it closes or the pipe is closed, reporting through `tx`. See the
-/// module docs for the events.
-pub async fn run(
-    peer: PeerId,
-    req: WsRequest,
-    mut outgoing: mpsc::UnboundedReceiver<ProviderMessage>,
-    tx: mpsc::UnboundedSender<ProviderEvent>,
-) {
-    let request = match request(&req) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.send(failed(peer, e, None, None));
-            return;
-        }
-    };
+/// A client WebSocket over TCP, in the clear or over rustls.
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens the WebSocket (TCP, TLS for `wss://`, the upgrade with `req`'s headers) within
+/// [`CONNECT_TIMEOUT`]; returns it with the upgrade's HTTP status (101).
+///
+/// # Errors
+/// The fault (see the module docs): [`FaultKind::Request`], [`FaultKind::Timeout`],
+/// [`FaultKind::Status`] with the start of the refusal's body, else [`FaultKind::Connect`].
+async fn connect(req: &WsRequest) -> Result<(Socket, u16), ProviderFault> {
+    let request = request(req)?;
     let tls = request
         .uri()
         .scheme_str()
         .is_some_and(|s| s.eq_ignore_ascii_case("wss"));
     let connector = if tls {
-        match tls_config() {
-            Ok(c) => Connector::Rustls(c),
-            Err(e) => {
-                let _ = tx.send(failed(peer, e, None, None));
-                return;
-            }
-        }
+        Connector::Rustls(tls_config()?)
     } else {
         Connector::Plain
     };
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let connect = connect_async_tls_with_config(request, Some(config), true, Some(connector));
-    let (mut ws, response) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Err(_) => {
-            let e = format!("WebSocket connect timed out after {CONNECT_TIMEOUT:?}");
-            let _ = tx.send(failed(peer, e, None, None));
-            return;
-        }
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Err(_) => Err(ProviderFault::new(
+            FaultKind::Timeout,
+            format!("WebSocket connect timed out after {CONNECT_TIMEOUT:?}"),
+        )),
         Ok(Err(tungstenite::Error::Http(resp))) => {
-            let status = resp.status().as_u16();
             let body: String = resp
                 .body()
                 .as_deref()
@@ -164,20 +157,42 @@ pub async fn run(
                         .collect()
                 })
                 .unwrap_or_default();
-            let e = format!("WebSocket upgrade refused with HTTP {status}: {body}");
-            let _ = tx.send(failed(peer, e, Some(status), None));
-            return;
+            Err(ProviderFault::status(resp.status().as_u16(), body, None))
         }
         Ok(Err(e)) => {
-            let _ = tx.send(failed(peer, format!("WebSocket connect: {e}"), None, None));
+            let kind = match e {
+                tungstenite::Error::Url(_) | tungstenite::Error::HttpFormat(_) => {
+                    FaultKind::Request
+                }
+                _ => FaultKind::Connect,
+            };
+            Err(ProviderFault::new(kind, format!("WebSocket connect: {e}")))
+        }
+        Ok(Ok((ws, response))) => Ok((ws, response.status().as_u16())),
+    }
+}
+
+/// Runs one WebSocket until it closes or the pipe is closed, reporting through `tx`. See the
+/// module docs for the events.
+pub async fn run(
+    peer: PeerId,
+    req: WsRequest,
+    mut outgoing: mpsc::UnboundedReceiver<ProviderMessage>,
+    tx: mpsc::UnboundedSender<ProviderEvent>,
+) {
+    let mut ws = match connect(&req).await {
+        Ok((ws, status)) => {
+            let _ = tx.send(ProviderEvent::Opened {
+                peer,
+                status: Some(status),
+            });
+            ws
+        }
+        Err(fault) => {
+            let _ = tx.send(ProviderEvent::Failed { peer, fault });
             return;
         }
-        Ok(Ok(x)) => x,
     };
-    let _ = tx.send(ProviderEvent::Opened {
-        peer,
-        status: Some(response.status().as_u16()),
-    });
     loop {
         tokio::select! {
             frame = ws.next() => match frame {
@@ -201,12 +216,7 @@ pub async fn run(
                     let ev = match frame {
                         Some(f) if f.code != CloseCode::Normal && f.code != CloseCode::Status => {
                             let code = u16::from(f.code);
-                            failed(
-                                peer,
-                                format!("WebSocket closed with {code}: {}", f.reason.as_str()),
-                                None,
-                                Some(code),
-                            )
+                            failed(peer, FaultKind::Close(code), f.reason.as_str())
                         }
                         _ => ProviderEvent::Closed { peer },
                     };
@@ -214,12 +224,12 @@ pub async fn run(
                     return;
                 }
                 Some(Err(e)) => {
-                    let _ = tx.send(failed(peer, format!("WebSocket: {e}"), None, None));
+                    let _ = tx.send(failed(peer, FaultKind::Dropped, format!("WebSocket: {e}")));
                     return;
                 }
                 None => {
-                    let e = "WebSocket ended without a close frame".to_string();
-                    let _ = tx.send(failed(peer, e, None, None));
+                    let e = "WebSocket ended without a close frame";
+                    let _ = tx.send(failed(peer, FaultKind::Dropped, e));
                     return;
                 }
             },
@@ -236,7 +246,8 @@ pub async fn run(
                         r = ws.flush().await;
                     }
                     if let Err(e) = r {
-                        let _ = tx.send(failed(peer, format!("WebSocket send: {e}"), None, None));
+                        let e = format!("WebSocket send: {e}");
+                        let _ = tx.send(failed(peer, FaultKind::Dropped, e));
                         return;
                     }
                 }
@@ -392,11 +403,10 @@ mod tests {
             let mut p = open(&url, &[]);
             assert!(matches!(next(&mut p).await, ProviderEvent::Opened { .. }));
             match next(&mut p).await {
-                ProviderEvent::Failed {
-                    close_code, error, ..
-                } => {
-                    assert_eq!(close_code, Some(code));
-                    assert!(error.contains("policy"), "{error}");
+                ProviderEvent::Failed { fault, .. } => {
+                    assert_eq!(fault.close_code(), Some(code));
+                    assert_eq!(fault.kind, FaultKind::Close(code));
+                    assert!(fault.detail.contains("policy"), "{fault}");
                 }
                 other => panic!("expected Failed, got {other:?}"),
             }
@@ -447,9 +457,9 @@ mod tests {
         });
         let mut p = open(&format!("ws://{addr}/"), &[]);
         match next(&mut p).await {
-            ProviderEvent::Failed { status, error, .. } => {
-                assert_eq!(status, Some(401));
-                assert!(error.contains("invalid api key"), "{error}");
+            ProviderEvent::Failed { fault, .. } => {
+                assert_eq!(fault.http_status(), Some(401));
+                assert!(fault.detail.contains("invalid api key"), "{fault}");
             }
             other => panic!("expected Failed, got {other:?}"),
         }
@@ -464,13 +474,10 @@ mod tests {
         .await;
         let mut p = open(&url, &[]);
         assert!(matches!(next(&mut p).await, ProviderEvent::Opened { .. }));
+        // Neither a close code nor a status: the connection broke.
         assert!(matches!(
             next(&mut p).await,
-            ProviderEvent::Failed {
-                close_code: None,
-                status: None,
-                ..
-            }
+            ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Dropped
         ));
         server.await.expect("server");
 
@@ -479,9 +486,15 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         drop(l);
         let mut p = open(&format!("ws://{addr}/"), &[]);
-        assert!(matches!(next(&mut p).await, ProviderEvent::Failed { .. }));
+        assert!(matches!(
+            next(&mut p).await,
+            ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Connect
+        ));
         let mut p = open("not a url", &[]);
-        assert!(matches!(next(&mut p).await, ProviderEvent::Failed { .. }));
+        assert!(matches!(
+            next(&mut p).await,
+            ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Request
+        ));
     }
 
     #[test]
@@ -490,7 +503,10 @@ mod tests {
         // provider is installed in this test).
         match tls_config() {
             Ok(c) => assert!(!c.alpn_protocols.iter().any(|p| p.is_empty())),
-            Err(e) => assert!(e.contains("root certificates"), "{e}"),
+            Err(e) => {
+                assert_eq!(e.kind, FaultKind::Connect);
+                assert!(e.detail.contains("root certificates"), "{e}");
+            }
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct TestCall<P: Provider = NoProvider> {
     /// Mark names echoed to the call, with the time.
     pub echoed: Vec<(Instant, String)>,
     pub closes: Vec<CloseReason>,
+    /// Transfers the call asked for ([`Output::Transfer`]), in order.
+    pub transfers: Vec<String>,
     /// The call's next deadline.
     pub timeout: Option<Instant>,
     /// Sequence number of the last message the harness built.
@@ -173,6 +175,7 @@ impl<P: Provider> TestCall<P> {
             commands: Vec::new(),
             echoed: Vec::new(),
             closes: Vec::new(),
+            transfers: Vec::new(),
             timeout: None,
             seq: 100_000,
             chunk: 0,
@@ -272,6 +275,7 @@ impl<P: Provider> TestCall<P> {
                     self.commands.push((self.now, c));
                 }
                 Output::Close(r) => self.closes.push(r),
+                Output::Transfer { to } => self.transfers.push(to),
                 Output::Timeout(t) => {
                     if let Some(t) = t {
                         assert!(t >= self.now, "timeout in the past");
@@ -427,7 +431,7 @@ impl<P: Provider> TestCall<P> {
     /// The agent's reports with their times.
     pub fn timed_reports(&self) -> Vec<(Instant, AgentReport)> {
         self.pick(|t, e| match e {
-            Event::Agent(r) => Some((t, r.clone())),
+            Event::Agent { report, .. } => Some((t, report.clone())),
             _ => None,
         })
     }

@@ -7,6 +7,10 @@
 //! `HARK_STT_*`, `HARK_LLM_*` and `HARK_TTS_*` override them per stage. A key is required only
 //! for a stage that talks to `api.openai.com`; local servers may need none.
 //!
+//! In the configuration file these are keys of `[openai]`, `[agent.cascade]` and
+//! `[agent.cascade.stt|llm|tts]` (`HARK_STT_MODEL` is `agent.cascade.stt.model`; the table is
+//! [`crate::config::keys::SETTINGS`]).
+//!
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `OPENAI_BASE_URL` | `https://api.openai.com/v1` | base URL of every stage (`/v1` is added when missing) |
@@ -44,50 +48,16 @@
 //! | `HARK_RETRY_BACKOFF_MS` | 150 | first backoff, doubled per retry |
 
 use hark_engine::Agent;
-use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
+use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, CascadeError, Endpoint};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Values};
 
-/// Settings of the `cascade` agent, read from the environment.
+/// Settings of the `cascade` agent (`[agent.cascade]` and `[openai]` in the file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The engine-side configuration every call's agent is built from (boxed: it is large
     /// next to the other agents' settings).
     pub config: Box<CascadeConfig>,
-}
-
-fn bad(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        reason: reason.into(),
-    }
-}
-
-fn num<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| bad(var, format!("{v:?} is not a valid number")))
-}
-
-fn flag(var: &'static str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(bad(var, format!("{v:?} is not true or false"))),
-    }
-}
-
-fn check_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
-    let u = v.trim().trim_end_matches('/').to_string();
-    let lower = u.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .ok_or_else(|| bad(var, format!("{v:?} must start with https:// (or http://)")))?;
-    if rest.is_empty() || rest.contains('?') || rest.contains('#') {
-        return Err(bad(var, format!("{v:?} needs a host and no query string")));
-    }
-    Ok(u)
 }
 
 /// Whether `base` is OpenAI's hosted API (which always needs a key).
@@ -102,229 +72,225 @@ fn is_openai(base: &str) -> bool {
     host == "api.openai.com"
 }
 
+/// A text setting where `off` or `none` (any case) means none.
+fn unless_off(text: String) -> Option<String> {
+    match text.to_ascii_lowercase().as_str() {
+        "off" | "none" => None,
+        _ => Some(text),
+    }
+}
+
+/// One stage's endpoint: its own URL, key and model variables over `OPENAI_BASE_URL` (`base`)
+/// and `OPENAI_API_KEY` (`key`).
+fn endpoint(
+    v: &Values,
+    (base, key): (&str, Option<&String>),
+    (url_var, key_var, model_var): (&'static str, &'static str, &'static str),
+    default_model: &str,
+) -> Result<Endpoint, ConfigError> {
+    let own_url = v.http_url(url_var)?;
+    let url = own_url.clone().unwrap_or_else(|| base.to_string());
+    let api_key = v.get(key_var).or_else(|| key.cloned());
+    if api_key.is_none() && is_openai(&url) {
+        let var = if own_url.is_some() {
+            key_var
+        } else {
+            "OPENAI_API_KEY"
+        };
+        return Err(ConfigError::new(
+            var,
+            format!(
+                "HARK_AGENT=cascade calls {url} and needs an API key (set OPENAI_API_KEY, or {key_var} for this stage)"
+            ),
+        ));
+    }
+    let model = v
+        .get(model_var)
+        .unwrap_or_else(|| default_model.to_string());
+    Ok(Endpoint::new(url, api_key, model.trim()))
+}
+
 impl Settings {
-    /// Reads the settings through `lookup` (empty values count as unset).
+    /// Reads the settings from the environment only, through `lookup` (empty values count as
+    /// unset). For tests and the bench; `hark serve` reads them with the rest of
+    /// [`crate::config::Config`].
+    ///
+    /// # Errors
+    /// As [`Settings::from_values`].
+    pub fn from_lookup(
+        lookup: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Settings::from_values(&Values::from_lookup(lookup))
+    }
+
+    /// Parses the settings from `v`.
     ///
     /// # Errors
     /// [`ConfigError`] naming the missing or bad variable: a stage on `api.openai.com` without
     /// a key names `OPENAI_API_KEY` (or the stage's `HARK_*_API_KEY`).
-    pub fn from_lookup(
-        lookup: &mut dyn FnMut(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let mut get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
         let mut c = CascadeConfig::default();
-        let base = match get("OPENAI_BASE_URL") {
-            Some(v) => check_url("OPENAI_BASE_URL", &v)?,
-            None => hark_engine::agents::cascade::config::OPENAI_BASE_URL.to_string(),
-        };
-        let key = get("OPENAI_API_KEY");
-        let mut endpoint = |url_var: &'static str,
-                            key_var: &'static str,
-                            model_var: &'static str,
-                            default_model: &str|
-         -> Result<Endpoint, ConfigError> {
-            let url = match get(url_var) {
-                Some(v) => check_url(url_var, &v)?,
-                None => base.clone(),
-            };
-            let api_key = get(key_var).or_else(|| key.clone());
-            if api_key.is_none() && is_openai(&url) {
-                let var = if get(url_var).is_some() {
-                    key_var
-                } else {
-                    "OPENAI_API_KEY"
-                };
-                return Err(bad(
-                    var,
-                    format!(
-                        "HARK_AGENT=cascade calls {url} and needs an API key (set OPENAI_API_KEY, or {key_var} for this stage)"
-                    ),
-                ));
-            }
-            let model = get(model_var).unwrap_or_else(|| default_model.to_string());
-            Ok(Endpoint::new(url, api_key, model.trim()))
-        };
-        c.stt.endpoint = endpoint(
-            "HARK_STT_BASE_URL",
-            "HARK_STT_API_KEY",
-            "HARK_STT_MODEL",
-            &c.stt.endpoint.model,
-        )?;
-        c.llm.endpoint = endpoint(
-            "HARK_LLM_BASE_URL",
-            "HARK_LLM_API_KEY",
-            "HARK_LLM_MODEL",
-            &c.llm.endpoint.model,
-        )?;
-        c.tts.endpoint = endpoint(
-            "HARK_TTS_BASE_URL",
-            "HARK_TTS_API_KEY",
-            "HARK_TTS_MODEL",
-            &c.tts.endpoint.model,
-        )?;
-        // Streaming transcription: gpt-4o transcribe models stream; whisper-1 ignores it.
-        c.stt.stream = match get("HARK_STT_STREAM") {
-            Some(v) => flag("HARK_STT_STREAM", &v)?,
-            None => c.stt.endpoint.model.starts_with("gpt-4o"),
-        };
-        c.stt.prompt = get("HARK_STT_PROMPT");
-        c.stt.language = get("HARK_LANGUAGE").map(|l| l.trim().to_string());
-        if let Some(l) = &c.stt.language
-            && !(l.len() == 2 && l.bytes().all(|b| b.is_ascii_lowercase()))
-        {
-            return Err(bad(
-                "HARK_LANGUAGE",
-                format!("{l:?} is not an ISO-639-1 code like en or de"),
-            ));
-        }
-        if let Some(v) = get("HARK_LLM_TEMPERATURE") {
-            let t: f32 = num("HARK_LLM_TEMPERATURE", &v)?;
-            if !(0.0..=2.0).contains(&t) {
-                return Err(bad("HARK_LLM_TEMPERATURE", "must be within 0..=2"));
-            }
-            c.llm.temperature = Some(t);
-        }
-        if let Some(v) = get("HARK_LLM_MAX_TOKENS") {
-            c.llm.max_tokens = Some(num("HARK_LLM_MAX_TOKENS", &v)?);
-        }
-        if let Some(v) = get("HARK_TTS_VOICE") {
-            c.tts.voice = v.trim().to_string();
-        }
-        c.tts.instructions = get("HARK_TTS_INSTRUCTIONS");
-        if let Some(v) = get("HARK_TTS_SPEED") {
-            let s: f32 = num("HARK_TTS_SPEED", &v)?;
-            if !(0.25..=4.0).contains(&s) {
-                return Err(bad("HARK_TTS_SPEED", "must be within 0.25..=4"));
-            }
-            c.tts.speed = Some(s);
-        }
-        if let Some(v) = get("HARK_SYSTEM_PROMPT") {
-            c.system_prompt = v;
-        }
-        if let Some(v) = get("HARK_SYSTEM_PROMPT_PARAM") {
-            c.system_prompt_param = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_GREETING") {
-            c.greeting = match v.trim().to_ascii_lowercase().as_str() {
-                "off" | "none" => None,
-                _ => Some(v.trim().to_string()),
-            };
-        }
-        if let Some(v) = get("HARK_GREETING_PARAM") {
-            c.greeting_param = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_FALLBACK_TEXT") {
-            c.fallback_text = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_GOODBYE_TEXT") {
-            c.goodbye_text = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_TRANSFER_TEXT") {
-            c.transfer_text = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_TRANSFER_FAILED_TEXT") {
-            c.transfer_failed_text = v.trim().to_string();
-        }
-        if let Some(v) = get("HARK_TOOLS") {
-            c.tools.end_call = false;
-            c.tools.transfer_call = false;
-            for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                match t {
-                    "end_call" => c.tools.end_call = true,
-                    "transfer_call" => c.tools.transfer_call = true,
-                    "none" => {}
-                    other => {
-                        return Err(bad(
-                            "HARK_TOOLS",
-                            format!(
-                                "unknown tool {other:?} (available: end_call, transfer_call, none)"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(v) = get("HARK_TRANSFER_ALLOW") {
-            c.tools.transfer_allow = v
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if let Some(n) = c
-                .tools
-                .transfer_allow
-                .iter()
-                .find(|n| !hark_engine::agents::cascade::valid_transfer_target(n))
-            {
-                return Err(bad(
-                    "HARK_TRANSFER_ALLOW",
-                    format!("{n:?} is not an E.164 number (+14155550100) or a sip: URI"),
-                ));
-            }
-        }
-        if let Some(v) = get("HARK_STT_TIMEOUT_MS") {
-            c.stt.timeout_ms = num("HARK_STT_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_LLM_TIMEOUT_MS") {
-            c.llm.first_token_timeout_ms = num("HARK_LLM_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_TTS_TIMEOUT_MS") {
-            c.tts.first_byte_timeout_ms = num("HARK_TTS_TIMEOUT_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_PROVIDER_IDLE_MS") {
-            let stall: u64 = num("HARK_PROVIDER_IDLE_MS", &v)?;
-            c.stt.stall_ms = stall;
-            c.llm.stall_ms = stall;
-            c.tts.stall_ms = stall;
-        }
-        if let Some(v) = get("HARK_STT_STALL_MS") {
-            c.stt.stall_ms = num("HARK_STT_STALL_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_LLM_STALL_MS") {
-            c.llm.stall_ms = num("HARK_LLM_STALL_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_TTS_STALL_MS") {
-            c.tts.stall_ms = num("HARK_TTS_STALL_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_FILLER_TEXT") {
-            c.filler_text = match v.trim().to_ascii_lowercase().as_str() {
-                "off" | "none" => None,
-                _ => Some(v.trim().to_string()),
-            };
-        }
-        if let Some(v) = get("HARK_FILLER_AFTER_MS") {
-            let after: u64 = num("HARK_FILLER_AFTER_MS", &v)?;
-            if !(100..=60_000).contains(&after) {
-                return Err(bad("HARK_FILLER_AFTER_MS", "must be within 100..=60000"));
-            }
-            c.filler_after_ms = after;
-        }
-        if let Some(v) = get("HARK_RETRY_MAX") {
-            c.retry.max_retries = num::<u32>("HARK_RETRY_MAX", &v)?.min(10);
-        }
-        if let Some(v) = get("HARK_RETRY_BUDGET_MS") {
-            c.retry.budget_ms = num("HARK_RETRY_BUDGET_MS", &v)?;
-        }
-        if let Some(v) = get("HARK_RETRY_BACKOFF_MS") {
-            c.retry.backoff_ms = num("HARK_RETRY_BACKOFF_MS", &v)?;
-        }
+        stages(v, &mut c)?;
+        conversation(v, &mut c)?;
+        deadlines(v, &mut c)?;
         c.validate()
-            .map_err(|e| bad("HARK_* cascade settings", e.to_string()))?;
+            .map_err(|e| ConfigError::new("HARK_* cascade settings", e.to_string()))?;
         Ok(Settings {
             config: Box::new(c),
         })
     }
 }
 
+/// The three stages' endpoints and their model settings.
+fn stages(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
+    let base = v
+        .http_url("OPENAI_BASE_URL")?
+        .unwrap_or_else(|| hark_engine::agents::cascade::config::OPENAI_BASE_URL.to_string());
+    let key = v.get("OPENAI_API_KEY");
+    let shared = (base.as_str(), key.as_ref());
+    c.stt.endpoint = endpoint(
+        v,
+        shared,
+        ("HARK_STT_BASE_URL", "HARK_STT_API_KEY", "HARK_STT_MODEL"),
+        &c.stt.endpoint.model,
+    )?;
+    c.llm.endpoint = endpoint(
+        v,
+        shared,
+        ("HARK_LLM_BASE_URL", "HARK_LLM_API_KEY", "HARK_LLM_MODEL"),
+        &c.llm.endpoint.model,
+    )?;
+    c.tts.endpoint = endpoint(
+        v,
+        shared,
+        ("HARK_TTS_BASE_URL", "HARK_TTS_API_KEY", "HARK_TTS_MODEL"),
+        &c.tts.endpoint.model,
+    )?;
+    // Streaming transcription: gpt-4o transcribe models stream; whisper-1 ignores it.
+    c.stt.stream = match v.flag("HARK_STT_STREAM")? {
+        Some(on) => on,
+        None => c.stt.endpoint.model.starts_with("gpt-4o"),
+    };
+    c.stt.prompt = v.get("HARK_STT_PROMPT");
+    c.stt.language = v.text("HARK_LANGUAGE");
+    if let Some(l) = &c.stt.language
+        && !(l.len() == 2 && l.bytes().all(|b| b.is_ascii_lowercase()))
+    {
+        return Err(ConfigError::new(
+            "HARK_LANGUAGE",
+            format!("{l:?} is not an ISO-639-1 code like en or de"),
+        ));
+    }
+    if let Some(t) = v.num_in::<f32>("HARK_LLM_TEMPERATURE", 0.0, 2.0)? {
+        c.llm.temperature = Some(t);
+    }
+    if let Some(n) = v.num("HARK_LLM_MAX_TOKENS")? {
+        c.llm.max_tokens = Some(n);
+    }
+    if let Some(voice) = v.text("HARK_TTS_VOICE") {
+        c.tts.voice = voice;
+    }
+    c.tts.instructions = v.get("HARK_TTS_INSTRUCTIONS");
+    if let Some(speed) = v.num_in::<f32>("HARK_TTS_SPEED", 0.25, 4.0)? {
+        c.tts.speed = Some(speed);
+    }
+    Ok(())
+}
+
+/// Prompts, spoken texts and tools.
+fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
+    if let Some(p) = v.get("HARK_SYSTEM_PROMPT") {
+        c.system_prompt = p;
+    }
+    if let Some(g) = v.text("HARK_GREETING") {
+        c.greeting = unless_off(g);
+    }
+    if let Some(f) = v.text("HARK_FILLER_TEXT") {
+        c.filler_text = unless_off(f);
+    }
+    for (var, field) in [
+        ("HARK_SYSTEM_PROMPT_PARAM", &mut c.system_prompt_param),
+        ("HARK_GREETING_PARAM", &mut c.greeting_param),
+        ("HARK_FALLBACK_TEXT", &mut c.fallback_text),
+        ("HARK_GOODBYE_TEXT", &mut c.goodbye_text),
+        ("HARK_TRANSFER_TEXT", &mut c.transfer_text),
+        ("HARK_TRANSFER_FAILED_TEXT", &mut c.transfer_failed_text),
+    ] {
+        if let Some(t) = v.text(var) {
+            *field = t;
+        }
+    }
+    if let Some(tools) = v.list("HARK_TOOLS", ',') {
+        c.tools.end_call = false;
+        c.tools.transfer_call = false;
+        for t in tools {
+            match t.as_str() {
+                "end_call" => c.tools.end_call = true,
+                "transfer_call" => c.tools.transfer_call = true,
+                "none" => {}
+                other => {
+                    return Err(ConfigError::new(
+                        "HARK_TOOLS",
+                        format!(
+                            "unknown tool {other:?} (available: end_call, transfer_call, none)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(allow) = v.list("HARK_TRANSFER_ALLOW", ',') {
+        if let Some(n) = allow
+            .iter()
+            .find(|n| !hark_engine::agents::cascade::valid_transfer_target(n))
+        {
+            return Err(ConfigError::new(
+                "HARK_TRANSFER_ALLOW",
+                format!("{n:?} is not an E.164 number (+14155550100) or a sip: URI"),
+            ));
+        }
+        c.tools.transfer_allow = allow;
+    }
+    Ok(())
+}
+
+/// Stage deadlines, the filler, and retries (all ms).
+fn deadlines(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
+    if let Some(stall) = v.num::<u64>("HARK_PROVIDER_IDLE_MS")? {
+        c.stt.stall_ms = stall;
+        c.llm.stall_ms = stall;
+        c.tts.stall_ms = stall;
+    }
+    for (var, field) in [
+        ("HARK_STT_TIMEOUT_MS", &mut c.stt.timeout_ms),
+        ("HARK_LLM_TIMEOUT_MS", &mut c.llm.first_token_timeout_ms),
+        ("HARK_TTS_TIMEOUT_MS", &mut c.tts.first_byte_timeout_ms),
+        ("HARK_STT_STALL_MS", &mut c.stt.stall_ms),
+        ("HARK_LLM_STALL_MS", &mut c.llm.stall_ms),
+        ("HARK_TTS_STALL_MS", &mut c.tts.stall_ms),
+        ("HARK_RETRY_BUDGET_MS", &mut c.retry.budget_ms),
+        ("HARK_RETRY_BACKOFF_MS", &mut c.retry.backoff_ms),
+    ] {
+        if let Some(ms) = v.num(var)? {
+            *field = ms;
+        }
+    }
+    if let Some(after) = v.num_in("HARK_FILLER_AFTER_MS", 100, 60_000)? {
+        c.filler_after_ms = after;
+    }
+    if let Some(n) = v.num::<u32>("HARK_RETRY_MAX")? {
+        c.retry.max_retries = n.min(10);
+    }
+    Ok(())
+}
+
 /// A new agent for one call.
 ///
 /// # Errors
-/// A reason when the agent cannot be made (settings that [`Settings::from_lookup`] checked,
-/// so not expected).
-pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, String> {
-    CascadeAgent::new((*settings.config).clone())
-        .map(|a| Box::new(a) as Box<dyn Agent>)
-        .map_err(|e| e.to_string())
+/// [`CascadeError`] when the settings are unusable (those that [`Settings::from_values`]
+/// checked, so not expected).
+pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, CascadeError> {
+    Ok(Box::new(CascadeAgent::new((*settings.config).clone())?))
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hark_engine::agent::{Agent, ProviderEvent, ProviderMessage};
+use hark_engine::agent::{Agent, ProviderEvent, ProviderFault, ProviderMessage};
 use hark_engine::agents::elevenlabs::{
     DEFAULT_SIGNED_URL_TIMEOUT_MS, ElevenLabsAgent, ElevenLabsConfig, Overrides, SIGNED_URL_PEER,
     SignedUrlLookup, parse_signed_url,
@@ -44,7 +44,7 @@ use hark_engine::agents::elevenlabs::{
 use hark_engine::io::http;
 use tracing::{info, warn};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Values};
 use crate::twiml::{self, Verb};
 
 /// Default REST base (`ELEVENLABS_API_BASE`).
@@ -57,7 +57,7 @@ pub const SAY_BUSY: &str = "The service is busy, please call back in a few minut
 pub const SAY_TECHNICAL: &str =
     "Sorry, we are experiencing technical difficulties. Please try again later. Goodbye.";
 
-/// Settings of the `elevenlabs` and `elevenlabs-direct` agents, read from the environment.
+/// Settings of the `elevenlabs` and `elevenlabs-direct` agents (`[agent.elevenlabs]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `ELEVENLABS_AGENT_ID`.
@@ -73,41 +73,43 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads the settings through `lookup`.
+    /// Reads the settings from the environment only, through `lookup`. For tests; `hark
+    /// serve` reads them with the rest of [`crate::config::Config`].
+    ///
+    /// # Errors
+    /// As [`Settings::from_values`].
+    pub fn from_lookup(
+        lookup: &mut dyn FnMut(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Settings::from_values(&Values::from_lookup(lookup))
+    }
+
+    /// Parses the settings from `v`.
     ///
     /// # Errors
     /// [`ConfigError`] when `ELEVENLABS_AGENT_ID` is missing or `ELEVENLABS_API_BASE` is not
     /// an `http(s)://` URL.
-    pub fn from_lookup(
-        lookup: &mut dyn FnMut(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let agent_id = lookup("ELEVENLABS_AGENT_ID")
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .ok_or(ConfigError {
-                var: "ELEVENLABS_AGENT_ID",
-                reason: "required by HARK_AGENT=elevenlabs / elevenlabs-direct".into(),
-            })?;
-        let api_base = lookup("ELEVENLABS_API_BASE")
-            .map(|v| v.trim().trim_end_matches('/').to_string())
-            .unwrap_or_else(|| DEFAULT_API_BASE.to_string());
-        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-            return Err(ConfigError {
-                var: "ELEVENLABS_API_BASE",
-                reason: format!("{api_base:?} must start with https:// (or http:// for tests)"),
-            });
-        }
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
+        let agent_id = v.text("ELEVENLABS_AGENT_ID").ok_or_else(|| {
+            ConfigError::new(
+                "ELEVENLABS_AGENT_ID",
+                "required by HARK_AGENT=elevenlabs / elevenlabs-direct",
+            )
+        })?;
         Ok(Settings {
             agent_id,
-            api_key: lookup("ELEVENLABS_API_KEY").map(|v| v.trim().to_string()),
-            api_base,
+            api_key: v.text("ELEVENLABS_API_KEY"),
+            api_base: v
+                .http_url("ELEVENLABS_API_BASE")?
+                .unwrap_or_else(|| DEFAULT_API_BASE.to_string()),
             overrides: Overrides {
-                prompt: lookup("HARK_ELEVENLABS_PROMPT"),
-                first_message: lookup("HARK_ELEVENLABS_FIRST_MESSAGE"),
-                language: lookup("HARK_ELEVENLABS_LANGUAGE"),
-                voice_id: lookup("HARK_ELEVENLABS_VOICE_ID"),
+                prompt: v.get("HARK_ELEVENLABS_PROMPT"),
+                first_message: v.get("HARK_ELEVENLABS_FIRST_MESSAGE"),
+                language: v.get("HARK_ELEVENLABS_LANGUAGE"),
+                voice_id: v.get("HARK_ELEVENLABS_VOICE_ID"),
             },
-            end_call_tool: lookup("HARK_ELEVENLABS_END_CALL_TOOL")
+            end_call_tool: v
+                .get("HARK_ELEVENLABS_END_CALL_TOOL")
                 .unwrap_or_else(|| "end_call".to_string()),
         })
     }
@@ -160,17 +162,14 @@ impl Settings {
 /// message and `<Hangup />` (direct).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignedUrlError {
-    /// ElevenLabs answered with an error status (401 bad key, 422 bad agent id, 429 busy, …).
-    #[error("get-signed-url answered HTTP {status}: {body}")]
-    Status {
-        /// The HTTP status.
-        status: u16,
-        /// The start of the body.
-        body: String,
-    },
-    /// The request failed (connect, TLS, timeout).
+    /// The lookup pipe failed: ElevenLabs answered an error status (401 bad key, 422 bad
+    /// agent id, 429 busy, …; the detail is the start of the body, at most 200 characters) or
+    /// could not be reached (connect, TLS, timeout).
     #[error("get-signed-url failed: {0}")]
-    Transport(String),
+    Lookup(ProviderFault),
+    /// The HTTP connector's client could not be built (its TLS backend failed).
+    #[error("get-signed-url failed: {0}")]
+    Client(#[from] http::HttpError),
     /// The 200 answer had no usable `signed_url` (`ws://` or `wss://`).
     #[error("get-signed-url answered without a usable signed_url: {0}")]
     BadAnswer(String),
@@ -180,16 +179,18 @@ impl SignedUrlError {
     /// The HTTP status, when ElevenLabs answered one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            SignedUrlError::Status { status, .. } => Some(*status),
+            SignedUrlError::Lookup(f) => f.http_status(),
             _ => None,
         }
     }
 
-    /// A short kind for metric labels and [`hark_engine::agent::AgentReport::ProviderFault`].
+    /// A short kind for metric labels and [`hark_engine::agent::AgentReport::ProviderFault`]:
+    /// the relay agent's labels ([`SignedUrlLookup::fault_label`]: `signed_url_http_<status>`,
+    /// `signed_url_connect`), or `signed_url_bad_answer`.
     pub fn kind(&self) -> String {
         match self {
-            SignedUrlError::Status { status, .. } => format!("signed_url_http_{status}"),
-            SignedUrlError::Transport(_) => "signed_url_connect".into(),
+            SignedUrlError::Lookup(f) => SignedUrlLookup::fault_label(f),
+            SignedUrlError::Client(_) => "signed_url_connect".into(),
             SignedUrlError::BadAnswer(_) => "signed_url_bad_answer".into(),
         }
     }
@@ -197,11 +198,10 @@ impl SignedUrlError {
 
 /// The process's HTTP connector client for direct-mode lookups (built once).
 fn client() -> Result<http::Client, SignedUrlError> {
-    static CLIENT: OnceLock<Result<http::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| http::Client::new(http::ClientConfig::default()).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|e| SignedUrlError::Transport(format!("HTTP client: {e}")))
+    static CLIENT: OnceLock<Result<http::Client, http::HttpError>> = OnceLock::new();
+    Ok(CLIENT
+        .get_or_init(|| http::Client::new(http::ClientConfig::default()))
+        .clone()?)
 }
 
 /// The conversation URL for one call (direct mode): a fresh signed URL when an API key is
@@ -222,17 +222,13 @@ pub async fn conversation_url(s: &Settings) -> Result<String, SignedUrlError> {
     while let Some(event) = rx.recv().await {
         match event {
             ProviderEvent::Message { message, .. } => body = Some(message),
-            ProviderEvent::Failed {
-                status: Some(status),
-                error,
-                ..
-            } => {
-                return Err(SignedUrlError::Status {
-                    status,
-                    body: error.chars().take(200).collect(),
-                });
+            ProviderEvent::Failed { mut fault, .. } => {
+                if fault.http_status().is_some() {
+                    // The body's start is enough for the log.
+                    fault.detail = fault.detail.chars().take(200).collect();
+                }
+                return Err(SignedUrlError::Lookup(fault));
             }
-            ProviderEvent::Failed { error, .. } => return Err(SignedUrlError::Transport(error)),
             ProviderEvent::Opened { .. } | ProviderEvent::Closed { .. } => {}
         }
     }
@@ -261,23 +257,6 @@ fn say_hangup(message: &str) -> Response {
     xml(twiml::say_hangup_lossy(message))
 }
 
-/// Writes `value` as an XML attribute value (ElementTree's escapes, as [`crate::twiml`]).
-fn push_attr(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\r' => out.push_str("&#13;"),
-            '\n' => out.push_str("&#10;"),
-            '\t' => out.push_str("&#09;"),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
-            c => out.push(c),
-        }
-    }
-}
-
 /// The direct-mode document: `<Connect><Stream url="…" /></Connect>` then `after`, in
 /// [`crate::twiml`]'s conventions. The URL's query string is kept (see the module docs).
 ///
@@ -297,7 +276,7 @@ pub fn direct_twiml(stream_url: &str, after: &[Verb]) -> Result<String, twiml::T
     let mut out = String::with_capacity(160 + stream_url.len() + inner.len());
     out.push_str(twiml::XML_DECLARATION);
     out.push_str("<Response><Connect><Stream url=\"");
-    push_attr(&mut out, stream_url);
+    twiml::escape_attr_lossy(&mut out, stream_url);
     out.push_str("\" /></Connect>");
     out.push_str(inner);
     out.push_str("</Response>");

@@ -6,9 +6,9 @@ pub mod realtime;
 
 use hark_engine::{Agent, EchoAgent};
 
-use crate::config::{AgentKind, ConfigError};
+use crate::config::{AgentKind, ConfigError, Values};
 
-/// The selected agent's settings, read once at start-up.
+/// The selected agent's settings, read once at start-up with the rest of the configuration.
 #[derive(Debug, Clone)]
 pub enum AgentSettings {
     /// The echo agent (no settings).
@@ -23,7 +23,9 @@ pub enum AgentSettings {
 }
 
 impl AgentSettings {
-    /// Reads the settings of agent `kind` through `lookup`.
+    /// Reads the settings of agent `kind` from the environment only, through `lookup` (empty
+    /// values count as unset). For tests; `hark serve` reads them with the rest of
+    /// [`crate::config::Config`].
     ///
     /// # Errors
     /// [`ConfigError`] naming the missing or bad variable.
@@ -31,28 +33,45 @@ impl AgentSettings {
         kind: AgentKind,
         lookup: &mut dyn FnMut(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        AgentSettings::from_values(kind, &Values::from_lookup(lookup))
+    }
+
+    /// Parses the settings of agent `kind` (section `agent.<kind>`, and `openai` for the
+    /// cascade and realtime agents) from `v`. The other agents' settings are not read.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the missing or bad variable.
+    pub fn from_values(kind: AgentKind, v: &Values) -> Result<Self, ConfigError> {
         Ok(match kind {
             AgentKind::Echo => AgentSettings::Echo,
-            AgentKind::Cascade => AgentSettings::Cascade(cascade::Settings::from_lookup(lookup)?),
+            AgentKind::Cascade => AgentSettings::Cascade(cascade::Settings::from_values(v)?),
             AgentKind::ElevenLabs | AgentKind::ElevenLabsDirect => {
-                AgentSettings::ElevenLabs(elevenlabs::Settings::from_lookup(lookup)?)
+                AgentSettings::ElevenLabs(elevenlabs::Settings::from_values(v)?)
             }
-            AgentKind::Realtime => {
-                AgentSettings::Realtime(realtime::Settings::from_lookup(lookup)?)
-            }
+            AgentKind::Realtime => AgentSettings::Realtime(realtime::Settings::from_values(v)?),
         })
     }
 
     /// A new agent for one call.
     ///
     /// # Errors
-    /// A reason when the agent cannot be made (the call is then refused).
-    pub fn build(&self) -> Result<Box<dyn Agent>, String> {
-        match self {
-            AgentSettings::Echo => Ok(Box::new(EchoAgent::new())),
-            AgentSettings::Cascade(s) => cascade::build(s),
-            AgentSettings::ElevenLabs(s) => Ok(elevenlabs::build(s)),
+    /// [`AgentError`] when the agent cannot be made (the call is then refused).
+    pub fn build(&self) -> Result<Box<dyn Agent>, AgentError> {
+        Ok(match self {
+            AgentSettings::Echo => Box::new(EchoAgent::new()),
+            AgentSettings::Cascade(s) => cascade::build(s)?,
+            AgentSettings::ElevenLabs(s) => elevenlabs::build(s),
             AgentSettings::Realtime(s) => realtime::build(s),
-        }
+        })
     }
+}
+
+/// Why an agent could not be built for a call. The call is refused (its WebSocket closes before
+/// any audio); other calls are not affected. Settings are checked when `hark serve` starts, so
+/// this is not expected at call time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// The cascade agent's settings are unusable; the text names the setting.
+    #[error(transparent)]
+    Cascade(#[from] hark_engine::agents::cascade::CascadeError),
 }

@@ -1,6 +1,7 @@
 //! Settings and construction of the `realtime` agent (OpenAI Realtime, speech to speech).
 //!
-//! Settings (README "OpenAI Realtime"):
+//! Settings (README "OpenAI Realtime"; in the configuration file, keys of `[agent.realtime]`
+//! and `openai.api_key`):
 //! - `OPENAI_API_KEY` (required).
 //! - `HARK_REALTIME_URL` (default `wss://api.openai.com/v1/realtime`; `?model=` is added).
 //! - `HARK_REALTIME_MODEL` (default `gpt-realtime`).
@@ -22,87 +23,55 @@ use hark_engine::agents::realtime::{
     ApiVersion, DEFAULT_MODEL, DEFAULT_URL, RealtimeAgent, RealtimeConfig, TurnDetection,
 };
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Values};
 
-/// Settings of the `realtime` agent, read from the environment.
+/// Settings of the `realtime` agent (`[agent.realtime]`, and `openai.api_key`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The agent's configuration (key included).
     pub config: RealtimeConfig,
 }
 
-fn num<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError> {
-    v.trim().parse().map_err(|_| ConfigError {
-        var,
-        reason: format!("{v:?} is not a valid number"),
-    })
-}
-
 impl Settings {
-    /// Reads the settings through `lookup`.
+    /// Reads the settings from the environment only, through `lookup`. For tests; `hark
+    /// serve` reads them with the rest of [`crate::config::Config`].
     ///
     /// # Errors
-    /// [`ConfigError`] naming the missing or bad variable.
+    /// As [`Settings::from_values`].
     pub fn from_lookup(
         lookup: &mut dyn FnMut(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let api_key = get("OPENAI_API_KEY").ok_or(ConfigError {
-            var: "OPENAI_API_KEY",
-            reason: "required by HARK_AGENT=realtime".into(),
-        })?;
-        let url = get("HARK_REALTIME_URL").unwrap_or_else(|| DEFAULT_URL.to_string());
+        Settings::from_values(&Values::from_lookup(lookup))
+    }
+
+    /// Parses the settings from `v`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the missing or bad variable.
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
+        let api_key = v
+            .text("OPENAI_API_KEY")
+            .ok_or_else(|| ConfigError::new("OPENAI_API_KEY", "required by HARK_AGENT=realtime"))?;
+        let url = v
+            .text("HARK_REALTIME_URL")
+            .unwrap_or_else(|| DEFAULT_URL.to_string());
         if !(url.starts_with("wss://") || url.starts_with("ws://")) {
-            return Err(ConfigError {
-                var: "HARK_REALTIME_URL",
-                reason: format!("{url:?} must start with wss:// (or ws:// for local doubles)"),
-            });
+            return Err(ConfigError::new(
+                "HARK_REALTIME_URL",
+                format!("{url:?} must start with wss:// (or ws:// for local doubles)"),
+            ));
         }
-        let api = match get("HARK_REALTIME_API").as_deref() {
+        let api = match v.text("HARK_REALTIME_API").as_deref() {
             None | Some("ga") => ApiVersion::Ga,
             Some("beta") => ApiVersion::Beta,
             Some(other) => {
-                return Err(ConfigError {
-                    var: "HARK_REALTIME_API",
-                    reason: format!("{other:?} (use ga or beta)"),
-                });
+                return Err(ConfigError::new(
+                    "HARK_REALTIME_API",
+                    format!("{other:?} (use ga or beta)"),
+                ));
             }
         };
-        let turn_detection = match get("HARK_REALTIME_TURN_DETECTION").as_deref() {
-            None | Some("server_vad") => TurnDetection::ServerVad {
-                threshold: get("HARK_REALTIME_VAD_THRESHOLD")
-                    .map(|v| num("HARK_REALTIME_VAD_THRESHOLD", &v))
-                    .transpose()?,
-                prefix_padding_ms: get("HARK_REALTIME_PREFIX_PADDING_MS")
-                    .map(|v| num("HARK_REALTIME_PREFIX_PADDING_MS", &v))
-                    .transpose()?,
-                silence_duration_ms: get("HARK_REALTIME_SILENCE_MS")
-                    .map(|v| num("HARK_REALTIME_SILENCE_MS", &v))
-                    .transpose()?,
-            },
-            Some("semantic_vad") => {
-                let eagerness = get("HARK_REALTIME_EAGERNESS").unwrap_or_else(|| "auto".into());
-                if !["low", "medium", "high", "auto"].contains(&eagerness.as_str()) {
-                    return Err(ConfigError {
-                        var: "HARK_REALTIME_EAGERNESS",
-                        reason: format!("{eagerness:?} (use low, medium, high or auto)"),
-                    });
-                }
-                TurnDetection::SemanticVad { eagerness }
-            }
-            Some("hark") => TurnDetection::Hark,
-            Some(other) => {
-                return Err(ConfigError {
-                    var: "HARK_REALTIME_TURN_DETECTION",
-                    reason: format!("{other:?} (use server_vad, semantic_vad or hark)"),
-                });
-            }
-        };
-        let transcription_model = match get("HARK_REALTIME_TRANSCRIBE_MODEL").as_deref() {
+        let transcription_model = match v.text("HARK_REALTIME_TRANSCRIBE_MODEL").as_deref() {
             None => RealtimeConfig::default().transcription_model,
             Some("none") => None,
             Some(m) => Some(m.to_string()),
@@ -111,12 +80,14 @@ impl Settings {
             config: RealtimeConfig {
                 url,
                 api_key,
-                model: get("HARK_REALTIME_MODEL").unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+                model: v
+                    .text("HARK_REALTIME_MODEL")
+                    .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
                 api,
-                voice: get("HARK_REALTIME_VOICE"),
-                instructions: get("HARK_REALTIME_INSTRUCTIONS"),
-                greeting: get("HARK_REALTIME_GREETING"),
-                turn_detection,
+                voice: v.text("HARK_REALTIME_VOICE"),
+                instructions: v.text("HARK_REALTIME_INSTRUCTIONS"),
+                greeting: v.text("HARK_REALTIME_GREETING"),
+                turn_detection: turn_detection(v)?,
                 transcription_model,
                 ..RealtimeConfig::default()
             },
@@ -124,12 +95,39 @@ impl Settings {
     }
 }
 
+/// `HARK_REALTIME_TURN_DETECTION` and its tuning.
+fn turn_detection(v: &Values) -> Result<TurnDetection, ConfigError> {
+    Ok(match v.text("HARK_REALTIME_TURN_DETECTION").as_deref() {
+        None | Some("server_vad") => TurnDetection::ServerVad {
+            threshold: v.num("HARK_REALTIME_VAD_THRESHOLD")?,
+            prefix_padding_ms: v.num("HARK_REALTIME_PREFIX_PADDING_MS")?,
+            silence_duration_ms: v.num("HARK_REALTIME_SILENCE_MS")?,
+        },
+        Some("semantic_vad") => {
+            let eagerness = v
+                .text("HARK_REALTIME_EAGERNESS")
+                .unwrap_or_else(|| "auto".into());
+            if !["low", "medium", "high", "auto"].contains(&eagerness.as_str()) {
+                return Err(ConfigError::new(
+                    "HARK_REALTIME_EAGERNESS",
+                    format!("{eagerness:?} (use low, medium, high or auto)"),
+                ));
+            }
+            TurnDetection::SemanticVad { eagerness }
+        }
+        Some("hark") => TurnDetection::Hark,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "HARK_REALTIME_TURN_DETECTION",
+                format!("{other:?} (use server_vad, semantic_vad or hark)"),
+            ));
+        }
+    })
+}
+
 /// A new agent for one call.
-///
-/// # Errors
-/// Never (kept for the common agent signature).
-pub fn build(settings: &Settings) -> Result<Box<dyn Agent>, String> {
-    Ok(Box::new(RealtimeAgent::new(settings.config.clone())))
+pub fn build(settings: &Settings) -> Box<dyn Agent> {
+    Box::new(RealtimeAgent::new(settings.config.clone()))
 }
 
 #[cfg(test)]

@@ -55,12 +55,7 @@ pub const STATUS_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "compl
 /// Recording callback events asked for (`CreateCallRequest.RecordingStatusCallbackEvent`).
 pub const RECORDING_EVENTS: [&str; 2] = ["completed", "absent"];
 
-/// Whether `s` is an E.164 number: `+`, a non-zero digit, 8–15 digits in all (ITU-T E.164).
-pub fn is_e164(s: &str) -> bool {
-    s.strip_prefix('+').is_some_and(|d| {
-        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
-}
+pub use hark_engine::dial::is_e164;
 
 /// A validated `POST /calls` request.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +106,63 @@ fn name_ok(s: &str, extra: &[u8]) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || extra.contains(&b))
+}
+
+/// The `parameters` field: at most [`MAX_PARAMETERS`] names of 1-64 letters, digits or `_`
+/// (not `agent`), each with a string, number or boolean of at most 256 characters and no
+/// control characters, as text.
+///
+/// # Errors
+/// 400 naming the field (`parameters` or `parameters.<name>`).
+fn parameters_field(v: Option<&Value>) -> Result<BTreeMap<String, String>, ApiError> {
+    let p = match v {
+        None | Some(Value::Null) => return Ok(BTreeMap::new()),
+        Some(Value::Object(p)) => p,
+        Some(_) => {
+            return Err(ApiError::field(
+                "parameters",
+                "must be an object of name → value",
+            ));
+        }
+    };
+    if p.len() > MAX_PARAMETERS {
+        return Err(ApiError::field(
+            "parameters",
+            format!("at most {MAX_PARAMETERS} entries"),
+        ));
+    }
+    let mut parameters = BTreeMap::new();
+    for (k, v) in p {
+        let field = format!("parameters.{k}");
+        if !name_ok(k, b"") {
+            return Err(ApiError::field(
+                field,
+                "names must be 1-64 letters, digits or '_'",
+            ));
+        }
+        if k == "agent" {
+            return Err(ApiError::field(field, "use the top-level `agent` field"));
+        }
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ApiError::field(
+                    field,
+                    "values must be strings, numbers or booleans",
+                ));
+            }
+        };
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
+            return Err(ApiError::field(
+                field,
+                "values must be at most 256 characters, without control characters",
+            ));
+        }
+        parameters.insert(k.clone(), v);
+    }
+    Ok(parameters)
 }
 
 impl CallRequest {
@@ -170,54 +222,7 @@ impl CallRequest {
                 ));
             }
         };
-        let mut parameters = BTreeMap::new();
-        match m.get("parameters") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(p)) => {
-                if p.len() > MAX_PARAMETERS {
-                    return Err(ApiError::field(
-                        "parameters",
-                        format!("at most {MAX_PARAMETERS} entries"),
-                    ));
-                }
-                for (k, v) in p {
-                    let field = format!("parameters.{k}");
-                    if !name_ok(k, b"") {
-                        return Err(ApiError::field(
-                            field,
-                            "names must be 1-64 letters, digits or '_'",
-                        ));
-                    }
-                    if k == "agent" {
-                        return Err(ApiError::field(field, "use the top-level `agent` field"));
-                    }
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => {
-                            return Err(ApiError::field(
-                                field,
-                                "values must be strings, numbers or booleans",
-                            ));
-                        }
-                    };
-                    if v.chars().count() > 256 || v.chars().any(char::is_control) {
-                        return Err(ApiError::field(
-                            field,
-                            "values must be at most 256 characters, without control characters",
-                        ));
-                    }
-                    parameters.insert(k.clone(), v);
-                }
-            }
-            Some(_) => {
-                return Err(ApiError::field(
-                    "parameters",
-                    "must be an object of name → value",
-                ));
-            }
-        }
+        let parameters = parameters_field(m.get("parameters"))?;
         let record = match m.get("record") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -432,7 +437,11 @@ async fn create_inner(
         status: status.clone(),
     };
     // Written before answering so GET /calls/{sid} sees it; a failure is logged, not fatal.
-    if let Err(e) = st.store.insert_outbound_call(&record, now_ms()).await {
+    let written = st
+        .store
+        .write(async |c| st.store.insert_outbound_call_in(c, &record, now_ms()).await)
+        .await;
+    if let Err(e) = written {
         warn!(call_sid = %call.sid, error = %e, "could not record the call now; queued for retry");
         let _ = st.writer.enqueue(Op::Call(record, now_ms())).await;
     }

@@ -63,14 +63,10 @@ use crate::token::Credentials;
 /// is [`ApiError::status`]), start-up errors stop `hark serve` before it listens.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Start-up: a setting has a bad value; names the variable.
-    #[error("{var}: {reason}")]
-    Setting {
-        /// The environment variable.
-        var: &'static str,
-        /// What is wrong.
-        reason: String,
-    },
+    /// Start-up: a setting has a bad value; names the variable and its file key
+    /// ([`crate::config::ConfigError`]).
+    #[error(transparent)]
+    Setting(#[from] crate::config::ConfigError),
     /// Start-up: the database could not be opened or migrated.
     #[error("database {url}: {source}")]
     Database {
@@ -128,9 +124,14 @@ pub enum ApiError {
     /// [`TwilioApiError::gateway_status`]).
     #[error("Twilio error {}: {}", .0.code.map_or_else(|| "-".to_owned(), |c| c.to_string()), .0.message)]
     Twilio(TwilioApiError),
-    /// 502: Twilio's REST API could not be reached or answered something unreadable.
+    /// 502: Twilio's REST API did not answer (a timeout, a broken connection) or answered
+    /// something unreadable; the request may have been applied.
     #[error("Twilio API unavailable: {0}")]
     TwilioUnavailable(String),
+    /// 502: the connection to Twilio's REST API could not be made, so the request surely did
+    /// not reach Twilio (repeating it cannot apply it twice).
+    #[error("Twilio API unavailable: connection failed: {0}")]
+    TwilioUnreachable(String),
     /// 500: a database read failed.
     #[error("database error: {0}")]
     Store(#[from] sqlx::Error),
@@ -157,8 +158,10 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Twilio(e) => e.gateway_status(),
-            ApiError::TwilioUnavailable(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Setting { .. }
+            ApiError::TwilioUnavailable(_) | ApiError::TwilioUnreachable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ApiError::Setting(_)
             | ApiError::Database { .. }
             | ApiError::Migrate(_)
             | ApiError::HttpClient(_)
@@ -278,11 +281,12 @@ impl std::fmt::Debug for ApiState {
 }
 
 impl ApiState {
-    /// Reads [`ApiSettings`] through `lookup` (variable name → value) and builds the state:
-    /// see [`ApiState::new`].
+    /// Reads [`ApiSettings`] from the environment only, through `lookup` (variable name →
+    /// value), and builds the state: see [`ApiState::new`]. For tests; `hark serve` builds it
+    /// from its loaded [`crate::config::Config::api`].
     ///
     /// # Errors
-    /// As [`ApiSettings::from_lookup`] and [`ApiState::new`].
+    /// [`ApiError::Setting`] as [`ApiSettings::from_lookup`], and those of [`ApiState::new`].
     pub async fn from_lookup(
         lookup: impl FnMut(&str) -> Option<String>,
     ) -> Result<Arc<ApiState>, ApiError> {

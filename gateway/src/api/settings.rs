@@ -1,16 +1,19 @@
-//! The gateway API's settings, read from the environment (names as in `DESIGN.md`: Twilio's own
-//! names for Twilio settings, `HARK_*` for hark's; the ones shared with [`crate::config`] —
-//! `HARK_PUBLIC_URL`, `TWILIO_AUTH_TOKEN`, `TWILIO_PHONE_NUMBER` — follow the same rules there).
+//! The gateway API's settings: sections `twilio`, `api` and `records` of hark's one
+//! configuration ([`crate::config`]; names as in `DESIGN.md`: Twilio's own names for Twilio
+//! settings, `HARK_*` for hark's). The ones the server shares — `HARK_PUBLIC_URL`,
+//! `TWILIO_AUTH_TOKEN`, `TWILIO_PHONE_NUMBER`, `HARK_DEV_INSECURE` — are read and checked here
+//! once and copied into [`crate::config::Config`].
 //!
-//! Every setting is listed in README.md ("Gateway API"). A bad value is an error naming the
-//! variable; a missing value that a request needs is reported by that request (503 naming the
-//! variable), so a gateway without, say, Conversations settings still serves tokens and calls.
+//! Every setting is listed in README.md ("Gateway API"). A bad value is a
+//! [`ConfigError`] naming the variable and its file key; a missing value that a request needs
+//! is reported by that request (503 naming the variable), so a gateway without, say,
+//! Conversations settings still serves tokens and calls.
 
 use std::time::Duration;
 
 use axum::http::HeaderName;
 
-use super::ApiError;
+use crate::config::{ConfigError, Values};
 use crate::token::{DEFAULT_TTL_S, MAX_TTL_S};
 
 /// `HARK_API_KEY`.
@@ -79,7 +82,7 @@ pub struct DevInsecure {
     pub no_signatures: bool,
 }
 
-/// Everything the gateway API reads from the environment.
+/// Everything the gateway API reads from the configuration.
 ///
 /// `Debug` redacts secrets.
 #[derive(Clone)]
@@ -204,73 +207,34 @@ impl Default for ApiSettings {
     }
 }
 
-fn bad(var: &'static str, reason: impl Into<String>) -> ApiError {
-    ApiError::Setting {
-        var,
-        reason: reason.into(),
-    }
-}
-
-fn num<T: std::str::FromStr + PartialOrd + std::fmt::Display>(
-    var: &'static str,
-    v: &str,
-    min: T,
-    max: T,
-) -> Result<T, ApiError> {
-    let n: T = v
-        .trim()
-        .parse()
-        .map_err(|_| bad(var, format!("{v:?} is not a number")))?;
-    if n < min || n > max {
-        return Err(bad(var, format!("{n} is out of range {min}..={max}")));
-    }
-    Ok(n)
-}
-
-/// Checks a base URL setting: `http(s)://host[...]`, no query or fragment; returns it without
-/// a trailing `/`.
-fn base_url(var: &'static str, v: &str) -> Result<String, ApiError> {
-    let v = v.trim().trim_end_matches('/').to_owned();
-    let rest = v
-        .strip_prefix("https://")
-        .or_else(|| v.strip_prefix("http://"))
-        .ok_or_else(|| {
-            bad(
-                var,
-                format!("{v:?} must start with https:// (or http:// for local tests)"),
-            )
-        })?;
-    if rest.is_empty() || rest.starts_with('/') || rest.contains('?') || rest.contains('#') {
-        return Err(bad(
-            var,
-            format!("{v:?} needs a host and no query string or fragment"),
-        ));
-    }
-    Ok(v)
-}
-
 impl ApiSettings {
-    /// Reads the settings through `lookup` (a variable name → its value), so tests need not
-    /// touch the process environment. Empty values count as unset.
+    /// Reads the settings from the environment only, through `lookup` (a variable name → its
+    /// value), so tests need not touch the process environment. Empty values count as unset.
     ///
     /// # Errors
-    /// [`ApiError::Setting`] naming the first bad variable.
-    pub fn from_lookup(mut lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ApiError> {
-        let mut get = |k: &str| {
-            lookup(k)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+    /// [`ConfigError`] naming the first bad variable.
+    pub fn from_lookup(lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        ApiSettings::from_values(&Values::from_lookup(lookup))
+    }
+
+    /// Parses sections `twilio`, `api` and `records` (and `server.public_url`,
+    /// `server.dev_insecure`, which the server shares) from `v`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad variable.
+    pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
         let mut s = ApiSettings::default();
-        if let Some(v) = get(ENV_API_KEY) {
-            s.api_keys = v
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if let Some(short) = s.api_keys.iter().find(|k| k.len() < 16) {
-                return Err(bad(
+        s.access(v)?;
+        s.twilio(v)?;
+        s.records_and_pace(v)?;
+        Ok(s)
+    }
+
+    /// Who may use the API: `HARK_API_KEY`, `HARK_TRUSTED_IDENTITY_HEADER`, `HARK_DEV_INSECURE`.
+    fn access(&mut self, v: &Values) -> Result<(), ConfigError> {
+        if let Some(keys) = v.list(ENV_API_KEY, ',') {
+            if let Some(short) = keys.iter().find(|k| k.len() < 16) {
+                return Err(ConfigError::new(
                     ENV_API_KEY,
                     format!(
                         "a key of {} characters is too short (at least 16; e.g. `openssl rand -hex 32`)",
@@ -278,114 +242,104 @@ impl ApiSettings {
                     ),
                 ));
             }
+            self.api_keys = keys;
         }
-        if let Some(v) = get(ENV_TRUSTED_IDENTITY_HEADER) {
-            let name = HeaderName::from_bytes(v.as_bytes()).map_err(|_| {
-                bad(
+        if let Some(h) = v.text(ENV_TRUSTED_IDENTITY_HEADER) {
+            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                ConfigError::new(
                     ENV_TRUSTED_IDENTITY_HEADER,
-                    format!("{v:?} is not a header name"),
+                    format!("{h:?} is not a header name"),
                 )
             })?;
             if name == axum::http::header::AUTHORIZATION || name == axum::http::header::HOST {
-                return Err(bad(
+                return Err(ConfigError::new(
                     ENV_TRUSTED_IDENTITY_HEADER,
-                    format!("{v:?} cannot be used"),
+                    format!("{h:?} cannot be used"),
                 ));
             }
-            s.trusted_identity_header = Some(name);
+            self.trusted_identity_header = Some(name);
         }
-        if let Some(v) = get(ENV_DEV_INSECURE) {
-            for part in v.split(',').map(|p| p.trim().to_ascii_lowercase()) {
-                match part.as_str() {
-                    "" | "0" | "false" | "off" => {}
-                    "1" | "true" | "all" => {
-                        s.dev.open_tokens = true;
-                        s.dev.no_signatures = true;
-                    }
-                    "open-tokens" => s.dev.open_tokens = true,
-                    "no-signatures" => s.dev.no_signatures = true,
-                    other => {
-                        return Err(bad(
-                            ENV_DEV_INSECURE,
-                            format!(
-                                "unknown switch {other:?} (use open-tokens, no-signatures, all)"
-                            ),
-                        ));
-                    }
-                }
-            }
+        if let Some(d) = v.get(ENV_DEV_INSECURE) {
+            self.dev = crate::config::parse_dev_insecure(&d)?;
         }
-        s.account_sid = get(crate::token::ENV_ACCOUNT_SID);
-        s.auth_token = get(ENV_AUTH_TOKEN);
-        s.api_key_sid = get(crate::token::ENV_API_KEY);
-        s.api_secret = get(crate::token::ENV_API_SECRET);
-        s.twiml_app_sid = get(crate::token::ENV_TWIML_APP_SID);
-        s.conversations_service_sid = get(crate::token::ENV_CONVERSATIONS_SERVICE_SID);
-        if let Some(v) = get(ENV_VOICE_REGION) {
-            if !(v.len() <= 16
-                && v.bytes()
+        Ok(())
+    }
+
+    /// `[twilio]`, and `HARK_PUBLIC_URL`.
+    fn twilio(&mut self, v: &Values) -> Result<(), ConfigError> {
+        self.account_sid = v.text(crate::token::ENV_ACCOUNT_SID);
+        self.auth_token = v.text(ENV_AUTH_TOKEN);
+        self.api_key_sid = v.text(crate::token::ENV_API_KEY);
+        self.api_secret = v.text(crate::token::ENV_API_SECRET);
+        self.twiml_app_sid = v.text(crate::token::ENV_TWIML_APP_SID);
+        self.conversations_service_sid = v.text(crate::token::ENV_CONVERSATIONS_SERVICE_SID);
+        if let Some(r) = v.text(ENV_VOICE_REGION) {
+            if !(r.len() <= 16
+                && r.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
             {
-                return Err(bad(
+                return Err(ConfigError::new(
                     ENV_VOICE_REGION,
-                    format!("{v:?} is not a region like us1, ie1, au1"),
+                    format!("{r:?} is not a region like us1, ie1, au1"),
                 ));
             }
-            s.voice_region = Some(v);
+            self.voice_region = Some(r);
         }
-        if let Some(v) = get(ENV_PHONE_NUMBER) {
-            if !super::calls::is_e164(&v) {
-                return Err(bad(
+        if let Some(n) = v.text(ENV_PHONE_NUMBER) {
+            if !super::calls::is_e164(&n) {
+                return Err(ConfigError::new(
                     ENV_PHONE_NUMBER,
-                    format!("{v:?} is not an E.164 number like +14155550100"),
+                    format!("{n:?} is not an E.164 number like +14155550100"),
                 ));
             }
-            s.phone_number = Some(v);
+            self.phone_number = Some(n);
         }
-        if let Some(v) = get(ENV_PUBLIC_URL) {
-            s.public_url = Some(base_url(ENV_PUBLIC_URL, &v)?);
+        self.public_url = v.http_url(ENV_PUBLIC_URL)?;
+        if let Some(u) = v.http_url(ENV_TWILIO_API_BASE)? {
+            self.twilio_api_base = u;
         }
-        if let Some(v) = get(ENV_TWILIO_API_BASE) {
-            s.twilio_api_base = base_url(ENV_TWILIO_API_BASE, &v)?;
+        if let Some(u) = v.http_url(ENV_TWILIO_CONVERSATIONS_BASE)? {
+            self.twilio_conversations_base = u;
         }
-        if let Some(v) = get(ENV_TWILIO_CONVERSATIONS_BASE) {
-            s.twilio_conversations_base = base_url(ENV_TWILIO_CONVERSATIONS_BASE, &v)?;
+        Ok(())
+    }
+
+    /// `[records]`, and the pace and limits of `[api]`.
+    fn records_and_pace(&mut self, v: &Values) -> Result<(), ConfigError> {
+        if let Some(u) = v.text(ENV_DATABASE_URL) {
+            self.database_url = u;
         }
-        if let Some(v) = get(ENV_DATABASE_URL) {
-            s.database_url = v;
-        }
-        if let Some(v) = get(ENV_CALLS_PER_SECOND) {
-            let cps: f64 = num(ENV_CALLS_PER_SECOND, &v, 0.0, 1000.0)?;
+        if let Some(cps) = v.num_in::<f64>(ENV_CALLS_PER_SECOND, 0.0, 1000.0)? {
             if cps <= 0.0 {
-                return Err(bad(ENV_CALLS_PER_SECOND, "must be above 0"));
+                return Err(ConfigError::new(ENV_CALLS_PER_SECOND, "must be above 0"));
             }
-            s.calls_per_second = cps;
+            self.calls_per_second = cps;
         }
-        if let Some(v) = get(ENV_CALL_QUEUE) {
-            s.call_queue = num(ENV_CALL_QUEUE, &v, 1, 10_000)?;
+        if let Some(n) = v.num_in(ENV_CALL_QUEUE, 1, 10_000)? {
+            self.call_queue = n;
         }
-        if let Some(v) = get(ENV_TOKEN_TTL_S) {
-            s.token_ttl_s = num(ENV_TOKEN_TTL_S, &v, 1, MAX_TTL_S)?;
+        if let Some(n) = v.num_in(ENV_TOKEN_TTL_S, 1, MAX_TTL_S)? {
+            self.token_ttl_s = n;
         }
-        if let Some(v) = get(ENV_RATE_LIMIT_PER_MIN) {
-            s.rate_limit_per_min = num(ENV_RATE_LIMIT_PER_MIN, &v, 1, 1_000_000)?;
+        if let Some(n) = v.num_in(ENV_RATE_LIMIT_PER_MIN, 1, 1_000_000)? {
+            self.rate_limit_per_min = n;
         }
-        if let Some(v) = get(ENV_RATE_LIMIT_BURST) {
-            s.rate_limit_burst = num(ENV_RATE_LIMIT_BURST, &v, 1, 1_000_000)?;
+        if let Some(n) = v.num_in(ENV_RATE_LIMIT_BURST, 1, 1_000_000)? {
+            self.rate_limit_burst = n;
         }
-        if let Some(v) = get(ENV_STORE_QUEUE) {
-            s.store_queue = num(ENV_STORE_QUEUE, &v, 16, 1_000_000)?;
+        if let Some(n) = v.num_in(ENV_STORE_QUEUE, 16, 1_000_000)? {
+            self.store_queue = n;
         }
-        if let Some(v) = get(ENV_NODE_ID) {
-            if v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(bad(
+        if let Some(id) = v.text(ENV_NODE_ID) {
+            if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
                     ENV_NODE_ID,
-                    format!("{v:?} must be 1 to 128 visible ASCII characters"),
+                    format!("{id:?} must be 1 to 128 visible ASCII characters"),
                 ));
             }
-            s.node_id = Some(v);
+            self.node_id = Some(id);
         }
-        Ok(s)
+        Ok(())
     }
 
     /// The time between two outbound call creations: `1 / calls_per_second`.
@@ -398,7 +352,7 @@ impl ApiSettings {
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Result<ApiSettings, ApiError> {
+    fn settings(pairs: &[(&str, &str)]) -> Result<ApiSettings, ConfigError> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -406,9 +360,9 @@ mod tests {
         ApiSettings::from_lookup(|k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
     }
 
-    fn var_of(r: Result<ApiSettings, ApiError>) -> &'static str {
+    fn var_of(r: Result<ApiSettings, ConfigError>) -> &'static str {
         match r {
-            Err(ApiError::Setting { var, .. }) => var,
+            Err(ConfigError { var, .. }) => var,
             other => panic!("expected a setting error, got {other:?}"),
         }
     }

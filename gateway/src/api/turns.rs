@@ -1,60 +1,49 @@
-//! The call record's turns, built from a live call's events whatever order the agent reports
-//! its transcripts in.
+//! The call record's turns: a fold over a live call's events.
 //!
-//! A turn is opened by hark's endpointing ([`hark_engine::Event::UserTurnEnded`]) and closed
-//! when the next one opens or the stream ends, so that reports arriving after the answer played
-//! (the cascade reports an utterance's words once its last mark is echoed) still find it.
+//! The engine names the caller turn of every event and agent report ([`TurnId`], see its
+//! docs for the rules: transcripts and answers a speech-to-speech provider sends before hark's
+//! endpointing ended the turn, late input transcription, a short "yes" hark drops but the
+//! provider answered). This module only adds up what each turn's events say: its times, the
+//! answer's latencies, what of it was heard, and the words.
 //!
-//! Transcripts do not always come after the turn they belong to:
-//! - the cascade's speech-to-text answers after hark's endpointing: the words go to the open
-//!   turn;
-//! - speech-to-speech providers endpoint on their own, often before hark's `stop_ms` of silence
-//!   has passed: ElevenLabs' `user_transcript` and `agent_response` can arrive while hark still
-//!   counts the caller's turn as open. Reports that arrive while the caller is in a turn hark has
-//!   not ended yet are held and given to that turn when it ends;
-//! - OpenAI Realtime's input transcription is asynchronous and can arrive after the answer has
-//!   started: with no caller turn open, it goes to the latest turn if that has no words yet.
+//! One rule about words is the record's own. Speech-to-speech providers report an answer's
+//! whole text up front; if the caller cuts the answer, the words not heard must go. The words
+//! reported before their audio played are *unconfirmed*; hark's heard words at a barge-in (from
+//! mark echoes) and then the agent's own cut transcript replace them. The cascade reports each
+//! utterance once it has played: those words are confirmed.
 //!
-//! Stage latencies follow the same rule; the greeting is not a turn.
-//!
-//! Turns are numbered from 0 ([`TurnRow::index`]) and handed to the store as soon as hark
-//! ends them, then again whenever their record changes ([`TurnLog::take_update`]), so a turn
-//! is on disk within the writer's commit lag of its end, not only when the next turn begins.
-//!
-//! An interrupted answer's transcript (cut to what the caller heard) always replaces the
-//! latest turn's agent text: it is reported at the barge-in, about the answer being cut.
+//! Turns are numbered by their [`TurnId`] ([`TurnRow::index`]) and handed to the store as soon
+//! as hark ends them, then again whenever their record changes ([`TurnLog::take_update`]), so
+//! a turn is on disk within the writer's commit lag of its end, not only when the next turn
+//! begins. The greeting is not a turn.
 
-use hark_engine::agent::Stage;
+use std::collections::BTreeMap;
+
+use hark_engine::agent::{AgentReport, Role, Stage};
+use hark_engine::{Event, TurnId};
 
 use super::store::TurnRow;
 
-/// Builds [`TurnRow`]s. Sans-IO: feed it events, store what it returns.
+/// Builds [`TurnRow`]s. Sans-IO: feed it events ([`TurnLog::apply`]), store what it returns.
 #[derive(Debug, Default)]
 pub struct TurnLog {
-    /// The agent's provider ends turns itself ([`hark_engine::Call::provider_ends_turns`]):
-    /// its reports can come before hark ends the turn they belong to. Otherwise hark's
-    /// endpointing is the only one, and every report is about the latest turn it ended.
-    provider_ends_turns: bool,
-    /// The latest caller turn, still collecting its answer's outcome and transcripts.
-    open: Option<TurnRow>,
-    /// What was reported about the caller turn hark has not ended yet: words, answer start,
-    /// stage latencies. It becomes that turn's record when the turn ends.
-    early: TurnRow,
-    /// The answer playing began before hark ended its turn: its outcome goes to `early`.
+    /// Turns not yet finished: the latest ended one, and a turn still open in hark that
+    /// something was reported about.
+    rows: BTreeMap<TurnId, TurnRow>,
+    /// The latest turn hark ended.
+    ended: Option<TurnId>,
+    /// The turn the caller's open speech belongs to, and the media time it started.
+    speech: Option<(TurnId, u64)>,
+    /// The answer playing began before hark ended its turn.
     early_answer: bool,
-    /// Byte offset in the playing answer's `agent_text` (in `early` or `open`) where words
-    /// reported before their audio played begin (speech-to-speech providers report the whole
-    /// answer up front); a cut transcript replaces them.
+    /// Byte offset in the playing answer's `agent_text` where words reported before their
+    /// audio played begin (speech-to-speech providers report the whole answer up front); a
+    /// cut transcript replaces them.
     unconfirmed_from: Option<usize>,
     /// The previous event was an utterance played to its end: an agent transcript right after
     /// it is about that utterance (the cascade reports each utterance once played).
     after_played: bool,
-    /// Media time the caller's current speech started (hark's VAD), while hark has not ended
-    /// that turn.
-    speech_start_ms: Option<u64>,
-    /// The index the next turn gets ([`TurnRow::index`]).
-    next_index: u32,
-    /// The open turn as [`TurnLog::take_update`] last handed it out.
+    /// The latest ended turn as [`TurnLog::take_update`] last handed it out.
     synced: Option<TurnRow>,
 }
 
@@ -94,31 +83,99 @@ fn append(slot: &mut Option<String>, text: &str) -> usize {
 }
 
 impl TurnLog {
-    /// A log for a call whose agent's provider ends turns itself (`true`: reports may come
-    /// before hark ends their turn) or not.
-    pub fn new(provider_ends_turns: bool) -> Self {
-        TurnLog {
-            provider_ends_turns,
-            ..TurnLog::default()
+    /// An empty log.
+    pub fn new() -> Self {
+        TurnLog::default()
+    }
+
+    /// Folds one event in. Returns the turns it finished (the previous turn, once the next
+    /// one ends), for the store.
+    pub fn apply(&mut self, event: &Event) -> Option<TurnRow> {
+        match event {
+            Event::UserSpeechStarted { turn, media_ms, .. } => {
+                self.speech = Some((*turn, *media_ms));
+                None
+            }
+            Event::UserTurnEnded {
+                turn,
+                start_ms,
+                end_ms,
+                ..
+            } => self.user_turn_ended(*turn, *start_ms, *end_ms),
+            Event::UserSpeechDiscarded {
+                turn,
+                kept,
+                start_ms,
+                end_ms,
+            } => {
+                self.speech = None;
+                if *kept {
+                    self.user_turn_ended(*turn, *start_ms, *end_ms)
+                } else {
+                    None
+                }
+            }
+            Event::AgentAudioStarted {
+                turn,
+                since_user_end: Some(d),
+                before_turn_end,
+                ..
+            } => {
+                self.agent_audio_started(*turn, d.as_millis() as u64, *before_turn_end);
+                None
+            }
+            Event::AgentAudioHeard {
+                turn,
+                since_user_end: Some(d),
+                ..
+            } => {
+                if let Some(t) = self.row(*turn) {
+                    t.heard_latency_ms
+                        .get_or_insert(stored(d.as_millis() as u64));
+                }
+                None
+            }
+            Event::UtterancePlayed { turn, heard_ms, .. } => {
+                self.utterance_played(*turn, *heard_ms);
+                None
+            }
+            Event::BargeIn(b) => {
+                let heard = b.interrupted.heard_text.as_deref();
+                self.barge_in(b.turn, b.interrupted.heard_ms, heard);
+                None
+            }
+            Event::Agent { turn, report } => {
+                self.report(*turn, report);
+                None
+            }
+            _ => None,
         }
     }
 
-    /// hark's endpointing ended a caller turn (media time, ms). Returns the previous turn,
-    /// finished, for the store.
-    pub fn user_turn_ended(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
+    /// The row of `turn`, made on first use (`None` for no turn: the greeting).
+    fn row(&mut self, turn: Option<TurnId>) -> Option<&mut TurnRow> {
+        turn.map(|t| self.rows.entry(t).or_default())
+    }
+
+    /// `turn` has been ended by hark.
+    fn is_ended(&self, turn: TurnId) -> bool {
+        self.ended.is_some_and(|e| turn <= e)
+    }
+
+    /// hark's endpointing ended `turn` (media time, ms). Returns the previous turn, finished.
+    fn user_turn_ended(&mut self, turn: TurnId, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
         self.after_played = false;
-        self.speech_start_ms = None;
-        let done = self.open.take();
-        let mut t = std::mem::take(&mut self.early);
+        self.speech = None;
+        let done = self.ended.and_then(|e| self.rows.remove(&e));
+        let t = self.rows.entry(turn).or_default();
         t.user_start_ms = stored(start_ms);
         t.user_end_ms = stored(end_ms);
-        t.index = Some(self.next_index);
-        self.next_index += 1;
+        t.index = Some(turn.0);
         if !std::mem::take(&mut self.early_answer) {
             // Held agent words (reported before any audio of this answer) are unconfirmed.
             self.unconfirmed_from = t.agent_text.as_ref().map(|_| 0);
         }
-        self.open = Some(t);
+        self.ended = Some(turn);
         done
     }
 
@@ -127,7 +184,7 @@ impl TurnLog {
     /// as its answer plays, and a crash loses at most what changed since. Carries its
     /// [`TurnRow::index`]: storing it again replaces the earlier row.
     pub fn take_update(&mut self) -> Option<TurnRow> {
-        let open = self.open.as_ref()?;
+        let open = self.rows.get(&self.ended?)?;
         if self.synced.as_ref() == Some(open) {
             return None;
         }
@@ -135,103 +192,61 @@ impl TurnLog {
         Some(open.clone())
     }
 
-    /// hark's VAD dropped the open caller turn as too short. If the agent already answered
-    /// it (a speech-to-speech provider heard a turn there), it is recorded as one; otherwise
-    /// nothing changes. Returns a finished turn for the store, as [`TurnLog::user_turn_ended`].
-    pub fn speech_discarded(&mut self, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
-        self.speech_start_ms = None;
-        if self.early == TurnRow::default() {
-            return None;
-        }
-        self.user_turn_ended(start_ms, end_ms)
-    }
-
-    /// Where reports about a caller's turn go: the open caller turn hark has not ended yet
-    /// (`turn_open`, only when the provider ends turns itself), or the latest ended one.
-    fn target(&mut self, turn_open: bool) -> Option<&mut TurnRow> {
-        if turn_open && self.provider_ends_turns {
-            Some(&mut self.early)
-        } else {
-            self.open.as_mut()
-        }
-    }
-
-    /// The turn whose answer is playing.
-    fn answer(&mut self) -> Option<&mut TurnRow> {
-        if self.early_answer {
-            Some(&mut self.early)
-        } else {
-            self.open.as_mut()
-        }
-    }
-
-    /// The first agent audio of the answer was sent, `latency_ms` after the caller's last
-    /// voiced frame; `before_turn_end`: before hark ended that turn
-    /// ([`hark_engine::Event::AgentAudioStarted`]). The first per turn counts.
-    pub fn agent_audio_started(&mut self, latency_ms: u64, before_turn_end: bool) {
+    /// The first agent audio of an answer to `turn` was sent, `latency_ms` after the caller's
+    /// last voiced frame; `before_turn_end`: before hark ended that turn. The first per turn
+    /// counts.
+    fn agent_audio_started(
+        &mut self,
+        turn: Option<TurnId>,
+        latency_ms: u64,
+        before_turn_end: bool,
+    ) {
         self.after_played = false;
         if before_turn_end && !self.early_answer {
             self.early_answer = true;
-            self.unconfirmed_from = self.early.agent_text.as_ref().map(|_| 0);
+            let held = turn.and_then(|t| self.rows.get(&t));
+            self.unconfirmed_from = held.and_then(|t| t.agent_text.as_ref()).map(|_| 0);
         }
-        if let Some(t) = self.target(before_turn_end) {
+        if let Some(t) = self.row(turn) {
             t.latency_ms.get_or_insert(stored(latency_ms));
         }
     }
 
-    /// The caller began hearing the answer, `latency_ms` after their last voiced frame
-    /// ([`hark_engine::Event::AgentAudioHeard`]). The first per turn counts.
-    pub fn agent_audio_heard(&mut self, latency_ms: u64, before_turn_end: bool) {
-        if let Some(t) = self.target(before_turn_end) {
-            t.heard_latency_ms.get_or_insert(stored(latency_ms));
-        }
-    }
-
-    /// A stage latency the agent reported, ms; the first of each stage per turn counts.
-    /// `turn_open` as for [`TurnLog::user_transcript`]: a speech-to-speech provider's
-    /// first-audio time can come before hark ended the turn. The greeting is not a turn.
-    pub fn stage_latency(&mut self, stage: Stage, ms: u64, turn_open: bool) {
-        if let Some(t) = self.target(turn_open) {
-            set_stage(t, stage, ms);
-        }
-    }
-
-    /// An utterance of the answer played to its end: `heard_ms` of it were heard. Words
+    /// An utterance of `turn`'s answer played to its end: `heard_ms` of it were heard. Words
     /// reported for it before it played are now confirmed.
-    pub fn utterance_played(&mut self, heard_ms: u64) {
-        if let Some(t) = self.answer() {
+    fn utterance_played(&mut self, turn: Option<TurnId>, heard_ms: u64) {
+        if let Some(t) = self.row(turn) {
             t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
             self.unconfirmed_from = None;
             self.after_played = true;
         }
     }
 
-    /// The caller barged in on the answer: `heard_ms` of the cut utterance were heard
+    /// The caller barged in on `turn`'s answer: `heard_ms` of the cut utterance were heard
     /// (mark echoes), and `heard_text` its words up to there, when hark knows them. An answer
     /// that began before hark ended the turn was a false start: the turn goes on, and the
     /// provider's next answer is the one timed.
-    pub fn barge_in(&mut self, heard_ms: u64, heard_text: Option<&str>) {
+    fn barge_in(&mut self, turn: Option<TurnId>, heard_ms: u64, heard_text: Option<&str>) {
         self.after_played = false;
-        let early = self.early_answer;
-        if let Some(t) = self.answer() {
+        let false_start = turn.is_some_and(|t| !self.is_ended(t));
+        if let Some(t) = self.row(turn) {
             t.interrupted = true;
             t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
-            if early {
+            if false_start {
                 t.latency_ms = None;
                 t.heard_latency_ms = None;
             }
         }
-        // `early_answer` stays set: the agent's own cut transcript is about this answer too.
         if let Some(h) = heard_text {
-            self.cut(h);
+            self.cut(turn, h);
         }
     }
 
     /// What the caller heard of a cut answer replaces the words reported for it up front.
     /// Stays replaceable: the agent's own cut transcript may follow hark's.
-    fn cut(&mut self, heard: &str) {
+    fn cut(&mut self, turn: Option<TurnId>, heard: &str) {
         let from = self.unconfirmed_from;
-        let Some(t) = self.answer() else {
+        let Some(t) = self.row(turn) else {
             return;
         };
         if let (Some(from), Some(s)) = (from, t.agent_text.as_mut()) {
@@ -243,67 +258,78 @@ impl TurnLog {
         self.unconfirmed_from = Some(at);
     }
 
-    /// The caller's words. `turn_open` is whether hark is inside a caller turn it has not
-    /// ended yet ([`hark_engine::Call::user_turn_open_since_ms`]).
-    pub fn user_transcript(&mut self, text: &str, turn_open: bool) {
-        self.after_played = false;
-        match self.target(turn_open) {
-            Some(t) => {
-                append(&mut t.text, text);
+    /// An agent report about `turn`: stage latencies (the first of each stage per turn
+    /// counts) and transcripts.
+    fn report(&mut self, turn: Option<TurnId>, report: &AgentReport) {
+        match report {
+            AgentReport::Latency { stage, ms } => {
+                if let Some(t) = self.row(turn) {
+                    set_stage(t, *stage, *ms);
+                }
             }
-            None => {
-                append(&mut self.early.text, text);
+            AgentReport::Transcript {
+                role: Role::User,
+                text,
+                ..
+            } => {
+                self.after_played = false;
+                if let Some(t) = self.row(turn) {
+                    append(&mut t.text, text);
+                }
             }
+            AgentReport::Transcript {
+                role: Role::Agent,
+                text,
+                interrupted,
+            } => self.agent_transcript(turn, text, *interrupted),
+            AgentReport::ProviderFault { .. } | AgentReport::ToolCall { .. } => {}
         }
     }
 
-    /// The agent's words. `interrupted`: the answer was cut and `text` is what the caller
-    /// heard of it (replaces the words reported for it up front); otherwise words of the
-    /// answer (appended). `turn_open` as for [`TurnLog::user_transcript`];
-    /// `agent_speaking`: answer audio is still unplayed (words reported while it plays belong
-    /// to the answer playing).
-    pub fn agent_transcript(
-        &mut self,
-        text: &str,
-        interrupted: bool,
-        turn_open: bool,
-        agent_speaking: bool,
-    ) {
+    /// The agent's words for `turn`. `interrupted`: the answer was cut and `text` is what the
+    /// caller heard of it (replaces the words reported for it up front); otherwise words of
+    /// the answer (appended).
+    fn agent_transcript(&mut self, turn: Option<TurnId>, text: &str, interrupted: bool) {
         let confirmed = std::mem::take(&mut self.after_played);
         if interrupted {
-            self.cut(text);
+            self.cut(turn, text);
             return;
         }
-        // Words for an answer not yet playing, to a turn hark has not ended: held for it.
-        if turn_open && self.provider_ends_turns && !agent_speaking {
-            append(&mut self.early.agent_text, text);
-            return;
-        }
+        // Words held for a turn hark has not ended, whose answer has not begun.
+        let held = turn.is_some_and(|t| !self.is_ended(t)) && !self.early_answer;
         let unconfirmed = self.unconfirmed_from;
-        let Some(t) = self.answer() else {
-            // A greeting (no caller turn yet) is not a turn; it is logged, not recorded.
+        // A greeting (no caller turn yet) is not a turn; it is logged, not recorded.
+        let Some(t) = self.row(turn) else {
             return;
         };
         let at = append(&mut t.agent_text, text);
-        if !confirmed {
+        if !confirmed && !held {
             self.unconfirmed_from = unconfirmed.or(Some(at));
         }
     }
 
-    /// The caller started speaking (hark's VAD), at `media_ms`.
-    pub fn speech_started(&mut self, media_ms: u64) {
-        self.speech_start_ms = Some(media_ms);
-    }
-
     /// The stream ended at media time `end_ms`: the last turn, and the exchange of a turn
-    /// hark had not ended yet if the provider reported one (its end is the stream's), in
-    /// order.
+    /// hark had not ended yet if something was reported about it (its end is the stream's),
+    /// in order.
     pub fn finish(&mut self, end_ms: u64) -> Vec<TurnRow> {
-        let mut done: Vec<TurnRow> = self.open.take().into_iter().collect();
-        if self.early != TurnRow::default() {
-            let start = self.speech_start_ms.take().unwrap_or(end_ms);
-            done.extend(self.user_turn_ended(start, end_ms.max(start)));
-            done.extend(self.open.take());
+        let mut done: Vec<TurnRow> = self
+            .ended
+            .and_then(|e| self.rows.remove(&e))
+            .into_iter()
+            .collect();
+        let speech = self.speech.take();
+        for (turn, mut t) in std::mem::take(&mut self.rows) {
+            if t == TurnRow::default() {
+                continue;
+            }
+            let start = match speech {
+                Some((s, ms)) if s == turn => ms,
+                _ => end_ms,
+            };
+            t.user_start_ms = stored(start);
+            t.user_end_ms = stored(end_ms.max(start));
+            t.index = Some(turn.0);
+            done.push(t);
         }
         done
     }
@@ -311,25 +337,139 @@ impl TurnLog {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use hark_engine::playout::Interrupted;
+    use hark_engine::{BargeIn, UtteranceId};
+
     use super::*;
+
+    // Events as the engine stamps them; each test names the turns the engine would give
+    // (`hark_engine`'s turn book decides them, with its own tests).
+
+    fn t(n: u32) -> Option<TurnId> {
+        Some(TurnId(n))
+    }
+
+    fn ended(log: &mut TurnLog, turn: u32, start_ms: u64, end_ms: u64) -> Option<TurnRow> {
+        log.apply(&Event::UserTurnEnded {
+            turn: TurnId(turn),
+            start_ms,
+            end_ms,
+            speech_end_at: Instant::now(),
+            at: Instant::now(),
+            forced: false,
+        })
+    }
+
+    fn discarded(log: &mut TurnLog, turn: u32, kept: bool, start_ms: u64, end_ms: u64) {
+        let done = log.apply(&Event::UserSpeechDiscarded {
+            turn: TurnId(turn),
+            kept,
+            start_ms,
+            end_ms,
+        });
+        assert!(done.is_none());
+    }
+
+    fn speech(log: &mut TurnLog, turn: u32, media_ms: u64) {
+        log.apply(&Event::UserSpeechStarted {
+            turn: TurnId(turn),
+            media_ms,
+            at: Instant::now(),
+        });
+    }
+
+    fn started(log: &mut TurnLog, turn: Option<TurnId>, latency_ms: u64, before_turn_end: bool) {
+        log.apply(&Event::AgentAudioStarted {
+            id: UtteranceId(1),
+            turn,
+            at: Instant::now(),
+            since_user_end: Some(Duration::from_millis(latency_ms)),
+            before_turn_end,
+        });
+    }
+
+    fn heard(log: &mut TurnLog, turn: Option<TurnId>, latency_ms: u64, before_turn_end: bool) {
+        log.apply(&Event::AgentAudioHeard {
+            id: UtteranceId(1),
+            turn,
+            at: Instant::now(),
+            since_user_end: Some(Duration::from_millis(latency_ms)),
+            before_turn_end,
+        });
+    }
+
+    fn played(log: &mut TurnLog, turn: Option<TurnId>, heard_ms: u64) {
+        log.apply(&Event::UtterancePlayed {
+            id: UtteranceId(1),
+            turn,
+            heard_ms,
+        });
+    }
+
+    fn barge(log: &mut TurnLog, turn: Option<TurnId>, heard_ms: u64, text: Option<&str>) {
+        log.apply(&Event::BargeIn(BargeIn {
+            at: Instant::now(),
+            speech_start_ms: 0,
+            decided_ms: 0,
+            turn,
+            interrupted: Interrupted {
+                id: UtteranceId(1),
+                heard_ms,
+                sent_ms: heard_ms,
+                produced_ms: heard_ms,
+                heard_text: text.map(str::to_owned),
+                dropped: Vec::new(),
+            },
+        }));
+    }
+
+    fn report(log: &mut TurnLog, turn: Option<TurnId>, report: AgentReport) {
+        log.apply(&Event::Agent { turn, report });
+    }
+
+    fn user(log: &mut TurnLog, turn: Option<TurnId>, text: &str) {
+        let text = text.into();
+        let r = AgentReport::Transcript {
+            role: Role::User,
+            text,
+            interrupted: false,
+        };
+        report(log, turn, r);
+    }
+
+    fn agent(log: &mut TurnLog, turn: Option<TurnId>, text: &str, interrupted: bool) {
+        let text = text.into();
+        let r = AgentReport::Transcript {
+            role: Role::Agent,
+            text,
+            interrupted,
+        };
+        report(log, turn, r);
+    }
+
+    fn stage(log: &mut TurnLog, turn: Option<TurnId>, stage: Stage, ms: u64) {
+        report(log, turn, AgentReport::Latency { stage, ms });
+    }
 
     #[test]
     fn turns_are_numbered_and_handed_out_when_they_change() {
-        let mut log = TurnLog::new(false);
+        let mut log = TurnLog::new();
         assert_eq!(log.take_update(), None, "no turn yet");
-        log.user_turn_ended(1000, 2000);
-        let t = log.take_update().expect("the ended turn, at once");
+        ended(&mut log, 0, 1000, 2000);
+        let r = log.take_update().expect("the ended turn, at once");
         assert_eq!(
-            (t.index, t.user_end_ms, t.latency_ms),
+            (r.index, r.user_end_ms, r.latency_ms),
             (Some(0), 2000, None)
         );
         assert_eq!(log.take_update(), None, "unchanged");
-        log.agent_audio_started(500, false);
-        let t = log.take_update().expect("the answer started");
-        assert_eq!((t.index, t.latency_ms), (Some(0), Some(500)));
-        log.utterance_played(900);
+        started(&mut log, t(0), 500, false);
+        let r = log.take_update().expect("the answer started");
+        assert_eq!((r.index, r.latency_ms), (Some(0), Some(500)));
+        played(&mut log, t(0), 900);
         assert_eq!(log.take_update().and_then(|t| t.heard_ms), Some(900));
-        let done = log.user_turn_ended(4000, 5000).expect("the first turn");
+        let done = ended(&mut log, 1, 4000, 5000).expect("the first turn");
         assert_eq!(done.index, Some(0));
         assert_eq!(log.take_update().and_then(|t| t.index), Some(1));
         let last = log.finish(9000);
@@ -339,22 +479,22 @@ mod tests {
 
     #[test]
     fn cascade_order_words_after_the_turn_ended() {
-        let mut log = TurnLog::new(false);
-        assert!(log.user_turn_ended(1000, 5100).is_none());
-        log.user_transcript("Hi, I'm calling about my order.", false);
-        log.agent_audio_started(1400, false);
-        log.utterance_played(1800);
-        log.agent_transcript("Let me check.", false, false, false);
-        log.utterance_played(2200);
-        log.agent_transcript("It left on Monday.", false, false, false);
-        let t = log.user_turn_ended(9000, 10_000).expect("the first turn");
-        assert_eq!(t.text.as_deref(), Some("Hi, I'm calling about my order."));
+        let mut log = TurnLog::new();
+        assert!(ended(&mut log, 0, 1000, 5100).is_none());
+        user(&mut log, t(0), "Hi, I'm calling about my order.");
+        started(&mut log, t(0), 1400, false);
+        played(&mut log, t(0), 1800);
+        agent(&mut log, t(0), "Let me check.", false);
+        played(&mut log, t(0), 2200);
+        agent(&mut log, t(0), "It left on Monday.", false);
+        let r = ended(&mut log, 1, 9000, 10_000).expect("the first turn");
+        assert_eq!(r.text.as_deref(), Some("Hi, I'm calling about my order."));
         assert_eq!(
-            t.agent_text.as_deref(),
+            r.agent_text.as_deref(),
             Some("Let me check. It left on Monday.")
         );
         assert_eq!(
-            (t.latency_ms, t.heard_ms, t.interrupted),
+            (r.latency_ms, r.heard_ms, r.interrupted),
             (Some(1400), Some(4000), false)
         );
         let last = log.finish(60_000).pop().expect("the second turn");
@@ -364,135 +504,135 @@ mod tests {
 
     #[test]
     fn speech_to_speech_words_before_hark_ended_the_turn() {
-        let mut log = TurnLog::new(true);
+        let mut log = TurnLog::new();
         // Greeting: not a turn.
-        log.agent_transcript("Hello! How can I help?", false, false, true);
+        agent(&mut log, None, "Hello! How can I help?", false);
         // ElevenLabs endpoints first: its transcript and answer text arrive while hark still
         // waits out stop_ms.
-        log.user_transcript("Where is my parcel?", true);
-        log.agent_transcript("Let me look.", false, true, false);
-        log.stage_latency(Stage::FirstAudio, 50, true);
-        log.agent_audio_started(350, true);
-        log.agent_audio_heard(360, true);
-        assert!(log.user_turn_ended(1000, 2500).is_none());
-        log.utterance_played(900);
+        user(&mut log, t(0), "Where is my parcel?");
+        agent(&mut log, t(0), "Let me look.", false);
+        stage(&mut log, t(0), Stage::FirstAudio, 50);
+        started(&mut log, t(0), 350, true);
+        heard(&mut log, t(0), 360, true);
+        assert!(ended(&mut log, 0, 1000, 2500).is_none());
+        played(&mut log, t(0), 900);
         // The next turn: same again; the first turn keeps its own words.
-        log.user_transcript("Thanks.", true);
-        log.agent_transcript("You're welcome.", false, true, false);
-        let t = log.user_turn_ended(5000, 5600).unwrap();
-        assert_eq!(t.text.as_deref(), Some("Where is my parcel?"));
-        assert_eq!(t.agent_text.as_deref(), Some("Let me look."));
+        user(&mut log, t(1), "Thanks.");
+        agent(&mut log, t(1), "You're welcome.", false);
+        let r = ended(&mut log, 1, 5000, 5600).unwrap();
+        assert_eq!(r.text.as_deref(), Some("Where is my parcel?"));
+        assert_eq!(r.agent_text.as_deref(), Some("Let me look."));
         assert_eq!(
             (
-                t.latency_ms,
-                t.heard_latency_ms,
-                t.first_audio_ms,
-                t.heard_ms
+                r.latency_ms,
+                r.heard_latency_ms,
+                r.first_audio_ms,
+                r.heard_ms
             ),
             (Some(350), Some(360), Some(50), Some(900))
         );
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!(t.text.as_deref(), Some("Thanks."));
-        assert_eq!(t.agent_text.as_deref(), Some("You're welcome."));
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!(r.text.as_deref(), Some("Thanks."));
+        assert_eq!(r.agent_text.as_deref(), Some("You're welcome."));
     }
 
     #[test]
     fn stage_latencies_and_heard_latency_land_in_their_turn() {
-        let mut log = TurnLog::new(true);
-        log.stage_latency(Stage::Greeting, 400, false);
-        log.user_turn_ended(1000, 2500);
-        log.stage_latency(Stage::Stt, 150, false);
-        log.stage_latency(Stage::LlmFirstToken, 300, false);
-        log.stage_latency(Stage::TtsFirstByte, 150, false);
-        log.stage_latency(Stage::TtsFirstByte, 170, false); // a later sentence
-        log.agent_audio_started(640, false);
-        log.agent_audio_heard(700, false);
-        log.agent_audio_heard(5000, false); // a later utterance
+        let mut log = TurnLog::new();
+        stage(&mut log, None, Stage::Greeting, 400);
+        ended(&mut log, 0, 1000, 2500);
+        stage(&mut log, t(0), Stage::Stt, 150);
+        stage(&mut log, t(0), Stage::LlmFirstToken, 300);
+        stage(&mut log, t(0), Stage::TtsFirstByte, 150);
+        stage(&mut log, t(0), Stage::TtsFirstByte, 170); // a later sentence
+        started(&mut log, t(0), 640, false);
+        heard(&mut log, t(0), 700, false);
+        heard(&mut log, t(0), 5000, false); // a later utterance
         // A speech-to-speech provider's first audio for the next turn, before hark ended it.
-        log.stage_latency(Stage::FirstAudio, 350, true);
-        let t = log.user_turn_ended(4000, 5000).unwrap();
+        stage(&mut log, t(1), Stage::FirstAudio, 350);
+        let r = ended(&mut log, 1, 4000, 5000).unwrap();
         assert_eq!(
-            (t.stt_ms, t.llm_ttft_ms, t.tts_ttfb_ms, t.first_audio_ms),
+            (r.stt_ms, r.llm_ttft_ms, r.tts_ttfb_ms, r.first_audio_ms),
             (Some(150), Some(300), Some(150), None)
         );
-        assert_eq!((t.latency_ms, t.heard_latency_ms), (Some(640), Some(700)));
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!((t.first_audio_ms, t.stt_ms), (Some(350), None));
+        assert_eq!((r.latency_ms, r.heard_latency_ms), (Some(640), Some(700)));
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!((r.first_audio_ms, r.stt_ms), (Some(350), None));
     }
 
     #[test]
     fn a_discarded_turn_the_provider_answered_is_a_turn() {
-        let mut log = TurnLog::new(true);
+        let mut log = TurnLog::new();
         // Noise hark drops as too short, nobody answered: no turn.
-        assert!(log.speech_discarded(500, 560).is_none());
+        discarded(&mut log, 0, false, 500, 560);
         assert!(log.finish(60_000).is_empty());
         // A short "yes" hark drops but the provider answered.
-        log.user_transcript("Yes.", true);
-        log.agent_audio_started(400, true);
-        assert!(log.speech_discarded(1000, 1150).is_none());
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!((t.text.as_deref(), t.latency_ms), (Some("Yes."), Some(400)));
+        user(&mut log, t(0), "Yes.");
+        started(&mut log, t(0), 400, true);
+        discarded(&mut log, 0, true, 1000, 1150);
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!((r.text.as_deref(), r.latency_ms), (Some("Yes."), Some(400)));
     }
 
     #[test]
     fn cascade_words_while_the_caller_speaks_again_stay_with_their_turn() {
         // hark's endpointing is the only one: a transcript is about the turn it ended, even if
         // the caller has started talking again meanwhile.
-        let mut log = TurnLog::new(false);
-        log.user_turn_ended(1000, 2500);
-        log.user_transcript("First.", true);
-        log.user_turn_ended(3000, 3400);
-        log.user_transcript("Second.", false);
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!(t.text.as_deref(), Some("Second."));
-        let mut log = TurnLog::new(false);
-        log.user_turn_ended(1000, 2500);
-        log.user_transcript("First.", true);
-        let first = log.user_turn_ended(3000, 3400).unwrap();
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        user(&mut log, t(0), "First.");
+        ended(&mut log, 1, 3000, 3400);
+        user(&mut log, t(1), "Second.");
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!(r.text.as_deref(), Some("Second."));
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        user(&mut log, t(0), "First.");
+        let first = ended(&mut log, 1, 3000, 3400).unwrap();
         assert_eq!(first.text.as_deref(), Some("First."));
     }
 
     #[test]
     fn an_early_answer_cut_by_the_caller_stays_with_its_turn() {
-        let mut log = TurnLog::new(true);
-        log.user_turn_ended(1000, 2000);
-        log.agent_audio_started(500, false);
-        log.agent_transcript("Hello there.", false, false, true);
-        log.utterance_played(800);
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2000);
+        started(&mut log, t(0), 500, false);
+        agent(&mut log, t(0), "Hello there.", false);
+        played(&mut log, t(0), 800);
         // The caller pauses 300 ms; the provider answers early; the caller goes on talking.
-        log.agent_transcript("Sure, I", false, true, false);
-        log.agent_audio_started(300, true);
-        log.barge_in(200, Some("Sure"));
+        agent(&mut log, t(1), "Sure, I", false);
+        started(&mut log, t(1), 300, true);
+        barge(&mut log, t(1), 200, Some("Sure"));
         // The provider's own cut transcript follows the barge-in (Realtime, ElevenLabs).
-        log.agent_transcript("Sure,", true, true, false);
+        agent(&mut log, t(1), "Sure,", true);
         // The provider's real answer, after hark ended the turn.
-        let done = log.user_turn_ended(4000, 6000).unwrap();
+        let done = ended(&mut log, 1, 4000, 6000).unwrap();
         assert_eq!(
             (done.interrupted, done.heard_ms, done.agent_text.as_deref()),
             (false, Some(800), Some("Hello there."))
         );
-        log.agent_audio_started(450, false);
-        log.agent_transcript("Right, your order.", false, false, true);
-        log.utterance_played(1500);
-        let t = log.finish(60_000).pop().unwrap();
-        assert!(t.interrupted);
-        assert_eq!(t.heard_ms, Some(1700));
+        started(&mut log, t(1), 450, false);
+        agent(&mut log, t(1), "Right, your order.", false);
+        played(&mut log, t(1), 1500);
+        let r = log.finish(60_000).pop().unwrap();
+        assert!(r.interrupted);
+        assert_eq!(r.heard_ms, Some(1700));
         assert_eq!(
-            t.latency_ms,
+            r.latency_ms,
             Some(450),
             "the false start is not the turn's latency"
         );
-        assert_eq!(t.agent_text.as_deref(), Some("Sure, Right, your order."));
+        assert_eq!(r.agent_text.as_deref(), Some("Sure, Right, your order."));
     }
 
     #[test]
     fn an_exchange_before_the_stream_ended_is_kept() {
         // The provider answered; the caller hung up before hark's endpointing ended the turn.
-        let mut log = TurnLog::new(true);
-        log.user_turn_ended(1000, 2000);
-        log.speech_started(5000);
-        log.user_transcript("Bye.", true);
-        log.agent_transcript("Goodbye!", false, true, false);
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2000);
+        speech(&mut log, 1, 5000);
+        user(&mut log, t(1), "Bye.");
+        agent(&mut log, t(1), "Goodbye!", false);
         let done = log.finish(5600);
         assert_eq!(done.len(), 2);
         assert_eq!(done[0].user_start_ms, 1000);
@@ -507,62 +647,67 @@ mod tests {
     #[test]
     fn late_transcription_goes_to_the_latest_turn() {
         // OpenAI Realtime: the input transcription completes after the answer started.
-        let mut log = TurnLog::new(true);
-        log.user_turn_ended(1000, 2500);
-        log.agent_audio_started(600, false);
-        log.agent_transcript("Sure, one moment.", false, false, true);
-        log.user_transcript("Can you check my order?", false);
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!(t.text.as_deref(), Some("Can you check my order?"));
-        assert_eq!(t.agent_text.as_deref(), Some("Sure, one moment."));
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        started(&mut log, t(0), 600, false);
+        agent(&mut log, t(0), "Sure, one moment.", false);
+        user(&mut log, t(0), "Can you check my order?");
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!(r.text.as_deref(), Some("Can you check my order?"));
+        assert_eq!(r.agent_text.as_deref(), Some("Sure, one moment."));
     }
 
     #[test]
     fn a_barge_in_keeps_what_was_heard() {
-        let mut log = TurnLog::new(true);
-        log.user_turn_ended(1000, 2500);
-        log.user_transcript("Tell me everything.", false);
-        log.agent_audio_started(600, false);
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        user(&mut log, t(0), "Tell me everything.");
+        started(&mut log, t(0), 600, false);
         // Words reported as the answer started (Realtime, ElevenLabs) are the whole answer...
-        log.agent_transcript("Well, first there is this, then that.", false, false, true);
+        agent(
+            &mut log,
+            t(0),
+            "Well, first there is this, then that.",
+            false,
+        );
         // ...until the caller cuts it: hark's heard words, then the agent's cut transcript.
-        log.barge_in(1200, Some("Well, first"));
+        barge(&mut log, t(0), 1200, Some("Well, first"));
         assert_eq!(
-            log.open.as_ref().unwrap().agent_text.as_deref(),
+            log.rows[&TurnId(0)].agent_text.as_deref(),
             Some("Well, first")
         );
-        log.agent_transcript("Well, first there", true, true, false);
-        let t = log.user_turn_ended(4000, 5000).unwrap();
-        assert!(t.interrupted);
-        assert_eq!(t.heard_ms, Some(1200));
-        assert_eq!(t.agent_text.as_deref(), Some("Well, first there"));
-        assert_eq!(t.text.as_deref(), Some("Tell me everything."));
+        agent(&mut log, t(0), "Well, first there", true);
+        let r = ended(&mut log, 1, 4000, 5000).unwrap();
+        assert!(r.interrupted);
+        assert_eq!(r.heard_ms, Some(1200));
+        assert_eq!(r.agent_text.as_deref(), Some("Well, first there"));
+        assert_eq!(r.text.as_deref(), Some("Tell me everything."));
     }
 
     #[test]
     fn a_cut_cascade_answer_keeps_the_utterances_that_played() {
         // The cascade reports each utterance once played, and the cut one's heard words.
-        let mut log = TurnLog::new(false);
-        log.user_turn_ended(1000, 2500);
-        log.agent_audio_started(900, false);
-        log.utterance_played(1500);
-        log.agent_transcript("I'm sorry to hear that.", false, false, true);
-        log.barge_in(700, Some("Let me check"));
-        log.agent_transcript("Let me check the", true, true, false);
-        let t = log.finish(60_000).pop().unwrap();
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        started(&mut log, t(0), 900, false);
+        played(&mut log, t(0), 1500);
+        agent(&mut log, t(0), "I'm sorry to hear that.", false);
+        barge(&mut log, t(0), 700, Some("Let me check"));
+        agent(&mut log, t(0), "Let me check the", true);
+        let r = log.finish(60_000).pop().unwrap();
         assert_eq!(
-            t.agent_text.as_deref(),
+            r.agent_text.as_deref(),
             Some("I'm sorry to hear that. Let me check the")
         );
-        assert_eq!((t.heard_ms, t.interrupted), (Some(2200), true));
+        assert_eq!((r.heard_ms, r.interrupted), (Some(2200), true));
     }
 
     #[test]
     fn an_answer_cut_before_any_words_were_reported_records_the_heard_words() {
-        let mut log = TurnLog::new(false);
-        log.user_turn_ended(1000, 2500);
-        log.barge_in(300, Some("Well"));
-        let t = log.finish(60_000).pop().unwrap();
-        assert_eq!(t.agent_text.as_deref(), Some("Well"));
+        let mut log = TurnLog::new();
+        ended(&mut log, 0, 1000, 2500);
+        barge(&mut log, t(0), 300, Some("Well"));
+        let r = log.finish(60_000).pop().unwrap();
+        assert_eq!(r.agent_text.as_deref(), Some("Well"));
     }
 }

@@ -240,7 +240,8 @@ impl TwilioRest {
     /// Sends with hark's credentials; returns Twilio's status and body.
     ///
     /// # Errors
-    /// [`ApiError::TwilioUnavailable`] when no answer came (see [`is_connect_failure`]).
+    /// [`ApiError::TwilioUnreachable`] when no connection could be made,
+    /// [`ApiError::TwilioUnavailable`] when no answer came otherwise.
     async fn send_raw(
         &self,
         req: reqwest::RequestBuilder,
@@ -255,16 +256,13 @@ impl TwilioRest {
                 "application/x-www-form-urlencoded",
             );
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ApiError::TwilioUnavailable(without_url(e)))?;
+        let resp = req.send().await.map_err(unanswered)?;
         let status = resp.status().as_u16();
         let body = match resp.bytes().await {
             Ok(b) => b,
             // Twilio has answered success: a body lost on the way does not undo it.
             Err(_) if (200..300).contains(&status) => bytes::Bytes::new(),
-            Err(e) => return Err(ApiError::TwilioUnavailable(without_url(e))),
+            Err(e) => return Err(unanswered(e)),
         };
         Ok((status, body))
     }
@@ -307,24 +305,29 @@ pub fn is_sid(sid: &str, prefix: &str) -> bool {
         && sid[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Whether `e` means the request never reached Twilio (the connection could not be made),
-/// so repeating it cannot apply it twice.
+/// Whether `e` means the request never reached Twilio (the connection could not be made,
+/// [`ApiError::TwilioUnreachable`]), so repeating it cannot apply it twice.
 pub fn is_connect_failure(e: &ApiError) -> bool {
-    matches!(e, ApiError::TwilioUnavailable(m) if m.starts_with("connection failed"))
+    matches!(e, ApiError::TwilioUnreachable(_))
+}
+
+/// A request that got no answer: [`ApiError::TwilioUnreachable`] when the connection could
+/// not be made, else [`ApiError::TwilioUnavailable`] (timed out, or failed on the way).
+fn unanswered(e: reqwest::Error) -> ApiError {
+    if e.is_connect() {
+        ApiError::TwilioUnreachable(without_url(e))
+    } else if e.is_timeout() {
+        ApiError::TwilioUnavailable(format!("timed out: {}", without_url(e)))
+    } else {
+        ApiError::TwilioUnavailable(format!("request failed: {}", without_url(e)))
+    }
 }
 
 /// A reqwest error's text with its causes but without the URL (which holds the Account SID).
 fn without_url(e: reqwest::Error) -> String {
     use std::error::Error as _;
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else {
-        "request failed"
-    };
     let e = e.without_url();
-    let mut s = format!("{kind}: {e}");
+    let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
         s.push_str(": ");
@@ -359,6 +362,45 @@ mod tests {
         assert!(!is_sid("CA0123456789abcdef0123456789abcde", "CA"));
         assert!(!is_sid("CA0123456789abcdef0123456789abcdeg", "CA"));
         assert!(!is_sid("CA/../0123456789abcdef0123456789ab", "CA"));
+    }
+
+    /// A refused connection surely did not reach Twilio; a request that timed out may have.
+    #[tokio::test]
+    async fn only_a_failed_connection_counts_as_never_sent() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        hark_engine::io::http::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let e = http
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let e = unanswered(e);
+        assert!(matches!(e, ApiError::TwilioUnreachable(_)), "{e:?}");
+        assert!(is_connect_failure(&e));
+        assert!(e.to_string().contains("connection failed"), "{e}");
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+
+        // Accepts, never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (_s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        });
+        let e = http
+            .get(format!("http://{addr}/"))
+            .timeout(std::time::Duration::from_millis(100))
+            .send()
+            .await
+            .unwrap_err();
+        let e = unanswered(e);
+        assert!(matches!(e, ApiError::TwilioUnavailable(_)), "{e:?}");
+        assert!(!is_connect_failure(&e));
+        assert!(e.to_string().contains("timed out"), "{e}");
+        server.abort();
     }
 
     #[test]

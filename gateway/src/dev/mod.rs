@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`simulator`] | `hark call`: a Twilio simulator with a virtual phone |
 //! | [`demo`] | `hark demo` |
-//! | [`bench`] | `hark bench`: the concurrent-call load test |
+//! | [`bench`](mod@bench) | `hark bench`: the concurrent-call load test |
 //! | [`chaos`] | a byte-level TCP proxy that re-cuts and delays segments (tests, `hark bench --chaos`) |
 //! | [`doubles`] | a local OpenAI-compatible server (STT, LLM, TTS) for `hark bench --agent cascade` and the tests |
 

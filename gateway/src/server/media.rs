@@ -14,7 +14,7 @@ use hark_engine::Call;
 use tracing::{Instrument, info, warn};
 
 use super::observer::CallObserver;
-use super::transfer::{MAX_FAILED_TRANSFERS, transfer};
+use super::transfer::Transfers;
 use super::{AppState, bad_request, host};
 use crate::{signature, ws};
 
@@ -158,7 +158,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
     let mut shutdown = st.shutdown.subscribe();
     let mut observer = CallObserver {
         recorder: st.api.as_ref().map(|a| a.recorder()),
-        turns: crate::api::turns::TurnLog::new(call.provider_ends_turns()),
+        turns: crate::api::turns::TurnLog::new(),
         slot: Some(slot),
         ..CallObserver::default()
     };
@@ -169,57 +169,37 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
     };
     let started = Instant::now();
     let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
-    // Failed transfers, for the record: the call went on after each.
-    let mut failed_transfers: Vec<String> = Vec::new();
-    let ended = loop {
-        let ended = hark_engine::io::drive(
-            &mut call,
-            &mut socket,
-            &mut connectors,
-            &mut observer,
-            drive_cfg,
-            &mut shutdown,
-        )
-        .await;
-        if let hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) = &ended {
-            match transfer(st, observer.call_sid.as_deref(), to).await {
-                // Redirected: Twilio ends the stream itself; the socket closes now.
-                Ok(()) => {
-                    hark_engine::io::TwilioSocket::close(&mut socket).await;
-                    break format!("transferred to {to}");
-                }
-                // The call goes on: the agent tells the caller (the socket is still open).
-                // An agent that keeps asking is stopped after a few tries.
-                Err(why) => {
-                    failed_transfers.push(format!("transfer to {to} failed: {why}"));
-                    if failed_transfers.len() >= MAX_FAILED_TRANSFERS {
-                        hark_engine::io::TwilioSocket::close(&mut socket).await;
-                        break format!("{MAX_FAILED_TRANSFERS} transfers failed");
-                    }
-                    call.handle_input(hark_engine::Input::TransferFailed {
-                        at: hark_engine::io::now(),
-                        reason: why,
-                    });
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-            }
-        }
-        break match ended {
-            hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
-            hark_engine::io::Ended::PeerClosed => "peer closed".into(),
-            hark_engine::io::Ended::Shutdown => "shutdown".into(),
-            hark_engine::io::Ended::Failed(e) => {
-                metrics::counter!("hark_ws_errors_total", "kind" => e.kind()).increment(1);
-                warn!(error = %e, "call ended by a socket failure");
-                format!("failed: {e}")
-            }
-        };
+    let mut transfers = Transfers {
+        api: st.api.clone(),
     };
-    let ended = if failed_transfers.is_empty() {
+    let ended = hark_engine::io::drive(
+        &mut call,
+        &mut socket,
+        &mut connectors,
+        &mut transfers,
+        &mut observer,
+        drive_cfg,
+        &mut shutdown,
+    )
+    .await;
+    let ended = match ended {
+        hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) => {
+            format!("transferred to {to}")
+        }
+        hark_engine::io::Ended::Closed(r) => format!("closed: {r:?}"),
+        hark_engine::io::Ended::PeerClosed => "peer closed".into(),
+        hark_engine::io::Ended::Shutdown => "shutdown".into(),
+        hark_engine::io::Ended::Failed(e) => {
+            metrics::counter!("hark_ws_errors_total", "kind" => e.kind()).increment(1);
+            warn!(error = %e, "call ended by a socket failure");
+            format!("failed: {e}")
+        }
+    };
+    // Failed transfers, for the record: the call went on after each.
+    let ended = if observer.failed_transfers.is_empty() {
         ended
     } else {
-        format!("{ended} (after: {})", failed_transfers.join("; "))
+        format!("{ended} (after: {})", observer.failed_transfers.join("; "))
     };
     observer.flush(&call);
     let stats = call.stats();

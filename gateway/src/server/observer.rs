@@ -17,6 +17,8 @@ pub(super) struct CallObserver {
     pub(super) turns: crate::api::turns::TurnLog,
     /// The connection's count: a call once `start` arrived.
     pub(super) slot: Option<crate::conns::Slot>,
+    /// Transfers that failed (the call went on after each), for the record.
+    pub(super) failed_transfers: Vec<String>,
 }
 
 impl CallObserver {
@@ -52,6 +54,9 @@ impl CallObserver {
 
 impl hark_engine::io::Observer for CallObserver {
     fn event(&mut self, call: &Call, event: &Event) {
+        // The record: a fold over the events, which name their caller turn.
+        let done = self.turns.apply(event);
+        self.record_turn(done);
         match event {
             Event::Started(info) => {
                 let span = tracing::Span::current();
@@ -67,28 +72,26 @@ impl hark_engine::io::Observer for CallObserver {
                 info!(params = ?info.parameters, "stream started");
             }
             Event::UserTurnEnded {
-                start_ms, end_ms, ..
+                turn,
+                start_ms,
+                end_ms,
+                ..
             } => {
                 metrics::counter!("hark_turns_total").increment(1);
-                info!(start_ms, end_ms, "caller turn");
-                let done = self.turns.user_turn_ended(*start_ms, *end_ms);
-                self.record_turn(done);
+                info!(%turn, start_ms, end_ms, "caller turn");
             }
             Event::AgentAudioStarted {
                 id,
+                turn,
                 since_user_end: Some(d),
-                before_turn_end,
                 ..
             } => {
                 metrics::histogram!("hark_turn_latency_seconds").record(d.as_secs_f64());
-                info!(utterance = %id, latency_ms = d.as_millis() as u64, "agent speaking");
-                self.turns
-                    .agent_audio_started(d.as_millis() as u64, *before_turn_end);
+                let turn = turn.map(|t| t.to_string());
+                info!(utterance = %id, turn, latency_ms = d.as_millis() as u64, "agent speaking");
             }
             Event::BargeIn(b) => {
                 metrics::counter!("hark_barge_ins_total").increment(1);
-                self.turns
-                    .barge_in(b.interrupted.heard_ms, b.interrupted.heard_text.as_deref());
                 metrics::histogram!("hark_barge_in_delay_seconds")
                     .record(b.delay_ms() as f64 / 1000.0);
                 info!(
@@ -104,31 +107,21 @@ impl hark_engine::io::Observer for CallObserver {
                     .increment(1);
                 warn!(kind = kind.as_str(), detail, "malformed message skipped");
             }
-            Event::UtterancePlayed { heard_ms, .. } => self.turns.utterance_played(*heard_ms),
             Event::AgentAudioHeard {
                 since_user_end: Some(d),
-                before_turn_end,
                 ..
             } => {
                 metrics::histogram!("hark_voice_to_voice_seconds").record(d.as_secs_f64());
-                self.turns
-                    .agent_audio_heard(d.as_millis() as u64, *before_turn_end);
-            }
-            Event::UserSpeechStarted { media_ms, .. } => self.turns.speech_started(*media_ms),
-            Event::UserSpeechDiscarded { start_ms, end_ms } => {
-                let done = self.turns.speech_discarded(*start_ms, *end_ms);
-                self.record_turn(done);
             }
             Event::Dtmf { digit, .. } => info!(digit, "dtmf"),
-            Event::Agent(report) => {
-                use hark_engine::agent::{AgentReport, Role};
+            Event::Agent { turn, report } => {
+                use hark_engine::agent::AgentReport;
+                let turn = turn.map(|t| t.to_string());
                 match report {
                     AgentReport::Latency { stage, ms } => {
                         metrics::histogram!("hark_stage_latency_seconds", "stage" => stage.as_str())
                             .record(*ms as f64 / 1000.0);
-                        info!(stage = stage.as_str(), ms, "stage latency");
-                        let open = call.user_turn_open_since_ms().is_some();
-                        self.turns.stage_latency(*stage, *ms, open);
+                        info!(stage = stage.as_str(), turn, ms, "stage latency");
                     }
                     AgentReport::ProviderFault {
                         provider,
@@ -138,35 +131,27 @@ impl hark_engine::io::Observer for CallObserver {
                         metrics::counter!("hark_provider_faults_total",
                             "provider" => provider.clone(), "kind" => kind.clone())
                         .increment(1);
-                        warn!(provider, kind, detail, "provider fault");
+                        warn!(provider, kind, turn, detail, "provider fault");
                     }
                     AgentReport::Transcript {
                         role,
                         text,
                         interrupted,
                     } => {
-                        info!(role = ?role, interrupted, text, "transcript");
-                        let open = call.user_turn_open_since_ms().is_some();
-                        match role {
-                            Role::User => self.turns.user_transcript(text, open),
-                            Role::Agent => self.turns.agent_transcript(
-                                text,
-                                *interrupted,
-                                open,
-                                call.agent_speaking(),
-                            ),
-                        }
+                        info!(role = ?role, turn, interrupted, text, "transcript");
                     }
                     AgentReport::ToolCall { name, arguments } => {
                         metrics::counter!("hark_tool_calls_total", "name" => name.clone())
                             .increment(1);
-                        info!(name, arguments, "tool call");
+                        info!(name, turn, arguments, "tool call");
                     }
                 }
             }
             Event::TransferRequested { to } => info!(to, "transfer requested"),
             Event::TransferFailed { to, reason } => {
                 warn!(to, reason, "transfer failed: the call goes on");
+                self.failed_transfers
+                    .push(format!("transfer to {to} failed: {reason}"));
             }
             Event::Stopped { .. } => {
                 self.flush(call);

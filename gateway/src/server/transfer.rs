@@ -1,15 +1,30 @@
 //! Transfers: the agent asked to hand the call to a number or SIP URI and its words played;
-//! hark redirects the call with a Twilio REST call update.
+//! the engine's driver asks [`Transfers`] (its [`CallControl`]) to redirect the call with a
+//! Twilio REST call update, and feeds the outcome back into the call's loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use hark_engine::TransferOutcome;
+use hark_engine::io::{CallControl, TransferFuture};
 use tracing::{info, warn};
 
-use super::AppState;
+use crate::api::ApiState;
 use crate::twiml;
 
-/// Failed transfers after which a call ends (the agent keeps asking for one).
-pub(super) const MAX_FAILED_TRANSFERS: usize = 3;
+/// The gateway's call control for one call: transfers through Twilio's REST API (the gateway
+/// API's credentials; without the API every transfer fails and the call goes on).
+#[derive(Debug, Clone)]
+pub(super) struct Transfers {
+    pub(super) api: Option<Arc<ApiState>>,
+}
+
+impl CallControl for Transfers {
+    fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture {
+        let (api, sid, to) = (self.api.clone(), call_sid.map(str::to_owned), to.to_owned());
+        Box::pin(async move { transfer(api.as_deref(), sid.as_deref(), &to).await })
+    }
+}
 
 /// Hands the call to `to` after the agent asked for a transfer and its words played: a call
 /// update `POST …/Calls/{CallSid}.json` with `Twiml=<Response><Dial><Number|Sip>…` (Twilio REST
@@ -18,18 +33,14 @@ pub(super) const MAX_FAILED_TRANSFERS: usize = 3;
 /// 500 ms; a timeout or another 5xx is not (Twilio may have applied the update).
 /// Counted in `hark_transfers_total{outcome}` (`ok`, `failed`, `not_configured`).
 ///
-/// # Errors
-/// Why the call could not be redirected (no credentials or CallSid, Twilio's refusal), for the
-/// agent and the call record.
-pub(super) async fn transfer(
-    st: &AppState,
-    call_sid: Option<&str>,
-    to: &str,
-) -> Result<(), String> {
+/// A failure says why the call could not be redirected (no credentials or CallSid, Twilio's
+/// refusal), for the agent and the call record.
+async fn transfer(api: Option<&ApiState>, call_sid: Option<&str>, to: &str) -> TransferOutcome {
     let outcome = |o: &'static str| metrics::counter!("hark_transfers_total", "outcome" => o);
+    let failed = |reason: String| TransferOutcome::Failed { reason };
     // It goes into the request path.
     let call_sid = call_sid.filter(|sid| crate::api::twilio_rest::is_sid(sid, "CA"));
-    let target = match (call_sid, st.api.as_ref().map(|a| a.twilio())) {
+    let target = match (call_sid, api.map(|a| a.twilio())) {
         (Some(sid), Some(Ok(rest))) => Ok((sid, rest)),
         (None, _) => Err("the stream gave no valid CallSid".to_string()),
         (_, None) => Err("the gateway API is off".to_string()),
@@ -40,7 +51,7 @@ pub(super) async fn transfer(
         Err(why) => {
             outcome("not_configured").increment(1);
             warn!(to, reason = why, "transfer not possible");
-            return Err(why);
+            return failed(why);
         }
     };
     let twiml = match twiml::transfer(to) {
@@ -48,7 +59,7 @@ pub(super) async fn transfer(
         Err(e) => {
             outcome("failed").increment(1);
             warn!(to, error = %e, "transfer target cannot go into TwiML");
-            return Err(e.to_string());
+            return failed(e.to_string());
         }
     };
     let form = [("Twiml".to_string(), twiml)];
@@ -63,7 +74,7 @@ pub(super) async fn transfer(
                     status = call.status.as_deref().unwrap_or(""),
                     "call transferred"
                 );
-                return Ok(());
+                return TransferOutcome::Redirected;
             }
             Err(e) => {
                 // Only when Twilio surely did not apply it (rate limited, unavailable, never
@@ -80,7 +91,7 @@ pub(super) async fn transfer(
                 }
                 outcome("failed").increment(1);
                 warn!(to, error = %e, "transfer failed: the call goes on");
-                return Err(e.to_string());
+                return failed(e.to_string());
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A local double of ElevenLabs Conversational AI on 127.0.0.1:0: the signed-URL REST endpoint
-//! and the conversation WebSocket, speaking `shared/specs/elevenlabs/agent.asyncapi.yaml`
+//! and the conversation WebSocket, speaking `fixtures/specs/elevenlabs/agent.asyncapi.yaml`
 //! (the tests validate every message it sends and receives against that spec).
 //!
 //! - `GET /v1/convai/conversation/get-signed-url?agent_id=…` with `xi-api-key`:

@@ -1,5 +1,5 @@
 //! A local double of the OpenAI Realtime WebSocket on 127.0.0.1:0, speaking the
-//! `RealtimeServerEvent*` schemas of `shared/specs/openai/openapi.yaml` (GA names; beta names
+//! `RealtimeServerEvent*` schemas of `fixtures/specs/openai/openapi.yaml` (GA names; beta names
 //! from `openapi-manual_spec-2025-04-29.yaml` with [`Script::beta`]). The tests validate every
 //! event it sends and receives against those specs.
 //!

@@ -8,9 +8,9 @@ use hark_codecs::SampleRate;
 
 use super::audio::{self, Pcm16Stream};
 use super::pipes::Pipe;
-use super::retry::{Attempt, Fault};
+use super::retry::Attempt;
 use super::{CALLER_QUIET_MS, CascadeAgent, Owner, ms, wire};
-use crate::agent::Action;
+use crate::agent::{Action, FaultKind, ProviderFault};
 use crate::playout::UtteranceId;
 
 /// A phrase rendered once per call.
@@ -142,7 +142,7 @@ impl CascadeAgent {
             _ => self.fault(
                 now,
                 Pipe::Phrase(k),
-                Fault::retryable("empty_audio", "no audio"),
+                ProviderFault::new(FaultKind::EmptyAudio, "no audio"),
                 out,
             ),
         }

@@ -128,19 +128,17 @@ pub use config::{
     CascadeConfig, CascadeError, Endpoint, LlmConfig, RetryPolicy, SttConfig, ToolsConfig,
     TtsConfig,
 };
-pub use retry::{FaultClass, classify_failure};
 pub use tools::valid_transfer_target;
 pub use wire::{ChatMessage, ToolCall};
 
 use crate::agent::{
-    Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, HttpRequest, PeerId,
-    ProviderEvent, ProviderMessage, UserTurn,
+    Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, FaultKind, HttpRequest, PeerId,
+    ProviderEvent, ProviderFault, ProviderMessage, UserTurn,
 };
 use crate::playout::{Interrupted, UtteranceId};
 use fallback::{Phrase, PhraseKind};
 use history::Committed;
 use pipes::{Pipe, Pipes, Wait};
-use retry::Fault;
 use turn::Turn;
 use utterance::{Owner, Utterance};
 
@@ -403,7 +401,8 @@ impl CascadeAgent {
                     .is_some_and(|s| s.text.is_none() && s.attempt.peer == Some(peer));
                 if pending {
                     let detail = "the transcription ended without a transcript";
-                    self.fault(now, role, Fault::retryable("dropped", detail), out);
+                    let f = ProviderFault::new(FaultKind::Dropped, detail);
+                    self.fault(now, role, f, out);
                 }
             }
             Pipe::Llm { .. } => self.on_llm_closed(now, peer, out),
@@ -557,14 +556,8 @@ impl Agent for CascadeAgent {
                 self.pipes.ended(peer);
                 self.on_closed(now, peer, role, out);
             }
-            ProviderEvent::Failed {
-                error,
-                status,
-                retry_after_ms,
-                ..
-            } => {
+            ProviderEvent::Failed { fault: f, .. } => {
                 self.pipes.ended(peer);
-                let f = Fault::failed(status, error, retry_after_ms);
                 let ours = match role {
                     Pipe::Stt { seg, .. } => self
                         .transcription_mut(seg)

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::fallback::PhraseKind;
-use super::retry::Fault;
 use super::{PROVIDER_LLM, PROVIDER_STT, PROVIDER_TTS, ms};
-use crate::agent::{Action, HttpRequest, OpenSpec, PeerId, ProviderCommand};
+use crate::agent::{
+    Action, FaultKind, HttpRequest, OpenSpec, PeerId, ProviderCommand, ProviderFault,
+};
 use crate::playout::UtteranceId;
 
 /// What a provider pipe is for.
@@ -146,7 +147,7 @@ impl Pipes {
     /// The pipes whose deadline has passed, each with its fault: `timeout` when nothing came
     /// within the first deadline, `stall` when a stream stopped sending. They stay open: the
     /// caller closes each before handling its fault.
-    pub fn expired(&self, now: Instant) -> Vec<(PeerId, Pipe, Fault)> {
+    pub fn expired(&self, now: Instant) -> Vec<(PeerId, Pipe, ProviderFault)> {
         self.open
             .iter()
             .filter(|(_, p)| p.deadline <= now)
@@ -155,9 +156,9 @@ impl Pipes {
                 let f = if p.started {
                     let stall = p.wait.stall_ms;
                     let detail = format!("the stream stalled: no {waiting} for {stall} ms");
-                    Fault::retryable("stall", detail)
+                    ProviderFault::new(FaultKind::Stall, detail)
                 } else {
-                    Fault::retryable("timeout", format!("no {waiting} in time"))
+                    ProviderFault::new(FaultKind::Timeout, format!("no {waiting} in time"))
                 };
                 (*id, p.role, f)
             })
@@ -190,14 +191,14 @@ mod tests {
         assert_eq!(pipes.poll_timeout(), Some(t0 + ms(1_500)));
         let expired = pipes.expired(t0 + ms(1_500));
         assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].2.class.kind, "timeout");
+        assert_eq!(expired[0].2.label(), "timeout");
         assert_eq!(expired[0].2.detail, "no audio in time");
 
         pipes.progress(t0 + ms(200), peer);
         assert_eq!(pipes.poll_timeout(), Some(t0 + ms(1_200)));
         assert!(pipes.expired(t0 + ms(1_199)).is_empty());
         let expired = pipes.expired(t0 + ms(1_200));
-        assert_eq!(expired[0].2.class.kind, "stall");
+        assert_eq!(expired[0].2.label(), "stall");
         assert_eq!(
             expired[0].2.detail,
             "the stream stalled: no more data for 1000 ms"

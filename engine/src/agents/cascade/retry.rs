@@ -1,85 +1,17 @@
 //! Retries: the one [`Attempt`] type every retried request uses (a transcription, a chat round,
-//! a TTS sentence, a pre-rendered phrase), how a failure is classified ([`classify_failure`]),
-//! and the agent's one fault path ([`CascadeAgent::fault`]): report, then retry or give up.
+//! a TTS sentence, a pre-rendered phrase), and the agent's one fault path
+//! ([`CascadeAgent::fault`]): report, then retry or give up. Faults are [`ProviderFault`]s: a
+//! failed pipe's own, or one the agent finds itself (a deadline, a bad body, a short stream);
+//! [`ProviderFault::label`] names them for metrics and [`ProviderFault::retryable`] says
+//! whether a retry may help.
 
 use std::time::Instant;
 
 use super::fallback::Phrase;
 use super::pipes::Pipe;
 use super::{CascadeAgent, Owner, RetryPolicy, ms, report};
-use crate::agent::{Action, AgentReport, PeerId};
+use crate::agent::{Action, AgentReport, FaultKind, PeerId, ProviderFault};
 use crate::playout::UtteranceId;
-
-/// How a fault is classified: its metric kind and whether a retry may help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FaultClass {
-    /// `http_401`, `http_429`, `http_5xx`, `timeout`, `stall`, `connect`, `content_type`,
-    /// `stream_error`, `dropped`, …
-    pub kind: String,
-    /// Whether retrying may help.
-    pub retryable: bool,
-}
-
-/// Classifies a failed pipe from its HTTP status and the connector's error text (which starts
-/// with `status`, `timeout`, `connect`, `dropped`, `request` or `content_type`; see
-/// `io::http`). An answer of the wrong content type (a proxy's HTML error page with 200) is
-/// retried like a 5xx.
-pub fn classify_failure(status: Option<u16>, error: &str) -> FaultClass {
-    let c = |kind: &str, retryable: bool| FaultClass {
-        kind: kind.to_string(),
-        retryable,
-    };
-    match status {
-        Some(401) => c("http_401", false),
-        Some(403) => c("http_403", false),
-        // Out of credit: waiting does not help (providers.md §2).
-        Some(429) if error.contains("insufficient_quota") => c("http_429", false),
-        Some(429) => c("http_429", true),
-        Some(408) => c("http_408", true),
-        Some(409) => c("http_409", true),
-        Some(s) if s >= 500 => c("http_5xx", true),
-        Some(_) => c("http_4xx", false),
-        None if error.starts_with("content_type") => c("content_type", true),
-        None if error.starts_with("timeout") => c("timeout", true),
-        None if error.starts_with("connect") => c("connect", true),
-        None if error.starts_with("request") => c("request", false),
-        None => c("dropped", true),
-    }
-}
-
-/// One failure of a request, as the fault path takes it.
-#[derive(Debug, Clone)]
-pub(super) struct Fault {
-    pub class: FaultClass,
-    /// For the [`AgentReport::ProviderFault`] detail.
-    pub detail: String,
-    /// The provider's `retry-after-ms`/`Retry-After`, ms.
-    pub retry_after_ms: Option<u64>,
-}
-
-impl Fault {
-    /// A fault found by the agent itself (a deadline, a bad body, a short stream): retryable,
-    /// with no `Retry-After`.
-    pub fn retryable(kind: &str, detail: impl Into<String>) -> Self {
-        Fault {
-            class: FaultClass {
-                kind: kind.into(),
-                retryable: true,
-            },
-            detail: detail.into(),
-            retry_after_ms: None,
-        }
-    }
-
-    /// A failed pipe, classified by [`classify_failure`].
-    pub fn failed(status: Option<u16>, error: String, retry_after_ms: Option<u64>) -> Self {
-        Fault {
-            class: classify_failure(status, &error),
-            detail: error,
-            retry_after_ms,
-        }
-    }
-}
 
 /// One request that may be tried again: the pipe carrying it now and its retry state.
 #[derive(Debug, Clone)]
@@ -128,15 +60,20 @@ impl Attempt {
     }
 
     /// The delay before a retry after `fault`, ms, if one is allowed: the fault is retryable,
-    /// retries are left and the retry would start within the budget. Timeouts retry at once
-    /// (their time is already spent), a `Retry-After` is waited for, else the backoff doubles
-    /// per retry.
-    pub fn retry_delay(&self, now: Instant, policy: &RetryPolicy, fault: &Fault) -> Option<u64> {
-        if !fault.class.retryable || self.retries >= policy.max_retries {
+    /// retries are left and the retry would start within the budget. Timeouts and stalls retry
+    /// at once (their time is already spent), a `Retry-After` is waited for, else the backoff
+    /// doubles per retry.
+    pub fn retry_delay(
+        &self,
+        now: Instant,
+        policy: &RetryPolicy,
+        fault: &ProviderFault,
+    ) -> Option<u64> {
+        if !fault.retryable() || self.retries >= policy.max_retries {
             return None;
         }
-        let d = match (fault.class.kind.as_str(), fault.retry_after_ms) {
-            ("timeout" | "stall", _) => 0,
+        let d = match (fault.kind, fault.retry_after_ms) {
+            (FaultKind::Timeout | FaultKind::Stall, _) => 0,
             (_, Some(ra)) => ra,
             _ => policy.backoff_ms.saturating_mul(1 << self.retries.min(10)),
         };
@@ -145,7 +82,12 @@ impl Attempt {
 
     /// The request failed: when a retry is allowed, forgets the pipe and schedules the retry;
     /// returns its delay, ms (0: retry now).
-    pub fn fault(&mut self, now: Instant, policy: &RetryPolicy, fault: &Fault) -> Option<u64> {
+    pub fn fault(
+        &mut self,
+        now: Instant,
+        policy: &RetryPolicy,
+        fault: &ProviderFault,
+    ) -> Option<u64> {
         let d = self.retry_delay(now, policy, fault)?;
         self.peer = None;
         self.retries += 1;
@@ -160,16 +102,22 @@ impl CascadeAgent {
     /// cannot be rendered becomes the chime. A TTS sentence that has started playing asks only
     /// for the rest of its words ([`CascadeAgent::resume_sentence`]); an LLM round whose
     /// sentences already went to TTS is never asked again (it would repeat them).
-    pub(super) fn fault(&mut self, now: Instant, role: Pipe, f: Fault, out: &mut Vec<Action>) {
+    pub(super) fn fault(
+        &mut self,
+        now: Instant,
+        role: Pipe,
+        f: ProviderFault,
+        out: &mut Vec<Action>,
+    ) {
         let detail = match role {
-            Pipe::Phrase(k) => format!("rendering the {} phrase: {}", k.name(), f.detail),
-            _ => f.detail.clone(),
+            Pipe::Phrase(k) => format!("rendering the {} phrase: {f}", k.name()),
+            _ => f.to_string(),
         };
         report(
             out,
             AgentReport::ProviderFault {
                 provider: role.provider().into(),
-                kind: f.class.kind.clone(),
+                kind: f.label().into_owned(),
                 detail,
             },
         );
@@ -306,7 +254,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Attempt::new(t0 + Duration::from_millis(3_000));
         a.sent(PeerId(7));
-        let f = Fault::failed(Some(503), "status 503".into(), None);
+        let f = ProviderFault::status(503, "", None);
         assert_eq!(a.fault(t0, &policy(), &f), Some(150));
         assert_eq!((a.peer, a.retries), (None, 1));
         assert_eq!(a.poll_timeout(), Some(t0 + Duration::from_millis(150)));
@@ -322,13 +270,15 @@ mod tests {
     fn timeouts_retry_at_once_retry_after_is_honoured_within_the_budget() {
         let t0 = Instant::now();
         let a = Attempt::new(t0 + Duration::from_millis(1_000));
-        let timeout = Fault::retryable("timeout", "no audio in time");
+        let timeout = ProviderFault::new(FaultKind::Timeout, "no audio in time");
         assert_eq!(a.retry_delay(t0, &policy(), &timeout), Some(0));
-        let soon = Fault::failed(Some(429), "status 429".into(), Some(800));
+        let stall = ProviderFault::new(FaultKind::Stall, "no more audio for 1000 ms");
+        assert_eq!(a.retry_delay(t0, &policy(), &stall), Some(0));
+        let soon = ProviderFault::status(429, "", Some(800));
         assert_eq!(a.retry_delay(t0, &policy(), &soon), Some(800));
-        let late = Fault::failed(Some(429), "status 429".into(), Some(1_200));
+        let late = ProviderFault::status(429, "", Some(1_200));
         assert_eq!(a.retry_delay(t0, &policy(), &late), None);
-        let auth = Fault::failed(Some(401), "status 401".into(), None);
+        let auth = ProviderFault::status(401, "", None);
         assert_eq!(a.retry_delay(t0, &policy(), &auth), None);
     }
 }

@@ -3,17 +3,8 @@
 use super::turn::After;
 use super::{ToolCall, ToolsConfig};
 
-/// Whether `n` is a number `transfer_call` may dial: E.164 (`+` and 8–15 digits, no leading
-/// zero) or a `sip:` URI.
-pub fn valid_transfer_target(n: &str) -> bool {
-    let n = n.trim();
-    if let Some(rest) = n.strip_prefix("sip:") {
-        return rest.contains('@') && !rest.chars().any(char::is_whitespace);
-    }
-    n.strip_prefix('+').is_some_and(|d| {
-        (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-    })
-}
+/// Whether `n` is a number `transfer_call` may dial (E.164 or a `sip:` URI).
+pub use crate::dial::is_transfer_target as valid_transfer_target;
 
 /// Runs tool call `c`: its result for the model, and what happens after the answer when it
 /// succeeded (`None`: an error the model gets one more round to correct).

@@ -4,12 +4,12 @@
 use std::time::Instant;
 
 use super::pipes::Pipe;
-use super::retry::{Attempt, Fault};
+use super::retry::Attempt;
 use super::text::SentenceSplitter;
 use super::utterance::Owner;
 use super::wire::{self, SttEvent, ToolCallAssembler};
 use super::{CascadeAgent, ChatMessage, PROVIDER_LLM, ToolCall, ms, report, since_ms, tools};
-use crate::agent::{Action, AgentReport, PeerId, Role, Stage};
+use crate::agent::{Action, AgentReport, FaultKind, PeerId, ProviderFault, Role, Stage};
 use crate::playout::UtteranceId;
 
 /// One piece of the caller's audio (a user turn the call handed over) and its transcription.
@@ -34,7 +34,7 @@ pub(super) struct ChatStream {
     splitter: SentenceSplitter,
     content: String,
     tools: ToolCallAssembler,
-    finish: Option<String>,
+    finish: Option<wire::Finish>,
     /// A sentence of this round went to TTS: a retry would repeat it.
     pub emitted: bool,
     got_any: bool,
@@ -314,7 +314,8 @@ impl CascadeAgent {
             }
             SttEvent::Error(e) => {
                 self.pipes.close(Some(peer), out);
-                self.fault(now, role, Fault::retryable("stream_error", e), out);
+                let f = ProviderFault::new(FaultKind::StreamError, e);
+                self.fault(now, role, f, out);
             }
             SttEvent::NotJson(e) => {
                 // Never taken as the caller's words.
@@ -322,7 +323,8 @@ impl CascadeAgent {
                 if let Some(s) = self.transcription_mut(seg_id) {
                     s.attempt.peer = None;
                 }
-                self.fault(now, role, Fault::retryable("content_type", e), out);
+                let f = ProviderFault::new(FaultKind::ContentType, e);
+                self.fault(now, role, f, out);
             }
             SttEvent::Ignore => {}
         }
@@ -425,14 +427,16 @@ impl CascadeAgent {
             Ok(c) => c,
             Err(e) => {
                 self.pipes.close(Some(peer), out);
-                // Not JSON at all (an HTML page): not what was asked for.
-                let kind = if e.starts_with("not JSON") {
-                    "content_type"
-                } else {
-                    "stream_error"
+                // Not JSON at all (an HTML page): not what was asked for; else an error
+                // object in the stream, or JSON that is no chunk.
+                let kind = match e {
+                    wire::ChatFault::NotJson(_) => FaultKind::ContentType,
+                    wire::ChatFault::Stream(_) | wire::ChatFault::Shape(_) => {
+                        FaultKind::StreamError
+                    }
                 };
                 let role = Pipe::Llm { turn: turn.id };
-                self.fault(now, role, Fault::retryable(kind, e), out);
+                self.fault(now, role, ProviderFault::new(kind, e.into_detail()), out);
                 return;
             }
         };
@@ -496,8 +500,8 @@ impl CascadeAgent {
             // No `[DONE]`, but the model said it finished: accept.
             self.complete_llm(now, out);
         } else {
-            let f = Fault::retryable(
-                "dropped",
+            let f = ProviderFault::new(
+                FaultKind::Dropped,
                 "the stream ended before finish_reason and [DONE]",
             );
             self.fault(now, role, f, out);

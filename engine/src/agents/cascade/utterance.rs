@@ -10,10 +10,10 @@ use hark_codecs::SampleRate;
 
 use super::audio::{self, Pcm16Stream};
 use super::pipes::Pipe;
-use super::retry::{Attempt, Fault};
+use super::retry::Attempt;
 use super::text::{self, SentenceSplitter};
 use super::{CascadeAgent, ms, since_ms, wire};
-use crate::agent::{Action, AgentReport, PeerId, Stage};
+use crate::agent::{Action, AgentReport, FaultKind, PeerId, ProviderFault, Stage};
 use crate::playout::{AgentAudio, UtteranceId};
 
 /// Who an utterance belongs to.
@@ -508,7 +508,7 @@ impl CascadeAgent {
         };
         s.attempt.peer = None;
         if !s.got_bytes {
-            let f = Fault::retryable("empty_audio", "the speech response had no audio");
+            let f = ProviderFault::new(FaultKind::EmptyAudio, "the speech response had no audio");
             self.fault(now, Pipe::Tts { utt, sid }, f, out);
             return;
         }
@@ -525,7 +525,7 @@ impl CascadeAgent {
         now: Instant,
         utt: UtteranceId,
         sid: u64,
-        f: &Fault,
+        f: &ProviderFault,
         out: &mut Vec<Action>,
     ) {
         let Some(i) = self.utt_ix(utt) else {

@@ -1,10 +1,58 @@
 //! The OpenAI-compatible wire formats the cascade agent speaks, as pure functions: request
-//! builders (→ [`HttpRequest`]) and parsers of what comes back. Shapes follow
-//! `shared/specs/openai/openapi.yaml` (`CreateTranscriptionRequest`,
-//! `CreateTranscriptionResponseStreamEvent`, `CreateChatCompletionRequest`,
-//! `CreateChatCompletionStreamResponse`, `ChatCompletionMessageToolCallChunk`,
-//! `CreateSpeechRequest`, `ErrorResponse`), summarised in `shared/reference/providers.md` §1–3.
+//! builders (→ [`HttpRequest`]) and parsers of what comes back.
+//!
+//! The shapes are async-openai's types (0.43, features `chat-completion-types` and
+//! `audio-types`: types only, no client, so no tokio and no HTTP stack), which follow OpenAI's
+//! OpenAPI spec (vendored as `fixtures/specs/openai/openapi.yaml`):
+//! `CreateChatCompletionRequest`, `CreateChatCompletionStreamResponse`,
+//! `ChatCompletionMessageToolCallChunk`, `CreateTranscriptionResponseJson`,
+//! `CreateTranscriptionResponseStreamEvent`, `CreateSpeechRequest`, `ErrorResponse`. The
+//! transcription request stays a hand-built multipart form: async-openai's
+//! `CreateTranscriptionRequest` has no serde form (its form writer needs the client feature).
+//!
+//! ## Where hark reads more than the types accept
+//! Every answer is read with the strict type first. Some OpenAI-compatible servers send
+//! messages those types refuse; only then a tolerant reading takes over, and each case has a
+//! test with that server's JSON:
+//! - chat chunks ([`parse_chat`]) are reduced to the fields hark reads and read again, so
+//!   - a missing `id`, `object`, `created` or `model` does not matter (OpenVINO Model Server,
+//!     openvinotoolkit/model_server#3553; Gemini's OpenAI endpoint, THU-MAIC/OpenMAIC#1556;
+//!     TensorRT-Edge-LLM's server, NVIDIA/TensorRT-Edge-LLM#93);
+//!   - nor does a value outside the enum of a field hark never reads (Groq's
+//!     `"service_tier":"on_demand"`, 64bit/async-openai#457; a tool call's `"type":""` from a
+//!     Gemini proxy, AstrBotDevs/AstrBot#6661);
+//!   - a tool-call fragment without `index` takes its position in the array (Gemini,
+//!     THU-MAIC/OpenMAIC#1556);
+//!   - a `finish_reason` outside the spec's enum is kept as [`Finish::Other`] (vLLM `abort`,
+//!     DeepSeek `insufficient_system_resource`, Mistral `model_length`), and `""` is none
+//!     (SGLang, sgl-project/sglang#3912);
+//!   - a `usage` that `CompletionUsage` refuses is no usage (LiteLLM's `{}` on every chunk,
+//!     BerriAI/litellm#1571).
+//!
+//!   Anything else the type refuses is a provider fault ([`ChatFault::Shape`]).
+//! - transcriptions ([`parse_stt`]): the types require `usage`, which Groq, whisper.cpp's
+//!   server and Speaches leave out of `{"text":…}` (and which OpenAI's own spec example sends
+//!   without `type`); then only `type`, `text` and `delta` are read.
+//! - error objects: vLLM sends `code` as a number (its `ErrorInfo.code: int`) and Ollama a
+//!   bare string as `error`, which [`ApiError`] refuses; then the fields are read one by one.
 
+use async_openai::error::ApiError;
+use async_openai::types::audio::{
+    CreateSpeechRequest, CreateTranscriptionResponseJson, CreateTranscriptionResponseStreamEvent,
+    SpeechModel, SpeechResponseFormat, Voice,
+};
+use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
+    ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
+    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent,
+    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools, CompletionUsage,
+    CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FinishReason, FunctionCall,
+    FunctionObject,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::config::{CascadeConfig, ToolsConfig};
@@ -52,11 +100,22 @@ pub enum ChatMessage {
 }
 
 impl ChatMessage {
-    /// The message as the API takes it.
-    pub fn to_json(&self) -> Value {
+    /// The message as async-openai types it (`ChatCompletionRequestMessage`). An assistant
+    /// message with tool calls and no text has no `content`.
+    pub fn to_request(&self) -> ChatCompletionRequestMessage {
         match self {
-            ChatMessage::System(c) => json!({"role": "system", "content": c}),
-            ChatMessage::User(c) => json!({"role": "user", "content": c}),
+            ChatMessage::System(c) => {
+                ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+                    content: ChatCompletionRequestSystemMessageContent::Text(c.clone()),
+                    name: None,
+                })
+            }
+            ChatMessage::User(c) => {
+                ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                    content: ChatCompletionRequestUserMessageContent::Text(c.clone()),
+                    name: None,
+                })
+            }
             ChatMessage::Assistant {
                 content,
                 tool_calls,
@@ -67,26 +126,52 @@ impl ChatMessage {
                 } else {
                     content.clone()
                 };
-                let mut m = json!({"role": "assistant", "content": text});
-                if !tool_calls.is_empty() {
-                    if text.is_empty() {
-                        m["content"] = Value::Null;
-                    }
-                    m["tool_calls"] = tool_calls
-                        .iter()
-                        .map(|t| {
-                            json!({"id": t.id, "type": "function",
-                                   "function": {"name": t.name, "arguments": t.arguments}})
+                let calls = tool_calls
+                    .iter()
+                    .map(|t| {
+                        ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                            id: t.id.clone(),
+                            function: FunctionCall {
+                                name: t.name.clone(),
+                                arguments: t.arguments.clone(),
+                            },
                         })
-                        .collect();
-                }
-                m
+                    })
+                    .collect::<Vec<_>>();
+                ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                    content: (calls.is_empty() || !text.is_empty())
+                        .then_some(ChatCompletionRequestAssistantMessageContent::Text(text)),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    ..ChatCompletionRequestAssistantMessage::default()
+                })
             }
             ChatMessage::Tool { call_id, content } => {
-                json!({"role": "tool", "tool_call_id": call_id, "content": content})
+                ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+                    content: ChatCompletionRequestToolMessageContent::Text(content.clone()),
+                    tool_call_id: call_id.clone(),
+                })
             }
         }
     }
+
+    /// The message as the API takes it: [`ChatMessage::to_request`] as JSON, with
+    /// `"content": null` on an assistant message that has only tool calls (the spec's
+    /// nullable form, which hark has always sent; async-openai would leave the key out).
+    pub fn to_json(&self) -> Value {
+        let mut v = json_of(&self.to_request());
+        if let Value::Object(m) = &mut v
+            && m.get("role").and_then(Value::as_str) == Some("assistant")
+        {
+            m.entry("content").or_insert(Value::Null);
+        }
+        v
+    }
+}
+
+/// A request type as JSON. async-openai's request types are structs and enums with string
+/// keys, which `serde_json` always serialises, so the `expect` cannot fire.
+fn json_of<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).expect("async-openai request types serialise to JSON")
 }
 
 /// What an STT or LLM answer may be: SSE, or JSON (a server that ignores `stream`).
@@ -147,71 +232,81 @@ pub fn transcription_request(cfg: &CascadeConfig, wav: Vec<u8>) -> HttpRequest {
     }
 }
 
+/// One `{"type":"function","function":{name, description, parameters}}` tool.
+fn function_tool(name: &str, description: &str, parameters: Value) -> ChatCompletionTools {
+    ChatCompletionTools::Function(ChatCompletionTool {
+        function: FunctionObject {
+            name: name.into(),
+            description: Some(description.into()),
+            parameters: Some(parameters),
+            strict: None,
+        },
+    })
+}
+
 /// The tools offered to the model (`tools` of the chat request), per `cfg`.
-pub fn tool_definitions(cfg: &ToolsConfig) -> Vec<Value> {
+pub fn tool_definitions(cfg: &ToolsConfig) -> Vec<ChatCompletionTools> {
     let mut tools = Vec::new();
     if cfg.end_call {
-        tools.push(json!({
-            "type": "function",
-            "function": {
-                "name": "end_call",
-                "description": "End the phone call. Use it when the caller says goodbye or \
+        tools.push(function_tool(
+            "end_call",
+            "End the phone call. Use it when the caller says goodbye or \
                     wants to hang up, after saying a short goodbye in the same reply.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "reason": {"type": "string", "description": "Why the call ends."}
-                    },
-                    "required": [],
-                    "additionalProperties": false
-                }
-            }
-        }));
+            json!({
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string", "description": "Why the call ends."}
+                },
+                "required": [],
+                "additionalProperties": false
+            }),
+        ));
     }
     if cfg.transfer_call {
-        tools.push(json!({
-            "type": "function",
-            "function": {
-                "name": "transfer_call",
-                "description": "Transfer the caller to another phone number (a person or \
+        tools.push(function_tool(
+            "transfer_call",
+            "Transfer the caller to another phone number (a person or \
                     department). Tell the caller you are transferring them in the same reply.",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "number": {
-                            "type": "string",
-                            "description": "E.164 phone number such as +14155550100, or a SIP URI."
-                        }
-                    },
-                    "required": ["number"],
-                    "additionalProperties": false
-                }
-            }
-        }));
+            json!({
+                "type": "object",
+                "properties": {
+                    "number": {
+                        "type": "string",
+                        "description": "E.164 phone number such as +14155550100, or a SIP URI."
+                    }
+                },
+                "required": ["number"],
+                "additionalProperties": false
+            }),
+        ));
     }
     tools
 }
 
 /// `POST /v1/chat/completions`, streamed (`stream: true`, `stream_options.include_usage`),
-/// with `messages` and the configured tools.
+/// with `messages` (as [`ChatMessage::to_json`]) and the configured tools. `max_tokens` is
+/// sent as such (deprecated by OpenAI for `max_completion_tokens`, but the form every
+/// OpenAI-compatible server accepts).
 pub fn chat_request(cfg: &CascadeConfig, messages: &[ChatMessage]) -> HttpRequest {
     let l = &cfg.llm;
-    let mut body = json!({
-        "model": l.endpoint.model,
-        "messages": messages.iter().map(ChatMessage::to_json).collect::<Vec<_>>(),
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
     let tools = tool_definitions(&cfg.tools);
-    if !tools.is_empty() {
-        body["tools"] = Value::Array(tools);
-    }
-    if let Some(t) = l.temperature {
-        body["temperature"] = json!(t);
-    }
-    if let Some(m) = l.max_tokens {
-        body["max_tokens"] = json!(m);
-    }
+    #[allow(deprecated)] // `max_tokens`, see above.
+    let request = CreateChatCompletionRequest {
+        model: l.endpoint.model.clone(),
+        // Set below from `to_json` (the `"content": null` form).
+        messages: Vec::new(),
+        stream: Some(true),
+        stream_options: Some(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        }),
+        tools: (!tools.is_empty()).then_some(tools),
+        temperature: l.temperature,
+        max_tokens: l.max_tokens,
+        ..CreateChatCompletionRequest::default()
+    };
+    let mut body = json_of(&request);
+    body["messages"] = messages.iter().map(ChatMessage::to_json).collect();
     HttpRequest {
         method: "POST".into(),
         url: l.endpoint.url("/chat/completions"),
@@ -223,27 +318,25 @@ pub fn chat_request(cfg: &CascadeConfig, messages: &[ChatMessage]) -> HttpReques
     }
 }
 
-/// `POST /v1/audio/speech` of `text`: `response_format: pcm` (24 kHz s16le mono), streamed
-/// as raw chunks.
+/// `POST /v1/audio/speech` of `text` (`CreateSpeechRequest`): `response_format: pcm` (24 kHz
+/// s16le mono), streamed as raw chunks; the model and voice are free strings (a compatible
+/// server's own names pass through).
 pub fn speech_request(cfg: &CascadeConfig, text: &str) -> HttpRequest {
     let t = &cfg.tts;
-    let mut body = json!({
-        "model": t.endpoint.model,
-        "input": text,
-        "voice": t.voice,
-        "response_format": "pcm",
-    });
-    if let Some(i) = t.instructions.as_deref().filter(|i| !i.is_empty()) {
-        body["instructions"] = json!(i);
-    }
-    if let Some(s) = t.speed {
-        body["speed"] = json!(s);
-    }
+    let request = CreateSpeechRequest {
+        input: text.into(),
+        model: SpeechModel::Other(t.endpoint.model.clone()),
+        voice: Voice::Other(t.voice.clone()),
+        instructions: t.instructions.clone().filter(|i| !i.is_empty()),
+        response_format: Some(SpeechResponseFormat::Pcm),
+        speed: t.speed,
+        stream_format: None,
+    };
     HttpRequest {
         method: "POST".into(),
         url: t.endpoint.url("/audio/speech"),
         headers: t.endpoint.headers(),
-        body: HttpBody::Json(body),
+        body: HttpBody::Json(json_of(&request)),
         response: ResponseMode::Chunks,
         timeout_ms: Some(cfg.request_timeout_ms),
         accept: accept_audio(),
@@ -262,85 +355,144 @@ pub enum SttEvent {
     /// Not JSON at all (an HTML error page, bare text): a provider fault, never the caller's
     /// words (hark asks for `response_format=json`).
     NotJson(String),
-    /// `[DONE]`, other event types, or nothing usable.
+    /// `[DONE]`, other event types (`transcript.text.segment`, …), or nothing usable.
     Ignore,
 }
 
-/// Parses one STT message (an SSE event's data, or the whole JSON body).
+/// Parses one STT message (an SSE event's data, or the whole JSON body): as
+/// `CreateTranscriptionResponseStreamEvent`, then as `CreateTranscriptionResponseJson`, then
+/// (a compatible server's answer without `usage`, see the module doc) by its `type`, `text`
+/// and `delta` alone.
 pub fn parse_stt(data: &str) -> SttEvent {
     let d = data.trim();
     if d == "[DONE]" || d.is_empty() {
         return SttEvent::Ignore;
+    }
+    if let Ok(e) = serde_json::from_str::<CreateTranscriptionResponseStreamEvent>(d) {
+        return match e {
+            CreateTranscriptionResponseStreamEvent::TranscriptTextDelta(e) => {
+                SttEvent::Delta(e.delta)
+            }
+            CreateTranscriptionResponseStreamEvent::TranscriptTextDone(e) => SttEvent::Done(e.text),
+            CreateTranscriptionResponseStreamEvent::TranscriptTextSegment(_) => SttEvent::Ignore,
+        };
+    }
+    if let Ok(r) = serde_json::from_str::<CreateTranscriptionResponseJson>(d) {
+        return SttEvent::Done(r.text);
     }
     let Ok(v) = serde_json::from_str::<Value>(d) else {
         // hark asks for `response_format=json`: anything else is not a transcript.
         let head: String = d.chars().take(200).collect();
         return SttEvent::NotJson(format!("the transcription answer is not JSON: {head}"));
     };
-    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-        return SttEvent::Error(error_text(e));
+    if let Some(e) = error_in(&v) {
+        return SttEvent::Error(e);
     }
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     match v.get("type").and_then(Value::as_str) {
-        Some("transcript.text.delta") => {
-            SttEvent::Delta(v["delta"].as_str().unwrap_or_default().to_string())
-        }
-        Some("transcript.text.done") => {
-            SttEvent::Done(v["text"].as_str().unwrap_or_default().to_string())
-        }
+        Some("transcript.text.delta") => SttEvent::Delta(text("delta").unwrap_or_default()),
+        Some("transcript.text.done") => SttEvent::Done(text("text").unwrap_or_default()),
         Some(_) => SttEvent::Ignore,
-        None => match v.get("text").and_then(Value::as_str) {
-            Some(t) => SttEvent::Done(t.to_string()),
-            None => SttEvent::Ignore,
-        },
+        None => text("text").map_or(SttEvent::Ignore, SttEvent::Done),
     }
 }
 
-/// `message (type, code)` of an OpenAI error object.
-pub fn error_text(e: &Value) -> String {
-    let msg = e
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| e.to_string());
-    let kind = e.get("type").and_then(Value::as_str).unwrap_or("");
-    let code = e.get("code").and_then(Value::as_str).unwrap_or("");
-    format!("{msg} (type {kind:?}, code {code:?})")
+/// The text of an `{"error":…}` message (`ErrorResponse`), `message (type …, code …)`, when
+/// `v` is one.
+fn error_in(v: &Value) -> Option<String> {
+    let e = v.get("error").filter(|e| !e.is_null())?;
+    Some(match ApiError::deserialize(e) {
+        Ok(a) => format!(
+            "{} (type {:?}, code {:?})",
+            a.message,
+            a.r#type.unwrap_or_default(),
+            a.code.unwrap_or_default()
+        ),
+        // vLLM's numeric `code`, Ollama's bare string (see the module doc).
+        Err(_) => {
+            let msg = e
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| e.to_string());
+            let kind = e.get("type").and_then(Value::as_str).unwrap_or("");
+            let code = match e.get("code") {
+                Some(Value::String(c)) => c.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => String::new(),
+            };
+            format!("{msg} (type {kind:?}, code {code:?})")
+        }
+    })
 }
 
-/// A tool-call fragment of a stream chunk (`ChatCompletionMessageToolCallChunk`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ToolCallDelta {
-    /// Which call (only field the spec requires).
-    pub index: u64,
-    /// `id`, on the first fragment.
-    pub id: Option<String>,
-    /// `function.name`, on the first fragment.
-    pub name: Option<String>,
-    /// A piece of `function.arguments`.
-    pub arguments: Option<String>,
+/// Why the model stopped (`finish_reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// One of the spec's values (`stop`, `length`, `tool_calls`, `content_filter`,
+    /// `function_call`).
+    Spec(FinishReason),
+    /// A compatible server's own value (vLLM `abort`, DeepSeek `insufficient_system_resource`,
+    /// Mistral `model_length`): the model stopped all the same.
+    Other(String),
 }
 
-/// One parsed chat stream message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+impl Finish {
+    /// The value as the server wrote it (`"tool_calls"`, `"abort"`, …).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Finish::Spec(FinishReason::Stop) => "stop",
+            Finish::Spec(FinishReason::Length) => "length",
+            Finish::Spec(FinishReason::ToolCalls) => "tool_calls",
+            Finish::Spec(FinishReason::ContentFilter) => "content_filter",
+            Finish::Spec(FinishReason::FunctionCall) => "function_call",
+            Finish::Other(s) => s,
+        }
+    }
+}
+
+/// One parsed chat stream message (choice 0 only: hark asks for one).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChatChunk {
     /// `data: [DONE]`: the stream is complete.
     pub done: bool,
     /// Text (`delta.content`, or `delta.refusal`, which is spoken too).
     pub content: Option<String>,
-    /// Tool-call fragments.
-    pub tool_calls: Vec<ToolCallDelta>,
+    /// Tool-call fragments, for [`ToolCallAssembler`].
+    pub tool_calls: Vec<ChatCompletionMessageToolCallChunk>,
     /// `finish_reason` when set.
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<Finish>,
     /// The usage chunk (`choices: []`, `usage` set).
-    pub usage: Option<Value>,
+    pub usage: Option<CompletionUsage>,
 }
 
-/// Parses one chat stream message.
+/// A chat stream message that is not a chunk; each is a provider fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatFault {
+    /// Not JSON at all (an HTML page): not what was asked for (`not JSON (…): <head>`).
+    NotJson(String),
+    /// An `{"error":…}` object: a failure inside a 200 stream (`providers.md` §2).
+    Stream(String),
+    /// JSON that is no `chat.completion.chunk`, even read tolerantly (module doc).
+    Shape(String),
+}
+
+impl ChatFault {
+    /// The fault's text, for the provider-fault report.
+    pub fn into_detail(self) -> String {
+        match self {
+            ChatFault::NotJson(s) | ChatFault::Stream(s) | ChatFault::Shape(s) => s,
+        }
+    }
+}
+
+/// Parses one chat stream message: `[DONE]`, or a `CreateChatCompletionStreamResponse`, read
+/// tolerantly when the strict type refuses it (see the module doc).
 ///
 /// # Errors
-/// The error text when the message is an `{"error":…}` object (a failure inside a 200
-/// stream, `providers.md` §2) or not JSON.
-pub fn parse_chat(data: &str) -> Result<ChatChunk, String> {
+/// [`ChatFault`]: the message is not JSON, is an `{"error":…}` object, or is JSON that is no
+/// chunk.
+pub fn parse_chat(data: &str) -> Result<ChatChunk, ChatFault> {
     let d = data.trim();
     if d == "[DONE]" {
         return Ok(ChatChunk {
@@ -348,61 +500,106 @@ pub fn parse_chat(data: &str) -> Result<ChatChunk, String> {
             ..ChatChunk::default()
         });
     }
-    let v: Value = serde_json::from_str(d).map_err(|e| format!("not JSON ({e}): {d:.200}"))?;
-    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
-        return Err(error_text(e));
+    if let Ok(r) = serde_json::from_str::<CreateChatCompletionStreamResponse>(d) {
+        return Ok(chunk_of(r, None));
     }
-    let mut c = ChatChunk {
-        usage: v.get("usage").filter(|u| !u.is_null()).cloned(),
-        ..ChatChunk::default()
-    };
-    let choices = v.get("choices").and_then(Value::as_array);
-    for ch in choices.into_iter().flatten() {
-        if ch.get("index").and_then(Value::as_u64).unwrap_or(0) != 0 {
-            continue;
-        }
-        let delta = &ch["delta"];
-        let text = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .or_else(|| delta.get("refusal").and_then(Value::as_str));
-        if let Some(t) = text.filter(|t| !t.is_empty()) {
-            c.content.get_or_insert_with(String::new).push_str(t);
-        }
-        for tc in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let f = &tc["function"];
-            c.tool_calls.push(ToolCallDelta {
-                index: tc.get("index").and_then(Value::as_u64).unwrap_or(0),
-                id: tc.get("id").and_then(Value::as_str).map(str::to_string),
-                name: f.get("name").and_then(Value::as_str).map(str::to_string),
-                arguments: f
-                    .get("arguments")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-            });
-        }
-        if let Some(r) = ch.get("finish_reason").and_then(Value::as_str) {
-            c.finish_reason = Some(r.to_string());
-        }
+    let v: Value = serde_json::from_str(d)
+        .map_err(|e| ChatFault::NotJson(format!("not JSON ({e}): {d:.200}")))?;
+    if let Some(e) = error_in(&v) {
+        return Err(ChatFault::Stream(e));
     }
-    Ok(c)
+    let (read, other) = as_read(&v);
+    match serde_json::from_value::<CreateChatCompletionStreamResponse>(read) {
+        Ok(r) => Ok(chunk_of(r, other)),
+        Err(e) => Err(ChatFault::Shape(format!(
+            "not a chat.completion.chunk ({e}): {d:.200}"
+        ))),
+    }
 }
 
-/// Assembles tool calls from fragments: per `index`, the first fragment's `id` and name, and
-/// the concatenated `arguments` pieces.
+/// What hark takes from a chunk: choice 0's text, tool-call fragments and finish reason
+/// (`other`, when the tolerant reading found one outside the enum), and the usage.
+fn chunk_of(r: CreateChatCompletionStreamResponse, other: Option<String>) -> ChatChunk {
+    let mut c = ChatChunk {
+        usage: r.usage,
+        ..ChatChunk::default()
+    };
+    for ch in r.choices.into_iter().filter(|ch| ch.index == 0) {
+        let d = ch.delta;
+        if let Some(t) = d.content.or(d.refusal).filter(|t| !t.is_empty()) {
+            c.content.get_or_insert_with(String::new).push_str(&t);
+        }
+        c.tool_calls.extend(d.tool_calls.unwrap_or_default());
+        if let Some(r) = ch.finish_reason {
+            c.finish_reason = Some(Finish::Spec(r));
+        }
+    }
+    if let Some(o) = other {
+        c.finish_reason = Some(Finish::Other(o));
+    }
+    c
+}
+
+/// The tolerant reading of a chunk the strict type refused (module doc): a chunk of only the
+/// fields hark reads — an empty envelope; per choice `index`, `delta.content`,
+/// `delta.refusal`, `delta.tool_calls[]` (`index`, or the position; `id`; `function`) and a
+/// spec `finish_reason`; `usage` if `CompletionUsage` takes it — and choice 0's
+/// `finish_reason` when it is outside the spec's enum.
+fn as_read(v: &Value) -> (Value, Option<String>) {
+    let mut other = None;
+    let read_choice = |ch: &Value| {
+        let d = &ch["delta"];
+        let calls = d.get("tool_calls").and_then(Value::as_array);
+        let calls: Vec<Value> = calls
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, tc)| {
+                json!({"index": tc.get("index").cloned().unwrap_or_else(|| json!(i)),
+                           "id": tc["id"],
+                           "function": {"name": tc["function"]["name"],
+                                        "arguments": tc["function"]["arguments"]}})
+            })
+            .collect();
+        let finish = match &ch["finish_reason"] {
+            Value::String(s) if s.is_empty() => Value::Null,
+            Value::String(s) if serde_json::from_value::<FinishReason>(json!(s)).is_err() => {
+                if ch["index"] == 0 {
+                    other = Some(s.clone());
+                }
+                Value::Null
+            }
+            f => f.clone(),
+        };
+        json!({"index": ch["index"],
+               "delta": {"content": d["content"], "refusal": d["refusal"], "tool_calls": calls},
+               "finish_reason": finish})
+    };
+    // Anything but an array (or no `choices` at all) goes through for the type to refuse.
+    let choices = match v.get("choices") {
+        Some(Value::Array(a)) => a.iter().map(read_choice).collect(),
+        c => c.cloned().unwrap_or(Value::Null),
+    };
+    let usage = v
+        .get("usage")
+        .filter(|u| CompletionUsage::deserialize(*u).is_ok())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let read = json!({"id": "", "object": "chat.completion.chunk", "created": 0, "model": "",
+                      "choices": choices, "usage": usage});
+    (read, other)
+}
+
+/// Assembles tool calls from fragments (`ChatCompletionMessageToolCallChunk`): per `index`,
+/// the first fragment's `id`, the name, and the concatenated `arguments` pieces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolCallAssembler {
-    calls: Vec<(u64, ToolCall)>,
+    calls: Vec<(u32, ToolCall)>,
 }
 
 impl ToolCallAssembler {
     /// Adds one fragment.
-    pub fn push(&mut self, d: &ToolCallDelta) {
+    pub fn push(&mut self, d: &ChatCompletionMessageToolCallChunk) {
         let i = match self.calls.iter().position(|(ix, _)| *ix == d.index) {
             Some(i) => i,
             None => {
@@ -421,10 +618,11 @@ impl ToolCallAssembler {
         if let Some(id) = &d.id {
             call.id = id.clone();
         }
-        if let Some(n) = &d.name {
+        let f = d.function.as_ref();
+        if let Some(n) = f.and_then(|f| f.name.as_ref()) {
             call.name.push_str(n);
         }
-        if let Some(a) = &d.arguments {
+        if let Some(a) = f.and_then(|f| f.arguments.as_ref()) {
             call.arguments.push_str(a);
         }
     }
@@ -451,123 +649,4 @@ impl ToolCallAssembler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stt_messages() {
-        assert_eq!(
-            parse_stt(r#"{"type":"transcript.text.delta","delta":" see"}"#),
-            SttEvent::Delta(" see".into())
-        );
-        assert_eq!(
-            parse_stt(
-                r#"{"type":"transcript.text.done","text":"I see","usage":{"type":"tokens"}}"#
-            ),
-            SttEvent::Done("I see".into())
-        );
-        assert_eq!(
-            parse_stt(r#"{"text":"whole"}"#),
-            SttEvent::Done("whole".into())
-        );
-        assert_eq!(parse_stt("[DONE]"), SttEvent::Ignore);
-        assert!(matches!(parse_stt("bare text"), SttEvent::NotJson(_)));
-        assert!(matches!(
-            parse_stt("<html>502 Bad Gateway</html>"),
-            SttEvent::NotJson(e) if e.contains("502 Bad Gateway")
-        ));
-        assert!(matches!(
-            parse_stt(r#"{"error":{"message":"boom","type":"server_error","code":null}}"#),
-            SttEvent::Error(e) if e.contains("boom")
-        ));
-    }
-
-    #[test]
-    fn chat_chunks_and_tool_fragments() {
-        let c = parse_chat(r#"{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"logprobs":null,"finish_reason":null}],"usage":null}"#).unwrap();
-        assert_eq!(c.content.as_deref(), Some("Hel"));
-        assert!(c.usage.is_none());
-        let mut a = ToolCallAssembler::default();
-        for d in [
-            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_abc","type":"function","function":{"name":"transfer_call","arguments":""}}]},"finish_reason":null}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"number\":"}}]},"finish_reason":null}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"+1415\"}"}}]},"finish_reason":null}]}"#,
-        ] {
-            for t in parse_chat(d).unwrap().tool_calls {
-                a.push(&t);
-            }
-        }
-        let f = parse_chat(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#)
-            .unwrap();
-        assert_eq!(f.finish_reason.as_deref(), Some("tool_calls"));
-        let calls = a.finish();
-        assert_eq!(
-            calls,
-            vec![ToolCall {
-                id: "call_abc".into(),
-                name: "transfer_call".into(),
-                arguments: r#"{"number":"+1415"}"#.into()
-            }]
-        );
-        let u = parse_chat(
-            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
-        )
-        .unwrap();
-        assert!(u.usage.is_some());
-        assert!(parse_chat("[DONE]").unwrap().done);
-        assert!(parse_chat(r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#).is_err());
-        assert!(parse_chat("garbage").is_err());
-    }
-
-    #[test]
-    fn history_shapes() {
-        let m = ChatMessage::Assistant {
-            content: String::new(),
-            tool_calls: vec![ToolCall {
-                id: "c1".into(),
-                name: "end_call".into(),
-                arguments: "{}".into(),
-            }],
-            interrupted: false,
-        };
-        let j = m.to_json();
-        assert!(j["content"].is_null());
-        assert_eq!(j["tool_calls"][0]["function"]["name"], "end_call");
-        let cut = ChatMessage::Assistant {
-            content: "Your order".into(),
-            tool_calls: vec![],
-            interrupted: true,
-        };
-        assert_eq!(
-            cut.to_json()["content"],
-            format!("Your order {INTERRUPTED_MARK}")
-        );
-    }
-
-    #[test]
-    fn requests() {
-        let cfg = CascadeConfig::default();
-        let r = speech_request(&cfg, "Hi.");
-        assert_eq!(r.url, "https://api.openai.com/v1/audio/speech");
-        assert_eq!(r.response, ResponseMode::Chunks);
-        let HttpBody::Json(b) = &r.body else {
-            panic!("json body")
-        };
-        assert_eq!(b["response_format"], "pcm");
-        let r = chat_request(&cfg, &[ChatMessage::User("hi".into())]);
-        let HttpBody::Json(b) = &r.body else {
-            panic!("json body")
-        };
-        assert_eq!(b["stream"], true);
-        assert_eq!(b["tools"].as_array().map(Vec::len), Some(2));
-        assert_eq!(r.accept, accept_text());
-        let r = transcription_request(&cfg, vec![1, 2]);
-        assert_eq!(r.response, ResponseMode::Sse);
-        assert_eq!(r.accept, accept_text());
-        assert_eq!(speech_request(&cfg, "x").accept, accept_audio());
-        let HttpBody::Multipart(p) = &r.body else {
-            panic!("multipart")
-        };
-        assert!(p.iter().any(|p| p.name == "stream" && p.data == b"true"));
-    }
-}
+mod tests;

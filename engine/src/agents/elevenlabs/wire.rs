@@ -1,7 +1,7 @@
 //! The ElevenLabs Conversational AI wire format the relay ([`super::ElevenLabsAgent`]) speaks:
 //! the signed-URL lookup (REST), the audio format names, and the server → client messages.
 //!
-//! Sources: `shared/specs/elevenlabs/agent.asyncapi.yaml` (elevenlabs/packages, AsyncAPI 2.6.0)
+//! Sources: `fixtures/specs/elevenlabs/agent.asyncapi.yaml` (elevenlabs/packages, AsyncAPI 2.6.0)
 //! and `shared/reference/providers.md` §5.
 
 use serde::Deserialize;
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use hark_codecs::SampleRate;
 
-use crate::agent::{HttpBody, HttpRequest, ResponseMode};
+use crate::agent::{HttpBody, HttpRequest, ProviderFault, ResponseMode};
 
 /// Default [`SignedUrlLookup::timeout_ms`]: 5 000 ms (the lookup must leave time for the
 /// conversation to start before the caller hears silence for long).
@@ -62,6 +62,15 @@ impl SignedUrlLookup {
             // Any type: the answer's parser judges it (`signed_url_bad_answer`).
             accept: Vec::new(),
         }
+    }
+
+    /// The metric label of a failed lookup pipe: `signed_url_http_<status>` when ElevenLabs
+    /// refused it, else `signed_url_connect` (no answer came: refused connection, DNS, TLS,
+    /// broken connection). The agent's own deadline is `signed_url_timeout` and an unusable
+    /// answer `signed_url_bad_answer`.
+    pub fn fault_label(fault: &ProviderFault) -> String {
+        // One request, never an open session: anything but a status is "connect".
+        format!("signed_url_{}", fault.session_label(false))
     }
 }
 

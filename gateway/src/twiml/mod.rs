@@ -33,6 +33,16 @@
 //!      <Parameter name=\"callId\" value=\"abc123\" /></Stream></Connect><Hangup /></Response>"
 //! );
 //! ```
+//!
+//! ## Layout
+//! This file holds the document model ([`Response`], [`Verb`], …) and the documents hark
+//! serves; `xml.rs` writes them out (ElementTree's conventions, escaping, the checks on
+//! characters and the stream URL).
+
+mod xml;
+
+pub(crate) use xml::escape_attr_lossy;
+use xml::{Writer, is_xml_char};
 
 /// The XML declaration twilio-python writes before `<Response>`.
 pub const XML_DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
@@ -392,209 +402,6 @@ pub fn is_sip_uri(target: &str) -> bool {
 /// Errors: [`TwimlError::InvalidCharacter`].
 pub fn transfer(number: &str) -> Result<String, TwimlError> {
     Response::new().push(Dial::number(number)).render()
-}
-
-/// Minimal writer in ElementTree's output conventions.
-struct Writer {
-    out: String,
-}
-
-/// An attribute: name, value (`None`: omitted).
-type Attr<'a> = (&'static str, Option<&'a str>);
-
-impl Writer {
-    fn verb(&mut self, verb: &Verb) -> Result<(), TwimlError> {
-        match verb {
-            Verb::Connect(connect) => self.connect(connect),
-            Verb::Dial(dial) => {
-                if dial.numbers.is_empty() {
-                    return Err(TwimlError::DialWithoutNumber);
-                }
-                let timeout = dial.timeout_s.map(|s| s.to_string());
-                self.start(
-                    "Dial",
-                    &mut [
-                        ("action", dial.action.as_deref()),
-                        ("callerId", dial.caller_id.as_deref()),
-                        ("timeout", timeout.as_deref()),
-                    ],
-                )?;
-                for number in &dial.numbers {
-                    let noun = if is_sip_uri(number) { "Sip" } else { "Number" };
-                    self.text_element(noun, &mut [], number)?;
-                }
-                self.end("Dial");
-                Ok(())
-            }
-            Verb::Say(say) => self.text_element(
-                "Say",
-                &mut [
-                    ("language", say.language.as_deref()),
-                    ("voice", say.voice.as_deref()),
-                ],
-                &say.text,
-            ),
-            Verb::Pause { length_s } => {
-                let length = length_s.map(|s| s.to_string());
-                self.empty("Pause", &mut [("length", length.as_deref())])
-            }
-            Verb::Redirect { url, method } => self.text_element(
-                "Redirect",
-                &mut [("method", method.map(HttpMethod::as_str))],
-                url,
-            ),
-            Verb::Hangup => self.empty("Hangup", &mut []),
-        }
-    }
-
-    fn connect(&mut self, connect: &Connect) -> Result<(), TwimlError> {
-        let stream = &connect.stream;
-        check_stream_url(&stream.url)?;
-        for (name, value) in &stream.parameters {
-            let chars = name.chars().count() + value.chars().count();
-            if chars >= MAX_PARAMETER_CHARS {
-                return Err(TwimlError::ParameterTooLong {
-                    name: name.clone(),
-                    chars,
-                });
-            }
-        }
-        self.start(
-            "Connect",
-            &mut [
-                ("action", connect.action.as_deref()),
-                ("method", connect.method.map(HttpMethod::as_str)),
-            ],
-        )?;
-        let mut attrs = [
-            ("name", stream.name.as_deref()),
-            ("statusCallback", stream.status_callback.as_deref()),
-            (
-                "statusCallbackMethod",
-                stream.status_callback_method.map(HttpMethod::as_str),
-            ),
-            ("url", Some(stream.url.as_str())),
-        ];
-        if stream.parameters.is_empty() {
-            self.empty("Stream", &mut attrs)?;
-        } else {
-            self.start("Stream", &mut attrs)?;
-            for (name, value) in &stream.parameters {
-                self.empty(
-                    "Parameter",
-                    &mut [("name", Some(name)), ("value", Some(value))],
-                )?;
-            }
-            self.end("Stream");
-        }
-        self.end("Connect");
-        Ok(())
-    }
-
-    /// `<name attrs>text</name>`, or `<name attrs />` if `text` is empty (as ElementTree does).
-    fn text_element(
-        &mut self,
-        name: &'static str,
-        attrs: &mut [Attr<'_>],
-        text: &str,
-    ) -> Result<(), TwimlError> {
-        if text.is_empty() {
-            return self.empty(name, attrs);
-        }
-        self.start(name, attrs)?;
-        check_chars(text, || name.to_owned())?;
-        escape_into(&mut self.out, text, false);
-        self.end(name);
-        Ok(())
-    }
-
-    fn start(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
-        self.open(name, attrs)?;
-        self.out.push('>');
-        Ok(())
-    }
-
-    fn empty(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
-        self.open(name, attrs)?;
-        self.out.push_str(" />");
-        Ok(())
-    }
-
-    fn end(&mut self, name: &'static str) {
-        self.out.push_str("</");
-        self.out.push_str(name);
-        self.out.push('>');
-    }
-
-    /// `<name a="v" …` with attributes sorted by name and `None` values left out.
-    fn open(&mut self, name: &'static str, attrs: &mut [Attr<'_>]) -> Result<(), TwimlError> {
-        attrs.sort_by(|a, b| a.0.cmp(b.0));
-        self.out.push('<');
-        self.out.push_str(name);
-        for &mut (attr, value) in attrs {
-            let Some(value) = value else { continue };
-            check_chars(value, || format!("{name}@{attr}"))?;
-            self.out.push(' ');
-            self.out.push_str(attr);
-            self.out.push_str("=\"");
-            escape_into(&mut self.out, value, true);
-            self.out.push('"');
-        }
-        Ok(())
-    }
-}
-
-/// `url` must be `ws://` / `wss://` (any case), have a host, and have no query string.
-fn check_stream_url(url: &str) -> Result<(), TwimlError> {
-    let rest = url.split_once("://").and_then(|(scheme, rest)| {
-        (scheme.eq_ignore_ascii_case("wss") || scheme.eq_ignore_ascii_case("ws")).then_some(rest)
-    });
-    let host_present =
-        rest.is_some_and(|rest| !rest.starts_with(['/', '?', '#', ':']) && !rest.is_empty());
-    if !host_present {
-        return Err(TwimlError::StreamUrlScheme {
-            url: url.to_owned(),
-        });
-    }
-    if url.contains('?') {
-        return Err(TwimlError::StreamUrlQuery {
-            url: url.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// XML 1.0 `Char`: `#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]`
-/// (surrogates cannot occur in a Rust `char`).
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-fn check_chars(value: &str, place: impl FnOnce() -> String) -> Result<(), TwimlError> {
-    match value.chars().find(|&c| !is_xml_char(c)) {
-        Some(c) => Err(TwimlError::InvalidCharacter {
-            place: place(),
-            codepoint: u32::from(c),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Appends `value` escaped as ElementTree does: text escapes `& < >`; attributes also `"` and
-/// CR, LF, TAB as character references.
-fn escape_into(out: &mut String, value: &str, attribute: bool) {
-    for c in value.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if attribute => out.push_str("&quot;"),
-            '\r' if attribute => out.push_str("&#13;"),
-            '\n' if attribute => out.push_str("&#10;"),
-            '\t' if attribute => out.push_str("&#09;"),
-            c => out.push(c),
-        }
-    }
 }
 
 #[cfg(test)]

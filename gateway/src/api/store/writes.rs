@@ -1,0 +1,574 @@
+//! The writes: each runs inside the transaction `conn` it is given (its name ends in `_in`);
+//! [`Store::write`] gives one a transaction of its own, and the record writer
+//! ([`super::super::recorder`]) commits a batch at once. Each is idempotent (see the module
+//! docs of [`super`]).
+
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+
+use super::super::recorder::StreamSummary;
+use super::{
+    NewCall, OpenCalls, RecordingEvent, StatusEvent, Store, StoredConversationEvent, StreamEvent,
+    TurnRow, is_final,
+};
+
+/// Stream or webhook parameters as a JSON object; a name repeated becomes an array of its
+/// values, in order.
+fn params_json(params: &[(String, String)]) -> String {
+    // Repeated names become arrays, so nothing is lost.
+    let mut m = serde_json::Map::new();
+    for (k, v) in params {
+        match m.get_mut(k) {
+            None => {
+                m.insert(k.clone(), Value::String(v.clone()));
+            }
+            Some(Value::Array(a)) => a.push(Value::String(v.clone())),
+            Some(prev) => {
+                let first = prev.take();
+                *prev = Value::Array(vec![first, Value::String(v.clone())]);
+            }
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// Makes sure a `calls` row exists for `call_sid` (inbound calls have none until their first
+/// record).
+const ENSURE_CALL: &str = "INSERT INTO calls (call_sid, created_at, updated_at) VALUES (?, ?, ?) ON CONFLICT (call_sid) DO NOTHING";
+
+/// Puts one of hark's own stream events (source `media`) in a call's timeline, once per stream
+/// and event.
+async fn media_event(
+    conn: &mut SqliteConnection,
+    call_sid: &str,
+    stream_sid: &str,
+    event: &str,
+    detail: Option<&str>,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO call_events (call_sid, source, dedupe_key, status, detail, received_at, params)
+         VALUES (?, 'media', ?, ?, ?, ?, '{}') ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(call_sid)
+    .bind(format!("media:{stream_sid}:{event}"))
+    .bind(event)
+    .bind(detail)
+    .bind(at_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Closes a call's media stream at `at_ms`: `summary` (JSON), `stream_stopped_at`, a
+/// `stream-stopped` timeline entry with `detail` = `ended`, and, for a call that never had a
+/// Twilio status callback, status `completed` (unless final) and `ended_at`.
+async fn close_stream(
+    conn: &mut SqliteConnection,
+    call_sid: &str,
+    summary: &str,
+    ended: &str,
+    at_ms: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(ENSURE_CALL)
+        .bind(call_sid)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE calls SET summary = ?1, stream_stopped_at = ?2, updated_at = MAX(updated_at, ?3),
+           status = CASE
+             WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
+               OR status IN ('completed','busy','failed','no-answer','canceled') THEN status
+             ELSE 'completed' END,
+           ended_at = CASE
+             WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
+               THEN ended_at
+             ELSE COALESCE(ended_at, ?2) END
+         WHERE call_sid = ?4",
+    )
+    .bind(summary)
+    .bind(at_ms)
+    .bind(now_ms)
+    .bind(call_sid)
+    .execute(&mut *conn)
+    .await?;
+    let stream_sid: Option<String> =
+        sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = ?")
+            .bind(call_sid)
+            .fetch_one(&mut *conn)
+            .await?;
+    let stream_sid = stream_sid.unwrap_or_else(|| call_sid.to_owned());
+    media_event(
+        conn,
+        call_sid,
+        &stream_sid,
+        "stream-stopped",
+        Some(ended),
+        at_ms,
+    )
+    .await
+}
+
+impl Store {
+    /// Records a call `POST /calls` created.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn insert_outbound_call_in(
+        &self,
+        conn: &mut SqliteConnection,
+        c: &NewCall,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let params = serde_json::to_string(&c.parameters).unwrap_or_else(|_| "{}".into());
+        sqlx::query(
+            "INSERT INTO calls (call_sid, direction, from_number, to_number, agent, parameters, status, created_at, updated_at)
+             VALUES (?, 'outbound-api', ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (call_sid) DO UPDATE SET
+               direction = excluded.direction, from_number = excluded.from_number,
+               to_number = excluded.to_number, agent = excluded.agent,
+               parameters = excluded.parameters,
+               status = COALESCE(calls.status, excluded.status),
+               updated_at = excluded.updated_at",
+        )
+        .bind(&c.call_sid)
+        .bind(&c.from)
+        .bind(&c.to)
+        .bind(&c.agent)
+        .bind(params)
+        .bind(&c.status)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a call progress callback once (per `CallSid` + `SequenceNumber`, or per status +
+    /// `Timestamp` without a sequence number) and applies it to the call. Returns `false` for
+    /// a duplicate.
+    ///
+    /// # Errors
+    /// The driver's error (nothing is written then).
+    pub async fn status_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &StatusEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let key = match e.sequence_number {
+            Some(n) => format!("status:{}:{n}", e.call_sid),
+            None => format!(
+                "status:{}:{}:{}:{}",
+                e.call_sid,
+                e.status,
+                e.answered_by.as_deref().unwrap_or(""),
+                e.timestamp.as_deref().unwrap_or("")
+            ),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO call_events (call_sid, source, dedupe_key, sequence_number, status, answered_by, twilio_timestamp, received_at, params)
+             VALUES (?, 'status', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&e.call_sid)
+        .bind(key)
+        .bind(e.sequence_number)
+        .bind(&e.status)
+        .bind(&e.answered_by)
+        .bind(&e.timestamp)
+        .bind(now_ms)
+        .bind(params_json(&e.params))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // A retry: nothing was written.
+            return Ok(false);
+        }
+        sqlx::query(ENSURE_CALL)
+            .bind(&e.call_sid)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        let final_status = is_final(&e.status);
+        // Status moves forward only: by SequenceNumber when both have one; without one, never
+        // away from a final status.
+        sqlx::query(
+            "UPDATE calls SET
+               status = CASE WHEN (?1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= ?1))
+                              OR (?1 IS NULL AND (status IS NULL OR status NOT IN ('completed','busy','failed','no-answer','canceled')))
+                             THEN ?2 ELSE status END,
+               status_seq = CASE WHEN ?1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= ?1) THEN ?1 ELSE status_seq END,
+               answered_by = COALESCE(?3, answered_by),
+               duration_s = COALESCE(?4, duration_s),
+               direction = COALESCE(direction, ?5),
+               from_number = COALESCE(from_number, ?6),
+               to_number = COALESCE(to_number, ?7),
+               ended_at = CASE WHEN ?8 THEN COALESCE(ended_at, ?9) ELSE ended_at END,
+               updated_at = ?9
+             WHERE call_sid = ?10",
+        )
+        .bind(e.sequence_number)
+        .bind(&e.status)
+        .bind(&e.answered_by)
+        .bind(e.call_duration_s)
+        .bind(&e.direction)
+        .bind(&e.from)
+        .bind(&e.to)
+        .bind(final_status)
+        .bind(now_ms)
+        .bind(&e.call_sid)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
+    }
+
+    /// Stores a Media Streams status callback once per `StreamSid` + `StreamEvent`. Returns
+    /// `false` for a duplicate.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn stream_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &StreamEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO call_events (call_sid, source, dedupe_key, status, twilio_timestamp, received_at, params)
+             VALUES (?, 'stream', ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&e.call_sid)
+        .bind(format!("stream:{}:{}", e.stream_sid, e.event))
+        .bind(&e.event)
+        .bind(&e.timestamp)
+        .bind(now_ms)
+        .bind(params_json(&e.params))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        sqlx::query(ENSURE_CALL)
+            .bind(&e.call_sid)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE calls SET stream_sid = COALESCE(stream_sid, ?), updated_at = ? WHERE call_sid = ?",
+        )
+        .bind(&e.stream_sid)
+        .bind(now_ms)
+        .bind(&e.call_sid)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
+    }
+
+    /// Stores a recording callback: one row per `RecordingSid`; a later status updates it, but a
+    /// late `in-progress` never replaces `completed` or `absent`.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn recording_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &RecordingEvent,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(ENSURE_CALL)
+            .bind(&e.call_sid)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO recordings (recording_sid, call_sid, status, url, duration_s, channels, source, track, start_time, updated_at, params)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (recording_sid) DO UPDATE SET
+               status = excluded.status,
+               url = COALESCE(excluded.url, recordings.url),
+               duration_s = COALESCE(excluded.duration_s, recordings.duration_s),
+               channels = COALESCE(excluded.channels, recordings.channels),
+               source = COALESCE(excluded.source, recordings.source),
+               track = COALESCE(excluded.track, recordings.track),
+               start_time = COALESCE(excluded.start_time, recordings.start_time),
+               updated_at = excluded.updated_at,
+               params = excluded.params
+             WHERE NOT (recordings.status IN ('completed', 'absent') AND excluded.status = 'in-progress')",
+        )
+        .bind(&e.recording_sid)
+        .bind(&e.call_sid)
+        .bind(&e.status)
+        .bind(&e.url)
+        .bind(e.duration_s)
+        .bind(e.channels)
+        .bind(&e.source)
+        .bind(&e.track)
+        .bind(&e.start_time)
+        .bind(now_ms)
+        .bind(params_json(&e.params))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a Conversations webhook once per `dedupe_key`. Returns `false` for a duplicate.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn conversation_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &StoredConversationEvent,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let get = |name: &str| {
+            e.params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let n = sqlx::query(
+            "INSERT INTO conversation_events (dedupe_key, route, event_type, conversation_sid, message_sid, participant_sid, author, body, source, received_at, params)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&e.dedupe_key)
+        .bind(&e.route)
+        .bind(get("EventType"))
+        .bind(get("ConversationSid"))
+        .bind(get("MessageSid"))
+        .bind(get("ParticipantSid"))
+        .bind(get("Author"))
+        .bind(get("Body"))
+        .bind(get("Source"))
+        .bind(now_ms)
+        .bind(params_json(&e.params))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Records the start of a call's media stream (creating the call row for inbound calls;
+    /// `From`/`To` are taken from the stream parameters when the row has none), by this
+    /// store's [`Node`](super::Node), and puts `stream-started` (source `media`) in the call's timeline.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn stream_started_in(
+        &self,
+        conn: &mut SqliteConnection,
+        call_sid: &str,
+        stream_sid: &str,
+        params: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        sqlx::query(
+            "INSERT INTO calls (call_sid, stream_sid, stream_params, from_number, to_number, agent, created_at, updated_at, stream_started_at, node_id, instance_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)
+             ON CONFLICT (call_sid) DO UPDATE SET
+               stream_sid = excluded.stream_sid,
+               stream_params = excluded.stream_params,
+               from_number = COALESCE(calls.from_number, excluded.from_number),
+               to_number = COALESCE(calls.to_number, excluded.to_number),
+               agent = COALESCE(calls.agent, excluded.agent),
+               stream_started_at = excluded.stream_started_at,
+               stream_stopped_at = NULL,
+               node_id = excluded.node_id,
+               instance_id = excluded.instance_id,
+               updated_at = excluded.updated_at",
+        )
+        .bind(call_sid)
+        .bind(stream_sid)
+        .bind(params_json(params))
+        .bind(get("From"))
+        .bind(get("To"))
+        .bind(get("agent"))
+        .bind(now_ms)
+        .bind(&self.node.node_id)
+        .bind(&self.node.instance_id)
+        .execute(&mut *conn)
+        .await?;
+        media_event(conn, call_sid, stream_sid, "stream-started", None, now_ms).await
+    }
+
+    /// Stores one caller turn. A turn with an [`TurnRow::index`] is one row per call and
+    /// index: storing it again (as its answer plays) replaces the row's figures. Counts as
+    /// activity on the call (`updated_at`).
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn turn_in(
+        &self,
+        conn: &mut SqliteConnection,
+        call_sid: &str,
+        t: &TurnRow,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(ENSURE_CALL)
+            .bind(call_sid)
+            .bind(now_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO turns (call_sid, turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
+                                heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (call_sid, turn_index) DO UPDATE SET
+               user_start_ms = excluded.user_start_ms, user_end_ms = excluded.user_end_ms,
+               latency_ms = excluded.latency_ms, interrupted = excluded.interrupted,
+               heard_ms = excluded.heard_ms, text = excluded.text, agent_text = excluded.agent_text,
+               heard_latency_ms = excluded.heard_latency_ms, stt_ms = excluded.stt_ms,
+               llm_ttft_ms = excluded.llm_ttft_ms, tts_ttfb_ms = excluded.tts_ttfb_ms,
+               first_audio_ms = excluded.first_audio_ms, recorded_at = excluded.recorded_at",
+        )
+        .bind(call_sid)
+        .bind(t.index.map(i64::from))
+        .bind(t.user_start_ms)
+        .bind(t.user_end_ms)
+        .bind(t.latency_ms)
+        .bind(t.interrupted)
+        .bind(t.heard_ms)
+        .bind(&t.text)
+        .bind(&t.agent_text)
+        .bind(t.heard_latency_ms)
+        .bind(t.stt_ms)
+        .bind(t.llm_ttft_ms)
+        .bind(t.tts_ttfb_ms)
+        .bind(t.first_audio_ms)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE calls SET updated_at = MAX(updated_at, ?) WHERE call_sid = ?")
+            .bind(now_ms)
+            .bind(call_sid)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Records the end of a call's media stream with the engine's summary, and
+    /// `stream-stopped` (source `media`, `detail` = the summary's `ended`) in its timeline.
+    ///
+    /// A call that never had a Twilio status callback (a stream-only call: no
+    /// `StatusCallback` configured) gets its status and end from the stream: `completed`
+    /// (unless already final) and `ended_at` = now. With status callbacks, Twilio's final
+    /// status sets them (the call may go on after the stream, e.g. a transfer).
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn stream_stopped_in(
+        &self,
+        conn: &mut SqliteConnection,
+        call_sid: &str,
+        summary: &StreamSummary,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let json = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
+        close_stream(conn, call_sid, &json, &summary.ended, now_ms, now_ms).await
+    }
+
+    /// Closes the media streams this store's node left open (started, never stopped) and
+    /// returns their Call SIDs: `which` says whose; `ended` goes in the summary and timeline.
+    ///
+    /// - [`OpenCalls::Crashed`]: streams of this node from *other* runs (a process that
+    ///   crashed or was killed); their end is their last known activity (the latest of the
+    ///   call's `updated_at`, its turns and its timeline).
+    /// - [`OpenCalls::ThisRun`]: streams of this run that are still open (calls cut at
+    ///   shutdown whose own close never arrived); their end is now.
+    ///
+    /// Each gets `summary` `{"ended": <ended>, "duration_ms": <end − stream start>, "turns":
+    /// <stored turns>}` (figures the process never reported are absent), `stream_stopped_at`,
+    /// a `stream-stopped` timeline entry with `detail` = `ended`, and, if it never had a Twilio
+    /// status callback, status `completed` and `ended_at` (as [`Store::stream_stopped_in`]).
+    /// Streams recorded by other nodes (another `HARK_NODE_ID`), and rows without a node (from
+    /// before this was recorded), are left alone.
+    ///
+    /// # Errors
+    /// The driver's error (nothing is changed then).
+    pub async fn close_open_calls(
+        &self,
+        which: OpenCalls,
+        ended: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        self.write(async |tx| self.close_open_calls_in(tx, which, ended, now_ms).await)
+            .await
+    }
+
+    /// [`Store::close_open_calls`] inside the transaction `conn`.
+    async fn close_open_calls_in(
+        &self,
+        conn: &mut SqliteConnection,
+        which: OpenCalls,
+        ended: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT c.call_sid, c.stream_started_at,
+                    MAX(c.updated_at, c.stream_started_at,
+                        COALESCE((SELECT MAX(t.recorded_at) FROM turns t WHERE t.call_sid = c.call_sid), 0),
+                        COALESCE((SELECT MAX(e.received_at) FROM call_events e WHERE e.call_sid = c.call_sid), 0)) AS last_ms,
+                    (SELECT COUNT(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turns
+             FROM calls c
+             WHERE c.node_id = ?1 AND c.stream_started_at IS NOT NULL AND c.stream_stopped_at IS NULL
+               AND ((?2 AND c.instance_id IS NOT ?3) OR (NOT ?2 AND c.instance_id = ?3))
+             ORDER BY c.stream_started_at",
+        )
+        .bind(&self.node.node_id)
+        .bind(which == OpenCalls::Crashed)
+        .bind(&self.node.instance_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut closed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let call_sid: String = row.try_get("call_sid")?;
+            let started: i64 = row.try_get("stream_started_at")?;
+            let last: i64 = row.try_get("last_ms")?;
+            let turns: i64 = row.try_get("turns")?;
+            let end = match which {
+                OpenCalls::Crashed => last,
+                OpenCalls::ThisRun => now_ms.max(last),
+            };
+            let summary = serde_json::json!({
+                "ended": ended,
+                "duration_ms": (end - started).max(0),
+                "turns": turns,
+            })
+            .to_string();
+            close_stream(conn, &call_sid, &summary, ended, end, now_ms).await?;
+            closed.push(call_sid);
+        }
+        Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_params_become_arrays() {
+        let p = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "2".to_owned()),
+            ("A".to_owned(), "3".to_owned()),
+        ];
+        assert_eq!(params_json(&p), r#"{"A":["1","3"],"B":"2"}"#);
+    }
+}
