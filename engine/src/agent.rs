@@ -95,6 +95,11 @@ pub struct HttpRequest {
     /// §8.3: the recipient may examine the data), for the agent's parser to judge. Empty:
     /// anything is accepted.
     pub accept: Vec<String>,
+    /// Sign the request for the operator's backend: the connector adds
+    /// [`crate::operator::TIMESTAMP_HEADER`] (its clock, Unix seconds) and
+    /// [`crate::operator::SIGNATURE_HEADER`] over the exact body bytes it sends. `None` for
+    /// providers (they authenticate hark by its API key instead).
+    pub sign: Option<crate::operator::Secret>,
 }
 
 /// A WebSocket to open (ElevenLabs Conversational AI, OpenAI Realtime).

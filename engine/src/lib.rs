@@ -19,6 +19,7 @@
 //! | [`agents`] | the real agents, sans-IO: `cascade` (STT → LLM → TTS), `elevenlabs`, `realtime` |
 //! | [`config`] | [`CallConfig`]: VAD, turn-taking and playout settings, with units |
 //! | [`dial`] | where a call can be handed: E.164 numbers and SIP URIs |
+//! | [`operator`] | signing requests to the operator's backend (`X-Hark-Signature`, `X-Hark-Timestamp`) |
 //! | [`sim`] (feature `sim`) | the virtual phone: plays outbound audio in (virtual) real time, echoes marks, honours `clear` |
 //! | `error` | [`Error`], the crate's error type |
 //! | [`io`] (feature `io`) | the tokio driver ([`io::drive`]) and provider connectors (`io::http`, `io::ws`): the only code that reads the clock or touches a socket |
@@ -34,6 +35,7 @@ pub mod dial;
 mod error;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod operator;
 pub mod playout;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -16,7 +16,10 @@ use hark_engine::agent::{
     ProviderEvent, ProviderFault, ProviderMessage, Role, Stage,
 };
 use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, Endpoint};
+use hark_engine::agents::context::ContextConfig;
+use hark_engine::agents::http_tools::{HttpTool, HttpTools, ToolSchema};
 use hark_engine::call::CloseReason;
+use hark_engine::operator::Secret;
 use hark_engine::{CallConfig, Event};
 use serde_json::{Value, json};
 
@@ -25,6 +28,24 @@ enum Kind {
     Stt,
     Llm,
     Tts,
+    /// The operator's backend (an HTTP tool).
+    Tool,
+}
+
+/// The operator's double: per tool request body, its delay (ms) and answer.
+type Operator = dyn FnMut(&Value) -> (u64, ToolReply);
+
+/// How the operator's double answers a tool call.
+#[derive(Debug, Clone)]
+enum ToolReply {
+    /// 200 with this JSON.
+    Json(Value),
+    /// This status with a JSON error body.
+    Status(u16),
+    /// No answer: the tool's timeout must fire.
+    Hang,
+    /// 200 with a body that is not JSON.
+    NotJson,
 }
 
 /// An injected fault, for one request.
@@ -108,6 +129,10 @@ struct Fake {
     tts_index: usize,
     requests: Vec<Req>,
     closes: Vec<(Instant, PeerId)>,
+    /// The operator's backend: per tool request body, its delay (ms) and answer.
+    operator: Box<Operator>,
+    /// Whether each tool request was signed.
+    tool_signed: Vec<bool>,
 }
 
 fn chunk(content: Option<&str>, tools: Option<Value>, finish: Option<&str>) -> String {
@@ -164,7 +189,14 @@ impl Fake {
             filler_fault: None,
             requests: Vec::new(),
             closes: Vec::new(),
+            operator: Box::new(|b| panic!("unexpected tool call {b}")),
+            tool_signed: Vec::new(),
         }
+    }
+
+    fn operator(mut self, f: impl FnMut(&Value) -> (u64, ToolReply) + 'static) -> Self {
+        self.operator = Box::new(f);
+        self
     }
 
     fn fault(mut self, kind: Kind, faults: Vec<Option<Fault>>) -> Self {
@@ -189,6 +221,8 @@ impl Fake {
             Kind::Llm
         } else if req.url.ends_with("/v1/audio/speech") {
             Kind::Tts
+        } else if req.url.starts_with("http://operator.test/") {
+            Kind::Tool
         } else {
             panic!("unexpected URL {}", req.url)
         };
@@ -235,6 +269,31 @@ impl Fake {
         let accept: Vec<&str> = req.accept.iter().map(String::as_str).collect();
         match kind {
             Kind::Tts => assert_eq!(accept, ["audio/*", "application/octet-stream"]),
+            Kind::Tool => {
+                assert_eq!(accept, ["application/json", "application/*+json"]);
+                self.tool_signed.push(req.sign.is_some());
+                let (delay, reply) = (self.operator)(&body);
+                let mut ev = vec![(delay, opened)];
+                let status = |code: u16| ProviderFault::status(code, r#"{"error":"boom"}"#, None);
+                match reply {
+                    ToolReply::Json(v) => ev.push((delay, msg(&v.to_string()))),
+                    ToolReply::Status(code) => {
+                        ev = vec![(
+                            delay,
+                            ProviderEvent::Failed {
+                                peer,
+                                fault: status(code),
+                            },
+                        )]
+                    }
+                    ToolReply::Hang => ev.clear(),
+                    ToolReply::NotJson => ev.push((delay, msg("<html>ok</html>"))),
+                }
+                if ev.len() == 2 {
+                    ev.push((delay, ProviderEvent::Closed { peer }));
+                }
+                return ev.into_iter().map(|(d, e)| (now + ms(d), e)).collect();
+            }
             _ => assert_eq!(accept, ["text/event-stream", "application/json"]),
         }
         let is_filler = kind == Kind::Tts && body["input"] == self.filler_text.as_str();
@@ -419,6 +478,7 @@ impl Fake {
                     ev.push((t, msg("[DONE]")));
                     ev.push((t, ProviderEvent::Closed { peer }));
                 }
+                Kind::Tool => unreachable!("answered above"),
                 Kind::Tts => {
                     assert_eq!(body["response_format"], "pcm");
                     let input = body["input"].as_str().unwrap_or("").to_string();
@@ -1767,4 +1827,355 @@ fn the_filler_is_the_chime_when_unrendered_and_waits_for_a_talking_caller() {
         .collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert!(answers[0].0 > ends[1]);
+}
+
+// ------------------------------------------------------------ the operator's tools (HTTP)
+
+const BALANCE_TOOL: &str = "lookup_balance";
+/// The start of the session's first and third caller turns.
+const FIRST: &str = "Hi, I'm calling";
+const THIRD: &str = "ask what";
+
+/// The config with the operator's `lookup_balance {payerId}` tool (2 s timeout).
+fn tools_config(filler: Option<&str>, end_call_after: bool) -> CascadeConfig {
+    let mut c = config();
+    let tool = HttpTool {
+        name: BALANCE_TOOL.into(),
+        description: "The payer's open balance.".into(),
+        parameters: ToolSchema::new(json!({
+            "type": "object",
+            "properties": {"payerId": {"type": "string", "minLength": 1}},
+            "required": ["payerId"],
+            "additionalProperties": false
+        }))
+        .unwrap(),
+        url: "http://operator.test/tools/balance".into(),
+        timeout_ms: 2_000,
+        filler: filler.map(str::to_string),
+        end_call_after,
+    };
+    c.tools.http = HttpTools {
+        tools: vec![tool].into(),
+        secret: Some(Secret::new("0123456789abcdef0123")),
+    };
+    c
+}
+
+/// The caller turn starting with `trigger` gets a call for the balance with `args` (after
+/// saying `said`); a tool result gets an answer quoting it; other turns follow [`script`].
+fn balance_script(
+    trigger: &'static str,
+    said: &'static str,
+    args: &'static str,
+) -> impl FnMut(&str) -> Reply {
+    move |user: &str| {
+        if user.starts_with(trigger) {
+            Reply {
+                text: said.into(),
+                tools: vec![(BALANCE_TOOL, args.into())],
+            }
+        } else if let Some(result) = user.strip_prefix("TOOL:") {
+            Reply {
+                text: format!("The tool said {result}."),
+                tools: vec![],
+            }
+        } else {
+            script(user)
+        }
+    }
+}
+
+/// The tool message of LLM request `req` (the last message).
+fn tool_message(req: &Req) -> Value {
+    let m = messages(req);
+    let last = m.last().cloned().unwrap_or_default();
+    assert_eq!(last["role"], "tool", "{m:?}");
+    last
+}
+
+#[test]
+fn an_operator_tool_result_reaches_the_model_and_the_caller_hears_the_answer() {
+    let fake = Fake::new(
+        segment_texts(),
+        balance_script(FIRST, "", r#"{"payerId":"p-42"}"#),
+    )
+    .operator(|body| {
+        assert_eq!(body["tool"], BALANCE_TOOL);
+        assert_eq!(body["arguments"], json!({"payerId": "p-42"}));
+        assert_eq!(body["parameters"]["payerId"], "p-42");
+        assert_eq!(body["call_sid"], "CA17c90326b8da5245358e1dfabfd8d82d");
+        assert!(body["call_id"].as_str().unwrap().starts_with("call_"));
+        (
+            300,
+            ToolReply::Json(json!({"balance": "120 dollars", "due": "May 3"})),
+        )
+    });
+    let r = run_with(
+        tools_config(None, false),
+        fake,
+        Some(6_600),
+        &[("payerId", "p-42")],
+    );
+    assert_eq!(r.provider.tool_signed, [true], "one signed tool request");
+    let llm = r.provider.requests(Kind::Llm);
+    assert_eq!(llm.len(), 2, "the round after the tool result");
+    // Offered beside hark's own tools.
+    let names: Vec<&str> = llm[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["end_call", "transfer_call", BALANCE_TOOL]);
+    assert_eq!(
+        llm[0].body["tools"][2]["function"]["parameters"]["required"],
+        json!(["payerId"])
+    );
+    let tool_req = &r.provider.requests(Kind::Tool)[0];
+    let t = tool_message(llm[1]);
+    assert_eq!(t["content"], r#"{"balance":"120 dollars","due":"May 3"}"#);
+    // The second round starts when the tool answers.
+    assert_eq!(llm[1].at, tool_req.at + ms(300));
+    let tts: Vec<String> = r
+        .provider
+        .requests(Kind::Tts)
+        .iter()
+        .map(|q| q.body["input"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        tts.iter().any(|s| s.contains("120 dollars")),
+        "the caller hears the answer that uses the result: {tts:?}"
+    );
+    r.assert_no_dead_air(ms(2_000));
+}
+
+#[test]
+fn tool_faults_are_errors_the_model_sees_never_a_stuck_call() {
+    // (answer, what the model is told) per fault; schema-invalid arguments make no request.
+    let cases: [(&str, Option<ToolReply>, &str); 4] = [
+        (
+            r#"{"payerId":"p-42"}"#,
+            Some(ToolReply::Hang),
+            "error: the tool did not answer (timeout)",
+        ),
+        (
+            r#"{"payerId":"p-42"}"#,
+            Some(ToolReply::Status(500)),
+            "error: the tool failed (HTTP 500)",
+        ),
+        (
+            r#"{"payerId":"p-42"}"#,
+            Some(ToolReply::NotJson),
+            "error: the tool answered something that is not JSON",
+        ),
+        (
+            r#"{"payerId":42}"#,
+            None,
+            "error: invalid arguments: /payerId",
+        ),
+    ];
+    for (args, reply, told) in cases {
+        let expect_request = reply.is_some();
+        // Asked in the third turn: the caller is quiet for 4 s after it.
+        let fake =
+            Fake::new(segment_texts(), balance_script(THIRD, "", args)).operator(move |_| {
+                (
+                    100,
+                    reply.clone().expect("no request for invalid arguments"),
+                )
+            });
+        let r = run_with(
+            tools_config(None, false),
+            fake,
+            Some(20_000),
+            &[("payerId", "p-42")],
+        );
+        assert_eq!(
+            r.provider.requests(Kind::Tool).len(),
+            usize::from(expect_request)
+        );
+        let llm = r.provider.requests(Kind::Llm);
+        assert_eq!(llm.len(), 4, "{told}: the model gets another round");
+        let t = tool_message(llm[3]);
+        let content = t["content"].as_str().unwrap();
+        assert!(content.starts_with(told), "{told:?} vs {content:?}");
+        if expect_request {
+            // Reported as a fault of the tool (a metric in the gateway).
+            assert!(r.reports().iter().any(|x| matches!(x,
+                AgentReport::ProviderFault { provider, .. } if provider == "tool")));
+        }
+        // The timeout is the tool's own: 2 s after the request, not the LLM's.
+        if told.contains("timeout") {
+            let tool_at = r.provider.requests(Kind::Tool)[0].at;
+            assert_eq!(llm[3].at, tool_at + ms(2_000));
+        }
+        r.assert_no_dead_air(ms(3_500));
+    }
+}
+
+#[test]
+fn a_slow_tool_says_its_filler_and_end_call_after_ends_the_call() {
+    // Asked in the third turn: the caller is quiet for 4 s after it.
+    let fake = Fake::new(
+        segment_texts(),
+        balance_script(THIRD, "", r#"{"payerId":"p-42"}"#),
+    )
+    .operator(|_| (1_800, ToolReply::Json(json!({"ok": true}))));
+    let r = run_with(
+        tools_config(Some("One moment while I check."), true),
+        fake,
+        None,
+        &[("payerId", "p-42")],
+    );
+    let tool_at = r.provider.requests(Kind::Tool)[0].at;
+    let filler = r
+        .provider
+        .requests(Kind::Tts)
+        .into_iter()
+        .find(|q| q.body["input"] == "One moment while I check.")
+        .expect("the tool's filler was said");
+    assert_eq!(filler.at, tool_at + ms(1_000));
+    // The answer after the result is the last: the call ends after it.
+    match r.closed() {
+        Some(CloseReason::Hangup(why)) => assert_eq!(why, format!("tool {BALANCE_TOOL}")),
+        other => panic!("expected a hang-up, got {other:?}"),
+    }
+    let llm = r.provider.requests(Kind::Llm);
+    assert_eq!(llm.len(), 4, "no turn after the closing answer");
+}
+
+#[test]
+fn a_barge_in_during_a_tool_call_keeps_its_result() {
+    // The model says a sentence and calls a slow tool; the caller talks over the sentence
+    // (segment 2 is a barge-in) while the tool runs.
+    let fake = Fake::new(
+        segment_texts(),
+        balance_script(
+            FIRST,
+            "Let me look that up for you.",
+            r#"{"payerId":"p-42"}"#,
+        ),
+    )
+    .operator(|_| (4_000, ToolReply::Json(json!({"balance": "120 dollars"}))));
+    let mut cfg = tools_config(None, false);
+    cfg.tools.http.tools = {
+        let mut t = cfg.tools.http.tools[0].clone();
+        t.timeout_ms = 6_000;
+        vec![t].into()
+    };
+    let r = run_with(cfg, fake, Some(13_000), &[("payerId", "p-42")]);
+    assert!(!r.clears().is_empty(), "the caller barged in");
+    let tool_req = &r.provider.requests(Kind::Tool)[0];
+    let answered_at = tool_req.at + ms(4_000);
+    let llm = r.provider.requests(Kind::Llm);
+    assert_eq!(
+        llm.len(),
+        2,
+        "{:?}",
+        llm.iter().map(|q| q.at).collect::<Vec<_>>()
+    );
+    // The next chat waits for the result, then carries it where the call was made.
+    assert!(llm[1].at >= answered_at);
+    let m = messages(llm[1]);
+    let call_ix = m
+        .iter()
+        .position(|x| x["tool_calls"][0]["function"]["name"] == BALANCE_TOOL)
+        .expect("the tool call is in the history");
+    assert_eq!(m[call_ix + 1]["role"], "tool");
+    assert_eq!(m[call_ix + 1]["content"], r#"{"balance":"120 dollars"}"#);
+    assert_eq!(
+        m.last().unwrap()["role"],
+        "user",
+        "the caller's new words come last"
+    );
+    // What the caller heard of the sentence, cut at the barge-in.
+    assert_eq!(m[call_ix]["role"], "assistant");
+}
+
+// ------------------------------------------------------------ per-call context
+
+fn context_config(timeout_ms: u64) -> CascadeConfig {
+    let mut c = config();
+    c.greeting = Some("Hello {{payerId}}!".into());
+    c.context = Some(ContextConfig {
+        url: "http://operator.test/context".into(),
+        timeout_ms,
+        secret: Secret::new("0123456789abcdef0123"),
+    });
+    c
+}
+
+/// The greeting's TTS request and when the caller started hearing it (since the call's t0).
+fn greeting_timing(r: &Run) -> (Value, u64, u64) {
+    // Not the fallback and filler phrases, rendered ahead at the start.
+    let cfg = CascadeConfig::default();
+    let kept = [cfg.fallback_text, cfg.filler_text.unwrap_or_default()];
+    let tts = r.provider.requests(Kind::Tts);
+    let first = tts
+        .iter()
+        .find(|q| !kept.iter().any(|k| q.body["input"] == k.as_str()))
+        .expect("a TTS request");
+    let audio = r.audio_starts().first().expect("audio").0;
+    (first.body.clone(), r.at(first.at), r.at(audio))
+}
+
+#[test]
+fn the_backend_context_sets_prompt_greeting_and_voice() {
+    let fake = Fake::new(segment_texts(), script).operator(|body| {
+        assert!(body.get("tool").is_none(), "a context request");
+        assert_eq!(body["parameters"]["payerId"], "p-42");
+        (
+            300,
+            ToolReply::Json(json!({
+                "system_prompt": "You collect payments for {{company}}. Payer {{ payerId }}.",
+                "greeting": "Hi {{name}}, this is {{company}}.",
+                "variables": {"company": "Acme", "name": "Ada"},
+                "voice": "verse"
+            })),
+        )
+    });
+    let r = run_with(
+        context_config(1_500),
+        fake,
+        Some(6_600),
+        &[("payerId", "p-42")],
+    );
+    let (greeting, asked_at, _) = greeting_timing(&r);
+    assert_eq!(greeting["input"], "Hi Ada, this is Acme.");
+    assert_eq!(greeting["voice"], "verse");
+    let context_at = r.at(r.provider.requests(Kind::Tool)[0].at);
+    assert_eq!(
+        asked_at,
+        context_at + 300,
+        "the greeting starts when the context answers"
+    );
+    let llm = r.provider.requests(Kind::Llm);
+    assert_eq!(
+        messages(llm[0])[0]["content"],
+        "You collect payments for Acme. Payer p-42."
+    );
+}
+
+#[test]
+fn a_slow_or_failing_backend_gives_the_defaults_and_the_greeting_still_starts_within_two_seconds() {
+    for (delay, reply) in [(60_000, ToolReply::Hang), (200, ToolReply::Status(503))] {
+        let fake = Fake::new(segment_texts(), script).operator(move |_| (delay, reply.clone()));
+        let r = run_with(
+            context_config(1_500),
+            fake,
+            Some(6_600),
+            &[("payerId", "p-42")],
+        );
+        let (greeting, asked_at, heard_at) = greeting_timing(&r);
+        assert_eq!(
+            greeting["input"], "Hello p-42!",
+            "the default, filled from parameters"
+        );
+        let start = r.at(r.provider.requests(Kind::Tool)[0].at);
+        let expect = if delay > 1_500 { 1_500 } else { delay };
+        assert_eq!(asked_at, start + expect);
+        assert!(heard_at < start + 2_000, "greeting heard at {heard_at} ms");
+        assert!(r.reports().iter().any(|x| matches!(x,
+            AgentReport::ProviderFault { provider, .. } if provider == "context")));
+    }
 }

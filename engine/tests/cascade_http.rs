@@ -212,6 +212,7 @@ fn req(url: String, method: &str, body: HttpBody, mode: ResponseMode) -> HttpReq
         response: mode,
         timeout_ms: Some(5_000),
         accept: Vec::new(),
+        sign: None,
     }
 }
 

@@ -7,14 +7,17 @@
 //!
 //! # Layout
 //!
-//! A live call, top-down: `main.rs` (`hark serve`) → [`server::serve`] (accept loop, limits) →
-//! `server/media.rs` `media_stream` (signature check, upgrade) → a call worker ([`pool`]) →
-//! `run_call` → `hark_engine::io::drive` on a [`ws::Socket`], with the provider connectors and
-//! `server/transfer.rs` as its call control → `hark_engine::Call`. The call's events go to
-//! `server/observer.rs` → metrics, logs and `api/turns.rs` (the call record, a fold over them).
+//! A live call, top-down: `main.rs` (`hark serve`) → [`serve::Hark`] (configuration, bind) →
+//! [`server::serve`] (accept loop, limits) → `server/media.rs` `media_stream` (signature
+//! check, upgrade) → a call worker ([`pool`]) → `run_call` (the agent from the
+//! [`serve::AgentFactory`]) → `hark_engine::io::drive` on a [`ws::Socket`], with the provider
+//! connectors and `server/transfer.rs` as its call control → `hark_engine::Call`. The call's
+//! events go to `server/observer.rs` → metrics, logs and `api/turns.rs` (the call record, a
+//! fold over them).
 //!
 //! | module | job |
 //! |---|---|
+//! | [`serve`] | [`Hark`]: `hark serve` as a library (load, bind, serve, drain), with an [`serve::AgentFactory`] of your own for each call's agent |
 //! | [`server`] | `mod.rs`: state, router, accept loop and shutdown; `voice.rs`: `/voice`; `media.rs`: the `/media-stream` upgrade and each call's life; `transfer.rs`: the call control that redirects a call (Twilio REST) for the engine's driver; `observer.rs`: events → metrics and records |
 //! | [`conns`] | connection limits, deadlines and counts by state |
 //! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
@@ -25,6 +28,7 @@
 //! | [`signature`] | `X-Twilio-Signature` (form, JSON `bodySHA256`, WebSocket upgrade) |
 //! | [`token`] | Twilio access tokens (JWT) |
 //! | [`twiml`] | TwiML writing |
+//! | [`operator`] | the operator's backend: signed events, context and tool requests |
 //! | [`metrics`] | the Prometheus recorder behind `/metrics` |
 //! | [`error`] | [`Error`], the one error type: each subsystem's error, and whether a call can continue |
 //! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
@@ -37,7 +41,9 @@ pub mod conns;
 pub mod dev;
 pub mod error;
 pub mod metrics;
+pub mod operator;
 pub mod pool;
+pub mod serve;
 pub mod server;
 pub mod signature;
 pub mod token;
@@ -47,3 +53,4 @@ pub mod ws;
 #[cfg(feature = "dev-tools")]
 pub use dev::{bench, chaos, demo, doubles, simulator};
 pub use error::Error;
+pub use serve::Hark;

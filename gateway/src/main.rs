@@ -4,9 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hark_gateway::Error;
-use hark_gateway::config::{Config, Loaded, LogFormat};
-use hark_gateway::server;
-use tracing::{error, info};
+use hark_gateway::serve::{Hark, shutdown_signal};
 
 /// hark: a real-time voice-agent media engine for Twilio Media Streams.
 #[derive(Debug, Parser)]
@@ -52,124 +50,6 @@ enum Command {
     Bench(hark_gateway::bench::BenchArgs),
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    // A second init (e.g. in-process demo) is harmless.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    info!("shutdown requested: no new calls, waiting for live calls");
-}
-
-/// Logs the names in the configuration that hark does not read, with the nearest known one.
-fn warn_unknown(loaded: &Loaded) {
-    for (name, nearest) in &loaded.unknown_variables {
-        match nearest {
-            Some(n) => tracing::warn!(variable = name, "unknown setting: did you mean {n}?"),
-            None => tracing::warn!(variable = name, "unknown setting (not read by hark)"),
-        }
-    }
-    let file = loaded
-        .file
-        .as_deref()
-        .map(|f| f.display().to_string())
-        .unwrap_or_default();
-    for u in &loaded.unknown_keys {
-        match u.nearest {
-            Some(n) => tracing::warn!(
-                file,
-                line = u.line,
-                key = u.key,
-                "unknown key in the configuration file: did you mean {n}?"
-            ),
-            None => tracing::warn!(
-                file,
-                line = u.line,
-                key = u.key,
-                "unknown key in the configuration file (not read by hark)"
-            ),
-        }
-    }
-}
-
-async fn serve(file: Option<&std::path::Path>) -> Result<(), Error> {
-    // The whole configuration, every section, is read and checked once, before listening.
-    let loaded = Config::load(file)?;
-    init_logs(loaded.config.log_format);
-    if let Some(f) = &loaded.file {
-        info!(file = %f.display(), "configuration file read");
-    }
-    warn_unknown(&loaded);
-    let config = loaded.config;
-    let api = hark_gateway::api::ApiState::new(config.api.clone()).await?;
-    match hark_gateway::conns::raise_nofile_limit() {
-        Ok(n) => info!(open_files = n, "RLIMIT_NOFILE raised to the hard limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
-    }
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.addr,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    info!(
-        %addr,
-        agent = config.agent.as_str(),
-        public_url = config.public_url.as_deref().unwrap_or("(from Host header)"),
-        signatures = config.twilio_auth_token.is_some(),
-        workers = config.workers,
-        "hark listening"
-    );
-    if config.twilio_auth_token.is_none() {
-        tracing::warn!(
-            "TWILIO_AUTH_TOKEN is unset: media-stream upgrades and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
-        );
-    }
-    // Calls this node left open when it crashed or was killed: closed as `ended: crashed`.
-    if let Err(e) = api.recover_crashed().await {
-        error!(error = %e, "cannot close the calls left open by an earlier run");
-    }
-    let state = server::AppState::with_api(config, api).map_err(Error::Start)?;
-    server::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(Error::Serve)
-}
-
 /// `hark demo`: its report as JSON or a table; exit code 1 when the call had errors.
 #[cfg(feature = "dev-tools")]
 async fn demo(out: std::path::PathBuf, speed: f64, json: bool) -> Result<ExitCode, Error> {
@@ -202,8 +82,9 @@ fn exit_for(errors: &[String]) -> ExitCode {
 /// Runs one subcommand on `rt`.
 fn run(command: Command, rt: &tokio::runtime::Runtime) -> Result<ExitCode, Error> {
     match command {
+        // The whole configuration, every section, is read and checked once, before listening.
         Command::Serve { config } => rt
-            .block_on(serve(config.as_deref()))
+            .block_on(async { Hark::load(config.as_deref())?.run(shutdown_signal()).await })
             .map(|()| ExitCode::SUCCESS),
         #[cfg(feature = "dev-tools")]
         Command::Call(args) => {

@@ -39,8 +39,12 @@
 //! - `user_transcript`, `agent_response` and `agent_response_correction` (the heard part after
 //!   an interruption, `interrupted: true`) → [`AgentReport::Transcript`].
 //! - `client_tool_call` for [`ElevenLabsConfig::end_call_tool`] → `client_tool_result`, then
-//!   [`Action::Hangup`] once queued audio has played; any other client tool is answered with
-//!   `is_error: true` so the agent does not wait for it.
+//!   [`Action::Hangup`] once queued audio has played. A call of one of the operator's tools
+//!   ([`ElevenLabsConfig::tools`], `elevenlabs/tools.rs`) is POSTed to its backend
+//!   ([`crate::agents::http_tools`]) and answered when it ends: `client_tool_result` with the
+//!   answer's JSON as `result` (`is_error: false`), or the error text (`is_error: true`: a
+//!   refused argument, an error status, no answer within the tool's timeout). Any other client
+//!   tool is answered at once with `is_error: true` so the agent does not wait for it.
 //! - **Ends**: a close with 1000 ends the call once queued audio has played; an `error` event,
 //!   another close code (1002 operational, 1008 contract/auth, 1011 internal), a refused or
 //!   failed connection, or an unknown audio format is reported as
@@ -59,6 +63,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hark_codecs::{Resampler, SampleRate, mulaw};
 use serde_json::{Map, Value, json};
 
+use super::http_tools::{HttpTools, ToolRuns};
 use super::s2s::AnswerTiming;
 use crate::agent::{
     Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, OpenSpec, PeerId,
@@ -66,6 +71,7 @@ use crate::agent::{
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 
+mod tools;
 mod wire;
 
 use wire::{AudioEvent, Metadata, ServerMessage};
@@ -79,6 +85,9 @@ pub const PEER: PeerId = PeerId(1);
 
 /// The pipe id of the signed-URL request ([`SignedUrlLookup`]).
 pub const SIGNED_URL_PEER: PeerId = PeerId(2);
+
+/// The pipe id of the first operator tool request; each later one takes the next id.
+pub const FIRST_TOOL_PEER: PeerId = PeerId(3);
 
 /// `conversation_config_override` values. Each is sent only when set, and ElevenLabs accepts
 /// each only if the agent's security settings allow overriding it (else it closes with 1008
@@ -113,6 +122,9 @@ pub struct ElevenLabsConfig {
     pub dynamic_variables: bool,
     /// The client tool that ends the call (default `end_call`).
     pub end_call_tool: String,
+    /// The operator's tools: a `client_tool_call` of one of these names is POSTed to its
+    /// backend (default none). The ElevenLabs agent must define them as client tools.
+    pub tools: HttpTools,
     /// Caller audio held while connecting, ms (default 2000; 8 bytes per ms).
     pub max_buffer_ms: u64,
     /// An utterance ends after this long without `audio` events, ms (default 1000).
@@ -128,6 +140,7 @@ impl Default for ElevenLabsConfig {
             overrides: Overrides::default(),
             dynamic_variables: true,
             end_call_tool: "end_call".to_string(),
+            tools: HttpTools::default(),
             max_buffer_ms: 2000,
             idle_finish_ms: 1000,
         }
@@ -191,6 +204,11 @@ pub struct ElevenLabsAgent {
     interrupted_upto: Option<i64>,
     /// Greeting and first-audio latencies.
     timing: AnswerTiming,
+    /// The operator's tool calls out.
+    runs: ToolRuns,
+    /// An `end_call_after` tool succeeded: the call ends when the first utterance numbered
+    /// above this finishes (the answer after the result); the hang-up reason.
+    end_after: Option<(u64, String)>,
     stats: RelayStats,
 }
 
@@ -226,6 +244,8 @@ impl ElevenLabsAgent {
             last_audio_at: None,
             interrupted_upto: None,
             timing: AnswerTiming::default(),
+            runs: ToolRuns::new(FIRST_TOOL_PEER),
+            end_after: None,
             stats: RelayStats::default(),
         }
     }
@@ -416,6 +436,12 @@ impl ElevenLabsAgent {
                 });
             }
             out.push(Action::Finish(id));
+            if let Some((after, _)) = &self.end_after
+                && id.0 > *after
+                && let Some((_, reason)) = self.end_after.take()
+            {
+                out.push(Action::Hangup { reason });
+            }
         }
         self.carry = None;
         self.words.clear();
@@ -433,6 +459,7 @@ impl ElevenLabsAgent {
         }
         let open_pipe = self.open_pipe();
         self.phase = Phase::Ended;
+        self.runs.close_all(out);
         self.finish_utterance(out);
         let reason = match fault {
             Some((kind, detail)) => {
@@ -520,32 +547,7 @@ impl ElevenLabsAgent {
             })),
             ServerMessage::ClientToolCall {
                 client_tool_call: t,
-            } => {
-                let arguments = t.parameters.to_string();
-                out.push(Action::Report(AgentReport::ToolCall {
-                    name: t.tool_name.clone(),
-                    arguments,
-                }));
-                let known = t.tool_name == self.cfg.end_call_tool;
-                let result = if known {
-                    "ending the call".to_string()
-                } else {
-                    format!("hark has no client tool named {}", t.tool_name)
-                };
-                let reply = json!({
-                    "type": "client_tool_result",
-                    "tool_call_id": t.tool_call_id,
-                    "result": result,
-                    "is_error": !known,
-                });
-                Self::send(out, reply.to_string());
-                if known {
-                    self.finish_utterance(out);
-                    out.push(Action::Hangup {
-                        reason: format!("elevenlabs agent called {}", t.tool_name),
-                    });
-                }
-            }
+            } => self.on_client_tool_call(now, t, out),
             ServerMessage::Error { error_event: e } => {
                 let kind = e
                     .error_type
@@ -717,6 +719,16 @@ impl Agent for ElevenLabsAgent {
             {
                 self.on_lookup(event, out)
             }
+            ProviderEvent::Opened { peer, .. }
+            | ProviderEvent::Message { peer, .. }
+            | ProviderEvent::Closed { peer }
+            | ProviderEvent::Failed { peer, .. }
+                if self.runs.owns(peer) =>
+            {
+                if let Some(end) = self.runs.on_event(event, out) {
+                    self.tool_ended(end, out);
+                }
+            }
             ProviderEvent::Opened { peer, .. } if peer == PEER => {
                 if self.phase != Phase::Connecting {
                     return;
@@ -736,6 +748,7 @@ impl Agent for ElevenLabsAgent {
             },
             ProviderEvent::Closed { peer } if peer == PEER && self.phase != Phase::Ended => {
                 self.phase = Phase::Ended;
+                self.runs.close_all(out);
                 self.finish_utterance(out);
                 out.push(Action::Hangup {
                     reason: "elevenlabs ended the conversation (close 1000)".to_string(),
@@ -755,6 +768,7 @@ impl Agent for ElevenLabsAgent {
     }
 
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.tool_deadlines(now, out);
         if let Phase::Signing { deadline } = self.phase {
             if now < deadline {
                 out.push(Action::WakeAt(deadline));
@@ -779,6 +793,7 @@ impl Agent for ElevenLabsAgent {
         if let Some(peer) = self.open_pipe() {
             out.push(Action::Provider(ProviderCommand::Close { peer }));
         }
+        self.runs.close_all(out);
         self.phase = Phase::Ended;
     }
 }

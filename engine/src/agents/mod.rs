@@ -3,5 +3,7 @@
 pub mod elevenlabs;
 
 pub mod cascade;
+pub mod context;
+pub mod http_tools;
 pub mod realtime;
 mod s2s;

@@ -37,6 +37,14 @@
 //! - **Latency** (timed as for every speech-to-speech agent, `agents/s2s.rs`):
 //!   [`crate::agent::Stage::FirstAudio`] from `speech_stopped` (or hark's turn end) to the
 //!   answer's first delta; [`crate::agent::Stage::Greeting`] for a greeting.
+//! - **Tools** (`realtime/tools.rs`): the operator's tools ([`RealtimeConfig::tools`]) are
+//!   offered in `session.update` as functions (`tool_choice: "auto"`). The function calls of a
+//!   `response.done` are POSTed to the backend ([`crate::agents::http_tools`]); as each ends,
+//!   its `function_call_output` (the answer's JSON, or an `error: …` text: refused arguments,
+//!   an error status, no answer within the tool's timeout, an unknown name) goes out as
+//!   `conversation.item.create`, and once every call of the response has ended, one
+//!   `response.create` lets the model answer (after the response active then, if any). A
+//!   barge-in during a call does not lose its result.
 //! - **Faults**: `error` events are reported ([`AgentReport::ProviderFault`], provider
 //!   `realtime`) and the call goes on (the session survives them), except a cancel that found
 //!   nothing to cancel (ignored). A session whose output is not `audio/pcmu`, a refused or
@@ -49,6 +57,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hark_codecs::SampleRate;
 
+use super::http_tools::{CallFacts, HttpTools, ToolRuns};
 use super::s2s::AnswerTiming;
 use crate::agent::{
     Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, OpenSpec, PeerId,
@@ -57,6 +66,7 @@ use crate::agent::{
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 use wire::{ClientEvent, ServerEvent};
 
+mod tools;
 mod wire;
 
 /// `provider` label of this agent's [`AgentReport::ProviderFault`]s.
@@ -64,6 +74,9 @@ pub const PROVIDER: &str = "realtime";
 
 /// The pipe id of the Realtime WebSocket.
 pub const PEER: PeerId = PeerId(1);
+
+/// The pipe id of the first operator tool request; each later one takes the next id.
+pub const FIRST_TOOL_PEER: PeerId = PeerId(2);
 
 /// Default endpoint (`HARK_REALTIME_URL`).
 pub const DEFAULT_URL: &str = "wss://api.openai.com/v1/realtime";
@@ -127,6 +140,8 @@ pub struct RealtimeConfig {
     pub transcription_model: Option<String>,
     /// Caller audio held while connecting, ms (default 2000).
     pub max_buffer_ms: u64,
+    /// The operator's tools, offered as functions (default none).
+    pub tools: HttpTools,
 }
 
 impl Default for RealtimeConfig {
@@ -146,6 +161,7 @@ impl Default for RealtimeConfig {
             },
             transcription_model: Some("gpt-4o-mini-transcribe".to_string()),
             max_buffer_ms: 2000,
+            tools: HttpTools::default(),
         }
     }
 }
@@ -222,6 +238,16 @@ pub struct RealtimeAgent {
     cancelled: HashSet<String>,
     /// Greeting and first-audio latencies.
     timing: AnswerTiming,
+    /// The call's facts, for tool requests.
+    facts: CallFacts,
+    /// The operator's tool calls out.
+    runs: ToolRuns,
+    /// Function calls were answered: a `response.create` is due once no run is out and no
+    /// response is active.
+    create_due: bool,
+    /// An `end_call_after` tool succeeded: the hang-up reason, and the response that answers
+    /// its result once created (the call ends when it is done).
+    end_after: Option<(String, Option<String>)>,
     event_seq: u64,
     stats: RealtimeStats,
 }
@@ -283,6 +309,10 @@ impl RealtimeAgent {
             active_response: None,
             cancelled: HashSet::new(),
             timing: AnswerTiming::default(),
+            facts: CallFacts::default(),
+            runs: ToolRuns::new(FIRST_TOOL_PEER),
+            create_due: false,
+            end_after: None,
             event_seq: 0,
             stats: RealtimeStats::default(),
         }
@@ -320,6 +350,7 @@ impl RealtimeAgent {
             return;
         }
         self.phase = Phase::Ended;
+        self.runs.close_all(out);
         for it in self.items.iter_mut().filter(|i| !i.done) {
             it.done = true;
             out.push(Action::Finish(it.utt));
@@ -399,9 +430,10 @@ impl RealtimeAgent {
             }
             ServerEvent::SpeechStopped => self.timing.provider_turn_end(now),
             ServerEvent::ResponseCreated { id } => {
+                self.response_created(&id);
                 self.active_response = Some(id);
             }
-            ServerEvent::ResponseDone { id, failed } => {
+            ServerEvent::ResponseDone { id, failed, calls } => {
                 if self.active_response.as_deref() == Some(id.as_str()) {
                     self.active_response = None;
                 }
@@ -416,6 +448,7 @@ impl RealtimeAgent {
                 if let Some(d) = failed {
                     Self::fault(out, "response_failed", d);
                 }
+                self.response_done(now, &id, calls, out);
             }
             ServerEvent::AudioDelta {
                 response_id,
@@ -593,8 +626,9 @@ impl Agent for RealtimeAgent {
         self.cfg.turn_detection == TurnDetection::Hark
     }
 
-    fn on_start(&mut self, now: Instant, _info: &CallInfo, out: &mut Vec<Action>) {
+    fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
         self.timing.start(now);
+        self.facts = CallFacts::from(info);
         if self.phase == Phase::Idle {
             self.phase = Phase::Connecting;
             out.push(Action::Provider(ProviderCommand::Open {
@@ -645,6 +679,16 @@ impl Agent for RealtimeAgent {
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
         match event {
+            ProviderEvent::Opened { peer, .. }
+            | ProviderEvent::Message { peer, .. }
+            | ProviderEvent::Closed { peer }
+            | ProviderEvent::Failed { peer, .. }
+                if self.runs.owns(peer) =>
+            {
+                if let Some(end) = self.runs.on_event(event, out) {
+                    self.tool_ended(end, out);
+                }
+            }
             ProviderEvent::Opened { peer, .. } if peer == PEER => {
                 if self.phase != Phase::Connecting {
                     return;
@@ -682,10 +726,15 @@ impl Agent for RealtimeAgent {
         }
     }
 
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.tool_deadlines(now, out);
+    }
+
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {
         if matches!(self.phase, Phase::Connecting | Phase::Open) {
             out.push(Action::Provider(ProviderCommand::Close { peer: PEER }));
         }
+        self.runs.close_all(out);
         self.phase = Phase::Ended;
     }
 }

@@ -100,7 +100,7 @@ pub enum Output<'a> {
         /// Where to.
         to: String,
     },
-    /// Nothing more to do now; call [`Call::handle_input`] with [`Input::Timeout`] at this time
+    /// Nothing more to do now; call [`crate::Call::handle_input`] with [`Input::Timeout`] at this time
     /// (`None`: only new input can wake the call).
     Timeout(Option<Instant>),
 }
@@ -269,7 +269,7 @@ pub enum Event {
         since_user_end: Option<Duration>,
         /// The answer began while hark's endpointing still held the caller's turn open (a
         /// provider that ends turns itself did so first, after at least
-        /// [`Call::EARLY_ANSWER_SILENCE`] of silence): its [`Event::UserTurnEnded`] follows.
+        /// [`crate::Call::EARLY_ANSWER_SILENCE`] of silence): its [`Event::UserTurnEnded`] follows.
         before_turn_end: bool,
     },
     /// The first mark of an agent utterance was echoed: the caller heard it begin.

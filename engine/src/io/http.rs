@@ -202,26 +202,36 @@ async fn execute(
     for (k, v) in &req.headers {
         rb = rb.header(k.as_str(), v.as_str());
     }
-    rb = match req.body {
-        HttpBody::Empty => rb,
+    let (content_type, data) = match req.body {
+        HttpBody::Empty => (None, Vec::new()),
         HttpBody::Json(v) => {
             let data = serde_json::to_vec(&v)
                 .map_err(|e| ProviderFault::new(FaultKind::Request, e.to_string()))?;
-            rb.header("content-type", "application/json").body(data)
+            (Some("application/json".to_string()), data)
         }
-        HttpBody::Bytes { content_type, data } => {
-            rb.header("content-type", content_type).body(data)
-        }
+        HttpBody::Bytes { content_type, data } => (Some(content_type), data),
         HttpBody::Multipart(parts) => {
             let boundary = boundary(peer, &parts);
             let data = multipart_body(&parts, &boundary);
-            rb.header(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(data)
+            let ct = format!("multipart/form-data; boundary={boundary}");
+            (Some(ct), data)
         }
     };
+    if let Some(secret) = &req.sign {
+        // Signed over the exact bytes sent, at this node's clock (the receiver checks both).
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (k, v) in secret.headers(now_s, &data) {
+            rb = rb.header(k, v);
+        }
+    }
+    if let Some(ct) = content_type {
+        rb = rb.header("content-type", ct);
+    }
+    if !data.is_empty() {
+        rb = rb.body(data);
+    }
     let mut resp = rb.send().await.map_err(|e| fault(&e))?;
     let status = resp.status().as_u16();
     if !resp.status().is_success() {

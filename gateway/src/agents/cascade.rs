@@ -43,12 +43,18 @@
 //! | `HARK_STT_STALL_MS`, `HARK_LLM_STALL_MS`, `HARK_TTS_STALL_MS` | 1000, 1500, 1000 | a stream that sends nothing this long after its last data has stalled |
 //! | `HARK_FILLER_TEXT` | `One moment.` | played when nothing of the answer was heard by `HARK_FILLER_AFTER_MS`; `off` for none |
 //! | `HARK_FILLER_AFTER_MS` | 1800 | after hark's end of the caller's turn |
+//! | `HARK_IDLE_REPROMPT_MS` | 8000 | caller silence (after the agent finished) before a re-prompt; `0` or `off` for none |
+//! | `HARK_IDLE_REPROMPT_TEXT` | — | the re-prompt; unset: the model is told the caller is silent and re-prompts |
+//! | `HARK_IDLE_HANGUP_MS` | 20000 | caller silence before the goodbye and hang-up (same start); `0` or `off` for none |
+//! | `HARK_IDLE_GOODBYE_TEXT` | `HARK_GOODBYE_TEXT` | said before an idle hang-up; `off` for none |
 //! | `HARK_RETRY_MAX` | 2 | retries per request |
 //! | `HARK_RETRY_BUDGET_MS` | 3000 | retries only start within this long after the caller's turn |
 //! | `HARK_RETRY_BACKOFF_MS` | 150 | first backoff, doubled per retry |
 
 use hark_engine::Agent;
+use hark_engine::agents::cascade::config as cascade_config;
 use hark_engine::agents::cascade::{CascadeAgent, CascadeConfig, CascadeError, Endpoint};
+use hark_engine::agents::context::ContextConfig;
 
 use crate::config::{ConfigError, Values};
 
@@ -132,7 +138,9 @@ impl Settings {
         let mut c = CascadeConfig::default();
         stages(v, &mut c)?;
         conversation(v, &mut c)?;
+        operator(v, &mut c)?;
         deadlines(v, &mut c)?;
+        idle(v, &mut c)?;
         c.validate()
             .map_err(|e| ConfigError::new("HARK_* cascade settings", e.to_string()))?;
         Ok(Settings {
@@ -223,16 +231,22 @@ fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
     if let Some(tools) = v.list("HARK_TOOLS", ',') {
         c.tools.end_call = false;
         c.tools.transfer_call = false;
+        let (entries, _) = v.tools();
         for t in tools {
             match t.as_str() {
                 "end_call" => c.tools.end_call = true,
                 "transfer_call" => c.tools.transfer_call = true,
                 "none" => {}
+                // One of the file's `[[tools]]`: kept by `http_tools`.
+                name if entries.iter().any(|e| e.name.trim() == name) => {}
                 other => {
+                    let mut names = vec!["end_call", "transfer_call", "none"];
+                    names.extend(entries.iter().map(|e| e.name.trim()));
                     return Err(ConfigError::new(
                         "HARK_TOOLS",
                         format!(
-                            "unknown tool {other:?} (available: end_call, transfer_call, none)"
+                            "unknown tool {other:?} (available: {}; define your own as [[tools]] in hark.toml)",
+                            names.join(", ")
                         ),
                     ));
                 }
@@ -251,6 +265,23 @@ fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
         }
         c.tools.transfer_allow = allow;
     }
+    Ok(())
+}
+
+/// The operator's backend (read by the one parser of `[operator]`): the per-call context
+/// (`HARK_CONTEXT_URL`), and the tools, the file's `[[tools]]` (those `HARK_TOOLS` names, when
+/// it is set), both signed with `HARK_OPERATOR_SECRET`.
+fn operator(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
+    let operator = crate::operator::OperatorSettings::from_values(v)?;
+    if let Some(url) = &operator.context_url {
+        c.context = Some(ContextConfig {
+            url: url.clone(),
+            timeout_ms: operator.context_timeout_ms,
+            secret: operator.require_secret(crate::operator::ENV_CONTEXT_URL)?,
+        });
+    }
+    let chosen = v.list("HARK_TOOLS", ',');
+    c.tools.http = super::http_tools(v, chosen.as_deref())?;
     Ok(())
 }
 
@@ -284,6 +315,34 @@ fn deadlines(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A silent caller: the re-prompt and the hang-up (ms within 1000..=3600000; `0`, `off` or
+/// `none` for never), their texts.
+fn idle(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
+    let ms = |var: &'static str, default: u64| -> Result<Option<u64>, ConfigError> {
+        match v.text(var) {
+            None => Ok(Some(default)),
+            Some(t) if matches!(t.to_ascii_lowercase().as_str(), "0" | "off" | "none") => Ok(None),
+            Some(_) => v.num_in(var, 1_000, 3_600_000),
+        }
+    };
+    c.idle_reprompt_ms = ms("HARK_IDLE_REPROMPT_MS", cascade_config::IDLE_REPROMPT_MS)?;
+    c.idle_hangup_ms = ms("HARK_IDLE_HANGUP_MS", cascade_config::IDLE_HANGUP_MS)?;
+    if let (Some(r), Some(h)) = (c.idle_reprompt_ms, c.idle_hangup_ms)
+        && h <= r
+    {
+        return Err(ConfigError::new(
+            "HARK_IDLE_HANGUP_MS",
+            format!("{h} ms must be longer than HARK_IDLE_REPROMPT_MS ({r} ms)"),
+        ));
+    }
+    c.idle_reprompt_text = v.text("HARK_IDLE_REPROMPT_TEXT").and_then(unless_off);
+    // `off`: hang up without a word (an empty goodbye).
+    c.idle_goodbye_text = v
+        .text("HARK_IDLE_GOODBYE_TEXT")
+        .map(|t| unless_off(t).unwrap_or_default());
+    Ok(())
+}
+
 /// A new agent for one call.
 ///
 /// # Errors
@@ -303,6 +362,72 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_lookup(&mut |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+    }
+
+    /// `hark.toml` text with the environment `vars` on top.
+    fn from_file(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let (mut values, unknown) = Values::from_toml("hark.toml", "hark.toml", text)?;
+        assert!(unknown.is_empty(), "{unknown:?}");
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        values.overlay(Values::from_lookup(|k| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        }));
+        Settings::from_values(&values)
+    }
+
+    #[test]
+    fn file_tools_are_offered_signed_and_chosen_by_hark_tools() {
+        let file = r#"
+[openai]
+api_key = "sk-1"
+
+[[tools]]
+name = "lookup_balance"
+description = "The payer's open balance."
+url = "http://127.0.0.1:9/balance"
+parameters = { type = "object", properties = { payerId = { type = "string" } } }
+
+[[tools]]
+name = "record_promise"
+description = "Records a promise to pay."
+url = "http://127.0.0.1:9/promise"
+parameters = { type = "object" }
+"#;
+        let e = from_file(file, &[]).unwrap_err();
+        assert_eq!(e.var, "HARK_OPERATOR_SECRET", "{e}");
+        let secret = ("HARK_OPERATOR_SECRET", "0123456789abcdef0123");
+        let s = from_file(file, &[secret]).unwrap();
+        let names: Vec<&str> = s
+            .config
+            .tools
+            .http
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["lookup_balance", "record_promise"]);
+        assert!(s.config.tools.end_call && s.config.tools.http.secret.is_some());
+        // HARK_TOOLS picks among hark's tools and the file's.
+        let s = from_file(file, &[secret, ("HARK_TOOLS", "end_call,record_promise")]).unwrap();
+        let names: Vec<&str> = s
+            .config
+            .tools
+            .http
+            .tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["record_promise"]);
+        assert!(s.config.tools.end_call && !s.config.tools.transfer_call);
+        let e = from_file(file, &[secret, ("HARK_TOOLS", "lookup_order")]).unwrap_err();
+        assert_eq!(e.var, "HARK_TOOLS");
+        assert!(
+            e.reason.contains("lookup_balance") && e.reason.contains("[[tools]]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -398,6 +523,40 @@ mod tests {
     }
 
     #[test]
+    fn idle_defaults_texts_and_off() {
+        let s = read(&[("OPENAI_API_KEY", "k")]).unwrap();
+        let c = &s.config;
+        assert_eq!(
+            (c.idle_reprompt_ms, c.idle_hangup_ms),
+            (Some(8000), Some(20000))
+        );
+        assert_eq!(
+            (
+                c.idle_reprompt_text.as_deref(),
+                c.idle_goodbye_text.as_deref()
+            ),
+            (None, None)
+        );
+        let s = read(&[
+            ("OPENAI_API_KEY", "k"),
+            ("HARK_IDLE_REPROMPT_MS", "off"),
+            ("HARK_IDLE_HANGUP_MS", "30000"),
+            ("HARK_IDLE_REPROMPT_TEXT", "Still there?"),
+            ("HARK_IDLE_GOODBYE_TEXT", "off"),
+        ])
+        .unwrap();
+        let c = &s.config;
+        assert_eq!((c.idle_reprompt_ms, c.idle_hangup_ms), (None, Some(30000)));
+        assert_eq!(c.idle_reprompt_text.as_deref(), Some("Still there?"));
+        assert_eq!(c.idle_goodbye_text.as_deref(), Some(""));
+        let text = "[agent.cascade]\nidle_reprompt_ms = 5000\nidle_hangup_ms = 0\nidle_goodbye_text = \"Bye.\"\n";
+        let s = from_file(text, &[("OPENAI_API_KEY", "k")]).unwrap();
+        let c = &s.config;
+        assert_eq!((c.idle_reprompt_ms, c.idle_hangup_ms), (Some(5000), None));
+        assert_eq!(c.idle_goodbye_text.as_deref(), Some("Bye."));
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let base = [("OPENAI_API_KEY", "k")];
         for (var, val) in [
@@ -412,6 +571,9 @@ mod tests {
             ("HARK_RETRY_MAX", "-1"),
             ("HARK_FILLER_AFTER_MS", "5"),
             ("HARK_TTS_STALL_MS", "soon"),
+            ("HARK_IDLE_REPROMPT_MS", "50"),
+            ("HARK_IDLE_HANGUP_MS", "later"),
+            ("HARK_IDLE_HANGUP_MS", "5000"),
         ] {
             let mut v = base.to_vec();
             v.push((var, val));

@@ -13,6 +13,9 @@
 //!   `HARK_ELEVENLABS_VOICE_ID`: `conversation_config_override` values (each only if the
 //!   agent allows overriding it), relay mode only.
 //! - `HARK_ELEVENLABS_END_CALL_TOOL` (default `end_call`): the client tool that hangs up.
+//! - The file's `[[tools]]` (relay mode): a `client_tool_call` with one of their names is
+//!   POSTed to the operator's backend, signed with `HARK_OPERATOR_SECRET`, and its answer is
+//!   the `client_tool_result` (the ElevenLabs agent must define each as a client tool).
 //!
 //! **Relay** ([`build`]): the settings become an [`ElevenLabsConfig`]; the engine's sans-IO
 //! [`ElevenLabsAgent`] asks for the signed URL itself at stream start, as an HTTP provider
@@ -41,6 +44,7 @@ use hark_engine::agents::elevenlabs::{
     DEFAULT_SIGNED_URL_TIMEOUT_MS, ElevenLabsAgent, ElevenLabsConfig, Overrides, SIGNED_URL_PEER,
     SignedUrlLookup, parse_signed_url,
 };
+use hark_engine::agents::http_tools::HttpTools;
 use hark_engine::io::http;
 use tracing::{info, warn};
 
@@ -70,6 +74,8 @@ pub struct Settings {
     pub overrides: Overrides,
     /// `HARK_ELEVENLABS_END_CALL_TOOL`.
     pub end_call_tool: String,
+    /// The file's `[[tools]]`, run when the agent calls them as client tools.
+    pub tools: HttpTools,
 }
 
 impl Settings {
@@ -87,8 +93,9 @@ impl Settings {
     /// Parses the settings from `v`.
     ///
     /// # Errors
-    /// [`ConfigError`] when `ELEVENLABS_AGENT_ID` is missing or `ELEVENLABS_API_BASE` is not
-    /// an `http(s)://` URL.
+    /// [`ConfigError`] when `ELEVENLABS_AGENT_ID` is missing, `ELEVENLABS_API_BASE` is not
+    /// an `http(s)://` URL, a `[[tools]]` entry is invalid or takes the end-call tool's name,
+    /// or there are tools without `HARK_OPERATOR_SECRET`.
     pub fn from_values(v: &Values) -> Result<Self, ConfigError> {
         let agent_id = v.text("ELEVENLABS_AGENT_ID").ok_or_else(|| {
             ConfigError::new(
@@ -96,6 +103,16 @@ impl Settings {
                 "required by HARK_AGENT=elevenlabs / elevenlabs-direct",
             )
         })?;
+        let end_call_tool = v
+            .get("HARK_ELEVENLABS_END_CALL_TOOL")
+            .unwrap_or_else(|| "end_call".to_string());
+        let tools = super::http_tools(v, None)?;
+        if tools.get(&end_call_tool).is_some() {
+            return Err(ConfigError::new(
+                "HARK_ELEVENLABS_END_CALL_TOOL",
+                format!("{end_call_tool:?} is also a [[tools]] name"),
+            ));
+        }
         Ok(Settings {
             agent_id,
             api_key: v.text("ELEVENLABS_API_KEY"),
@@ -108,9 +125,8 @@ impl Settings {
                 language: v.get("HARK_ELEVENLABS_LANGUAGE"),
                 voice_id: v.get("HARK_ELEVENLABS_VOICE_ID"),
             },
-            end_call_tool: v
-                .get("HARK_ELEVENLABS_END_CALL_TOOL")
-                .unwrap_or_else(|| "end_call".to_string()),
+            end_call_tool,
+            tools,
         })
     }
 
@@ -153,6 +169,7 @@ impl Settings {
             signed_url,
             overrides: self.overrides.clone(),
             end_call_tool: self.end_call_tool.clone(),
+            tools: self.tools.clone(),
             ..ElevenLabsConfig::default()
         }
     }
@@ -383,6 +400,30 @@ mod tests {
             Some("wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a")
         );
         assert_eq!(public.end_call_tool, "end_call");
+    }
+
+    #[test]
+    fn file_tools_go_to_the_relay_agent() {
+        use crate::agents::test_tools::{FILE, values};
+        let id = ("ELEVENLABS_AGENT_ID", "a");
+        let secret = ("HARK_OPERATOR_SECRET", "0123456789abcdef0123");
+        let s = Settings::from_values(&values(FILE, &[id, secret])).unwrap();
+        let cfg = s.agent_config();
+        assert_eq!(cfg.tools.tools[0].name, "lookup_balance");
+        assert!(cfg.tools.secret.is_some());
+        let e = Settings::from_values(&values(FILE, &[id])).unwrap_err();
+        assert_eq!(e.var, "HARK_OPERATOR_SECRET");
+        let clash = ("HARK_ELEVENLABS_END_CALL_TOOL", "lookup_balance");
+        let e = Settings::from_values(&values(FILE, &[id, secret, clash])).unwrap_err();
+        assert_eq!(e.var, "HARK_ELEVENLABS_END_CALL_TOOL");
+        assert!(
+            settings(&[id])
+                .unwrap()
+                .agent_config()
+                .tools
+                .tools
+                .is_empty()
+        );
     }
 
     #[test]

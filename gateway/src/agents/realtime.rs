@@ -17,6 +17,8 @@
 //!   speaks first with these instructions).
 //! - `HARK_REALTIME_TRANSCRIBE_MODEL` (default `gpt-4o-mini-transcribe`; `none` turns caller
 //!   transcripts off).
+//! - The file's `[[tools]]`: offered to the model as functions; each call is POSTed to the
+//!   operator's backend, signed with `HARK_OPERATOR_SECRET`.
 
 use hark_engine::Agent;
 use hark_engine::agents::realtime::{
@@ -89,6 +91,7 @@ impl Settings {
                 greeting: v.text("HARK_REALTIME_GREETING"),
                 turn_detection: turn_detection(v)?,
                 transcription_model,
+                tools: super::http_tools(v, None)?,
                 ..RealtimeConfig::default()
             },
         })
@@ -179,5 +182,18 @@ mod tests {
             }
         );
         assert_eq!(s.transcription_model, None);
+    }
+
+    #[test]
+    fn file_tools_are_offered() {
+        use crate::agents::test_tools::{FILE, values};
+        let key = ("OPENAI_API_KEY", "sk");
+        let secret = ("HARK_OPERATOR_SECRET", "0123456789abcdef0123");
+        let s = Settings::from_values(&values(FILE, &[key, secret])).unwrap();
+        assert_eq!(s.config.tools.tools[0].name, "lookup_balance");
+        assert!(s.config.tools.secret.is_some());
+        let e = Settings::from_values(&values(FILE, &[key])).unwrap_err();
+        assert_eq!(e.var, "HARK_OPERATOR_SECRET");
+        assert!(settings(&[key]).unwrap().config.tools.tools.is_empty());
     }
 }

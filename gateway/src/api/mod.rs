@@ -25,7 +25,10 @@
 //! "code"?: <Twilio error code>, "more_info"?: "..."}`.
 //!
 //! Records go through one bounded write queue drained by a background task (see [`recorder`]),
-//! so a slow or failing database never stalls a live call or a webhook answer.
+//! so a slow or failing database never stalls a live call or a webhook answer. With
+//! `HARK_EVENTS_URL` set, the records of a stream's start, each finished turn and the stream's
+//! end carry call events for the operator's backend, written to the store's outbox in the same
+//! transaction and delivered by a background task ([`crate::operator::delivery`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -255,6 +258,9 @@ pub struct ShutdownReport {
     pub closed_as_shutdown: Vec<String>,
     /// The write queue's counters at the end.
     pub stats: WriterStats,
+    /// This node's call events not delivered yet when the delivery stopped (sent at the next
+    /// start); 0 without `HARK_EVENTS_URL`.
+    pub events_pending: i64,
 }
 
 /// Shared state of the gateway API.
@@ -269,6 +275,8 @@ pub struct ApiState {
     twilio: Result<TwilioRest, Vec<&'static str>>,
     call_queue: calls::CallQueue,
     conversation_events: broadcast::Sender<ConversationEvent>,
+    /// The call events' delivery worker, with `HARK_EVENTS_URL`.
+    events: Option<crate::operator::delivery::Delivery>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -295,12 +303,15 @@ impl ApiState {
 
     /// Opens the database (creating it and running the embedded migrations), starts the store
     /// writer and the outbound call pacer (background tasks on the current Tokio runtime), and
-    /// builds the Twilio REST client. Installs rustls' `ring` crypto provider as the process
-    /// default if none is installed yet. Logs a warning for every open development switch and
-    /// for signature checking without `TWILIO_AUTH_TOKEN`.
+    /// builds the Twilio REST client. With an events URL ([`ApiSettings::operator`]), call
+    /// events go to the store's outbox and a third task delivers them, starting with what an
+    /// earlier run of this node left undelivered. Installs rustls' `ring` crypto provider as
+    /// the process default if none is installed yet. Logs a warning for every open development
+    /// switch and for signature checking without `TWILIO_AUTH_TOKEN`.
     ///
     /// # Errors
-    /// [`ApiError::Database`], [`ApiError::Migrate`], [`ApiError::HttpClient`].
+    /// [`ApiError::Database`], [`ApiError::Migrate`], [`ApiError::HttpClient`];
+    /// [`ApiError::Setting`] for an events URL without `HARK_OPERATOR_SECRET`.
     pub async fn new(settings: ApiSettings) -> Result<Arc<ApiState>, ApiError> {
         // One TLS provider for the process (crates.md: ring everywhere). Already installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -337,7 +348,24 @@ impl ApiState {
                 .clone()
                 .unwrap_or_else(store::Node::hostname),
         );
-        let store = Store::open(&settings.database_url).await?.with_node(node);
+        let mut store = Store::open(&settings.database_url).await?.with_node(node);
+        let events = match &settings.operator.events_url {
+            Some(url) => {
+                let secret = settings
+                    .operator
+                    .require_secret(crate::operator::ENV_EVENTS_URL)?;
+                store = store.with_events();
+                let delivery = crate::operator::delivery::Delivery::start(
+                    store.clone(),
+                    url.clone(),
+                    secret,
+                    settings.event_delivery.clone(),
+                )
+                .map_err(ApiError::HttpClient)?;
+                Some(delivery)
+            }
+            None => None,
+        };
         let writer = recorder::Writer::start(store.clone(), settings.store_queue);
         let credentials = Credentials::from_lookup(|name| match name {
             crate::token::ENV_ACCOUNT_SID => settings.account_sid.clone(),
@@ -367,6 +395,7 @@ impl ApiState {
             twilio,
             call_queue,
             conversation_events,
+            events,
             settings,
         }))
     }
@@ -430,7 +459,9 @@ impl ApiState {
     /// 2. writes everything queued;
     /// 3. closes the streams of this run still open (a call task that outlived `wait`) as
     ///    `ended: shutdown`;
-    /// 4. stops the writer, after writing whatever was queued meanwhile.
+    /// 4. stops the writer, after writing whatever was queued meanwhile;
+    /// 5. with call events, sends what is due for up to the delivery policy's
+    ///    `shutdown_grace`, then stops the delivery (the rest waits in the outbox).
     ///
     /// Records offered after that are dropped ("writer stopped"). Calling it again does
     /// nothing more.
@@ -459,6 +490,18 @@ impl ApiState {
             }
         };
         self.writer.stop().await;
+        // The last calls' events are in the outbox now: what is due goes out within the grace.
+        let mut events_pending = 0;
+        if let Some(events) = &self.events {
+            events.stop().await;
+            events_pending = self.store.outbox_pending().await.unwrap_or(-1);
+            if events_pending != 0 {
+                warn!(
+                    events_pending,
+                    "call events not delivered yet: sent at the next start"
+                );
+            }
+        }
         let stats = self.writer.stats();
         tracing::info!(
             written = stats.written,
@@ -471,6 +514,7 @@ impl ApiState {
             calls_still_running,
             closed_as_shutdown,
             stats,
+            events_pending,
         }
     }
 
@@ -644,4 +688,29 @@ fn describe_metrics() {
         "Twilio callbacks and Conversations webhooks accepted, by kind"
     );
     describe_counter!("hark_tokens_total", "access tokens minted, by grant");
+    describe_counter!(
+        "hark_events_enqueued_total",
+        "call events written to the outbox, by type"
+    );
+    describe_counter!(
+        "hark_events_delivered_total",
+        "call events the operator's backend accepted (2xx), by type"
+    );
+    describe_counter!(
+        "hark_events_retries_total",
+        "failed call event attempts to be retried, by kind: connect, timeout, transport, status_408, status_429, status_5xx"
+    );
+    describe_counter!(
+        "hark_events_failed_total",
+        "call events given up (kept in the outbox as failed), by reason: rejected (3xx/4xx), expired (undelivered at the maximum age)"
+    );
+    metrics::describe_gauge!(
+        "hark_events_outbox_pending",
+        "this node's call events not delivered yet"
+    );
+    describe_histogram!(
+        "hark_events_delivery_lag_seconds",
+        Unit::Seconds,
+        "call event created -> accepted by the operator's backend"
+    );
 }

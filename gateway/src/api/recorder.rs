@@ -17,6 +17,11 @@
 //!   one so one bad record costs only itself; a record that still fails, or a batch that still
 //!   fails with the database unavailable, is counted in `hark_store_errors_total{op}` and
 //!   logged, and the writer moves on.
+//! - Call events: with `HARK_EVENTS_URL`, a stream's start ([`CallRecorder::stream_started`]),
+//!   a finished turn ([`CallRecorder::turn_ended`]) and a stream's end
+//!   ([`CallRecorder::stream_stopped`]) also write their event to the store's outbox, in the
+//!   record's own transaction (see [`crate::operator::delivery`]); updates of a turn still
+//!   going on ([`CallRecorder::turn`]) are not events.
 //! - Shutdown ([`super::ApiState::shutdown`]): after the call tasks have ended, the writer
 //!   drains everything queued and only then stops; records offered after that are dropped and
 //!   logged as "writer stopped".
@@ -79,6 +84,8 @@ pub(crate) enum Op {
         call_sid: String,
         turn: TurnRow,
         at_ms: i64,
+        /// The turn is over: with call events on, its `turn.ended` event is written too.
+        ended: bool,
     },
     StreamStopped {
         call_sid: String,
@@ -272,10 +279,24 @@ impl CallRecorder {
             call_sid: call_sid.to_owned(),
             turn,
             at_ms: now_ms(),
+            ended: false,
         });
     }
 
-    /// The media stream ended.
+    /// A caller turn is over, its answer included (the turn log's finished turns): stored as
+    /// [`CallRecorder::turn`] does, and, with call events on, its `turn.ended` event goes to
+    /// the outbox in the same transaction.
+    pub fn turn_ended(&self, call_sid: &str, turn: TurnRow) {
+        self.offer(Op::Turn {
+            call_sid: call_sid.to_owned(),
+            turn,
+            at_ms: now_ms(),
+            ended: true,
+        });
+    }
+
+    /// The media stream ended (with call events on, its `call.ended` event goes to the
+    /// outbox in the same transaction).
     pub fn stream_stopped(&self, call_sid: &str, summary: StreamSummary) {
         self.offer(Op::StreamStopped {
             call_sid: call_sid.to_owned(),
@@ -466,6 +487,7 @@ async fn write_batch(store: &Store, batch: &[Queued]) -> Result<Vec<bool>, sqlx:
         fresh.push(write(store, &mut tx, &q.op).await?);
     }
     tx.commit().await?;
+    store.committed();
     Ok(fresh)
 }
 
@@ -507,6 +529,7 @@ async fn write_with_retries(store: &Store, q: &Queued, counters: &Counters) {
             let mut tx = store.pool().begin().await?;
             let fresh = write(store, &mut tx, &q.op).await?;
             tx.commit().await?;
+            store.committed();
             Ok::<bool, sqlx::Error>(fresh)
         }
         .await;
@@ -552,8 +575,18 @@ async fn write(
             call_sid,
             turn,
             at_ms,
+            ended: false,
         } => store
             .turn_in(conn, call_sid, turn, *at_ms)
+            .await
+            .map(|()| true),
+        Op::Turn {
+            call_sid,
+            turn,
+            at_ms,
+            ended: true,
+        } => store
+            .turn_ended_in(conn, call_sid, turn, *at_ms)
             .await
             .map(|()| true),
         Op::StreamStopped {

@@ -146,6 +146,14 @@ pub struct ApiSettings {
     /// left open as `ended: crashed` and no others: every process sharing a database needs its
     /// own (see [`super::store::Node`]).
     pub node_id: Option<String>,
+    /// `[operator]`: the signing secret and `HARK_EVENTS_URL`, copied from
+    /// [`crate::config::Config::operator`] by `Config` (not read by [`ApiSettings::from_values`]).
+    /// With an events URL, [`super::ApiState::new`] writes call events to the outbox and
+    /// starts their delivery.
+    pub operator: crate::operator::OperatorSettings,
+    /// How call events are retried (defaults: 1 s doubling to 5 min, for up to 1 h); not a
+    /// setting of the file or the environment.
+    pub event_delivery: crate::operator::delivery::DeliveryPolicy,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -174,6 +182,8 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("store_queue", &self.store_queue)
             .field("node_id", &self.node_id)
+            .field("operator", &self.operator)
+            .field("event_delivery", &self.event_delivery)
             .finish()
     }
 }
@@ -203,18 +213,24 @@ impl Default for ApiSettings {
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             store_queue: DEFAULT_STORE_QUEUE,
             node_id: None,
+            operator: crate::operator::OperatorSettings::default(),
+            event_delivery: crate::operator::delivery::DeliveryPolicy::default(),
         }
     }
 }
 
 impl ApiSettings {
     /// Reads the settings from the environment only, through `lookup` (a variable name → its
-    /// value), so tests need not touch the process environment. Empty values count as unset.
+    /// value), so tests need not touch the process environment, `[operator]` included. Empty
+    /// values count as unset.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first bad variable.
     pub fn from_lookup(lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        ApiSettings::from_values(&Values::from_lookup(lookup))
+        let v = Values::from_lookup(lookup);
+        let mut s = ApiSettings::from_values(&v)?;
+        s.operator = crate::operator::OperatorSettings::from_values(&v)?;
+        Ok(s)
     }
 
     /// Parses sections `twilio`, `api` and `records` (and `server.public_url`,
@@ -377,6 +393,27 @@ mod tests {
         assert_eq!(s.call_period(), Duration::from_secs(1));
         assert_eq!(s.token_ttl_s, 3600);
         assert_eq!(s.twilio_api_base, "https://api.twilio.com");
+    }
+
+    #[test]
+    fn the_operator_section_is_read_too() {
+        let s = settings(&[
+            ("HARK_OPERATOR_SECRET", "0123456789abcdef0123"),
+            ("HARK_EVENTS_URL", "http://127.0.0.1:9/events"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s.operator.events_url.as_deref(),
+            Some("http://127.0.0.1:9/events")
+        );
+        assert!(!format!("{s:?}").contains("0123456789abcdef0123"));
+        assert_eq!(
+            var_of(settings(&[(
+                "HARK_EVENTS_URL",
+                "http://127.0.0.1:9/events"
+            )])),
+            "HARK_OPERATOR_SECRET"
+        );
     }
 
     #[test]

@@ -103,6 +103,11 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_DATABASE_URL", "records.database_url"),
     s("HARK_STORE_QUEUE", "records.store_queue"),
     s("HARK_NODE_ID", "records.node_id"),
+    // operator: hark's signed requests to the operator's backend.
+    s("HARK_OPERATOR_SECRET", "operator.secret"),
+    s("HARK_EVENTS_URL", "operator.events_url"),
+    s("HARK_CONTEXT_URL", "operator.context_url"),
+    s("HARK_CONTEXT_TIMEOUT_MS", "operator.context_timeout_ms"),
     // agent: which agent answers, and each agent's settings.
     s("HARK_AGENT", "agent.kind"),
     s("OPENAI_API_KEY", "openai.api_key"),
@@ -149,6 +154,13 @@ pub const SETTINGS: &[Setting] = &[
     l("HARK_TRANSFER_ALLOW", "agent.cascade.transfer_allow", ','),
     s("HARK_FILLER_TEXT", "agent.cascade.filler_text"),
     s("HARK_FILLER_AFTER_MS", "agent.cascade.filler_after_ms"),
+    s("HARK_IDLE_REPROMPT_MS", "agent.cascade.idle_reprompt_ms"),
+    s(
+        "HARK_IDLE_REPROMPT_TEXT",
+        "agent.cascade.idle_reprompt_text",
+    ),
+    s("HARK_IDLE_HANGUP_MS", "agent.cascade.idle_hangup_ms"),
+    s("HARK_IDLE_GOODBYE_TEXT", "agent.cascade.idle_goodbye_text"),
     s("HARK_RETRY_MAX", "agent.cascade.retry_max"),
     s("HARK_RETRY_BUDGET_MS", "agent.cascade.retry_budget_ms"),
     s("HARK_RETRY_BACKOFF_MS", "agent.cascade.retry_backoff_ms"),

@@ -20,6 +20,7 @@
 //!   agents' ([`crate::agents::AgentSettings::from_values`], `agent.*`, `openai`).
 
 pub mod keys;
+pub mod tools;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -192,6 +193,8 @@ pub struct Config {
     /// The gateway API's settings (`[twilio]`, `[api]`, `[records]`), which `hark serve`
     /// builds its [`crate::api::ApiState`] from.
     pub api: ApiSettings,
+    /// The operator's backend (`[operator]`): signing secret, events and context URLs.
+    pub operator: crate::operator::OperatorSettings,
 }
 
 impl Default for Config {
@@ -212,6 +215,7 @@ impl Default for Config {
             limits: crate::conns::Limits::default(),
             call: CallConfig::default(),
             api: ApiSettings::default(),
+            operator: crate::operator::OperatorSettings::default(),
         }
     }
 }
@@ -315,8 +319,10 @@ impl Config {
     fn parse(v: &Values) -> Result<Config, ConfigError> {
         let mut c = Config {
             api: ApiSettings::from_values(v)?,
+            operator: crate::operator::OperatorSettings::from_values(v)?,
             ..Config::default()
         };
+        c.api.operator = c.operator.clone();
         c.public_url.clone_from(&c.api.public_url);
         c.twilio_auth_token.clone_from(&c.api.auth_token);
         c.twilio_phone_number.clone_from(&c.api.phone_number);

@@ -28,6 +28,9 @@ pub struct Values {
     map: HashMap<&'static str, Raw>,
     /// The file the lines of file values are in, as shown in errors.
     file: Option<String>,
+    /// The file's `[[tools]]` (only in the file), and where the path came from.
+    tools: Vec<super::tools::ToolEntry>,
+    tools_var: &'static str,
 }
 
 /// A key in the configuration file that hark does not read (logged as a warning).
@@ -51,7 +54,10 @@ impl Values {
                 map.insert(s.var, Raw { text, line: None });
             }
         }
-        Values { map, file: None }
+        Values {
+            map,
+            ..Values::default()
+        }
     }
 
     /// The values of a TOML document `text` read from `path` (shown in errors), and the keys
@@ -84,6 +90,8 @@ impl Values {
         let values = Values {
             map: walk.map,
             file: Some(path.to_string()),
+            tools: super::tools::parse(var, path, text)?,
+            tools_var: var,
         };
         Ok((values, walk.unknown))
     }
@@ -91,6 +99,12 @@ impl Values {
     /// Puts `top`'s values over these (the environment over the file).
     pub fn overlay(&mut self, top: Values) {
         self.map.extend(top.map);
+    }
+
+    /// The file's `[[tools]]`, and the name errors about them carry (where the file's path
+    /// came from: `--config`, `HARK_CONFIG`, `hark.toml`).
+    pub fn tools(&self) -> (&[super::tools::ToolEntry], &'static str) {
+        (&self.tools, self.tools_var)
     }
 
     /// The value of `var` as given (not trimmed); `None` when unset or blank.
@@ -266,6 +280,8 @@ impl Walk<'_> {
                         );
                     }
                 }
+                // `[[tools]]`: read whole by `tools::parse`.
+                (None, DeValue::Array(_)) if key == "tools" => {}
                 (None, DeValue::Table(inner)) => self.table(inner, &key)?,
                 (None, _) => self.unknown.push(UnknownKey {
                     nearest: keys::nearest_key(&key),

@@ -140,7 +140,7 @@ fn check_media_stream_signature(st: &AppState, headers: &HeaderMap, uri: &Uri) -
 }
 
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
-    let agent = match st.config.agent_settings.build() {
+    let agent = match (st.agents)(&crate::serve::AgentContext::new(&st.config)) {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "cannot build the agent: call refused");

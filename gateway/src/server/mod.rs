@@ -12,7 +12,7 @@
 //!
 //! | file | job |
 //! |---|---|
-//! | `mod.rs` | [`AppState`], the [`router`], [`serve`]: the accept loop with its limits ([`crate::conns`]) and the shutdown sequence |
+//! | `mod.rs` | [`AppState`] (with the calls' [`crate::serve::AgentFactory`]), the [`router`], [`serve`]: the accept loop with its limits ([`crate::conns`]) and the shutdown sequence |
 //! | `voice.rs` | `/voice`: signature check, TwiML |
 //! | `media.rs` | `/media-stream`: the upgrade's signature policy, then each call's life (`run_call`) |
 //! | `transfer.rs` | redirecting a call for a transfer (Twilio REST call update) |
@@ -58,6 +58,8 @@ pub struct AppState {
     conns: Arc<crate::conns::Connections>,
     /// `true` stops every live call (after the shutdown timeout).
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Builds each call's agent (the configured agent unless a program gave its own).
+    agents: crate::serve::AgentFactory,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,7 +77,7 @@ impl AppState {
     /// # Errors
     /// An I/O error if the worker threads cannot start.
     pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
-        Self::build(config, None)
+        Self::with_agents(config, None, crate::serve::configured_agents())
     }
 
     /// State for `config` with the gateway API (tokens, outbound calls, callbacks, records,
@@ -85,10 +87,19 @@ impl AppState {
     /// # Errors
     /// An I/O error if the worker threads cannot start.
     pub fn with_api(config: Config, api: Arc<crate::api::ApiState>) -> std::io::Result<Arc<Self>> {
-        Self::build(config, Some(api))
+        Self::with_agents(config, Some(api), crate::serve::configured_agents())
     }
 
-    fn build(config: Config, api: Option<Arc<crate::api::ApiState>>) -> std::io::Result<Arc<Self>> {
+    /// State for `config`, with the gateway API when given, whose calls get their agents from
+    /// `agents` (see [`crate::serve::Hark::agents`]).
+    ///
+    /// # Errors
+    /// An I/O error if the worker threads cannot start.
+    pub fn with_agents(
+        config: Config,
+        api: Option<Arc<crate::api::ApiState>>,
+        agents: crate::serve::AgentFactory,
+    ) -> std::io::Result<Arc<Self>> {
         let pool = CallPool::new(config.workers)?;
         let validator = config.twilio_auth_token.as_ref().map(Validator::new);
         // Install the recorder before the first call records anything.
@@ -103,6 +114,7 @@ impl AppState {
             http: hark_engine::io::http::Client::default(),
             conns: Arc::new(crate::conns::Connections::default()),
             shutdown: tokio::sync::watch::Sender::new(false),
+            agents,
         }))
     }
 

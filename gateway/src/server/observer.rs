@@ -1,4 +1,6 @@
-//! The call observer: turns a call's events into logs, metrics and the call record.
+//! The call observer: turns a call's events into logs, metrics and the call record (and,
+//! through the record, the call events for the operator's backend: `call.started` with the
+//! stream's start, `turn.ended` per finished turn, `call.ended` with the summary).
 
 use std::time::Duration;
 
@@ -22,9 +24,15 @@ pub(super) struct CallObserver {
 }
 
 impl CallObserver {
-    pub(super) fn record_turn(&self, turn: Option<crate::api::TurnRow>) {
+    /// Records a turn: `ended`, a turn that is over (its `turn.ended` event goes with it);
+    /// otherwise news of a turn still going on.
+    pub(super) fn record_turn(&self, turn: Option<crate::api::TurnRow>, ended: bool) {
         if let (Some(t), Some(rec), Some(sid)) = (turn, &self.recorder, &self.call_sid) {
-            rec.turn(sid, t);
+            if ended {
+                rec.turn_ended(sid, t);
+            } else {
+                rec.turn(sid, t);
+            }
         }
     }
 
@@ -32,13 +40,13 @@ impl CallObserver {
     /// loses at most the store's commit lag (`api::turns::TurnLog::take_update`).
     pub(super) fn record_open_turn(&mut self) {
         let update = self.turns.take_update();
-        self.record_turn(update);
+        self.record_turn(update, false);
     }
 
-    /// The stream ended at media time `end_ms`: the last turns go to the record.
+    /// The stream ended at media time `end_ms`: the last turns go to the record, as over.
     pub(super) fn finish_turns(&mut self, end_ms: u64) {
         for t in self.turns.finish(end_ms) {
-            self.record_turn(Some(t));
+            self.record_turn(Some(t), true);
         }
     }
 
@@ -56,7 +64,7 @@ impl hark_engine::io::Observer for CallObserver {
     fn event(&mut self, call: &Call, event: &Event) {
         // The record: a fold over the events, which name their caller turn.
         let done = self.turns.apply(event);
-        self.record_turn(done);
+        self.record_turn(done, true);
         match event {
             Event::Started(info) => {
                 let span = tracing::Span::current();

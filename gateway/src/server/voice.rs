@@ -113,7 +113,8 @@ pub(super) async fn voice(
             None,
         );
     }
-    for name in ["CallSid", "From", "To"]
+    // `Direction` (inbound, outbound-api, …) for the operator's per-call context.
+    for name in ["CallSid", "From", "To", "Direction"]
         .into_iter()
         .chain(st.config.stream_params.iter().map(String::as_str))
     {

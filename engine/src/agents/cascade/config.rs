@@ -130,6 +130,8 @@ pub struct ToolsConfig {
     pub transfer_call: bool,
     /// When not empty, `transfer_call` only accepts these numbers (E.164 or `sip:` URIs).
     pub transfer_allow: Vec<String>,
+    /// The operator's own tools, POSTed to its backend (offered beside the two above).
+    pub http: crate::agents::http_tools::HttpTools,
 }
 
 /// Bounded retries of failed provider requests.
@@ -168,6 +170,10 @@ pub struct CascadeConfig {
     /// A `<Parameter>` of this name overrides the greeting (default `greeting`; empty
     /// disables).
     pub greeting_param: String,
+    /// Ask the operator's backend for this call's prompt, greeting, variables, voice, tools
+    /// and language when the stream starts ([`crate::agents::context`]); the greeting waits
+    /// for the answer at most its timeout. `None`: the settings above for every call.
+    pub context: Option<crate::agents::context::ContextConfig>,
     /// Spoken when a turn cannot be answered (providers down after retries). Rendered once when
     /// the call starts, so it plays even if TTS is down later; if TTS is already down then, a
     /// short synthesized chime plays instead (never dead air).
@@ -188,6 +194,21 @@ pub struct CascadeConfig {
     /// behind it, early enough that it is heard within a 2 s budget (the way to the phone is
     /// 15–40 ms over loopback). Deferred while the caller is talking again.
     pub filler_after_ms: u64,
+    /// Caller silence before the agent prompts again, ms, counted from when the agent's last
+    /// utterance finished playing with no caller turn under way; a caller who starts speaking
+    /// (or presses a key) starts the count over. At most one re-prompt per silence. `None`
+    /// (the default here; the gateway's default is [`IDLE_REPROMPT_MS`]): never.
+    pub idle_reprompt_ms: Option<u64>,
+    /// What the re-prompt says. `None` or empty (the default): the model is told the caller
+    /// has been silent (a user message) and re-prompts in its own words.
+    pub idle_reprompt_text: Option<String>,
+    /// Caller silence after which the agent says [`CascadeConfig::idle_goodbye_text`] and
+    /// hangs up (reason `idle`), ms from the same point as `idle_reprompt_ms`; must be longer
+    /// than it. `None` (the default here; the gateway's default is [`IDLE_HANGUP_MS`]): never.
+    pub idle_hangup_ms: Option<u64>,
+    /// Said before an idle hang-up; `None` (the default): [`CascadeConfig::goodbye_text`].
+    /// Empty: hang up without a word.
+    pub idle_goodbye_text: Option<String>,
     /// Tools.
     pub tools: ToolsConfig,
     /// Retries.
@@ -205,6 +226,13 @@ pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful voice assistant on a 
 Answer briefly in plain spoken sentences: no lists, no markdown, no emoji. \
 If the caller wants to end the call, say a short goodbye and call end_call. \
 If the caller asks for a person or another department, call transfer_call.";
+
+/// The suggested caller silence before a re-prompt, ms (the gateway's default for
+/// [`CascadeConfig::idle_reprompt_ms`]).
+pub const IDLE_REPROMPT_MS: u64 = 8_000;
+/// The suggested caller silence before an idle hang-up, ms (the gateway's default for
+/// [`CascadeConfig::idle_hangup_ms`]).
+pub const IDLE_HANGUP_MS: u64 = 20_000;
 
 /// The default filler phrase.
 pub const DEFAULT_FILLER: &str = "One moment.";
@@ -240,6 +268,7 @@ impl Default for CascadeConfig {
             system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
             system_prompt_param: "systemPrompt".into(),
             greeting: Some("Hello! How can I help you today?".into()),
+            context: None,
             greeting_param: "greeting".into(),
             fallback_text: "Sorry, I'm having trouble right now. Could you say that again?".into(),
             goodbye_text: "Goodbye!".into(),
@@ -249,10 +278,15 @@ impl Default for CascadeConfig {
                     .into(),
             filler_text: Some(DEFAULT_FILLER.into()),
             filler_after_ms: 1_800,
+            idle_reprompt_ms: None,
+            idle_reprompt_text: None,
+            idle_hangup_ms: None,
+            idle_goodbye_text: None,
             tools: ToolsConfig {
                 end_call: true,
                 transfer_call: true,
                 transfer_allow: Vec::new(),
+                http: Default::default(),
             },
             retry: RetryPolicy {
                 max_retries: 2,
@@ -323,11 +357,36 @@ impl CascadeConfig {
                 return bad(format!("{name} of {v} ms is too short (at least 50)"));
             }
         }
+        self.tools.http.validate().map_err(CascadeError::Config)?;
         if !(100..=60_000).contains(&self.filler_after_ms) {
             return bad(format!(
                 "filler delay of {} ms is outside 100..=60000",
                 self.filler_after_ms
             ));
+        }
+        self.validate_idle()
+    }
+
+    /// The idle settings: each within 1 s..=1 h, the hang-up after the re-prompt.
+    fn validate_idle(&self) -> Result<(), CascadeError> {
+        for (name, v) in [
+            ("idle re-prompt", self.idle_reprompt_ms),
+            ("idle hang-up", self.idle_hangup_ms),
+        ] {
+            if let Some(v) = v
+                && !(1_000..=3_600_000).contains(&v)
+            {
+                return Err(CascadeError::Config(format!(
+                    "{name} delay of {v} ms is outside 1000..=3600000"
+                )));
+            }
+        }
+        if let (Some(r), Some(h)) = (self.idle_reprompt_ms, self.idle_hangup_ms)
+            && h <= r
+        {
+            return Err(CascadeError::Config(format!(
+                "idle hang-up delay ({h} ms) must be longer than the idle re-prompt delay ({r} ms)"
+            )));
         }
         Ok(())
     }
@@ -377,5 +436,22 @@ mod tests {
         let mut c = CascadeConfig::default();
         c.llm.stall_ms = 0;
         assert!(c.validate().unwrap_err().to_string().contains("llm stall"));
+        let c = CascadeConfig {
+            idle_reprompt_ms: Some(500),
+            ..CascadeConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("re-prompt"));
+        let c = CascadeConfig {
+            idle_reprompt_ms: Some(9_000),
+            idle_hangup_ms: Some(9_000),
+            ..CascadeConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("longer"));
+        let c = CascadeConfig {
+            idle_reprompt_ms: None,
+            idle_hangup_ms: Some(5_000),
+            ..CascadeConfig::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

@@ -16,7 +16,10 @@
 //!
 //! The greeting ([`CascadeConfig::greeting`], or the `greeting` `<Parameter>`) is spoken the same
 //! way when the stream starts. The system prompt comes from the settings or a `systemPrompt`
-//! `<Parameter>`.
+//! `<Parameter>`. With [`CascadeConfig::context`], the operator's backend is asked first and its
+//! answer wins (prompt, greeting, variables, voice, tools, language); the greeting waits for it
+//! at most the context timeout, then the defaults apply. `{{name}}` placeholders in prompts and
+//! greetings are filled from the answer's variables and the call's `<Parameter>`s.
 //!
 //! ## Interruptions
 //! - **Barge-in** ([`Agent::on_barge_in`]): every in-flight LLM and TTS request of the speaking
@@ -35,6 +38,14 @@
 //! Completions API expects: an assistant message with `tool_calls`, then one `tool` message per
 //! call. An invalid or unknown call gets an error result and one more round (at most
 //! [`CascadeConfig::max_tool_rounds`]). A barge-in on the goodbye does not cancel the hang-up.
+//!
+//! The operator's own tools ([`ToolsConfig::http`], [`crate::agents::http_tools`]) are offered
+//! beside them. A call is checked against its JSON Schema and POSTed (signed); the round's
+//! result holds a placeholder until the answer, a fault or the tool's timeout fills it, then
+//! the model gets the next round. A slow tool says its filler after 1 s (not over a talking
+//! caller). The runs belong to the agent, not the turn: a barge-in during one does not lose
+//! its result (it fills the history's placeholder), and no chat request starts while one is
+//! out (a tool result must follow its call).
 //!
 //! ## Provider faults
 //! 401/403, 429 (`retry-after-ms`/`Retry-After` honoured), 408/409/5xx, connect errors, an
@@ -61,6 +72,18 @@
 //! last 800 ms), it is reported as heard, and it never enters the history. With
 //! the stage deadlines this bounds the silence after a turn under any single fault: the filler
 //! by `filler_after_ms`, then a retry's answer or the fallback.
+//!
+//! ## A silent caller, keys
+//! After [`CascadeConfig::idle_reprompt_ms`] of caller silence once the agent has finished
+//! (its last utterance played out, nothing being answered), the agent prompts again — with
+//! [`CascadeConfig::idle_reprompt_text`], or in the model's words after a user message saying
+//! the caller has been silent — once per silence; after [`CascadeConfig::idle_hangup_ms`] (from
+//! the same point) it says [`CascadeConfig::idle_goodbye_text`] and, once that has played,
+//! [`Action::Hangup`] with reason `idle`. The caller starting to speak or pressing a key starts
+//! the count over; a barge-in on the goodbye calls the hang-up off. DTMF digits
+//! ([`Agent::on_dtmf`]) pressed within 1.5 s of each other (`#` sends at once) reach the model as
+//! one user message, `(The caller pressed 12 on the keypad.)`: a turn of their own, or joined
+//! to the turn being transcribed or thought about, as speech would be.
 //!
 //! ## Telemetry
 //! [`AgentReport::Latency`] per turn: [`Stage::Stt`] (turn end → transcript),
@@ -104,7 +127,9 @@
 //! | `retry.rs` | `Attempt`, fault classes and the one fault path |
 //! | `pipes.rs` | open provider pipes and their first/stall deadlines |
 //! | `fallback.rs` | the fallback and filler phrases, rendered ahead; the chime |
-//! | `tools.rs` | `end_call`, `transfer_call` |
+//! | `tools.rs` | `end_call`, `transfer_call`, and runs of the operator's HTTP tools |
+//! | `idle.rs` | a silent caller (re-prompt, goodbye, hang-up); keys pressed as the caller's words |
+//! | `context_use.rs` | this call's context (the operator's answer or the defaults), then the greeting |
 //! | `config.rs` | the settings ([`CascadeConfig`]) |
 //! | `wire.rs` | the OpenAI-compatible requests and stream events |
 //! | `text.rs` | sentence splitting; text shares of audio and of what was heard |
@@ -112,8 +137,10 @@
 
 pub mod audio;
 pub mod config;
+mod context_use;
 mod fallback;
 mod history;
+mod idle;
 mod pipes;
 mod retry;
 pub mod text;
@@ -135,6 +162,8 @@ use crate::agent::{
     Action, Agent, AgentNeeds, AgentReport, AudioFrame, CallInfo, FaultKind, HttpRequest, PeerId,
     ProviderEvent, ProviderFault, ProviderMessage, UserTurn,
 };
+use crate::agents::context;
+use crate::agents::http_tools::CallFacts;
 use crate::playout::{Interrupted, UtteranceId};
 use fallback::{Phrase, PhraseKind};
 use history::Committed;
@@ -184,6 +213,16 @@ pub struct CascadeAgent {
     caller_speaking: bool,
     /// The last inbound frame the VAD called voiced.
     caller_voiced_at: Option<Instant>,
+    /// The operator's tools out over HTTP.
+    tool_runs: Vec<tools::ToolRun>,
+    /// A tool with `end_call_after` answered: the next complete answer ends the call.
+    end_after: Option<String>,
+    /// The call's facts, for tool requests.
+    facts: CallFacts,
+    /// The variables of this call's context.
+    variables: std::collections::BTreeMap<String, String>,
+    /// The caller's silence and keys ([`idle`]).
+    idle: idle::Idle,
 }
 
 impl std::fmt::Debug for CascadeAgent {
@@ -233,6 +272,11 @@ impl CascadeAgent {
             stopped: false,
             caller_speaking: false,
             caller_voiced_at: None,
+            tool_runs: Vec::new(),
+            end_after: None,
+            facts: CallFacts::default(),
+            variables: std::collections::BTreeMap::new(),
+            idle: idle::Idle::default(),
         })
     }
 
@@ -298,6 +342,12 @@ impl CascadeAgent {
                 stall_ms: c.tts.stall_ms,
                 waiting_for: "audio",
             },
+            // Tool runs and the context open with their own timeout.
+            Pipe::Tool | Pipe::Context => Wait {
+                first_ms: c.request_timeout_ms,
+                stall_ms: c.request_timeout_ms,
+                waiting_for: "the tool's answer",
+            },
         };
         self.pipes.open(now, role, wait, req, out)
     }
@@ -310,6 +360,8 @@ impl CascadeAgent {
             self.turn.as_ref().and_then(Turn::poll_timeout),
             self.utterances_poll_timeout(),
             self.phrases_poll_timeout(),
+            self.tools_poll_timeout(),
+            self.idle_poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -320,6 +372,35 @@ impl CascadeAgent {
         if let Some(t) = self.poll_timeout() {
             out.push(Action::WakeAt(t));
         }
+    }
+
+    /// The end of every event: the caller's silence looked at ([`idle`]), the timer armed.
+    fn settle(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.idle_settle(now, out);
+        self.arm(out);
+    }
+
+    /// Whether a new caller turn joins the current one: its answer has no audio yet (and
+    /// decided no hang-up or transfer), so it starts over with both texts.
+    fn may_restart(&self) -> bool {
+        self.turn.as_ref().is_some_and(|t| {
+            t.answer
+                .and_then(|u| self.utt_ix(u))
+                .is_none_or(|i| !self.utterances[i].started)
+                && t.after.is_none()
+        })
+    }
+
+    /// When the filler of a caller turn ending `now` is due, and how long it may wait for a
+    /// talking caller (`None` without a filler).
+    fn filler_times(&self, now: Instant) -> (Option<Instant>, Option<Instant>) {
+        let filler_at = self
+            .cfg
+            .filler_text
+            .as_deref()
+            .is_some_and(|f| !f.trim().is_empty())
+            .then(|| now + ms(self.cfg.filler_after_ms));
+        (filler_at, filler_at.map(|t| t + ms(FILLER_MAX_DEFER_MS)))
     }
 
     /// Utterances still being generated (a greeting, an answer) stop when the caller takes the
@@ -389,6 +470,14 @@ impl CascadeAgent {
                 let t = String::from_utf8_lossy(&b).into_owned();
                 self.on_llm_message(now, peer, &t, out)
             }
+            (Pipe::Tool, ProviderMessage::Text(t)) => {
+                self.on_tool_answer(now, peer, t.as_bytes(), out)
+            }
+            (Pipe::Tool, ProviderMessage::Binary(b)) => self.on_tool_answer(now, peer, &b, out),
+            (Pipe::Context, ProviderMessage::Text(t)) => {
+                self.on_context(now, peer, Ok(t.as_bytes()), out)
+            }
+            (Pipe::Context, ProviderMessage::Binary(b)) => self.on_context(now, peer, Ok(&b), out),
         }
     }
 
@@ -408,6 +497,14 @@ impl CascadeAgent {
             Pipe::Llm { .. } => self.on_llm_closed(now, peer, out),
             Pipe::Tts { utt, sid } => self.on_tts_closed(now, utt, sid, out),
             Pipe::Phrase(k) => self.on_phrase_closed(now, k, out),
+            Pipe::Tool => {
+                let f = ProviderFault::new(FaultKind::Dropped, "no answer body");
+                self.on_tool_failed(now, peer, &f, out);
+            }
+            Pipe::Context => {
+                let f = ProviderFault::new(FaultKind::Dropped, "no answer body");
+                self.on_context(now, peer, Err(&f), out);
+            }
         }
     }
 }
@@ -432,48 +529,43 @@ impl Agent for CascadeAgent {
         }
     }
 
-    fn on_user_speech_start(&mut self, now: Instant, _media_ms: u64, _out: &mut Vec<Action>) {
+    fn on_user_speech_start(&mut self, now: Instant, _media_ms: u64, out: &mut Vec<Action>) {
         self.caller_speaking = true;
         self.caller_voiced_at = Some(now);
+        self.settle(now, out);
     }
 
     fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>) {
         self.start_at = Some(now);
-        let param = |name: &str| -> Option<String> {
-            if name.is_empty() {
-                return None;
-            }
-            info.parameters
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+        self.facts = CallFacts {
+            call_sid: info.call_sid.clone(),
+            stream_sid: info.stream_sid.clone(),
+            parameters: info.parameters.clone(),
         };
-        if let Some(p) = param(&self.cfg.system_prompt_param) {
-            self.system_prompt = p;
-        }
-        let greeting = param(&self.cfg.greeting_param)
-            .or_else(|| self.cfg.greeting.clone())
-            .filter(|g| !g.trim().is_empty());
-        if let Some(g) = greeting {
-            self.say(now, Owner::Greeting, &g, out);
+        match self.cfg.context.clone() {
+            // The greeting waits for the backend's answer, at most its timeout.
+            Some(c) => {
+                let wait = Wait {
+                    first_ms: c.timeout_ms,
+                    stall_ms: c.timeout_ms,
+                    waiting_for: "the context",
+                };
+                let req = context::request(&c, &self.facts);
+                self.pipes.open(now, Pipe::Context, wait, req, out);
+            }
+            None => self.begin(now, None, out),
         }
         self.start_phrase(now, PhraseKind::Fallback, out);
-        self.arm(out);
+        self.settle(now, out);
     }
 
     fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
         self.caller_speaking = false;
         if self.stopped || turn.audio.is_empty() {
+            self.settle(now, out);
             return;
         }
-        let filler_at = self
-            .cfg
-            .filler_text
-            .as_deref()
-            .is_some_and(|f| !f.trim().is_empty())
-            .then(|| now + ms(self.cfg.filler_after_ms));
-        let filler_cap = filler_at.map(|t| t + ms(FILLER_MAX_DEFER_MS));
+        let filler = self.filler_times(now);
         let wav = match audio::wav_16k(&turn.audio, turn.rate) {
             Ok(w) => w,
             Err(e) => {
@@ -485,23 +577,20 @@ impl Agent for CascadeAgent {
                         detail: format!("cannot encode the utterance: {e}"),
                     },
                 );
+                self.settle(now, out);
                 return;
             }
         };
         // The current answer has no audio yet (and decided no hang-up or transfer): it starts
         // over with both texts.
-        let restart = self.turn.as_ref().is_some_and(|t| {
-            t.answer
-                .and_then(|u| self.utt_ix(u))
-                .is_none_or(|i| !self.utterances[i].started)
-                && t.after.is_none()
-        });
+        let restart = self.may_restart();
         self.stop_other_utterances(now, restart, out);
-        self.take_turn(now, wav, (filler_at, filler_cap), restart, out);
-        self.arm(out);
+        self.take_turn(now, wav, filler, restart, out);
+        self.settle(now, out);
     }
 
-    fn on_barge_in(&mut self, _now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
+    fn on_barge_in(&mut self, now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
+        self.idle_barge_in();
         // Every utterance that has audio is cut: stop generating it and commit what was said.
         let speaking: Vec<UtteranceId> = self
             .utterances
@@ -526,11 +615,22 @@ impl Agent for CascadeAgent {
         self.forget_committed(heard.id, &heard.dropped);
         // A decided hang-up or transfer still happens.
         out.extend(afters.into_iter().map(turn::After::action));
-        self.arm(out);
+        self.settle(now, out);
     }
 
-    fn on_played(&mut self, _now: Instant, id: UtteranceId, out: &mut Vec<Action>) {
+    fn on_played(&mut self, now: Instant, id: UtteranceId, out: &mut Vec<Action>) {
         self.played(id, out);
+        self.idle_played(id, out);
+        self.settle(now, out);
+    }
+
+    /// Keys go to the model as the caller's words (see the module docs).
+    fn on_dtmf(&mut self, now: Instant, digit: &str, out: &mut Vec<Action>) {
+        if self.stopped {
+            return;
+        }
+        self.on_key(now, digit, out);
+        self.settle(now, out);
     }
 
     fn on_provider(&mut self, now: Instant, event: ProviderEvent, out: &mut Vec<Action>) {
@@ -556,6 +656,12 @@ impl Agent for CascadeAgent {
                 self.pipes.ended(peer);
                 self.on_closed(now, peer, role, out);
             }
+            ProviderEvent::Failed { fault: f, .. } if role == Pipe::Tool => {
+                self.on_tool_failed(now, peer, &f, out);
+            }
+            ProviderEvent::Failed { fault: f, .. } if role == Pipe::Context => {
+                self.on_context(now, peer, Err(&f), out);
+            }
             ProviderEvent::Failed { fault: f, .. } => {
                 self.pipes.ended(peer);
                 let ours = match role {
@@ -565,14 +671,14 @@ impl Agent for CascadeAgent {
                         .map(|s| s.attempt.peer = None)
                         .is_some(),
                     Pipe::Llm { .. } => self.is_chat_pipe(peer),
-                    Pipe::Tts { .. } | Pipe::Phrase(_) => true,
+                    Pipe::Tts { .. } | Pipe::Phrase(_) | Pipe::Tool | Pipe::Context => true,
                 };
                 if ours {
                     self.fault(now, role, f, out);
                 }
             }
         }
-        self.arm(out);
+        self.settle(now, out);
     }
 
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -587,7 +693,11 @@ impl Agent for CascadeAgent {
             {
                 s.attempt.peer = None;
             }
-            if !matches!(role, Pipe::Llm { .. }) || self.is_chat_pipe(peer) {
+            if role == Pipe::Tool {
+                self.on_tool_failed(now, peer, &f, out);
+            } else if role == Pipe::Context {
+                self.on_context(now, peer, Err(&f), out);
+            } else if !matches!(role, Pipe::Llm { .. }) || self.is_chat_pipe(peer) {
                 self.fault(now, role, f, out);
             }
         }
@@ -596,7 +706,9 @@ impl Agent for CascadeAgent {
         self.retry_sentences(now, out);
         self.retry_phrases(now, out);
         self.maybe_filler(now, out);
-        self.arm(out);
+        self.tool_fillers(now, out);
+        self.idle_timeout(now, out);
+        self.settle(now, out);
     }
 
     /// The model was told the transfer is under way: tell it (a system message) and the
@@ -613,7 +725,7 @@ impl Agent for CascadeAgent {
         if !text.trim().is_empty() {
             self.say(now, Owner::Notice, &text, out);
         }
-        self.arm(out);
+        self.settle(now, out);
     }
 
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {

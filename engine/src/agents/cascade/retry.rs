@@ -163,6 +163,9 @@ impl CascadeAgent {
                 Phrase::Rendering { attempt, .. } => Some(attempt),
                 _ => None,
             },
+            // Tool runs are not retried (their faults are results for the model), nor is the
+            // context (its deadline is the greeting's).
+            Pipe::Tool | Pipe::Context => None,
         }
     }
 
@@ -195,6 +198,7 @@ impl CascadeAgent {
                     self.render_phrase(now, k, out);
                 }
             }
+            Pipe::Tool | Pipe::Context => {}
         }
     }
 
@@ -208,6 +212,7 @@ impl CascadeAgent {
                 *self.phrase_mut(k) = Phrase::Chime;
                 self.phrase_settled(now, k, out);
             }
+            Pipe::Tool | Pipe::Context => {}
         }
     }
 

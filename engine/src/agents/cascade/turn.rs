@@ -105,6 +105,9 @@ pub(super) struct Turn {
     pub filler_at: Option<Instant>,
     /// The latest time the filler may be deferred to for a caller who is talking again.
     pub filler_cap: Option<Instant>,
+    /// The last round called the operator's tools: the next round starts once every run has
+    /// ended (and every transcription is in).
+    pub awaiting_tools: bool,
 }
 
 impl Turn {
@@ -127,6 +130,8 @@ struct RoundEnd {
     after: Option<After>,
     /// A tool call failed: the model gets another round.
     more: bool,
+    /// The operator's tools are running: another round once they have answered.
+    awaiting: bool,
     /// The model wrote something this round.
     said: bool,
 }
@@ -151,12 +156,51 @@ impl CascadeAgent {
             deltas: String::new(),
             text: None,
         };
+        self.join_turn(now, seg, filler, restart, out);
+        self.start_stt(now, seg_id, out);
+    }
+
+    /// As [`CascadeAgent::take_turn`], with caller text that needs no STT (keys pressed, a
+    /// note on the caller's silence): the chat starts once the turn's other audio (if any) is
+    /// transcribed.
+    pub(super) fn take_text_turn(
+        &mut self,
+        now: Instant,
+        text: String,
+        filler: (Option<Instant>, Option<Instant>),
+        restart: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let seg = Transcription {
+            id: self.id(),
+            wav: Vec::new(),
+            end_at: now,
+            attempt: Attempt::new(now),
+            deltas: String::new(),
+            text: Some(text),
+        };
+        self.join_turn(now, seg, filler, restart, out);
+        self.maybe_start_llm(now, out);
+    }
+
+    /// Starts a turn with `seg`, or (`restart`) adds it to the current one.
+    fn join_turn(
+        &mut self,
+        now: Instant,
+        seg: Transcription,
+        filler: (Option<Instant>, Option<Instant>),
+        restart: bool,
+        out: &mut Vec<Action>,
+    ) {
         let (filler_at, filler_cap) = filler;
         if restart && let Some(t) = self.turn.as_mut() {
             // Still thinking: cancel the answer, transcribe the new audio, answer both.
             t.chat = None;
             let llm = t.llm.stop();
-            t.rounds.clear();
+            if !t.awaiting_tools {
+                // Rounds waiting for tool answers stay: the answer uses both texts and them.
+                t.rounds.clear();
+            }
             t.ttft_reported = false;
             let answer = t.answer.take();
             t.transcriptions.push(seg);
@@ -189,9 +233,9 @@ impl CascadeAgent {
                 after: None,
                 filler_at,
                 filler_cap,
+                awaiting_tools: false,
             });
         }
-        self.start_stt(now, seg_id, out);
     }
 
     pub(super) fn close_turn_pipes(&mut self, turn: &Turn, out: &mut Vec<Action>) {
@@ -232,7 +276,7 @@ impl CascadeAgent {
     }
 
     /// The current turn's answer, created on first use.
-    fn answer_utterance(&mut self) -> Option<UtteranceId> {
+    pub(super) fn answer_utterance(&mut self) -> Option<UtteranceId> {
         let tid = self.turn.as_ref()?.id;
         if let Some(u) = self.turn.as_ref().and_then(|t| t.answer) {
             return Some(u);
@@ -380,12 +424,20 @@ impl CascadeAgent {
         }
     }
 
-    /// Starts the LLM once every transcription of the turn is done.
-    fn maybe_start_llm(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Starts the LLM once every transcription of the turn is done and no tool run is out
+    /// (a tool call's result must follow it in the request): the turn's first round, or the
+    /// round after its tool calls.
+    pub(super) fn maybe_start_llm(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.tool_runs.is_empty() {
+            return;
+        }
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
-        if turn.llm.peer.is_some() || turn.llm.retry_at.is_some() || !turn.rounds.is_empty() {
+        if turn.llm.peer.is_some()
+            || turn.llm.retry_at.is_some()
+            || (!turn.rounds.is_empty() && !turn.awaiting_tools)
+        {
             return;
         }
         if turn.transcriptions.iter().any(|s| s.text.is_none()) {
@@ -398,12 +450,16 @@ impl CascadeAgent {
             .filter(|t| !t.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
-        if text.is_empty() {
+        if text.is_empty() && turn.rounds.is_empty() {
             // Nothing was said (noise): no answer.
             self.turn = None;
             return;
         }
         turn.user_text = text;
+        if std::mem::take(&mut turn.awaiting_tools) {
+            self.another_round(now, out);
+            return;
+        }
         // Retries start only within the budget of the caller's turn end (its last part).
         let turn_end = turn.transcriptions.iter().map(|s| s.end_at).max();
         turn.llm = Attempt::new(turn_end.unwrap_or(now) + ms(self.cfg.retry.budget_ms));
@@ -509,7 +565,7 @@ impl CascadeAgent {
     }
 
     /// Ends the current round: its tool calls run (reported), it joins the turn's rounds.
-    fn end_round(&mut self, out: &mut Vec<Action>) -> Option<RoundEnd> {
+    fn end_round(&mut self, now: Instant, out: &mut Vec<Action>) -> Option<RoundEnd> {
         let turn = self.turn.as_mut()?;
         let mut chat = turn.chat.take()?;
         turn.llm.peer = None;
@@ -520,7 +576,7 @@ impl CascadeAgent {
             tool_calls: std::mem::take(&mut chat.tools).finish(),
             results: Vec::new(),
         };
-        let (mut after, mut more) = (None, false);
+        let (mut after, mut more, mut awaiting) = (None, false, false);
         for c in &round.tool_calls {
             report(
                 out,
@@ -529,6 +585,21 @@ impl CascadeAgent {
                     arguments: c.arguments.clone(),
                 },
             );
+            if let Some(tool) = self.cfg.tools.http.get(&c.name).cloned() {
+                // The operator's tool: over HTTP; its result comes later.
+                let result = match self.start_http_tool(now, tool, c, out) {
+                    Ok(()) => {
+                        awaiting = true;
+                        tools::PENDING.to_string()
+                    }
+                    Err(e) => {
+                        more = true;
+                        e
+                    }
+                };
+                round.results.push((c.id.clone(), result));
+                continue;
+            }
             let (result, then) = tools::run(&self.cfg.tools, c);
             match then {
                 Some(a) => {
@@ -539,12 +610,15 @@ impl CascadeAgent {
             round.results.push((c.id.clone(), result));
         }
         let said = !round.llm_content.trim().is_empty();
-        turn.rounds.push(round);
+        if let Some(t) = self.turn.as_mut() {
+            t.rounds.push(round);
+        }
         Some(RoundEnd {
             ix,
             rest,
             after,
             more,
+            awaiting,
             said,
         })
     }
@@ -553,9 +627,13 @@ impl CascadeAgent {
     /// (a goodbye said when the model said nothing), or another round runs after a failed
     /// tool call, or the answer is complete.
     fn complete_llm(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let Some(end) = self.end_round(out) else {
+        let Some(mut end) = self.end_round(now, out) else {
             return;
         };
+        if end.after.is_none() && !end.more && !end.awaiting {
+            // A tool with `end_call_after` answered: this answer is the last.
+            end.after = self.end_after.take().map(After::Hangup);
+        }
         let utt = self.answer_utterance();
         if let (Some(utt), Some(r)) = (utt, end.rest) {
             self.add_sentence(now, utt, r, end.ix);
@@ -575,6 +653,12 @@ impl CascadeAgent {
                     self.add_sentence(now, utt, phrase, end.ix);
                 }
             }
+        } else if end.awaiting {
+            // The answer so far plays; the next round starts when the tools have answered.
+            if let Some(t) = self.turn.as_mut() {
+                t.awaiting_tools = true;
+            }
+            return;
         } else if end.more {
             self.another_round(now, out);
             return;

@@ -320,8 +320,14 @@ impl CascadeAgent {
         utt
     }
 
-    /// Speaks `text` (split into sentences for TTS) as an utterance of its own.
-    pub(super) fn say(&mut self, now: Instant, owner: Owner, text: &str, out: &mut Vec<Action>) {
+    /// Speaks `text` (split into sentences for TTS) as an utterance of its own; returns its id.
+    pub(super) fn say(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        text: &str,
+        out: &mut Vec<Action>,
+    ) -> UtteranceId {
         let utt = self.new_utterance(owner);
         let mut split = SentenceSplitter::new();
         let mut sentences = Vec::new();
@@ -334,6 +340,7 @@ impl CascadeAgent {
             self.utterances[i].closed = true;
         }
         self.pump_utterance(now, utt, out);
+        utt
     }
 
     pub(super) fn utt_ix(&self, utt: UtteranceId) -> Option<usize> {

@@ -229,6 +229,7 @@ pub fn transcription_request(cfg: &CascadeConfig, wav: Vec<u8>) -> HttpRequest {
         },
         timeout_ms: Some(cfg.request_timeout_ms),
         accept: accept_text(),
+        sign: None,
     }
 }
 
@@ -280,6 +281,13 @@ pub fn tool_definitions(cfg: &ToolsConfig) -> Vec<ChatCompletionTools> {
             }),
         ));
     }
+    for t in cfg.http.tools.iter() {
+        tools.push(function_tool(
+            &t.name,
+            &t.description,
+            t.parameters.json().clone(),
+        ));
+    }
     tools
 }
 
@@ -315,6 +323,7 @@ pub fn chat_request(cfg: &CascadeConfig, messages: &[ChatMessage]) -> HttpReques
         response: ResponseMode::Sse,
         timeout_ms: Some(cfg.request_timeout_ms),
         accept: accept_text(),
+        sign: None,
     }
 }
 
@@ -340,6 +349,7 @@ pub fn speech_request(cfg: &CascadeConfig, text: &str) -> HttpRequest {
         response: ResponseMode::Chunks,
         timeout_ms: Some(cfg.request_timeout_ms),
         accept: accept_audio(),
+        sign: None,
     }
 }
 

@@ -61,6 +61,7 @@ impl SignedUrlLookup {
             timeout_ms: Some(self.timeout_ms + REQUEST_TIMEOUT_MARGIN_MS),
             // Any type: the answer's parser judges it (`signed_url_bad_answer`).
             accept: Vec::new(),
+            sign: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //!
 //! ## Client events
 //! `response.cancel`, `conversation.item.truncate` and `input_audio_buffer.commit` are
-//! async-openai's types. Three stay hand-built, each for a reason:
+//! async-openai's types. Four stay hand-built, each for a reason:
 //! - `input_audio_buffer.append` is on the audio path (50 a second): written straight into
 //!   one string ([`append`]); a test checks that the type reads it back.
 //! - `session.update` ([`super::RealtimeConfig::session_update`]): the GA `Session` type
@@ -18,6 +18,8 @@
 //!   `"response": null` (the spec has no null there), and `RealtimeResponseCreateParams`
 //!   requires every field (`audio`, `conversation`, `input`, `max_output_tokens`, …), where the
 //!   greeting sets only `instructions`.
+//! - `conversation.item.create` of a `function_call_output` (a tool's result): the type's
+//!   item requires a `status`, which the spec's item does not (`type`, `call_id`, `output`).
 //!
 //! ## Server events
 //! In a GA session each event is read with `RealtimeServerEvent` first. A beta session's
@@ -26,11 +28,14 @@
 //! has no `usage`, which the type requires: beta sessions, and any event the types refuse, are
 //! read by hark's own tolerant reading ([`Lenient`]: the fields hark acts on, beta names as
 //! aliases, unknown types and fields ignored). Each has a test with the spec's JSON.
+//!
+//! Function calls are read from `response.done`: its `output` items of type `function_call`
+//! (`call_id`, `name`, `arguments`), all the calls of the response at once.
 
 use async_openai::types::realtime::{
     RealtimeAudioFormats, RealtimeClientEvent, RealtimeClientEventConversationItemTruncate,
     RealtimeClientEventInputAudioBufferCommit, RealtimeClientEventResponseCancel,
-    RealtimeResponseStatus, RealtimeServerEvent, Session,
+    RealtimeConversationItem, RealtimeResponseStatus, RealtimeServerEvent, Session,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -38,6 +43,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{ApiVersion, RealtimeConfig, TurnDetection};
+use crate::agents::http_tools::HttpTools;
 
 impl TurnDetection {
     /// `turn_detection` of the session: `server_vad` / `semantic_vad` objects (the server
@@ -116,8 +122,24 @@ impl RealtimeConfig {
         if let Some(i) = &self.instructions {
             session.insert("instructions".into(), json!(i));
         }
+        if !self.tools.tools.is_empty() {
+            session.insert("tools".into(), functions(&self.tools));
+            session.insert("tool_choice".into(), json!("auto"));
+        }
         json!({"type": "session.update", "session": Value::Object(session)})
     }
+}
+
+/// The session's `tools`: each operator tool as a `function` (the same shape in GA and beta).
+fn functions(tools: &HttpTools) -> Value {
+    tools
+        .tools
+        .iter()
+        .map(|t| {
+            json!({"type": "function", "name": t.name, "description": t.description,
+                   "parameters": t.parameters.json()})
+        })
+        .collect()
 }
 
 /// `input_audio_buffer.append` of `mulaw` (base64 in `audio`, 160 bytes = 20 ms), written
@@ -148,6 +170,13 @@ pub(super) enum ClientEvent {
         /// `response_id`.
         response_id: String,
     },
+    /// `conversation.item.create` of a `function_call_output`: a tool's result.
+    FunctionCallOutput {
+        /// The function call's `call_id`.
+        call_id: String,
+        /// The result (JSON text, or an error text).
+        output: String,
+    },
     /// `conversation.item.truncate` of content part 0 of an assistant audio item.
     Truncate {
         /// `item_id`.
@@ -172,6 +201,13 @@ impl ClientEvent {
                 if let Some(i) = instructions {
                     v["response"] = json!({ "instructions": i });
                 }
+                return v.to_string();
+            }
+            ClientEvent::FunctionCallOutput { call_id, output } => {
+                let item = json!({"type": "function_call_output", "call_id": call_id,
+                                  "output": output});
+                let v = json!({"type": "conversation.item.create", "event_id": event_id,
+                               "item": item});
                 return v.to_string();
             }
             ClientEvent::Commit => RealtimeClientEvent::InputAudioBufferCommit(
@@ -229,6 +265,8 @@ pub(super) enum ServerEvent {
         id: String,
         /// `status_details` as JSON text, when `status` is `failed`.
         failed: Option<String>,
+        /// The response's function calls (`output` items of type `function_call`), in order.
+        calls: Vec<FunctionCall>,
     },
     /// `response.output_audio.delta`: base64 μ-law (the session's format).
     AudioDelta {
@@ -274,6 +312,17 @@ pub(super) enum ServerEvent {
     },
     /// Any other event.
     Other,
+}
+
+/// A function call of the model (an `output` item of `response.done`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FunctionCall {
+    /// `call_id`: the `function_call_output` answers it.
+    pub(super) call_id: String,
+    /// `name`.
+    pub(super) name: String,
+    /// `arguments`, JSON text.
+    pub(super) arguments: String,
 }
 
 /// Reads one server event (module doc): in a GA session with `RealtimeServerEvent` first,
@@ -332,9 +381,23 @@ fn from_spec(e: RealtimeServerEvent) -> ServerEvent {
                     .unwrap_or_default()
                     .to_string()
             });
+            let calls = r
+                .response
+                .output
+                .into_iter()
+                .filter_map(|item| match item {
+                    RealtimeConversationItem::FunctionCall(f) => Some(FunctionCall {
+                        call_id: f.call_id,
+                        name: f.name,
+                        arguments: f.arguments,
+                    }),
+                    _ => None,
+                })
+                .collect();
             ServerEvent::ResponseDone {
                 id: r.response.id,
                 failed,
+                calls,
             }
         }
         R::ResponseOutputAudioDelta(d) => ServerEvent::AudioDelta {
@@ -418,6 +481,27 @@ struct ResponseDone {
     status: Option<String>,
     #[serde(default)]
     status_details: Option<Value>,
+    #[serde(default)]
+    output: Vec<Value>,
+}
+
+impl ResponseDone {
+    /// The `function_call` items of `output` that have a `call_id` and a `name`.
+    fn calls(&self) -> Vec<FunctionCall> {
+        let text =
+            |item: &Value, key: &str| item.get(key).and_then(Value::as_str).map(str::to_string);
+        self.output
+            .iter()
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("function_call"))
+            .filter_map(|item| {
+                Some(FunctionCall {
+                    call_id: text(item, "call_id")?,
+                    name: text(item, "name")?,
+                    arguments: text(item, "arguments").unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -454,6 +538,7 @@ impl Lenient {
                 ServerEvent::ResponseCreated { id: response.id }
             }
             Lenient::ResponseDone { response } => ServerEvent::ResponseDone {
+                calls: response.calls(),
                 id: response.id,
                 failed: (response.status.as_deref() == Some("failed"))
                     .then(|| response.status_details.unwrap_or(Value::Null).to_string()),
@@ -594,6 +679,7 @@ mod tests {
                 ServerEvent::ResponseDone {
                     id: "resp_1".into(),
                     failed: Some(String::new()),
+                    calls: vec![],
                 },
             ),
         ];
@@ -605,6 +691,7 @@ mod tests {
                     ServerEvent::ResponseDone {
                         id,
                         failed: Some(d),
+                        ..
                     },
                     ServerEvent::ResponseDone { id: want_id, .. },
                 ) => {
@@ -672,6 +759,71 @@ mod tests {
         assert!(
             parse_server_event(r#"{"type":"response.output_audio.delta"}"#, ApiVersion::Ga)
                 .is_err()
+        );
+    }
+    /// Tools are offered as functions; `response.done` gives the calls (GA strictly, beta
+    /// tolerantly); the result goes back as a `function_call_output` item.
+    #[test]
+    fn function_calls_and_outputs() {
+        use crate::agents::http_tools::{HttpTool, ToolSchema};
+        let tool = HttpTool {
+            name: "lookup_balance".into(),
+            description: "The balance.".into(),
+            parameters: ToolSchema::new(json!({"type": "object"})).unwrap(),
+            url: "http://127.0.0.1:9/t".into(),
+            timeout_ms: 1_000,
+            filler: None,
+            end_call_after: false,
+        };
+        let cfg = RealtimeConfig {
+            tools: HttpTools {
+                tools: vec![tool].into(),
+                secret: None,
+            },
+            ..RealtimeConfig::default()
+        };
+        let update = cfg.session_update();
+        assert_eq!(
+            update["session"]["tools"],
+            json!([{"type": "function", "name": "lookup_balance", "description": "The balance.",
+                    "parameters": {"type": "object"}}])
+        );
+        assert_eq!(update["session"]["tool_choice"], "auto");
+        assert!(
+            RealtimeConfig::default().session_update()["session"]
+                .get("tools")
+                .is_none()
+        );
+        let call = FunctionCall {
+            call_id: "call_1".into(),
+            name: "lookup_balance".into(),
+            arguments: r#"{"payerId":"p-42"}"#.into(),
+        };
+        let ga = r#"{"event_id":"event_3","type":"response.done","response":{"object":"realtime.response","id":"resp_1","status":"completed","status_details":null,"output":[{"id":"item_1","type":"function_call","object":"realtime.item","status":"completed","name":"lookup_balance","call_id":"call_1","arguments":"{\"payerId\":\"p-42\"}"}],"conversation_id":"conv_1","output_modalities":["audio"],"max_output_tokens":"inf","audio":{"output":{"format":{"type":"audio/pcmu"},"voice":"marin"}},"usage":null,"metadata":null}}"#;
+        assert!(spec(ga), "the GA types refuse {ga}");
+        let beta = r#"{"event_id":"event_3","type":"response.done","response":{"object":"realtime.response","id":"resp_1","status":"completed","output":[{"id":"item_1","object":"realtime.item","type":"function_call","status":"completed","name":"lookup_balance","call_id":"call_1","arguments":"{\"payerId\":\"p-42\"}"}]}}"#;
+        for (text, api) in [(ga, ApiVersion::Ga), (beta, ApiVersion::Beta)] {
+            assert_eq!(
+                parse_server_event(text, api).unwrap(),
+                ServerEvent::ResponseDone {
+                    id: "resp_1".into(),
+                    failed: None,
+                    calls: vec![call.clone()],
+                }
+            );
+        }
+        let t = ClientEvent::FunctionCallOutput {
+            call_id: "call_1".into(),
+            output: r#"{"balance":12}"#.into(),
+        }
+        .into_text("hark_7".into());
+        // The spec's item requires only `type`, `call_id` and `output` (the type wants more).
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "conversation.item.create", "event_id": "hark_7",
+                   "item": {"type": "function_call_output", "call_id": "call_1",
+                            "output": "{\"balance\":12}"}})
         );
     }
 }

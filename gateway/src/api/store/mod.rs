@@ -20,6 +20,11 @@
 //! a crashed run of the node left open, or what this run leaves open at shutdown. hark's own
 //! stream events are timeline entries of source `media`.
 //!
+//! With call events on ([`Store::with_events`], when `HARK_EVENTS_URL` is set), the writes of a
+//! stream's start, a finished turn and a stream's end also put the event for the operator's
+//! backend in the outbox (`event_outbox`), in the same transaction: an event exists exactly
+//! when its record does. [`crate::operator::delivery`] sends them.
+//!
 //! ## Layout
 //!
 //! | file | job |
@@ -28,7 +33,9 @@
 //! | `rows.rs` | the records written and read |
 //! | `writes.rs` | the idempotent writes, and closing the streams a node left open |
 //! | `reads.rs` | the reads: one call with its timeline, turns and recordings; call lists; Conversations webhooks |
+//! | `outbox.rs` | the call events' outbox: writing events beside their records, and the delivery worker's reads and marks |
 
+mod outbox;
 mod reads;
 mod rows;
 mod writes;
@@ -45,6 +52,7 @@ use sqlx::sqlite::{
 use super::ApiError;
 use crate::config::ConfigError;
 
+pub use outbox::{EventState, OutboxRow};
 pub use rows::{
     CallDetail, CallSummaryRow, Latency, NewCall, RecordingEvent, RecordingRow, StatusEvent,
     StoredConversationEvent, StreamEvent, TimelineEntry, TurnRow,
@@ -64,6 +72,8 @@ pub fn is_final(status: &str) -> bool {
 pub struct Store {
     pool: SqlitePool,
     node: Arc<Node>,
+    /// Call events on: the outbox's wake-up for the delivery worker.
+    outbox: Option<Arc<outbox::Signal>>,
 }
 
 /// The hark process that runs calls' media streams, stored with each call whose stream it ran,
@@ -169,6 +179,7 @@ impl Store {
         Ok(Store {
             pool,
             node: Arc::new(Node::this_process(Node::hostname())),
+            outbox: None,
         })
     }
 
@@ -207,6 +218,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let out = f(&mut tx).await?;
         tx.commit().await?;
+        self.committed();
         Ok(out)
     }
 }

@@ -32,6 +32,69 @@ fn summary_row(row: &SqliteRow) -> Result<CallSummaryRow, sqlx::Error> {
     })
 }
 
+/// The stored turns of `call_sid`, in media-time order, read through `ex` (the pool, or an
+/// open transaction that sees its own writes).
+pub(super) async fn turns_of<'e>(
+    ex: impl sqlx::SqliteExecutor<'e>,
+    call_sid: &str,
+) -> Result<Vec<TurnRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text,
+                agent_text, heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
+         FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
+    )
+    .bind(call_sid)
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(TurnRow {
+            index: r.try_get("turn_index")?,
+            user_start_ms: r.try_get("user_start_ms")?,
+            user_end_ms: r.try_get("user_end_ms")?,
+            latency_ms: r.try_get("latency_ms")?,
+            interrupted: r.try_get("interrupted")?,
+            heard_ms: r.try_get("heard_ms")?,
+            text: r.try_get("text")?,
+            agent_text: r.try_get("agent_text")?,
+            heard_latency_ms: r.try_get("heard_latency_ms")?,
+            stt_ms: r.try_get("stt_ms")?,
+            llm_ttft_ms: r.try_get("llm_ttft_ms")?,
+            tts_ttfb_ms: r.try_get("tts_ttfb_ms")?,
+            first_audio_ms: r.try_get("first_audio_ms")?,
+        })
+    })
+    .collect()
+}
+
+/// The recordings of `call_sid`, oldest update first, read through `ex`.
+pub(super) async fn recordings_of<'e>(
+    ex: impl sqlx::SqliteExecutor<'e>,
+    call_sid: &str,
+) -> Result<Vec<RecordingRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT recording_sid, status, url, duration_s, channels, source, track, start_time
+         FROM recordings WHERE call_sid = ? ORDER BY updated_at, recording_sid",
+    )
+    .bind(call_sid)
+    .fetch_all(ex)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RecordingRow {
+            recording_sid: r.try_get("recording_sid")?,
+            status: r.try_get("status")?,
+            url: r.try_get("url")?,
+            duration_s: r.try_get("duration_s")?,
+            channels: r.try_get("channels")?,
+            source: r.try_get("source")?,
+            track: r.try_get("track")?,
+            start_time: r.try_get("start_time")?,
+        })
+    })
+    .collect()
+}
+
 impl Store {
     /// Everything about one call, or `None`.
     ///
@@ -66,54 +129,8 @@ impl Store {
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let turns = sqlx::query(
-            "SELECT turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text,
-                    agent_text, heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
-             FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
-        )
-        .bind(call_sid)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(TurnRow {
-                index: r.try_get("turn_index")?,
-                user_start_ms: r.try_get("user_start_ms")?,
-                user_end_ms: r.try_get("user_end_ms")?,
-                latency_ms: r.try_get("latency_ms")?,
-                interrupted: r.try_get("interrupted")?,
-                heard_ms: r.try_get("heard_ms")?,
-                text: r.try_get("text")?,
-                agent_text: r.try_get("agent_text")?,
-                heard_latency_ms: r.try_get("heard_latency_ms")?,
-                stt_ms: r.try_get("stt_ms")?,
-                llm_ttft_ms: r.try_get("llm_ttft_ms")?,
-                tts_ttfb_ms: r.try_get("tts_ttfb_ms")?,
-                first_audio_ms: r.try_get("first_audio_ms")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let recordings = sqlx::query(
-            "SELECT recording_sid, status, url, duration_s, channels, source, track, start_time
-             FROM recordings WHERE call_sid = ? ORDER BY updated_at, recording_sid",
-        )
-        .bind(call_sid)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RecordingRow {
-                recording_sid: r.try_get("recording_sid")?,
-                status: r.try_get("status")?,
-                url: r.try_get("url")?,
-                duration_s: r.try_get("duration_s")?,
-                channels: r.try_get("channels")?,
-                source: r.try_get("source")?,
-                track: r.try_get("track")?,
-                start_time: r.try_get("start_time")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let turns = turns_of(&self.pool, call_sid).await?;
+        let recordings = recordings_of(&self.pool, call_sid).await?;
         let latencies: Vec<i64> = turns.iter().filter_map(|t| t.latency_ms).collect();
         Ok(Some(CallDetail {
             call,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A new outbound call, as `POST /calls` created it.
@@ -192,7 +192,7 @@ pub struct TurnRow {
 }
 
 /// Latency figures over a call's turns, ms.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Latency {
     /// Turns with a latency figure.
     pub turns: usize,

@@ -63,8 +63,10 @@ async fn media_event(
 
 /// Closes a call's media stream at `at_ms`: `summary` (JSON), `stream_stopped_at`, a
 /// `stream-stopped` timeline entry with `detail` = `ended`, and, for a call that never had a
-/// Twilio status callback, status `completed` (unless final) and `ended_at`.
+/// Twilio status callback, status `completed` (unless final) and `ended_at`; with events on,
+/// its `call.ended` event.
 async fn close_stream(
+    store: &Store,
     conn: &mut SqliteConnection,
     call_sid: &str,
     summary: &str,
@@ -110,7 +112,10 @@ async fn close_stream(
         Some(ended),
         at_ms,
     )
-    .await
+    .await?;
+    store
+        .call_ended_event_in(conn, call_sid, &stream_sid, ended, summary, now_ms)
+        .await
 }
 
 impl Store {
@@ -359,7 +364,8 @@ impl Store {
 
     /// Records the start of a call's media stream (creating the call row for inbound calls;
     /// `From`/`To` are taken from the stream parameters when the row has none), by this
-    /// store's [`Node`](super::Node), and puts `stream-started` (source `media`) in the call's timeline.
+    /// store's [`Node`](super::Node), and puts `stream-started` (source `media`) in the call's
+    /// timeline; with events on, the call's `call.started` event.
     ///
     /// # Errors
     /// The driver's error.
@@ -403,7 +409,9 @@ impl Store {
         .bind(&self.node.instance_id)
         .execute(&mut *conn)
         .await?;
-        media_event(conn, call_sid, stream_sid, "stream-started", None, now_ms).await
+        media_event(conn, call_sid, stream_sid, "stream-started", None, now_ms).await?;
+        self.call_started_event_in(conn, call_sid, stream_sid, now_ms)
+            .await
     }
 
     /// Stores one caller turn. A turn with an [`TurnRow::index`] is one row per call and
@@ -463,7 +471,8 @@ impl Store {
     }
 
     /// Records the end of a call's media stream with the engine's summary, and
-    /// `stream-stopped` (source `media`, `detail` = the summary's `ended`) in its timeline.
+    /// `stream-stopped` (source `media`, `detail` = the summary's `ended`) in its timeline;
+    /// with events on, the call's `call.ended` event.
     ///
     /// A call that never had a Twilio status callback (a stream-only call: no
     /// `StatusCallback` configured) gets its status and end from the stream: `completed`
@@ -480,7 +489,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         let json = serde_json::to_string(summary).unwrap_or_else(|_| "{}".into());
-        close_stream(conn, call_sid, &json, &summary.ended, now_ms, now_ms).await
+        close_stream(self, conn, call_sid, &json, &summary.ended, now_ms, now_ms).await
     }
 
     /// Closes the media streams this store's node left open (started, never stopped) and
@@ -551,7 +560,7 @@ impl Store {
                 "turns": turns,
             })
             .to_string();
-            close_stream(conn, &call_sid, &summary, ended, end, now_ms).await?;
+            close_stream(self, conn, &call_sid, &summary, ended, end, now_ms).await?;
             closed.push(call_sid);
         }
         Ok(closed)
