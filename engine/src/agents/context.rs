@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::agent::{HttpBody, HttpRequest, ResponseMode};
-use crate::agents::http_tools::CallFacts;
+use crate::agent::HttpRequest;
+use crate::agents::http_tools::{CallFacts, operator_post};
 use crate::operator::Secret;
 
 /// `provider` label of context faults.
@@ -66,28 +66,15 @@ pub fn request(cfg: &ContextConfig, call: &CallFacts) -> HttpRequest {
             .map(|(_, v)| Value::String(v.clone()))
             .unwrap_or(Value::Null)
     };
-    let parameters: serde_json::Map<String, Value> = call
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    HttpRequest {
-        method: "POST".into(),
-        url: cfg.url.clone(),
-        headers: Vec::new(),
-        body: HttpBody::Json(json!({
-            "call_sid": call.call_sid,
-            "stream_sid": call.stream_sid,
-            "from": param("From"),
-            "to": param("To"),
-            "direction": param("Direction"),
-            "parameters": parameters,
-        })),
-        response: ResponseMode::Whole,
-        timeout_ms: Some(cfg.timeout_ms),
-        accept: vec!["application/json".into(), "application/*+json".into()],
-        sign: Some(cfg.secret.clone()),
-    }
+    let body = json!({
+        "call_sid": call.call_sid,
+        "stream_sid": call.stream_sid,
+        "from": param("From"),
+        "to": param("To"),
+        "direction": param("Direction"),
+        "parameters": call.parameters_json(),
+    });
+    operator_post(&cfg.url, body, cfg.timeout_ms, Some(&cfg.secret))
 }
 
 /// Reads an answer body.
@@ -232,7 +219,7 @@ mod tests {
         };
         let r = request(&cfg, &facts);
         assert_eq!((r.timeout_ms, r.sign.is_some()), (Some(1_500), true));
-        let HttpBody::Json(b) = r.body else {
+        let crate::agent::HttpBody::Json(b) = r.body else {
             panic!("json")
         };
         assert_eq!(b["from"], "+14155550100");

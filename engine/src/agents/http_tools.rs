@@ -227,6 +227,38 @@ pub fn parse_arguments(tool: &HttpTool, arguments: &str) -> Result<Value, String
     Ok(args)
 }
 
+impl CallFacts {
+    /// The custom parameters as a JSON object of strings.
+    pub fn parameters_json(&self) -> Value {
+        let m: serde_json::Map<String, Value> = self
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        Value::Object(m)
+    }
+}
+
+/// A POST of JSON `body` to the operator's `url`, signed with `secret`, whose whole JSON answer
+/// is wanted within `timeout_ms` (tools, per-call context).
+pub fn operator_post(
+    url: &str,
+    body: Value,
+    timeout_ms: u64,
+    secret: Option<&Secret>,
+) -> HttpRequest {
+    HttpRequest {
+        method: "POST".into(),
+        url: url.to_string(),
+        headers: Vec::new(),
+        body: HttpBody::Json(body),
+        response: ResponseMode::Whole,
+        timeout_ms: Some(timeout_ms),
+        accept: vec!["application/json".into(), "application/*+json".into()],
+        sign: secret.cloned(),
+    }
+}
+
 /// The signed POST of a call of `tool` (see the module docs).
 pub fn request(
     tool: &HttpTool,
@@ -235,28 +267,15 @@ pub fn request(
     call_id: &str,
     arguments: Value,
 ) -> HttpRequest {
-    let parameters: serde_json::Map<String, Value> = call
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    HttpRequest {
-        method: "POST".into(),
-        url: tool.url.clone(),
-        headers: Vec::new(),
-        body: HttpBody::Json(json!({
-            "call_sid": call.call_sid,
-            "stream_sid": call.stream_sid,
-            "tool": tool.name,
-            "call_id": call_id,
-            "arguments": arguments,
-            "parameters": parameters,
-        })),
-        response: ResponseMode::Whole,
-        timeout_ms: Some(tool.timeout_ms),
-        accept: vec!["application/json".into(), "application/*+json".into()],
-        sign: secret.cloned(),
-    }
+    let body = json!({
+        "call_sid": call.call_sid,
+        "stream_sid": call.stream_sid,
+        "tool": tool.name,
+        "call_id": call_id,
+        "arguments": arguments,
+        "parameters": call.parameters_json(),
+    });
+    operator_post(&tool.url, body, tool.timeout_ms, secret)
 }
 
 /// The tool's result from its answer body: compact JSON.
@@ -310,13 +329,14 @@ struct Run {
     deadline: Instant,
 }
 
-/// The operator's tool calls of a speech-to-speech agent (ElevenLabs, OpenAI Realtime), out
+/// The operator's tool calls of an agent (the cascade, ElevenLabs, OpenAI Realtime), out
 /// over HTTP pipes, sans-IO: each is checked, POSTed ([`request`]) on a pipe of its own and
 /// ends in a [`ToolEnd`] — its answer, or an error result when the arguments are refused (no
 /// request), the backend fails, or nothing comes within the tool's `timeout_ms` (the agent
 /// asks to be woken at [`ToolRuns::poll_timeout`]). Nothing is retried, and every fault of a
 /// request is reported as [`AgentReport::ProviderFault`] with provider [`PROVIDER_TOOL`]. The
-/// tool's `filler` is not used: these providers speak for themselves while they wait.
+/// tool's `filler` is the agent's to say (the cascade does; speech-to-speech providers speak
+/// for themselves while they wait).
 #[derive(Debug)]
 pub struct ToolRuns {
     runs: Vec<Run>,

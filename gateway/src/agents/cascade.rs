@@ -366,16 +366,7 @@ mod tests {
 
     /// `hark.toml` text with the environment `vars` on top.
     fn from_file(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let (mut values, unknown) = Values::from_toml("hark.toml", "hark.toml", text)?;
-        assert!(unknown.is_empty(), "{unknown:?}");
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        values.overlay(Values::from_lookup(|k| {
-            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        }));
-        Settings::from_values(&values)
+        Settings::from_values(&crate::agents::test_tools::values(text, vars))
     }
 
     #[test]
@@ -400,27 +391,20 @@ parameters = { type = "object" }
         assert_eq!(e.var, "HARK_OPERATOR_SECRET", "{e}");
         let secret = ("HARK_OPERATOR_SECRET", "0123456789abcdef0123");
         let s = from_file(file, &[secret]).unwrap();
-        let names: Vec<&str> = s
-            .config
-            .tools
-            .http
-            .tools
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect();
-        assert_eq!(names, ["lookup_balance", "record_promise"]);
+        let names = |s: &Settings| -> Vec<String> {
+            s.config
+                .tools
+                .http
+                .tools
+                .iter()
+                .map(|t| t.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&s), ["lookup_balance", "record_promise"]);
         assert!(s.config.tools.end_call && s.config.tools.http.secret.is_some());
         // HARK_TOOLS picks among hark's tools and the file's.
         let s = from_file(file, &[secret, ("HARK_TOOLS", "end_call,record_promise")]).unwrap();
-        let names: Vec<&str> = s
-            .config
-            .tools
-            .http
-            .tools
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect();
-        assert_eq!(names, ["record_promise"]);
+        assert_eq!(names(&s), ["record_promise"]);
         assert!(s.config.tools.end_call && !s.config.tools.transfer_call);
         let e = from_file(file, &[secret, ("HARK_TOOLS", "lookup_order")]).unwrap_err();
         assert_eq!(e.var, "HARK_TOOLS");

@@ -323,8 +323,9 @@ fn unanswered(e: reqwest::Error) -> ApiError {
     }
 }
 
-/// A reqwest error's text with its causes but without the URL (which holds the Account SID).
-fn without_url(e: reqwest::Error) -> String {
+/// A reqwest error's text with its causes but without the URL (which may hold the Account SID
+/// or credentials). Shared by every gateway HTTP client (Twilio REST, event delivery).
+pub(crate) fn without_url(e: reqwest::Error) -> String {
     use std::error::Error as _;
     let e = e.without_url();
     let mut s = e.to_string();

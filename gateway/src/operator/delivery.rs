@@ -434,7 +434,7 @@ impl Worker {
                 };
                 Outcome::Retry {
                     kind,
-                    error: format!("{kind}: {}", error_text(e)),
+                    error: format!("{kind}: {}", crate::api::twilio_rest::without_url(e)),
                     retry_after: None,
                 }
             }
@@ -496,20 +496,6 @@ impl Worker {
             debug!(id = %row.event_id, attempts = row.attempts + 1, error, "call event attempt failed");
         }
     }
-}
-
-/// A reqwest error's text with its causes, without the URL (it may carry credentials).
-fn error_text(e: reqwest::Error) -> String {
-    use std::error::Error as _;
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

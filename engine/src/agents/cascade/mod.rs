@@ -163,7 +163,7 @@ use crate::agent::{
     ProviderEvent, ProviderFault, ProviderMessage, UserTurn,
 };
 use crate::agents::context;
-use crate::agents::http_tools::CallFacts;
+use crate::agents::http_tools::{CallFacts, ToolRuns};
 use crate::playout::{Interrupted, UtteranceId};
 use fallback::{Phrase, PhraseKind};
 use history::Committed;
@@ -214,7 +214,9 @@ pub struct CascadeAgent {
     /// The last inbound frame the VAD called voiced.
     caller_voiced_at: Option<Instant>,
     /// The operator's tools out over HTTP.
-    tool_runs: Vec<tools::ToolRun>,
+    tool_runs: ToolRuns,
+    /// Fillers of the runs, said if a run is slow.
+    tool_fillers: Vec<tools::ToolFiller>,
     /// A tool with `end_call_after` answered: the next complete answer ends the call.
     end_after: Option<String>,
     /// The call's facts, for tool requests.
@@ -272,7 +274,8 @@ impl CascadeAgent {
             stopped: false,
             caller_speaking: false,
             caller_voiced_at: None,
-            tool_runs: Vec::new(),
+            tool_runs: ToolRuns::new(tools::FIRST_TOOL_PEER),
+            tool_fillers: Vec::new(),
             end_after: None,
             facts: CallFacts::default(),
             variables: std::collections::BTreeMap::new(),
@@ -342,8 +345,8 @@ impl CascadeAgent {
                 stall_ms: c.tts.stall_ms,
                 waiting_for: "audio",
             },
-            // Tool runs and the context open with their own timeout.
-            Pipe::Tool | Pipe::Context => Wait {
+            // The context opens with its own timeout.
+            Pipe::Context => Wait {
                 first_ms: c.request_timeout_ms,
                 stall_ms: c.request_timeout_ms,
                 waiting_for: "the tool's answer",
@@ -470,10 +473,6 @@ impl CascadeAgent {
                 let t = String::from_utf8_lossy(&b).into_owned();
                 self.on_llm_message(now, peer, &t, out)
             }
-            (Pipe::Tool, ProviderMessage::Text(t)) => {
-                self.on_tool_answer(now, peer, t.as_bytes(), out)
-            }
-            (Pipe::Tool, ProviderMessage::Binary(b)) => self.on_tool_answer(now, peer, &b, out),
             (Pipe::Context, ProviderMessage::Text(t)) => {
                 self.on_context(now, peer, Ok(t.as_bytes()), out)
             }
@@ -497,10 +496,6 @@ impl CascadeAgent {
             Pipe::Llm { .. } => self.on_llm_closed(now, peer, out),
             Pipe::Tts { utt, sid } => self.on_tts_closed(now, utt, sid, out),
             Pipe::Phrase(k) => self.on_phrase_closed(now, k, out),
-            Pipe::Tool => {
-                let f = ProviderFault::new(FaultKind::Dropped, "no answer body");
-                self.on_tool_failed(now, peer, &f, out);
-            }
             Pipe::Context => {
                 let f = ProviderFault::new(FaultKind::Dropped, "no answer body");
                 self.on_context(now, peer, Err(&f), out);
@@ -643,6 +638,13 @@ impl Agent for CascadeAgent {
             | ProviderEvent::Closed { peer }
             | ProviderEvent::Failed { peer, .. } => *peer,
         };
+        if self.tool_runs.owns(peer) {
+            if let Some(end) = self.tool_runs.on_event(event, out) {
+                self.tool_ended(now, end, out);
+            }
+            self.settle(now, out);
+            return;
+        }
         let Some(role) = self.pipes.role(peer) else {
             // A pipe already closed or given up on.
             return;
@@ -656,9 +658,6 @@ impl Agent for CascadeAgent {
                 self.pipes.ended(peer);
                 self.on_closed(now, peer, role, out);
             }
-            ProviderEvent::Failed { fault: f, .. } if role == Pipe::Tool => {
-                self.on_tool_failed(now, peer, &f, out);
-            }
             ProviderEvent::Failed { fault: f, .. } if role == Pipe::Context => {
                 self.on_context(now, peer, Err(&f), out);
             }
@@ -671,7 +670,7 @@ impl Agent for CascadeAgent {
                         .map(|s| s.attempt.peer = None)
                         .is_some(),
                     Pipe::Llm { .. } => self.is_chat_pipe(peer),
-                    Pipe::Tts { .. } | Pipe::Phrase(_) | Pipe::Tool | Pipe::Context => true,
+                    Pipe::Tts { .. } | Pipe::Phrase(_) | Pipe::Context => true,
                 };
                 if ours {
                     self.fault(now, role, f, out);
@@ -693,9 +692,7 @@ impl Agent for CascadeAgent {
             {
                 s.attempt.peer = None;
             }
-            if role == Pipe::Tool {
-                self.on_tool_failed(now, peer, &f, out);
-            } else if role == Pipe::Context {
+            if role == Pipe::Context {
                 self.on_context(now, peer, Err(&f), out);
             } else if !matches!(role, Pipe::Llm { .. }) || self.is_chat_pipe(peer) {
                 self.fault(now, role, f, out);
@@ -706,7 +703,7 @@ impl Agent for CascadeAgent {
         self.retry_sentences(now, out);
         self.retry_phrases(now, out);
         self.maybe_filler(now, out);
-        self.tool_fillers(now, out);
+        self.tool_deadlines(now, out);
         self.idle_timeout(now, out);
         self.settle(now, out);
     }
@@ -731,5 +728,6 @@ impl Agent for CascadeAgent {
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {
         self.stopped = true;
         self.pipes.close_all(out);
+        self.tool_runs.close_all(out);
     }
 }

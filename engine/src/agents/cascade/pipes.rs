@@ -22,8 +22,6 @@ pub(super) enum Pipe {
     Tts { utt: UtteranceId, sid: u64 },
     /// Rendering a phrase kept for later.
     Phrase(PhraseKind),
-    /// A call of one of the operator's tools (the run is found by its peer).
-    Tool,
     /// The per-call context request.
     Context,
 }
@@ -35,7 +33,6 @@ impl Pipe {
             Pipe::Stt { .. } => PROVIDER_STT,
             Pipe::Llm { .. } => PROVIDER_LLM,
             Pipe::Tts { .. } | Pipe::Phrase(_) => PROVIDER_TTS,
-            Pipe::Tool => crate::agents::http_tools::PROVIDER_TOOL,
             Pipe::Context => crate::agents::context::PROVIDER_CONTEXT,
         }
     }

@@ -163,9 +163,8 @@ impl CascadeAgent {
                 Phrase::Rendering { attempt, .. } => Some(attempt),
                 _ => None,
             },
-            // Tool runs are not retried (their faults are results for the model), nor is the
-            // context (its deadline is the greeting's).
-            Pipe::Tool | Pipe::Context => None,
+            // The context is not retried: its deadline is the greeting's.
+            Pipe::Context => None,
         }
     }
 
@@ -198,7 +197,7 @@ impl CascadeAgent {
                     self.render_phrase(now, k, out);
                 }
             }
-            Pipe::Tool | Pipe::Context => {}
+            Pipe::Context => {}
         }
     }
 
@@ -212,7 +211,7 @@ impl CascadeAgent {
                 *self.phrase_mut(k) = Phrase::Chime;
                 self.phrase_settled(now, k, out);
             }
-            Pipe::Tool | Pipe::Context => {}
+            Pipe::Context => {}
         }
     }
 

@@ -3,11 +3,10 @@
 
 use std::time::Instant;
 
-use super::pipes::{Pipe, Wait};
 use super::turn::After;
-use super::{CascadeAgent, ChatMessage, ToolCall, ToolsConfig, ms, report};
-use crate::agent::{Action, AgentReport, PeerId, ProviderFault};
-use crate::agents::http_tools::{self, HttpTool};
+use super::{CascadeAgent, ChatMessage, ToolCall, ToolsConfig, ms};
+use crate::agent::{Action, PeerId};
+use crate::agents::http_tools::{self, ToolEnd};
 
 /// Whether `n` is a number `transfer_call` may dial (E.164 or a `sip:` URI).
 pub use crate::dial::is_transfer_target as valid_transfer_target;
@@ -59,135 +58,70 @@ pub(super) fn run(tools: &ToolsConfig, c: &ToolCall) -> (String, Option<After>) 
 /// The result a tool call holds while its HTTP request is out (replaced by the answer).
 pub(super) const PENDING: &str = "(waiting for the tool's answer)";
 
-/// A call of one of the operator's tools, out over HTTP. Owned by the agent, not the turn: a
-/// caller who barges in while it runs does not lose its result (it fills the history's
-/// placeholder when it comes), and no chat request starts until every run has ended.
+/// A slow tool's filler: said at `at` unless the run has ended by then.
 #[derive(Debug)]
-pub(super) struct ToolRun {
-    pub peer: PeerId,
-    /// The model's tool-call id.
-    pub call_id: String,
-    pub tool: HttpTool,
-    /// When its filler is said if it has not answered; `None` once said (or none).
-    pub filler_at: Option<Instant>,
+pub(super) struct ToolFiller {
+    call_id: String,
+    at: Instant,
+    text: String,
 }
 
+/// The first peer id of the operator's tool runs ([`ToolRuns`]), far above the agent's own
+/// pipes ([`super::pipes::Pipes`] count up from 1).
+pub(super) const FIRST_TOOL_PEER: PeerId = PeerId(1 << 48);
+
 impl CascadeAgent {
-    /// Starts the operator's tool `tool` for call `c` of the current turn: its arguments are
-    /// checked first (an error result at once when the schema refuses them). Returns the
-    /// result to hold for now: [`PENDING`] while the request is out.
+    /// Starts call `c` of one of the operator's tools ([`ToolRuns`]: checked against its
+    /// schema, POSTed signed, ended by its answer, a fault or its timeout). The runs belong to
+    /// the agent, not the turn: a caller who barges in while one runs does not lose its result
+    /// (it fills the history's placeholder when it comes), and no chat request starts until
+    /// every run has ended.
+    ///
+    /// # Errors
+    /// The error result for the model, at once (no request), when the schema refuses the
+    /// arguments.
     pub(super) fn start_http_tool(
         &mut self,
         now: Instant,
-        tool: HttpTool,
         c: &ToolCall,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
-        let args = http_tools::parse_arguments(&tool, &c.arguments)?;
-        let req = http_tools::request(
-            &tool,
-            self.cfg.tools.http.secret.as_ref(),
-            &self.facts,
-            &c.id,
-            args,
-        );
-        let wait = Wait {
-            first_ms: tool.timeout_ms,
-            stall_ms: tool.timeout_ms,
-            waiting_for: "the tool's answer",
-        };
-        let peer = self.pipes.open(now, Pipe::Tool, wait, req, out);
-        let filler_at = tool
-            .filler
-            .as_deref()
-            .is_some_and(|f| !f.trim().is_empty())
-            .then(|| now + ms(http_tools::FILLER_AFTER_MS));
-        self.tool_runs.push(ToolRun {
-            peer,
-            call_id: c.id.clone(),
-            tool,
-            filler_at,
-        });
+        let call = (c.name.as_str(), c.id.as_str(), c.arguments.as_str());
+        self.tool_runs
+            .start(now, &self.cfg.tools.http, &self.facts, call, out)
+            .map_err(|end| match end.result {
+                Ok(t) | Err(t) => t,
+            })?;
+        if let Some(text) = self
+            .cfg
+            .tools
+            .http
+            .get(&c.name)
+            .and_then(|t| t.filler.clone())
+            .filter(|f| !f.trim().is_empty())
+        {
+            self.tool_fillers.push(ToolFiller {
+                call_id: c.id.clone(),
+                at: now + ms(http_tools::FILLER_AFTER_MS),
+                text,
+            });
+        }
         Ok(())
     }
 
-    /// A tool run's answer body arrived.
-    pub(super) fn on_tool_answer(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        body: &[u8],
-        out: &mut Vec<Action>,
-    ) {
-        self.pipes.ended(peer);
-        let result = http_tools::read_answer(body);
-        if let Err(e) = &result {
-            self.tool_fault(peer, "bad_answer", e, out);
-        }
-        self.tool_ended(now, peer, result, out);
-    }
-
-    /// A tool run failed (timeout, connection, an error status, a non-JSON content type) or
-    /// ended without an answer.
-    pub(super) fn on_tool_failed(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        fault: &ProviderFault,
-        out: &mut Vec<Action>,
-    ) {
-        self.pipes.ended(peer);
-        self.tool_fault(peer, &fault.label(), &fault.to_string(), out);
-        let text = match fault.http_status() {
-            Some(s) => format!(
-                "error: the tool failed (HTTP {s}); tell the caller you cannot do it right now"
-            ),
-            None => format!(
-                "error: the tool did not answer ({}); tell the caller you cannot do it right now",
-                fault.label()
-            ),
-        };
-        self.tool_ended(now, peer, Err(text), out);
-    }
-
-    fn tool_fault(&self, peer: PeerId, kind: &str, detail: &str, out: &mut Vec<Action>) {
-        let name = self
-            .tool_runs
-            .iter()
-            .find(|r| r.peer == peer)
-            .map_or("?", |r| r.tool.name.as_str());
-        report(
-            out,
-            AgentReport::ProviderFault {
-                provider: http_tools::PROVIDER_TOOL.into(),
-                kind: kind.into(),
-                detail: format!("{name}: {detail}"),
-            },
-        );
-    }
-
-    /// The run on `peer` ended with `result`: it replaces the call's placeholder (in the turn
-    /// or, when the turn was cut and committed meanwhile, in the history). Once no run is out,
-    /// the turn waiting for them goes on.
-    fn tool_ended(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        result: Result<String, String>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(i) = self.tool_runs.iter().position(|r| r.peer == peer) else {
-            return;
-        };
-        let run = self.tool_runs.remove(i);
-        if result.is_ok() && run.tool.end_call_after {
+    /// A run ended: its result replaces the call's placeholder (in the turn or, when the turn
+    /// was cut and committed meanwhile, in the history). Once no run is out, the turn waiting
+    /// for them goes on.
+    pub(super) fn tool_ended(&mut self, now: Instant, end: ToolEnd, out: &mut Vec<Action>) {
+        self.tool_fillers.retain(|f| f.call_id != end.call_id);
+        if end.end_call_after {
             self.end_after
-                .get_or_insert_with(|| format!("tool {}", run.tool.name));
+                .get_or_insert_with(|| format!("tool {}", end.name));
         }
-        let text = match result {
+        let text = match end.result {
             Ok(t) | Err(t) => t,
         };
-        self.fill_tool_result(&run.call_id, text);
+        self.fill_tool_result(&end.call_id, text);
         if self.tool_runs.is_empty() {
             self.maybe_start_llm(now, out);
         }
@@ -218,23 +152,24 @@ impl CascadeAgent {
         }
     }
 
-    /// The soonest tool filler due.
+    /// The soonest tool deadline or filler.
     pub(super) fn tools_poll_timeout(&self) -> Option<Instant> {
-        self.tool_runs.iter().filter_map(|r| r.filler_at).min()
+        let fillers = self.tool_fillers.iter().map(|f| f.at);
+        fillers.chain(self.tool_runs.poll_timeout()).min()
     }
 
-    /// Says the filler of each run that is slow (once per run, into the current answer).
-    pub(super) fn tool_fillers(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let due: Vec<String> = self
-            .tool_runs
-            .iter_mut()
-            .filter(|r| r.filler_at.is_some_and(|t| t <= now))
-            .filter_map(|r| {
-                r.filler_at = None;
-                r.tool.filler.clone()
-            })
-            .collect();
-        for text in due {
+    /// Ends the runs past their timeout, and says the filler of each slow run (once, into the
+    /// current answer; not over a talking caller).
+    pub(super) fn tool_deadlines(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for end in self.tool_runs.expired(now, out) {
+            self.tool_ended(now, end, out);
+        }
+        let (due, kept): (Vec<ToolFiller>, Vec<ToolFiller>) =
+            std::mem::take(&mut self.tool_fillers)
+                .into_iter()
+                .partition(|f| f.at <= now);
+        self.tool_fillers = kept;
+        for f in due {
             if self.caller_speaking {
                 // Not over the caller: they are talking (their turn will be answered).
                 continue;
@@ -245,7 +180,7 @@ impl CascadeAgent {
                 .map_or(0, |t| t.rounds.len().saturating_sub(1));
             // No turn (it was cut: the caller is talking): no filler over them.
             if let Some(utt) = self.answer_utterance() {
-                self.add_sentence(now, utt, text, round);
+                self.add_sentence(now, utt, f.text, round);
                 self.pump_utterance(now, utt, out);
             }
         }

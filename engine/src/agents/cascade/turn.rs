@@ -585,9 +585,9 @@ impl CascadeAgent {
                     arguments: c.arguments.clone(),
                 },
             );
-            if let Some(tool) = self.cfg.tools.http.get(&c.name).cloned() {
+            if self.cfg.tools.http.get(&c.name).is_some() {
                 // The operator's tool: over HTTP; its result comes later.
-                let result = match self.start_http_tool(now, tool, c, out) {
+                let result = match self.start_http_tool(now, c, out) {
                     Ok(()) => {
                         awaiting = true;
                         tools::PENDING.to_string()
