@@ -220,6 +220,13 @@ pub enum Action {
     /// emitted and [`Agent::on_barge_in`] called with what was heard (from mark echoes). Does
     /// nothing when no agent audio is unplayed.
     Interrupt,
+    /// Cut the agent's own audio now, not for the caller (an answering machine's beep came:
+    /// the voicemail message replaces what was playing). Like [`Action::Interrupt`] — Twilio
+    /// `clear`, playout emptied, the utterances so far cancelled and [`Agent::on_barge_in`]
+    /// called with what was heard — but in order with the other actions (audio played after
+    /// it is kept), with no [`crate::Event::BargeIn`] and not counted as a barge-in. Does
+    /// nothing when no agent audio is unplayed.
+    Clear,
 }
 
 /// Who said a transcript line.
@@ -382,6 +389,16 @@ pub trait Agent {
     fn on_provider(&mut self, _now: Instant, _event: ProviderEvent, _out: &mut Vec<Action>) {}
     /// A time asked for with [`Action::WakeAt`] has come.
     fn on_timeout(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
+    /// Twilio's answering machine detection found who or what answered
+    /// ([`crate::Input::AnsweredBy`]). By default nothing changes; an agent that can leave a
+    /// message does so on [`crate::AnsweredBy::MachineEnd`].
+    fn on_answered_by(
+        &mut self,
+        _now: Instant,
+        _answered_by: crate::AnsweredBy,
+        _out: &mut Vec<Action>,
+    ) {
+    }
     /// The stream stopped; close provider pipes.
     fn on_stop(&mut self, _now: Instant, _out: &mut Vec<Action>) {}
     /// An [`Action::Transfer`] to `to` could not be carried out (`reason`); the call goes on.

@@ -23,6 +23,7 @@ use crate::turn::{TurnDetector, TurnEvent, VoiceDetector};
 use crate::twilio::{self, Inbound, Track};
 
 mod events;
+mod outside;
 mod turn_book;
 
 pub use events::*;
@@ -82,6 +83,9 @@ pub struct Call {
     /// Transfers that failed so far.
     failed_transfers: u32,
     barged_this_speech: bool,
+    /// An answering machine's greeting is over ([`AnsweredBy::MachineEnd`]): its line (the
+    /// beep, noise) no longer barges in on the agent.
+    machine: bool,
     /// Which caller turn each event and report belongs to.
     book: TurnBook,
     // Output.
@@ -153,6 +157,7 @@ impl Call {
             deferred: Vec::new(),
             failed_transfers: 0,
             barged_this_speech: false,
+            machine: false,
             book: TurnBook::new(!vad_barge_in),
             out: VecDeque::with_capacity(16),
             pool: Vec::with_capacity(16),
@@ -246,6 +251,10 @@ impl Call {
                 if let Some(to) = self.transferring.take() {
                     self.on_transfer(at, to, outcome);
                 }
+            }
+            Input::AnsweredBy { at, answered_by } => {
+                self.now = Some(at);
+                self.on_answered_by(at, answered_by);
             }
             Input::Timeout(at) => {
                 self.now = Some(at);
@@ -559,6 +568,7 @@ impl Call {
         }
         // Barge-in: enough caller voice while agent audio is unplayed.
         if self.vad_barge_in
+            && !self.machine
             && self.turn.is_speaking()
             && !self.barged_this_speech
             && self.turn.voiced_ms() >= self.cfg.turn.min_interruption_ms as u64
@@ -673,40 +683,6 @@ impl Call {
         self.agent.on_user_turn(at, user_turn, actions);
     }
 
-    fn barge_in(
-        &mut self,
-        at: Instant,
-        speech_start_ms: u64,
-        decided_ms: u64,
-        actions: &mut Vec<Action>,
-    ) {
-        let Some(interrupted) = self.playout.clear() else {
-            return;
-        };
-        let turn = self.book.answer_event();
-        // `clear` goes out before anything else queued after it.
-        let mut s = self.buf();
-        if let Some(info) = &self.info {
-            twilio::encode_clear(&info.stream_sid, &mut s);
-        }
-        self.out.push_back(Pending::Tx(s));
-        self.stats.barge_ins += 1;
-        // An answer that began before hark ended the turn was cut: the caller had not
-        // finished. The provider's next answer to this turn is timed again.
-        if self.open_turn_answered {
-            self.open_turn_answered = false;
-            self.answer_of = None;
-        }
-        self.agent.on_barge_in(at, &interrupted, actions);
-        self.event(Event::BargeIn(BargeIn {
-            at,
-            speech_start_ms,
-            decided_ms,
-            turn,
-            interrupted,
-        }));
-    }
-
     fn run_actions(&mut self, at: Instant, actions: &mut Vec<Action>) {
         let mut interrupt = false;
         for a in actions.drain(..) {
@@ -752,6 +728,7 @@ impl Call {
                     self.agent_wake = Some(self.agent_wake.map_or(t, |w| w.min(t)));
                 }
                 Action::Interrupt => interrupt = true,
+                Action::Clear => self.clear_for_agent(at),
             }
         }
         // A provider-side interruption: the same path as the VAD's barge-in. The agent's

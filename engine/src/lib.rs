@@ -12,7 +12,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear`; `twilio/peer.rs` Twilio's side for simulators and tests |
-//! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, transfers on hold; `call/events.rs` its inputs, outputs and events; `call/turn_book.rs` which caller turn ([`TurnId`]) each event and report belongs to |
+//! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, transfers on hold; `call/events.rs` its inputs, outputs and events; `call/turn_book.rs` which caller turn ([`TurnId`]) each event and report belongs to; `call/outside.rs` cutting the agent's audio (barge-in, [`Action::Clear`]) and the answering machine verdict ([`AnsweredBy`]) |
 //! | [`turn`] | VAD (webrtc-vad behind an adaptive noise gate) and the turn detector (speech start, end of turn) |
 //! | [`playout`] | paced outbound audio (resample → μ-law → 20 ms frames) with marks, and what the caller heard from mark echoes |
 //! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
@@ -44,7 +44,8 @@ pub mod twilio;
 
 pub use agent::{Action, Agent, EchoAgent};
 pub use call::{
-    BargeIn, Call, CallStats, CloseReason, Event, Input, Malformed, Output, TransferOutcome, TurnId,
+    AnsweredBy, BargeIn, Call, CallNotice, CallStats, CloseReason, Event, Input, MachineEnd,
+    Malformed, Output, TransferOutcome, TurnId,
 };
 pub use config::CallConfig;
 pub use error::Error;

@@ -46,6 +46,83 @@ pub enum Input<'a> {
         /// Redirected, or why not.
         outcome: TransferOutcome,
     },
+    /// Who or what answered the call, as Twilio's answering machine detection found it
+    /// (asynchronous AMD, told to the gateway by a callback while the call runs). Emitted as
+    /// [`Event::AnsweredBy`] and handed to the agent
+    /// ([`Agent::on_answered_by`](crate::Agent::on_answered_by)); ignored before `start`,
+    /// after the stream stopped, and while the call holds for a transfer. After
+    /// [`AnsweredBy::MachineEnd`] the caller's side no longer barges in on the agent (the
+    /// machine is recording: its beep or noise must not cut the message).
+    AnsweredBy {
+        /// When it came.
+        at: Instant,
+        /// The verdict.
+        answered_by: AnsweredBy,
+    },
+}
+
+/// Twilio's answering machine detection verdict (`AnsweredBy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnsweredBy {
+    /// `human`: a person; the conversation goes on.
+    Human,
+    /// `machine_start`: a machine's greeting began (with `MachineDetection=Enable`, or before
+    /// its end is known).
+    MachineStart,
+    /// `machine_end_*` (`MachineDetection=DetectMessageEnd`): the machine's greeting is over,
+    /// after a beep, silence or otherwise: the moment to leave a message.
+    MachineEnd(MachineEnd),
+    /// `fax`.
+    Fax,
+    /// `unknown`, or a value hark does not know.
+    Unknown,
+}
+
+/// How a machine's greeting ended ([`AnsweredBy::MachineEnd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MachineEnd {
+    /// `machine_end_beep`.
+    Beep,
+    /// `machine_end_silence`.
+    Silence,
+    /// `machine_end_other`.
+    Other,
+}
+
+impl AnsweredBy {
+    /// Twilio's `AnsweredBy` value; anything else is [`AnsweredBy::Unknown`].
+    pub fn from_twilio(value: &str) -> AnsweredBy {
+        match value {
+            "human" => AnsweredBy::Human,
+            "machine_start" => AnsweredBy::MachineStart,
+            "machine_end_beep" => AnsweredBy::MachineEnd(MachineEnd::Beep),
+            "machine_end_silence" => AnsweredBy::MachineEnd(MachineEnd::Silence),
+            "machine_end_other" => AnsweredBy::MachineEnd(MachineEnd::Other),
+            "fax" => AnsweredBy::Fax,
+            _ => AnsweredBy::Unknown,
+        }
+    }
+
+    /// Twilio's spelling (`human`, `machine_end_beep`, …), for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnsweredBy::Human => "human",
+            AnsweredBy::MachineStart => "machine_start",
+            AnsweredBy::MachineEnd(MachineEnd::Beep) => "machine_end_beep",
+            AnsweredBy::MachineEnd(MachineEnd::Silence) => "machine_end_silence",
+            AnsweredBy::MachineEnd(MachineEnd::Other) => "machine_end_other",
+            AnsweredBy::Fax => "fax",
+            AnsweredBy::Unknown => "unknown",
+        }
+    }
+}
+
+/// A fact about a live call from outside its media stream, for the driver to feed in
+/// ([`crate::io::CallControl::next_notice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallNotice {
+    /// Twilio's answering machine detection verdict: becomes [`Input::AnsweredBy`].
+    AnsweredBy(AnsweredBy),
 }
 
 /// What became of a transfer ([`Output::Transfer`]), fed back as [`Input::Transfer`].
@@ -334,6 +411,13 @@ pub enum Event {
         to: String,
         /// Why it failed.
         reason: String,
+    },
+    /// Answering machine detection's verdict reached the call ([`Input::AnsweredBy`]).
+    AnsweredBy {
+        /// The verdict.
+        answered_by: AnsweredBy,
+        /// When it came.
+        at: Instant,
     },
     /// `stop` arrived or the socket closed.
     Stopped {

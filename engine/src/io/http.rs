@@ -189,20 +189,9 @@ fn describe(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn execute(
-    client: &Client,
-    peer: PeerId,
-    req: HttpRequest,
-    tx: &mpsc::UnboundedSender<ProviderEvent>,
-) -> Result<(), ProviderFault> {
-    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| {
-        ProviderFault::new(FaultKind::Request, format!("method {:?}: {e}", req.method))
-    })?;
-    let mut rb = client.inner.request(method, &req.url);
-    for (k, v) in &req.headers {
-        rb = rb.header(k.as_str(), v.as_str());
-    }
-    let (content_type, data) = match req.body {
+/// The bytes of a request body and their content type.
+fn encode_body(peer: PeerId, body: HttpBody) -> Result<(Option<String>, Vec<u8>), ProviderFault> {
+    Ok(match body {
         HttpBody::Empty => (None, Vec::new()),
         HttpBody::Json(v) => {
             let data = serde_json::to_vec(&v)
@@ -216,7 +205,23 @@ async fn execute(
             let ct = format!("multipart/form-data; boundary={boundary}");
             (Some(ct), data)
         }
-    };
+    })
+}
+
+async fn execute(
+    client: &Client,
+    peer: PeerId,
+    req: HttpRequest,
+    tx: &mpsc::UnboundedSender<ProviderEvent>,
+) -> Result<(), ProviderFault> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| {
+        ProviderFault::new(FaultKind::Request, format!("method {:?}: {e}", req.method))
+    })?;
+    let mut rb = client.inner.request(method, &req.url);
+    for (k, v) in &req.headers {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    let (content_type, data) = encode_body(peer, req.body)?;
     if let Some(secret) = &req.sign {
         // Signed over the exact bytes sent, at this node's clock (the receiver checks both).
         let now_s = std::time::SystemTime::now()

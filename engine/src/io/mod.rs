@@ -20,7 +20,7 @@ use crate::agent::{OpenSpec, PeerId, ProviderCommand, ProviderEvent, ProviderMes
 
 pub mod http;
 pub mod ws;
-use crate::call::{Call, CloseReason, Event, Input, Output, TransferOutcome};
+use crate::call::{Call, CallNotice, CloseReason, Event, Input, Output, TransferOutcome};
 
 /// What one read from the Twilio socket gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +248,37 @@ pub trait CallControl {
     /// few seconds (give the REST request a timeout): a call whose socket closes meanwhile
     /// waits for it.
     fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture;
+    /// Waits for the next fact about the call from outside its media stream (Twilio's
+    /// answering machine verdict), which the driver feeds in as an input. Pending forever by
+    /// default. **Must be cancel-safe**: the driver races it against the socket and drops it
+    /// whenever something else comes first.
+    fn next_notice(&mut self) -> impl Future<Output = CallNotice> {
+        std::future::pending()
+    }
+}
+
+/// Call control `control` plus a channel of [`CallNotice`]s for the call (the gateway sends
+/// Twilio's answering machine verdict into it). Transfers go to `control`.
+#[derive(Debug)]
+pub struct WithNotices<C> {
+    /// Carries out transfers.
+    pub control: C,
+    /// Notices for this call; once every sender is gone, none come.
+    pub notices: mpsc::UnboundedReceiver<CallNotice>,
+}
+
+impl<C: CallControl> CallControl for WithNotices<C> {
+    fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture {
+        self.control.transfer(call_sid, to)
+    }
+
+    async fn next_notice(&mut self) -> CallNotice {
+        match self.notices.recv().await {
+            Some(n) => n,
+            // Nobody can send any more.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Call control for calls that cannot be transferred (tests, the simulator without a gateway
@@ -322,8 +353,8 @@ pub fn now() -> Instant {
 /// stopped and the socket closed with [`CLOSE_GOING_AWAY`]). See the module docs.
 ///
 /// Provider commands go to `providers`; a transfer ([`Output::Transfer`]) goes to `control`
-/// and its outcome comes back into the loop as [`Input::Transfer`]: nothing enters the call
-/// from outside. If the socket closes while a transfer is in flight, the driver waits for its
+/// and its outcome comes back into the loop as [`Input::Transfer`]; notices from outside the
+/// stream ([`CallControl::next_notice`]) come in as [`Input::AnsweredBy`]. If the socket closes while a transfer is in flight, the driver waits for its
 /// outcome: a redirected call ends as [`Ended::Closed`] with [`CloseReason::Transfer`].
 ///
 /// The socket's [`TwilioSocket::recv`] is raced against provider events, the transfer, the
@@ -405,6 +436,10 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             }
             outcome = transfer_outcome(&mut transfer) => {
                 call.handle_input(Input::Transfer { at: now(), outcome });
+            }
+            notice = control.next_notice() => {
+                let CallNotice::AnsweredBy(answered_by) = notice;
+                call.handle_input(Input::AnsweredBy { at: now(), answered_by });
             }
             _ = sleep_until_opt(deadline) => {
                 call.handle_input(Input::Timeout(now()));
@@ -560,295 +595,4 @@ fn finish<O: Observer>(call: &mut Call, observer: &mut O, ended: Ended) -> Ended
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::agent::{Action, Agent, AgentNeeds, CallInfo, UserTurn};
-    use crate::playout::Interrupted;
-    use crate::{CallConfig, twilio};
-
-    /// Twilio's side: `connected`, `start`, then nothing (the call waits); records closes.
-    struct Script {
-        inbound: std::collections::VecDeque<String>,
-        closed: bool,
-        close_code: Option<u16>,
-        /// Set on close, for a transfer to look at.
-        closed_flag: std::rc::Rc<std::cell::Cell<bool>>,
-    }
-
-    impl TwilioSocket for Script {
-        async fn recv(&mut self, buf: &mut String) -> Result<Recv, SocketError> {
-            match self.inbound.pop_front() {
-                Some(m) => {
-                    buf.clear();
-                    buf.push_str(&m);
-                    Ok(Recv::Text)
-                }
-                None => std::future::pending().await,
-            }
-        }
-        async fn send(&mut self, _text: &str) -> Result<(), SocketError> {
-            Ok(())
-        }
-        async fn close(&mut self) {
-            self.closed = true;
-            self.closed_flag.set(true);
-            self.close_code = Some(1000);
-        }
-        async fn close_with(&mut self, code: u16, _reason: &str) {
-            self.closed = true;
-            self.closed_flag.set(true);
-            self.close_code = Some(code);
-        }
-    }
-
-    /// Asks, at once, for the close given.
-    struct Closer(Option<Action>);
-
-    impl Agent for Closer {
-        fn name(&self) -> &'static str {
-            "closer"
-        }
-        fn needs(&self) -> AgentNeeds {
-            AgentNeeds::default()
-        }
-        fn on_start(&mut self, _: Instant, _: &CallInfo, out: &mut Vec<Action>) {
-            out.extend(self.0.take());
-        }
-        fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
-        fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
-    }
-
-    struct Quiet;
-    impl Observer for Quiet {
-        fn event(&mut self, _: &Call, _: &Event) {}
-    }
-
-    async fn drive_until_closed(action: Action, control: &mut impl CallControl) -> (Ended, bool) {
-        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let agent = Box::new(Closer(Some(action)));
-        let (ended, socket, _) = run_with(started(), agent, control, &mut shutdown).await;
-        (ended, socket.closed)
-    }
-
-    /// Redirects every call after 50 ms, noting whether Twilio's socket was still open then
-    /// and which call it was asked to redirect.
-    #[derive(Default)]
-    struct Redirect {
-        socket_closed: std::rc::Rc<std::cell::Cell<bool>>,
-        closed_at_redirect: std::rc::Rc<std::cell::Cell<Option<bool>>>,
-        asked: Vec<(Option<String>, String)>,
-    }
-
-    impl CallControl for Redirect {
-        fn transfer(&mut self, call_sid: Option<&str>, to: &str) -> TransferFuture {
-            self.asked
-                .push((call_sid.map(str::to_owned), to.to_owned()));
-            let (closed, seen) = (self.socket_closed.clone(), self.closed_at_redirect.clone());
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                seen.set(Some(closed.get()));
-                TransferOutcome::Redirected
-            })
-        }
-    }
-
-    #[tokio::test]
-    async fn a_transfer_keeps_the_socket_open_until_redirected_a_hang_up_closes_it() {
-        let mut control = Redirect::default();
-        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let agent = Box::new(Closer(Some(Action::Transfer {
-            to: "+14155550100".into(),
-        })));
-        let mut socket = script(started());
-        socket.closed_flag = control.socket_closed.clone();
-        let (ended, socket) = run_on(socket, agent, &mut control, &mut shutdown).await;
-        assert!(
-            matches!(&ended, Ended::Closed(CloseReason::Transfer(to)) if to == "+14155550100"),
-            "{ended:?}"
-        );
-        assert_eq!(
-            control.closed_at_redirect.get(),
-            Some(false),
-            "closing first would make Twilio hang up before the transfer"
-        );
-        assert_eq!(
-            control.asked,
-            vec![(
-                Some("CA00000000000000000000000000000001".to_string()),
-                "+14155550100".to_string()
-            )]
-        );
-        assert!(socket.closed, "closed once Twilio took the redirect");
-        let (ended, closed) = drive_until_closed(
-            Action::Hangup {
-                reason: "done".into(),
-            },
-            &mut NoCallControl,
-        )
-        .await;
-        assert!(matches!(ended, Ended::Closed(CloseReason::Hangup(_))));
-        assert!(closed);
-    }
-
-    #[tokio::test]
-    async fn a_failed_transfer_goes_back_to_the_agent_inside_the_loop() {
-        // The default `on_transfer_failed` hangs up, naming the failure.
-        let (ended, closed) = drive_until_closed(
-            Action::Transfer {
-                to: "+14155550100".into(),
-            },
-            &mut NoCallControl,
-        )
-        .await;
-        match ended {
-            Ended::Closed(CloseReason::Hangup(why)) => {
-                assert!(
-                    why.starts_with("transfer to +14155550100 failed: "),
-                    "{why}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(closed);
-    }
-
-    /// Wakes itself every 100 ms forever (timers keep firing while Twilio is silent).
-    struct Ticker;
-
-    impl Agent for Ticker {
-        fn name(&self) -> &'static str {
-            "ticker"
-        }
-        fn needs(&self) -> AgentNeeds {
-            AgentNeeds::default()
-        }
-        fn on_start(&mut self, at: Instant, _: &CallInfo, out: &mut Vec<Action>) {
-            out.push(Action::WakeAt(at + Duration::from_millis(100)));
-        }
-        fn on_timeout(&mut self, at: Instant, out: &mut Vec<Action>) {
-            out.push(Action::WakeAt(at + Duration::from_millis(100)));
-        }
-        fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
-        fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
-    }
-
-    /// What Twilio sends first: `connected` and `start`.
-    fn started() -> Vec<String> {
-        let start = twilio::Start {
-            stream_sid: "MZ00000000000000000000000000000001".into(),
-            call_sid: "CA00000000000000000000000000000001".into(),
-            account_sid: "AC00000000000000000000000000000001".into(),
-            tracks: vec!["inbound".into()],
-            custom_parameters: vec![],
-            encoding: "audio/x-mulaw".into(),
-            sample_rate: 8000,
-            channels: 1,
-        };
-        vec![
-            twilio::inbound::connected(),
-            twilio::inbound::start(1, &start),
-        ]
-    }
-
-    fn script(inbound: Vec<String>) -> Script {
-        Script {
-            inbound: inbound.into_iter().collect(),
-            closed: false,
-            close_code: None,
-            closed_flag: Default::default(),
-        }
-    }
-
-    async fn run(
-        inbound: Vec<String>,
-        agent: Box<dyn Agent>,
-        shutdown: &mut ShutdownSignal,
-    ) -> (Ended, Script, Duration) {
-        run_with(inbound, agent, &mut NoCallControl, shutdown).await
-    }
-
-    async fn run_with(
-        inbound: Vec<String>,
-        agent: Box<dyn Agent>,
-        control: &mut impl CallControl,
-        shutdown: &mut ShutdownSignal,
-    ) -> (Ended, Script, Duration) {
-        let t0 = tokio::time::Instant::now();
-        let (ended, socket) = run_on(script(inbound), agent, control, shutdown).await;
-        (ended, socket, t0.elapsed())
-    }
-
-    async fn run_on(
-        mut socket: Script,
-        agent: Box<dyn Agent>,
-        control: &mut impl CallControl,
-        shutdown: &mut ShutdownSignal,
-    ) -> (Ended, Script) {
-        let mut call = Call::new(CallConfig::default(), agent).expect("default config");
-        let ended = drive(
-            &mut call,
-            &mut socket,
-            &mut NoProviders,
-            control,
-            &mut Quiet,
-            DriveConfig::default(),
-            shutdown,
-        )
-        .await;
-        (ended, socket)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_socket_that_never_sends_start_is_closed_with_1008() {
-        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let (ended, socket, took) = run(
-            vec![twilio::inbound::connected()],
-            Box::new(Ticker),
-            &mut shutdown,
-        )
-        .await;
-        assert!(
-            matches!(ended, Ended::Failed(SocketError::NoStart(_))),
-            "{ended:?}"
-        );
-        assert_eq!(socket.close_code, Some(CLOSE_POLICY));
-        assert_eq!(took, DriveConfig::default().start_timeout);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_idle_deadline_counts_from_the_last_message_while_timers_fire() {
-        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
-        let (ended, _socket, took) = run(started(), Box::new(Ticker), &mut shutdown).await;
-        assert!(
-            matches!(ended, Ended::Failed(SocketError::Idle(_))),
-            "{ended:?}"
-        );
-        assert_eq!(took, DriveConfig::default().idle_timeout);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_stops_the_call_and_closes_with_1001() {
-        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let _ = stop.send(true);
-            // Keep the sender alive: a dropped sender must not count as a request.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        });
-        let (ended, socket, took) = run(started(), Box::new(Ticker), &mut shutdown).await;
-        assert!(matches!(ended, Ended::Shutdown), "{ended:?}");
-        assert_eq!(socket.close_code, Some(CLOSE_GOING_AWAY));
-        assert_eq!(took, Duration::from_secs(2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_dropped_shutdown_sender_is_not_a_shutdown() {
-        let (stop, mut shutdown) = tokio::sync::watch::channel(false);
-        drop(stop);
-        let (ended, _socket, _) = run(started(), Box::new(Ticker), &mut shutdown).await;
-        assert!(
-            matches!(ended, Ended::Failed(SocketError::Idle(_))),
-            "{ended:?}"
-        );
-    }
-}
+mod tests;

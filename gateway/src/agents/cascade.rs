@@ -47,6 +47,7 @@
 //! | `HARK_IDLE_REPROMPT_TEXT` | — | the re-prompt; unset: the model is told the caller is silent and re-prompts |
 //! | `HARK_IDLE_HANGUP_MS` | 20000 | caller silence before the goodbye and hang-up (same start); `0` or `off` for none |
 //! | `HARK_IDLE_GOODBYE_TEXT` | `HARK_GOODBYE_TEXT` | said before an idle hang-up; `off` for none |
+//! | `HARK_VOICEMAIL_TEXT` | — | left on an answering machine (outbound calls with `machine_detection: DetectMessageEnd`), `{{placeholders}}` filled, then the hang-up; unset: hang up on machines |
 //! | `HARK_RETRY_MAX` | 2 | retries per request |
 //! | `HARK_RETRY_BUDGET_MS` | 3000 | retries only start within this long after the caller's turn |
 //! | `HARK_RETRY_BACKOFF_MS` | 150 | first backoff, doubled per retry |
@@ -216,6 +217,7 @@ fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
     if let Some(f) = v.text("HARK_FILLER_TEXT") {
         c.filler_text = unless_off(f);
     }
+    c.voicemail_text = v.text("HARK_VOICEMAIL_TEXT").and_then(unless_off);
     for (var, field) in [
         ("HARK_SYSTEM_PROMPT_PARAM", &mut c.system_prompt_param),
         ("HARK_GREETING_PARAM", &mut c.greeting_param),
@@ -538,6 +540,29 @@ parameters = { type = "object" }
         let c = &s.config;
         assert_eq!((c.idle_reprompt_ms, c.idle_hangup_ms), (Some(5000), None));
         assert_eq!(c.idle_goodbye_text.as_deref(), Some("Bye."));
+    }
+
+    #[test]
+    fn voicemail_text_from_the_environment_or_the_file() {
+        let s = read(&[("OPENAI_API_KEY", "k")]).unwrap();
+        assert_eq!(s.config.voicemail_text, None);
+        let s = read(&[
+            ("OPENAI_API_KEY", "k"),
+            ("HARK_VOICEMAIL_TEXT", "Hi {{name}}, call us back."),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.config.voicemail_text.as_deref(),
+            Some("Hi {{name}}, call us back.")
+        );
+        let s = read(&[("OPENAI_API_KEY", "k"), ("HARK_VOICEMAIL_TEXT", "off")]).unwrap();
+        assert_eq!(s.config.voicemail_text, None);
+        let text = "[agent.cascade]\nvoicemail_text = \"Please call back.\"\n";
+        let s = from_file(text, &[("OPENAI_API_KEY", "k")]).unwrap();
+        assert_eq!(
+            s.config.voicemail_text.as_deref(),
+            Some("Please call back.")
+        );
     }
 
     #[test]

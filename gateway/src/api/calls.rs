@@ -9,7 +9,11 @@
 //!   query parameters into stream `<Parameter>`s, see `HARK_STREAM_PARAMS`), `Method=POST`;
 //! - `StatusCallback` = `<HARK_PUBLIC_URL>/api/twilio/status`, `StatusCallbackMethod=POST`,
 //!   `StatusCallbackEvent` = `initiated`, `ringing`, `answered`, `completed` (repeated keys);
-//! - `Timeout`, `TimeLimit`, `MachineDetection` when given;
+//! - `Timeout`, `TimeLimit` when given;
+//! - with `machine_detection` (`Enable` or `DetectMessageEnd`): `MachineDetection`, and
+//!   Twilio's asynchronous detection — `AsyncAmd=true`, `AsyncAmdStatusCallback` =
+//!   `<HARK_PUBLIC_URL>/api/twilio/amd`, `AsyncAmdStatusCallbackMethod=POST` — whose verdict
+//!   reaches the live call (see [`super::amd`]);
 //! - with `record: true`: `Record=true`, `RecordingChannels=dual`, `RecordingStatusCallback` =
 //!   `<HARK_PUBLIC_URL>/api/twilio/recording`, `RecordingStatusCallbackMethod=POST`,
 //!   `RecordingStatusCallbackEvent` = `completed`, `absent`.
@@ -50,6 +54,8 @@ pub const MAX_PARAMETERS: usize = 20;
 /// `MachineDetection` values (`CreateCallRequest.MachineDetection`: "Can be: `Enable` or
 /// `DetectMessageEnd`").
 pub const MACHINE_DETECTION: [&str; 2] = ["Enable", "DetectMessageEnd"];
+/// Where Twilio sends the asynchronous answering machine verdict (`AsyncAmdStatusCallback`).
+pub const AMD_PATH: &str = "/api/twilio/amd";
 /// Status callback events asked for (`CreateCallRequest.StatusCallbackEvent`).
 pub const STATUS_EVENTS: [&str; 4] = ["initiated", "ringing", "answered", "completed"];
 /// Recording callback events asked for (`CreateCallRequest.RecordingStatusCallbackEvent`).
@@ -283,7 +289,12 @@ impl CallRequest {
             push("TimeLimit", t.to_string());
         }
         if let Some(m) = &self.machine_detection {
+            // Asynchronous: the call connects at once and the verdict comes to the live call
+            // (`POST /api/twilio/amd`) instead of holding the TwiML until detection ends.
             push("MachineDetection", m.clone());
+            push("AsyncAmd", "true".into());
+            push("AsyncAmdStatusCallback", format!("{public_url}{AMD_PATH}"));
+            push("AsyncAmdStatusCallbackMethod", "POST".into());
         }
         if self.record {
             push("Record", "true".into());
@@ -636,6 +647,12 @@ mod tests {
         assert_eq!(get("Timeout"), ["30"]);
         assert_eq!(get("TimeLimit"), ["600"]);
         assert_eq!(get("MachineDetection"), ["DetectMessageEnd"]);
+        assert_eq!(get("AsyncAmd"), ["true"]);
+        assert_eq!(
+            get("AsyncAmdStatusCallback"),
+            ["https://hark.example/api/twilio/amd"]
+        );
+        assert_eq!(get("AsyncAmdStatusCallbackMethod"), ["POST"]);
         assert_eq!(get("Record"), ["true"]);
         assert_eq!(get("RecordingChannels"), ["dual"]);
         assert_eq!(
@@ -647,11 +664,10 @@ mod tests {
         let minimal = parse(r#"{"to":"+14155550100"}"#)
             .expect("valid")
             .twilio_form("https://h");
-        assert!(
-            minimal
-                .iter()
-                .all(|(k, _)| !k.starts_with("Record") && k != "Timeout")
-        );
+        assert!(minimal.iter().all(|(k, _)| !k.starts_with("Record")
+            && k != "Timeout"
+            && !k.starts_with("AsyncAmd")
+            && k != "MachineDetection"));
         assert!(minimal.contains(&("Url".into(), "https://h/voice".into())));
     }
 }

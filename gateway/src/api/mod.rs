@@ -12,6 +12,7 @@
 //! | `POST /api/twilio/status` | Twilio signature | call progress callback (incl. `AnsweredBy`) |
 //! | `POST /api/twilio/recording` | Twilio signature | recording status callback |
 //! | `POST /api/twilio/stream-status` | Twilio signature | Media Streams status callback |
+//! | `POST /api/twilio/amd` | Twilio signature | async answering machine verdict, routed to the live call ([`amd`]) |
 //! | `POST /api/twilio/conversation` | caller | create or fetch a conversation by unique name |
 //! | `POST /api/twilio/participant` | caller | add a chat or SMS/WhatsApp participant |
 //! | `POST /api/twilio/messages` | caller | send a message |
@@ -41,6 +42,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 use tracing::warn;
 
+pub mod amd;
 pub mod auth;
 pub mod callbacks;
 pub mod calls;
@@ -277,6 +279,8 @@ pub struct ApiState {
     conversation_events: broadcast::Sender<ConversationEvent>,
     /// The call events' delivery worker, with `HARK_EVENTS_URL`.
     events: Option<crate::operator::delivery::Delivery>,
+    /// This node's live calls, for callbacks that reach into them ([`amd`]).
+    live: Arc<amd::LiveCalls>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -397,12 +401,19 @@ impl ApiState {
             conversation_events,
             events,
             settings,
+            live: Arc::default(),
         }))
     }
 
     /// A handle live calls record through; cheap to clone, never blocks (see [`CallRecorder`]).
     pub fn recorder(&self) -> CallRecorder {
         self.writer.recorder()
+    }
+
+    /// This node's live calls: the media stream registers each call by `CallSid` so Twilio's
+    /// answering machine verdict (`POST /api/twilio/amd`) reaches it.
+    pub fn live_calls(&self) -> &Arc<amd::LiveCalls> {
+        &self.live
     }
 
     /// The database.
@@ -549,6 +560,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/twilio/status", post(callbacks::status))
         .route("/api/twilio/recording", post(callbacks::recording))
         .route("/api/twilio/stream-status", post(callbacks::stream_status))
+        .route(calls::AMD_PATH, post(amd::amd))
         .route("/api/twilio/conversation", post(conversations::create))
         .route("/api/twilio/participant", post(conversations::participant))
         .route("/api/twilio/messages", post(conversations::message))

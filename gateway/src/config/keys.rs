@@ -161,6 +161,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("HARK_IDLE_HANGUP_MS", "agent.cascade.idle_hangup_ms"),
     s("HARK_IDLE_GOODBYE_TEXT", "agent.cascade.idle_goodbye_text"),
+    s("HARK_VOICEMAIL_TEXT", "agent.cascade.voicemail_text"),
     s("HARK_RETRY_MAX", "agent.cascade.retry_max"),
     s("HARK_RETRY_BUDGET_MS", "agent.cascade.retry_budget_ms"),
     s("HARK_RETRY_BACKOFF_MS", "agent.cascade.retry_backoff_ms"),

@@ -1,6 +1,7 @@
 //! `GET /media-stream`: the Media Streams WebSocket. The upgrade's signature policy, then each
 //! call's life on a call worker: the agent, the engine driven on the socket
-//! (`hark_engine::io::drive`), transfers, and the call's summary in the record.
+//! (`hark_engine::io::drive`), transfers, its place among the node's live calls (for Twilio's
+//! answering machine verdict, [`crate::api::amd`]), and the call's summary in the record.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -139,6 +140,40 @@ fn check_media_stream_signature(st: &AppState, headers: &HeaderMap, uri: &Uri) -
     Some((StatusCode::FORBIDDEN, reason).into_response())
 }
 
+/// The call's observer, plus its place among the node's live calls: registered by `CallSid`
+/// once `start` names it, so `POST /api/twilio/amd` reaches the call (see
+/// [`crate::api::amd`]); out again when this is dropped.
+struct Live<'a> {
+    inner: &'a mut CallObserver,
+    calls: Option<Arc<crate::api::amd::LiveCalls>>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<hark_engine::CallNotice>>,
+    registered: Option<crate::api::amd::LiveCall>,
+}
+
+impl hark_engine::io::Observer for Live<'_> {
+    fn event(&mut self, call: &Call, event: &hark_engine::Event) {
+        match event {
+            hark_engine::Event::Started(info) => {
+                if let (Some(calls), Some(tx)) = (&self.calls, self.tx.take()) {
+                    self.registered = Some(calls.register(&info.call_sid, tx));
+                }
+            }
+            hark_engine::Event::AnsweredBy { answered_by, .. } => {
+                info!(
+                    answered_by = answered_by.as_str(),
+                    "answering machine verdict reached the call"
+                );
+            }
+            _ => {}
+        }
+        self.inner.event(call, event);
+    }
+
+    fn processed(&mut self, took: std::time::Duration) {
+        self.inner.processed(took);
+    }
+}
+
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
     let agent = match (st.agents)(&crate::serve::AgentContext::new(&st.config)) {
         Ok(a) => a,
@@ -169,19 +204,31 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
     };
     let started = Instant::now();
     let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
-    let mut transfers = Transfers {
-        api: st.api.clone(),
+    let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+    let mut control = hark_engine::io::WithNotices {
+        control: Transfers {
+            api: st.api.clone(),
+        },
+        notices,
+    };
+    let mut live = Live {
+        inner: &mut observer,
+        calls: st.api.as_ref().map(|a| a.live_calls().clone()),
+        tx: Some(tx),
+        registered: None,
     };
     let ended = hark_engine::io::drive(
         &mut call,
         &mut socket,
         &mut connectors,
-        &mut transfers,
-        &mut observer,
+        &mut control,
+        &mut live,
         drive_cfg,
         &mut shutdown,
     )
     .await;
+    // Over: Twilio's later callbacks no longer reach it.
+    drop(live);
     let ended = match ended {
         hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) => {
             format!("transferred to {to}")

@@ -209,6 +209,13 @@ pub struct CascadeConfig {
     /// Said before an idle hang-up; `None` (the default): [`CascadeConfig::goodbye_text`].
     /// Empty: hang up without a word.
     pub idle_goodbye_text: Option<String>,
+    /// The message left on an answering machine: when Twilio's answering machine detection
+    /// says the machine's greeting is over ([`crate::AnsweredBy::MachineEnd`]), whatever the
+    /// agent is saying or preparing stops, this is said (`{{name}}` placeholders filled from
+    /// the call's context variables and `<Parameter>`s) and the call hangs up once it has
+    /// played (reason `voicemail`). `None` or empty (the default): hang up at once (reason
+    /// `machine`).
+    pub voicemail_text: Option<String>,
     /// Tools.
     pub tools: ToolsConfig,
     /// Retries.
@@ -282,6 +289,7 @@ impl Default for CascadeConfig {
             idle_reprompt_text: None,
             idle_hangup_ms: None,
             idle_goodbye_text: None,
+            voicemail_text: None,
             tools: ToolsConfig {
                 end_call: true,
                 transfer_call: true,

@@ -85,6 +85,12 @@
 //! one user message, `(The caller pressed 12 on the keypad.)`: a turn of their own, or joined
 //! to the turn being transcribed or thought about, as speech would be.
 //!
+//! ## Answering machines
+//! On Twilio's answering machine verdict ([`Agent::on_answered_by`]) `machine_end_*`, the agent
+//! stops what it is saying or preparing, leaves [`CascadeConfig::voicemail_text`] (templated)
+//! and hangs up once it has played (reason `voicemail`; `machine` without a message, `fax` on
+//! a fax); `human` changes nothing. See `voicemail.rs`.
+//!
 //! ## Telemetry
 //! [`AgentReport::Latency`] per turn: [`Stage::Stt`] (turn end → transcript),
 //! [`Stage::LlmFirstToken`] (request → first content or tool-call delta),
@@ -129,6 +135,7 @@
 //! | `fallback.rs` | the fallback and filler phrases, rendered ahead; the chime |
 //! | `tools.rs` | `end_call`, `transfer_call`, and runs of the operator's HTTP tools |
 //! | `idle.rs` | a silent caller (re-prompt, goodbye, hang-up); keys pressed as the caller's words |
+//! | `voicemail.rs` | an answering machine: the message, then the hang-up |
 //! | `context_use.rs` | this call's context (the operator's answer or the defaults), then the greeting |
 //! | `config.rs` | the settings ([`CascadeConfig`]) |
 //! | `wire.rs` | the OpenAI-compatible requests and stream events |
@@ -147,6 +154,7 @@ pub mod text;
 mod tools;
 mod turn;
 mod utterance;
+mod voicemail;
 pub mod wire;
 
 use std::time::{Duration, Instant};
@@ -156,6 +164,7 @@ pub use config::{
     TtsConfig,
 };
 pub use tools::valid_transfer_target;
+pub use voicemail::{FAX_REASON, MACHINE_REASON, VOICEMAIL_REASON};
 pub use wire::{ChatMessage, ToolCall};
 
 use crate::agent::{
@@ -225,6 +234,8 @@ pub struct CascadeAgent {
     variables: std::collections::BTreeMap<String, String>,
     /// The caller's silence and keys ([`idle`]).
     idle: idle::Idle,
+    /// An answering machine took the call: the message being left ([`voicemail`]).
+    voicemail: Option<voicemail::Voicemail>,
 }
 
 impl std::fmt::Debug for CascadeAgent {
@@ -280,6 +291,7 @@ impl CascadeAgent {
             facts: CallFacts::default(),
             variables: std::collections::BTreeMap::new(),
             idle: idle::Idle::default(),
+            voicemail: None,
         })
     }
 
@@ -365,6 +377,7 @@ impl CascadeAgent {
             self.phrases_poll_timeout(),
             self.tools_poll_timeout(),
             self.idle_poll_timeout(),
+            self.voicemail_poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -556,7 +569,7 @@ impl Agent for CascadeAgent {
 
     fn on_user_turn(&mut self, now: Instant, turn: UserTurn, out: &mut Vec<Action>) {
         self.caller_speaking = false;
-        if self.stopped || turn.audio.is_empty() {
+        if self.stopped || self.on_machine() || turn.audio.is_empty() {
             self.settle(now, out);
             return;
         }
@@ -586,6 +599,7 @@ impl Agent for CascadeAgent {
 
     fn on_barge_in(&mut self, now: Instant, heard: &Interrupted, out: &mut Vec<Action>) {
         self.idle_barge_in();
+        self.voicemail_cut(heard, out);
         // Every utterance that has audio is cut: stop generating it and commit what was said.
         let speaking: Vec<UtteranceId> = self
             .utterances
@@ -616,12 +630,13 @@ impl Agent for CascadeAgent {
     fn on_played(&mut self, now: Instant, id: UtteranceId, out: &mut Vec<Action>) {
         self.played(id, out);
         self.idle_played(id, out);
+        self.voicemail_played(id, out);
         self.settle(now, out);
     }
 
     /// Keys go to the model as the caller's words (see the module docs).
     fn on_dtmf(&mut self, now: Instant, digit: &str, out: &mut Vec<Action>) {
-        if self.stopped {
+        if self.stopped || self.on_machine() {
             return;
         }
         self.on_key(now, digit, out);
@@ -704,7 +719,10 @@ impl Agent for CascadeAgent {
         self.retry_phrases(now, out);
         self.maybe_filler(now, out);
         self.tool_deadlines(now, out);
-        self.idle_timeout(now, out);
+        if !self.on_machine() {
+            self.idle_timeout(now, out);
+        }
+        self.voicemail_timeout(now, out);
         self.settle(now, out);
     }
 
@@ -722,6 +740,17 @@ impl Agent for CascadeAgent {
         if !text.trim().is_empty() {
             self.say(now, Owner::Notice, &text, out);
         }
+        self.settle(now, out);
+    }
+
+    /// A machine: the message, then the hang-up (see `voicemail.rs`).
+    fn on_answered_by(
+        &mut self,
+        now: Instant,
+        answered_by: crate::AnsweredBy,
+        out: &mut Vec<Action>,
+    ) {
+        self.on_answered(now, answered_by, out);
         self.settle(now, out);
     }
 
