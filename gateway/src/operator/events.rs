@@ -39,15 +39,19 @@ pub enum EventType {
     /// `call.ended`: the call's media stream ended (or was closed for a crashed or stopped
     /// hark); data [`CallEnded`].
     CallEnded,
+    /// `call.recording`: a recording of the call completed after its `call.ended` was written
+    /// (Twilio's recording callback usually comes after the call); data [`Recording`].
+    CallRecording,
 }
 
 impl EventType {
-    /// The wire name: `call.started`, `turn.ended`, `call.ended`.
+    /// The wire name: `call.started`, `turn.ended`, `call.ended`, `call.recording`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::CallStarted => "call.started",
             EventType::TurnEnded => "turn.ended",
             EventType::CallEnded => "call.ended",
+            EventType::CallRecording => "call.recording",
         }
     }
 
@@ -57,6 +61,7 @@ impl EventType {
             EventType::CallStarted,
             EventType::TurnEnded,
             EventType::CallEnded,
+            EventType::CallRecording,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)

@@ -365,6 +365,44 @@ impl Store {
         self.event_in(conn, e, now_ms).await.map(drop)
     }
 
+    /// `call.recording` for a completed recording (with its URL) of a call whose `call.ended`
+    /// is already written: the link the call's end could not carry. Earlier recordings are in
+    /// `call.ended` itself. Once per recording.
+    pub(super) async fn recording_event_in(
+        &self,
+        conn: &mut SqliteConnection,
+        e: &super::RecordingEvent,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        if !self.events_enabled() || e.status.as_deref() != Some("completed") || e.url.is_none() {
+            return Ok(());
+        }
+        let ended: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM event_outbox WHERE call_sid = ? AND event_type = 'call.ended' LIMIT 1",
+        )
+        .bind(&e.call_sid)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if ended.is_none() {
+            return Ok(());
+        }
+        let data = Recording {
+            recording_sid: e.recording_sid.clone(),
+            status: e.status.clone(),
+            url: e.url.clone(),
+            duration_s: e.duration_s,
+        };
+        let key = format!("call.recording:{}", e.recording_sid);
+        let ev = NewEvent {
+            ty: EventType::CallRecording,
+            call_sid: &e.call_sid,
+            stream_sid: None,
+            dedupe_key: &key,
+            data: to_json(&data)?,
+        };
+        self.event_in(conn, ev, now_ms).await.map(drop)
+    }
+
     /// This node's first pending event of each call (due or not), soonest due first, at most
     /// `limit`: what the delivery worker may send next.
     ///
@@ -559,6 +597,47 @@ mod tests {
 
     fn body(row: &OutboxRow) -> Envelope {
         serde_json::from_str(&row.body).expect("an envelope")
+    }
+
+    #[tokio::test]
+    async fn a_recording_after_the_end_is_its_own_event_once() {
+        let store = events_store().await;
+        a_call(&store, "CA2").await;
+        let rec = |status: &str| RecordingEvent {
+            recording_sid: "RE2".into(),
+            call_sid: "CA2".into(),
+            status: Some(status.into()),
+            url: Some("https://api.twilio.com/rec/RE2".into()),
+            duration_s: Some(31),
+            channels: Some(1),
+            source: None,
+            track: None,
+            start_time: None,
+            params: vec![],
+        };
+        for r in [rec("in-progress"), rec("completed"), rec("completed")] {
+            store
+                .write(async |c| store.recording_in(c, &r, 20_000).await)
+                .await
+                .unwrap();
+        }
+        let rows = store.outbox_events(Some("CA2")).await.unwrap();
+        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "call.started",
+                "turn.ended",
+                "turn.ended",
+                "call.ended",
+                "call.recording"
+            ],
+            "in-progress is no event; a repeated callback is one"
+        );
+        let e = body(&rows[4]);
+        assert_eq!((e.seq, e.stream_sid), (4, None));
+        assert_eq!(e.data["url"], "https://api.twilio.com/rec/RE2");
+        assert_eq!(e.data["duration_s"], 31);
     }
 
     #[tokio::test]

@@ -278,7 +278,8 @@ impl Store {
     }
 
     /// Stores a recording callback: one row per `RecordingSid`; a later status updates it, but a
-    /// late `in-progress` never replaces `completed` or `absent`.
+    /// late `in-progress` never replaces `completed` or `absent`. A recording that completes
+    /// after the call's `call.ended` event is a `call.recording` event (with call events on).
     ///
     /// # Errors
     /// The driver's error.
@@ -322,7 +323,7 @@ impl Store {
         .bind(params_json(&e.params))
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        self.recording_event_in(conn, e, now_ms).await
     }
 
     /// Stores a Conversations webhook once per `dedupe_key`. Returns `false` for a duplicate.
