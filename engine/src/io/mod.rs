@@ -354,8 +354,9 @@ pub fn now() -> Instant {
 ///
 /// Provider commands go to `providers`; a transfer ([`Output::Transfer`]) goes to `control`
 /// and its outcome comes back into the loop as [`Input::Transfer`]; notices from outside the
-/// stream ([`CallControl::next_notice`]) come in as [`Input::AnsweredBy`]. If the socket closes while a transfer is in flight, the driver waits for its
-/// outcome: a redirected call ends as [`Ended::Closed`] with [`CloseReason::Transfer`].
+/// stream ([`CallControl::next_notice`]) come in as [`Input::AnsweredBy`]. If the socket closes
+/// while a transfer is in flight, the driver waits for its outcome: a redirected call ends as
+/// [`Ended::Closed`] with [`CloseReason::Transfer`].
 ///
 /// The socket's [`TwilioSocket::recv`] is raced against provider events, the transfer, the
 /// call's timer, the idle and start deadlines and `shutdown`, and dropped when one of those
