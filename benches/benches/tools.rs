@@ -160,25 +160,38 @@ fn main() {
         });
     });
     let url = url_rx.recv().unwrap();
-    // hark's side: two workers, as `hark serve` has on this machine's two cores.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = Client::new(ClientConfig::default()).unwrap();
+    // hark's side as `hark serve` runs calls (`gateway/src/pool.rs`, `server/media.rs`): one
+    // single-threaded runtime per core (two here), each with its own HTTP client.
     let tools = tools(url);
+    let workers = 2;
     let started = Instant::now();
-    let mut all: Vec<u64> = rt.block_on(async {
-        let tasks: Vec<_> = (0..calls)
-            .map(|i| tokio::spawn(call(i, rounds, tools.clone(), client.clone())))
-            .collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    });
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let tools = tools.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let client = Client::new(ClientConfig::default()).unwrap();
+                rt.block_on(async move {
+                    let tasks: Vec<_> = (w..calls)
+                        .step_by(workers)
+                        .map(|i| tokio::spawn(call(i, rounds, tools.clone(), client.clone())))
+                        .collect();
+                    let mut all = Vec::new();
+                    for t in tasks {
+                        all.extend(t.await.unwrap());
+                    }
+                    all
+                })
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let wall = started.elapsed();
     all.sort_unstable();
     let mut handler = handled.lock().unwrap_or_else(|e| e.into_inner()).clone();

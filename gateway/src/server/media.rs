@@ -174,6 +174,27 @@ impl hark_engine::io::Observer for Live<'_> {
     }
 }
 
+thread_local! {
+    /// This call worker's HTTP client (its own connection pool).
+    static WORKER_HTTP: std::cell::OnceCell<hark_engine::io::http::Client> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// The HTTP client for provider requests of calls on this worker thread: one per worker, made
+/// with `shared`'s settings. A pooled connection's I/O task runs on the runtime that opened
+/// it, so one pool shared by the workers' single-threaded runtimes ties a call's provider
+/// requests to another worker's load, and fails them ("dropped") when that runtime stops —
+/// `cargo bench -p hark-benches --bench tools` showed both with two current-thread runtimes
+/// on one client. Falls back to `shared` if a client cannot be built.
+fn worker_http(shared: &hark_engine::io::http::Client) -> hark_engine::io::http::Client {
+    WORKER_HTTP.with(|c| {
+        c.get_or_init(|| {
+            hark_engine::io::http::Client::new(shared.config()).unwrap_or_else(|_| shared.clone())
+        })
+        .clone()
+    })
+}
+
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
     let agent = match (st.agents)(&crate::serve::AgentContext::new(&st.config)) {
         Ok(a) => a,
@@ -203,7 +224,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
         ..hark_engine::io::DriveConfig::default()
     };
     let started = Instant::now();
-    let mut connectors = hark_engine::io::Connectors::new(st.http.clone());
+    let mut connectors = hark_engine::io::Connectors::new(worker_http(&st.http));
     let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
     let mut control = hark_engine::io::WithNotices {
         control: Transfers {

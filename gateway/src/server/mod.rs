@@ -52,7 +52,8 @@ pub struct AppState {
     idle: Notify,
     validator: Option<Validator>,
     api: Option<Arc<crate::api::ApiState>>,
-    /// One HTTP client for every call's provider requests (shared connection pools).
+    /// The HTTP client settings for calls' provider requests; each call worker makes its own
+    /// client (and connection pool) from it (`media.rs`, `worker_http`).
     http: hark_engine::io::http::Client,
     /// Open connections by state (see [`crate::conns`]).
     conns: Arc<crate::conns::Connections>,
