@@ -24,6 +24,7 @@ use crate::twilio::{self, Inbound, Track};
 
 mod events;
 mod outside;
+mod pause;
 mod turn_book;
 
 pub use events::*;
@@ -83,6 +84,8 @@ pub struct Call {
     /// Transfers that failed so far.
     failed_transfers: u32,
     barged_this_speech: bool,
+    /// A barge-in held, waiting to be confirmed or undone ([`pause`]).
+    hold: Option<pause::Hold>,
     /// An answering machine's greeting is over ([`AnsweredBy::MachineEnd`]): its line (the
     /// beep, noise) no longer barges in on the agent.
     machine: bool,
@@ -157,6 +160,7 @@ impl Call {
             deferred: Vec::new(),
             failed_transfers: 0,
             barged_this_speech: false,
+            hold: None,
             machine: false,
             book: TurnBook::new(!vad_barge_in),
             out: VecDeque::with_capacity(16),
@@ -258,6 +262,12 @@ impl Call {
             }
             Input::Timeout(at) => {
                 self.now = Some(at);
+                if !self.stopped {
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.check_hold(at, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
                 if self.agent_wake.is_some_and(|w| w <= at)
                     && !self.stopped
                     && self.transferring.is_none()
@@ -301,10 +311,10 @@ impl Call {
         let a = self.playout.next_wake(now);
         // The agent sleeps while the call holds for a transfer.
         let agent_wake = self.agent_wake.filter(|_| self.transferring.is_none());
-        match (a, agent_wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [a, agent_wake, self.hold_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn buf(&mut self) -> String {
@@ -544,7 +554,7 @@ impl Call {
                 self.pcm16.resize(320, 0);
             }
         }
-        let vad_16 = self.cfg.vad.rate == SampleRate::HZ_16000;
+        let vad_16 = self.vad.rate() == SampleRate::HZ_16000;
         let voiced = self.vad.is_voiced(at_rate(vad_16, &self.pcm8, &self.pcm16));
         if voiced {
             self.last_voiced_at = Some(at);
@@ -576,8 +586,9 @@ impl Call {
         {
             self.barged_this_speech = true;
             let speech_start_ms = self.turn.speech_start_ms().unwrap_or(frame_start);
-            self.barge_in(at, speech_start_ms, self.media_ms, &mut actions);
+            self.hold_for_caller(at, speech_start_ms, self.media_ms, &mut actions);
         }
+        self.check_hold(at, &mut actions);
         self.run_actions(at, &mut actions);
         self.actions = actions;
     }
@@ -621,20 +632,38 @@ impl Call {
                 start_ms,
                 end_ms,
                 forced,
-            } => self.end_turn(at, start_ms, end_ms, forced, actions),
+            } if self.is_backchannel(start_ms, end_ms, forced) => {
+                // Over a held answer: a backchannel, not a turn; the agent plays on.
+                self.resume_hold(at, true);
+                self.discard(start_ms, end_ms);
+            }
+            TurnEvent::SpeechEnd {
+                start_ms,
+                end_ms,
+                forced,
+            } => {
+                self.confirm_hold(at, actions);
+                self.end_turn(at, start_ms, end_ms, forced, actions)
+            }
             TurnEvent::Discarded { start_ms, end_ms } => {
-                self.stats.discarded += 1;
-                self.open_turn_answered = false;
-                self.utterance.clear();
-                let (turn, kept) = self.book.discard();
-                self.event(Event::UserSpeechDiscarded {
-                    turn,
-                    kept,
-                    start_ms,
-                    end_ms,
-                });
+                self.resume_hold(at, false);
+                self.discard(start_ms, end_ms);
             }
         }
+    }
+
+    /// Speech dropped: too short to be a turn, or a backchannel over the agent.
+    fn discard(&mut self, start_ms: u64, end_ms: u64) {
+        self.stats.discarded += 1;
+        self.open_turn_answered = false;
+        self.utterance.clear();
+        let (turn, kept) = self.book.discard();
+        self.event(Event::UserSpeechDiscarded {
+            turn,
+            kept,
+            start_ms,
+            end_ms,
+        });
     }
 
     /// Endpointing ended the caller's turn (media time `start_ms`–`end_ms`): its audio goes to

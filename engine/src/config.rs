@@ -34,9 +34,53 @@ impl VadAggressiveness {
     }
 }
 
+/// Which voice activity detector a call runs ([`crate::vad::VoiceDetector`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadKind {
+    /// webrtc-vad behind the adaptive level gate (`noise_margin_db`): about 1 µs per frame,
+    /// good on clean lines, deaf to soft speech in stationary noise and fooled by background
+    /// voices (`hark bench turns`).
+    Webrtc,
+    /// Silero VAD (v6, silero-vad 6.2.3; its 8 kHz network, a pure-Rust forward pass) on every
+    /// 32 ms window: the reference.
+    Silero,
+    /// A level stage decides silence and steady noise far below speech; Silero runs only when
+    /// that stage is unsure; a foreground gate tracks the caller's level so background voices
+    /// well below it do not hold a turn open ([`crate::vad::HybridVad`]).
+    Hybrid,
+}
+
+impl VadKind {
+    /// From its name: `webrtc`, `silero`, `hybrid`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "webrtc" => Self::Webrtc,
+            "silero" => Self::Silero,
+            "hybrid" => Self::Hybrid,
+            _ => return None,
+        })
+    }
+
+    /// Its name, as [`VadKind::from_name`] takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Webrtc => "webrtc",
+            Self::Silero => "silero",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
 /// Voice activity detection settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VadConfig {
+    /// Which detector (default [`VadKind::Hybrid`]: on `hark bench turns` as good as webrtc-vad
+    /// on clean lines at its cost, and near or above Silero in noise). `silero` and `hybrid` run
+    /// at 8 kHz whatever `rate` says.
+    pub kind: VadKind,
+    /// Silero speech probability, in %, above which a window is speech (default 50); it stays
+    /// speech down to 15 points less (Silero's own `VADIterator` hysteresis).
+    pub speech_threshold_pct: u8,
     /// Aggressiveness (default [`VadAggressiveness::Aggressive`], mode 2).
     pub aggressiveness: VadAggressiveness,
     /// Rate the VAD runs at: 8 kHz (the wire rate, default, no resampling delay) or 16 kHz
@@ -57,6 +101,8 @@ pub struct VadConfig {
 impl Default for VadConfig {
     fn default() -> Self {
         VadConfig {
+            kind: VadKind::Hybrid,
+            speech_threshold_pct: 50,
             aggressiveness: VadAggressiveness::Aggressive,
             rate: SampleRate::HZ_8000,
             noise_margin_db: 10,
@@ -83,6 +129,20 @@ pub struct TurnConfig {
     /// Shorter sounds (a cough, a click) do not stop the agent. With the defaults `clear` is
     /// emitted 80 ms of media after the first voiced frame began.
     pub min_interruption_ms: u32,
+    /// A barge-in first only holds the agent's audio (Twilio `clear`, the unheard rest kept):
+    /// once the caller's voice spans `min_utterance_ms` (or `backchannel_max_ms` when set) it
+    /// is confirmed (the agent is told, its answer dropped); if the speech is dropped as a
+    /// blip (a cough, a click), ends as a backchannel, or this long passes without
+    /// confirmation (noise), the agent plays on from where the caller stopped hearing it
+    /// (default 1500; 0: every barge-in is confirmed at once, as before). LiveKit Agents'
+    /// `false_interruption_timeout` is the same idea (2 s).
+    pub resume_after_ms: u32,
+    /// Caller voice (first to last voiced frame) shorter than this over the agent is a
+    /// backchannel ("uh-huh", "okay"): the agent plays on and the speech is not a turn
+    /// (default 0: off). Duration alone cannot tell "uh-huh" from "No!": the benchmark's
+    /// backchannels last 310–670 ms, and its bench sessions hold real 370 ms barge-ins; 700
+    /// stops backchannels interrupting and one-word interruptions too (`hark bench turns`).
+    pub backchannel_max_ms: u32,
     /// A turn longer than this is ended by force (default 30 000), which bounds the memory a
     /// call holds for one utterance (8 kHz: 16 KB per second).
     pub max_utterance_ms: u32,
@@ -99,6 +159,8 @@ impl Default for TurnConfig {
             stop_ms: 600,
             min_utterance_ms: 200,
             min_interruption_ms: 80,
+            resume_after_ms: 1_500,
+            backchannel_max_ms: 0,
             max_utterance_ms: 30_000,
             pre_roll_ms: 200,
         }
@@ -168,6 +230,9 @@ impl CallConfig {
         }
         if ![8_000, 16_000].contains(&self.agent_rate.hz()) {
             return bad("agent_rate must be 8000 or 16000 Hz");
+        }
+        if !(20..=95).contains(&self.vad.speech_threshold_pct) {
+            return bad("vad.speech_threshold_pct must be within 20..=95");
         }
         if self.vad.noise_window_ms < 100 || self.vad.noise_window_ms > 60_000 {
             return bad("vad.noise_window_ms must be within 100..=60000");

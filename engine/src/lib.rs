@@ -13,7 +13,8 @@
 //! |---|---|
 //! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear`; `twilio/peer.rs` Twilio's side for simulators and tests |
 //! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, transfers on hold; `call/events.rs` its inputs, outputs and events; `call/turn_book.rs` which caller turn ([`TurnId`]) each event and report belongs to; `call/outside.rs` cutting the agent's audio (barge-in, [`Action::Clear`]) and the answering machine verdict ([`AnsweredBy`]) |
-//! | [`turn`] | VAD (webrtc-vad behind an adaptive noise gate) and the turn detector (speech start, end of turn) |
+//! | [`turn`] | the turn detector (speech start, end of turn) over the VAD's per-frame verdicts |
+//! | [`vad`] | voice activity detection: webrtc-vad, Silero (pure Rust), and the hybrid default |
 //! | [`playout`] | paced outbound audio (resample → μ-law → 20 ms frames) with marks, and what the caller heard from mark echoes |
 //! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
 //! | [`agents`] | the real agents, sans-IO: `cascade` (STT → LLM → TTS), `elevenlabs`, `realtime` |
@@ -41,6 +42,7 @@ pub mod playout;
 pub mod sim;
 pub mod turn;
 pub mod twilio;
+pub mod vad;
 
 pub use agent::{Action, Agent, EchoAgent};
 pub use call::{

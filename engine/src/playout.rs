@@ -115,6 +115,9 @@ struct TextPiece {
 struct Utterance {
     id: UtteranceId,
     queue: VecDeque<u8>,
+    /// Bytes sent but not yet confirmed heard by a mark echo, oldest first (at most
+    /// [`MAX_UNHEARD_BYTES`]): what [`Playout::pause`] puts back in the queue.
+    unheard: VecDeque<u8>,
     produced: u64,
     sent: u64,
     heard: u64,
@@ -132,6 +135,7 @@ impl Utterance {
         Utterance {
             id,
             queue: VecDeque::new(),
+            unheard: VecDeque::new(),
             produced: 0,
             sent: 0,
             heard: 0,
@@ -210,6 +214,8 @@ pub struct Playout {
     /// Utterances with ids below this are cancelled: their audio is dropped on arrival.
     cancelled_below: u64,
     highest_id: Option<u64>,
+    /// Sending is held ([`Playout::pause`]) until [`Playout::resume`] or [`Playout::clear`].
+    paused: bool,
     frame: Vec<u8>,
     name: String,
     pcm8: Vec<i16>,
@@ -249,6 +255,11 @@ impl std::fmt::Debug for Playout {
 
 const MARK_PREFIX: &str = "hark-";
 
+/// Sent-but-unheard audio kept per utterance for [`Playout::pause`]: 10 s of μ-law (marks
+/// normally confirm within the 200 ms lead plus one mark interval; this bounds a call whose
+/// echoes stop coming).
+pub const MAX_UNHEARD_BYTES: usize = 80_000;
+
 impl Playout {
     /// A playout with `cfg`'s pacing and mark interval.
     pub fn new(cfg: PlayoutConfig) -> Self {
@@ -266,6 +277,7 @@ impl Playout {
             play_end: None,
             cancelled_below: 0,
             highest_id: None,
+            paused: false,
             frame: Vec::with_capacity(frame_bytes),
             name: String::with_capacity(24),
             pcm8: Vec::with_capacity(4096),
@@ -430,6 +442,9 @@ impl Playout {
     /// When [`Playout::pump`] next has something to send, if anything is waiting (`now` when
     /// it could send at once).
     pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        if self.paused {
+            return None;
+        }
         let u = self.sending()?;
         let avail = u.queue.len();
         let ready = avail >= self.frame_bytes || (u.finished && (avail > 0 || !u.final_mark_sent));
@@ -462,6 +477,9 @@ impl Playout {
         mut send: impl FnMut(Send<'_>),
     ) {
         let lead = Duration::from_millis(self.cfg.lead_ms as u64);
+        if self.paused {
+            return;
+        }
         loop {
             let Some(idx) = self.utts.iter().position(|u| !u.final_mark_sent) else {
                 return;
@@ -512,6 +530,9 @@ impl Playout {
             let u = &mut self.utts[idx];
             self.frame.clear();
             self.frame.extend(u.queue.drain(..n));
+            u.unheard.extend(self.frame.iter().copied());
+            let over = u.unheard.len().saturating_sub(MAX_UNHEARD_BYTES);
+            u.unheard.drain(..over);
             u.sent += n as u64;
             let id = u.id;
             let first = !u.started;
@@ -591,6 +612,9 @@ impl Playout {
             if let Some(i) = self.utts.iter().position(|u| u.id == m.id) {
                 let u = &mut self.utts[i];
                 u.heard = u.heard.max(m.upto);
+                let base = u.sent - u.unheard.len() as u64;
+                let heard_now = (u.heard.saturating_sub(base) as usize).min(u.unheard.len());
+                u.unheard.drain(..heard_now);
                 if !u.first_heard {
                     u.first_heard = true;
                     events.push(PlayoutEvent::FirstHeard {
@@ -618,6 +642,51 @@ impl Playout {
         true
     }
 
+    /// Holds the agent's audio for a barge-in that may turn out to be none (a backchannel, a
+    /// noise): nothing more is sent, the audio sent but not confirmed heard goes back to the
+    /// front of its utterance's queue (pending marks resolve as unheard), and
+    /// [`Playout::resume`] later plays on from where the caller stopped hearing (to mark
+    /// granularity). The caller needs a Twilio `clear` to stop hearing at once. Returns false
+    /// (and does nothing) when no agent audio is unplayed or it is already held.
+    pub fn pause(&mut self) -> bool {
+        if self.paused || !self.is_speaking() {
+            return false;
+        }
+        for m in self.marks.iter_mut() {
+            m.cleared = true;
+        }
+        for u in self.utts.iter_mut() {
+            if u.sent <= u.heard {
+                continue;
+            }
+            // `unheard` holds bytes base..sent; the caller heard up to `heard`.
+            let base = u.sent - u.unheard.len() as u64;
+            let from = u.heard.max(base);
+            let skip = (from - base) as usize;
+            for &b in u.unheard.iter().skip(skip).rev() {
+                u.queue.push_front(b);
+            }
+            u.unheard.clear();
+            u.sent = from;
+            u.final_mark_sent = false;
+        }
+        self.paused = true;
+        self.play_end = None;
+        self.since_mark = 0;
+        self.stats.clears += 1;
+        true
+    }
+
+    /// Plays on after [`Playout::pause`].
+    pub fn resume(&mut self) {
+        self.paused = false;
+    }
+
+    /// Whether sending is held by [`Playout::pause`].
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Barge-in: forgets all queued audio, cancels every utterance seen so far (later audio for
     /// them is dropped), resolves pending marks as unheard, and reports what the caller heard of
     /// the utterance that was playing. Returns `None` when nothing was playing or queued (then
@@ -631,6 +700,7 @@ impl Playout {
         if let Some(h) = self.highest_id {
             self.cancelled_below = self.cancelled_below.max(h + 1);
         }
+        let was_paused = std::mem::replace(&mut self.paused, false);
         self.play_end = None;
         self.since_mark = 0;
         let mut utts = std::mem::take(&mut self.utts);
@@ -643,7 +713,10 @@ impl Playout {
         if !anything {
             return None;
         }
-        self.stats.clears += 1;
+        // A held playout had its `clear` counted when it was paused.
+        if !was_paused {
+            self.stats.clears += 1;
+        }
         let first = utts.pop_front()?;
         Some(Interrupted {
             id: first.id,

@@ -601,15 +601,20 @@ fn run(cfg: CascadeConfig, fake: Fake, until_ms: Option<u64>) -> Run {
 
 /// As [`run`], with extra `customParameters` in the `start` message.
 fn run_with(cfg: CascadeConfig, fake: Fake, until_ms: Option<u64>, params: &[(&str, &str)]) -> Run {
+    run_call(CallConfig::default(), cfg, fake, until_ms, params)
+}
+
+/// As [`run_with`], with the call's own configuration.
+fn run_call(
+    call: CallConfig,
+    cfg: CascadeConfig,
+    fake: Fake,
+    until_ms: Option<u64>,
+    params: &[(&str, &str)],
+) -> Run {
     let s = load("multi-turn");
     let agent = CascadeAgent::new(cfg).unwrap();
-    let mut r = TestCall::with_provider(
-        CallConfig::default(),
-        Box::new(agent),
-        &s.stream_sid,
-        Instant::now(),
-        fake,
-    );
+    let mut r = TestCall::with_provider(call, Box::new(agent), &s.stream_sid, Instant::now(), fake);
     let mut lines = s.lines.clone();
     for l in lines.iter_mut() {
         let mut v: Value = serde_json::from_str(l).unwrap();
@@ -679,7 +684,11 @@ fn messages(req: &Req) -> Vec<Value> {
 #[test]
 fn multi_turn_streams_sentences_cuts_history_on_barge_in_and_ends_the_call() {
     let fake = Fake::new(segment_texts(), script);
-    let r = run(config(), fake, None);
+    // Barge-ins confirmed at once (no hold): in-flight work is cancelled with the `clear`.
+    // The hold is tested in `barge_in_hold.rs`.
+    let mut call = CallConfig::default();
+    call.turn.resume_after_ms = 0;
+    let r = run_call(call, config(), fake, None, &[]);
     let segs = segments(&load("multi-turn"));
 
     // Greeting: its first audio reaches the playout one TTS first-byte after the start.

@@ -84,7 +84,19 @@ fn barge_in_clears_within_budget_and_keeps_only_what_was_heard() {
         .find(|(_, m)| matches!(m, Outbound::Clear { .. }))
         .map(|(t, _)| *t)
         .expect("a clear was sent");
-    assert_eq!(clear_at, bi.at);
+    // The clear went out when the barge-in was first decided (the answer held); the barge-in
+    // was confirmed once the caller had spoken `backchannel_max_ms`, with the hold's timing.
+    let (held_at, held_decided) = run
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::PlaybackPaused { at, decided_ms, .. } => Some((*at, *decided_ms)),
+            _ => None,
+        })
+        .expect("the answer was held first");
+    assert_eq!(clear_at, held_at);
+    assert_eq!(bi.decided_ms, held_decided);
+    assert!(bi.at >= held_at);
     let first_voiced_arrival = run.t0 + Duration::from_millis(bi.speech_start_ms + 20);
     let wall = clear_at.duration_since(first_voiced_arrival);
     assert!(

@@ -31,7 +31,7 @@
 //! | [`operator`] | the operator's backend: signed events, context and tool requests |
 //! | [`metrics`] | the Prometheus recorder behind `/metrics` |
 //! | [`error`] | [`Error`], the one error type: each subsystem's error, and whether a call can continue |
-//! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
+//! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `turns` (`hark bench turns`), `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
 
 pub mod agents;
 pub mod api;
@@ -51,6 +51,6 @@ pub mod twiml;
 pub mod ws;
 
 #[cfg(feature = "dev-tools")]
-pub use dev::{bench, chaos, demo, doubles, simulator};
+pub use dev::{bench, chaos, demo, doubles, simulator, turns};
 pub use error::Error;
 pub use serve::Hark;

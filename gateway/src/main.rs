@@ -46,8 +46,28 @@ enum Command {
     /// (in-process by default), ramped in steps; reports underruns, barge-in delay,
     /// voice-to-voice latency and the engine's share, CPU and memory per call, and the largest
     /// N meeting the service level.
+    ///
+    /// `hark bench turns`: the turn-taking benchmark instead (VAD, end of turn and barge-in on
+    /// real speech in noise, in virtual time).
     #[cfg(feature = "dev-tools")]
-    Bench(hark_gateway::bench::BenchArgs),
+    #[command(args_conflicts_with_subcommands = true)]
+    Bench {
+        /// `turns`, or nothing for the load test.
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+        #[command(flatten)]
+        load: Box<hark_gateway::bench::BenchArgs>,
+    },
+}
+
+/// What `hark bench` measures besides the load test.
+#[cfg(feature = "dev-tools")]
+#[derive(Debug, clap::Subcommand)]
+enum BenchWhat {
+    /// Turn-taking on real speech in noise: frame F1, missed onsets, end-of-turn latency,
+    /// cut-offs at inner pauses, false barge-ins, backchannels, clear delay, CPU per frame;
+    /// one row per VAD and condition (see README, "Turn-taking benchmark").
+    Turns(hark_gateway::turns::TurnsArgs),
 }
 
 /// `hark demo`: its report as JSON or a table; exit code 1 when the call had errors.
@@ -94,7 +114,12 @@ fn run(command: Command, rt: &tokio::runtime::Runtime) -> Result<ExitCode, Error
         #[cfg(feature = "dev-tools")]
         Command::Demo { out, speed, json } => rt.block_on(demo(out, speed, json)),
         #[cfg(feature = "dev-tools")]
-        Command::Bench(args) => Ok(hark_gateway::bench::main(&args, rt.handle())),
+        Command::Bench {
+            what: Some(BenchWhat::Turns(args)),
+            ..
+        } => Ok(hark_gateway::turns::main(&args)),
+        #[cfg(feature = "dev-tools")]
+        Command::Bench { what: None, load } => Ok(hark_gateway::bench::main(&load, rt.handle())),
     }
 }
 

@@ -8,7 +8,8 @@
 //! | `hark_inbound_frames_total` | counter | 20 ms caller frames processed |
 //! | `hark_outbound_frames_total` | counter | `media` messages sent to Twilio |
 //! | `hark_malformed_messages_total{kind}` | counter | bad inbound messages, by kind (skipped, call goes on) |
-//! | `hark_barge_ins_total` | counter | barge-ins (`clear` sent) |
+//! | `hark_barge_ins_total` | counter | barge-ins confirmed (the agent's answer cut) |
+//! | `hark_playback_holds_total{outcome}` | counter | `clear`s that only held the answer (`call.resume_after_ms`): `resumed` (a blip or nothing), `backchannel` |
 //! | `hark_turns_total` | counter | caller turns handed to the agent |
 //! | `hark_turn_latency_seconds` | histogram | caller's last voiced frame → first agent `media` sent (engine-side voice-to-voice, endpointing included) |
 //! | `hark_voice_to_voice_seconds` | histogram | caller's last voiced frame → the caller began hearing the answer (first mark echo minus the audio it covers) |
@@ -90,7 +91,14 @@ fn describe() {
         "hark_malformed_messages_total",
         "bad inbound messages, skipped"
     );
-    describe_counter!("hark_barge_ins_total", "barge-ins (clear sent)");
+    describe_counter!(
+        "hark_barge_ins_total",
+        "barge-ins confirmed (the agent's answer cut)"
+    );
+    describe_counter!(
+        "hark_playback_holds_total",
+        "clears that only held the answer, which then played on, by outcome"
+    );
     describe_counter!("hark_turns_total", "caller turns handed to the agent");
     describe_histogram!(
         "hark_turn_latency_seconds",

@@ -375,8 +375,30 @@ pub enum Event {
         /// Audio heard, ms.
         heard_ms: u64,
     },
-    /// The caller barged in.
+    /// The caller barged in: the agent's answer was cut and the agent told. With
+    /// [`crate::config::TurnConfig::resume_after_ms`] this comes when a hold is confirmed,
+    /// its `decided_ms` the hold's (when the `clear` went out).
     BargeIn(BargeIn),
+    /// The caller's voice over the agent held its audio (Twilio `clear` sent, the unheard
+    /// rest kept): a barge-in unless it turns out to be a backchannel or nothing
+    /// ([`Event::PlaybackResumed`]).
+    PlaybackPaused {
+        /// Media time of the caller's first voiced frame.
+        speech_start_ms: u64,
+        /// Media time of the decision (end of the deciding frame).
+        decided_ms: u64,
+        /// When the `clear` was queued.
+        at: Instant,
+    },
+    /// A held answer plays on from where the caller stopped hearing it.
+    PlaybackResumed {
+        /// When.
+        at: Instant,
+        /// How long it was held.
+        held: Duration,
+        /// The caller's speech was a backchannel (else a blip or nothing within the time).
+        backchannel: bool,
+    },
     /// The caller pressed a key.
     Dtmf {
         /// The digit.
@@ -451,6 +473,8 @@ pub struct CallStats {
     pub discarded: u64,
     /// Barge-ins.
     pub barge_ins: u64,
+    /// Held barge-ins undone: the agent played on (backchannels, blips, noise).
+    pub resumed: u64,
     /// Playout totals.
     pub playout: PlayoutStats,
 }

@@ -10,16 +10,20 @@ use crate::playout::Interrupted;
 use crate::twilio;
 
 impl Call {
-    /// Empties the playout and queues Twilio's `clear` ahead of anything queued after it.
-    /// `None` when no agent audio was unplayed.
-    fn cut_playout(&mut self) -> Option<(Option<TurnId>, Interrupted)> {
+    /// Empties the playout and, with `send_clear`, queues Twilio's `clear` ahead of anything
+    /// queued after it (a held playout's `clear` went out when it was held). `None` when no
+    /// agent audio was unplayed.
+    fn cut_playout(&mut self, send_clear: bool) -> Option<(Option<TurnId>, Interrupted)> {
+        self.hold = None;
         let interrupted = self.playout.clear()?;
         let turn = self.book.answer_event();
-        let mut s = self.buf();
-        if let Some(info) = &self.info {
-            twilio::encode_clear(&info.stream_sid, &mut s);
+        if send_clear {
+            let mut s = self.buf();
+            if let Some(info) = &self.info {
+                twilio::encode_clear(&info.stream_sid, &mut s);
+            }
+            self.out.push_back(Pending::Tx(s));
         }
-        self.out.push_back(Pending::Tx(s));
         Some((turn, interrupted))
     }
 
@@ -30,7 +34,19 @@ impl Call {
         decided_ms: u64,
         actions: &mut Vec<Action>,
     ) {
-        let Some((turn, interrupted)) = self.cut_playout() else {
+        self.barge_in_cut(at, speech_start_ms, decided_ms, true, actions);
+    }
+
+    /// [`Call::barge_in`], with or without sending Twilio's `clear`.
+    pub(super) fn barge_in_cut(
+        &mut self,
+        at: Instant,
+        speech_start_ms: u64,
+        decided_ms: u64,
+        send_clear: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some((turn, interrupted)) = self.cut_playout(send_clear) else {
             return;
         };
         self.stats.barge_ins += 1;
@@ -57,7 +73,7 @@ impl Call {
         if self.stopped {
             return;
         }
-        let Some((_, interrupted)) = self.cut_playout() else {
+        let Some((_, interrupted)) = self.cut_playout(true) else {
             return;
         };
         self.answer_of = None;

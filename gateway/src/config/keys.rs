@@ -63,12 +63,16 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_START_TIMEOUT_S", "limits.start_timeout_s"),
     s("HARK_IDLE_TIMEOUT_S", "limits.idle_timeout_s"),
     // call: per-call engine settings (VAD, turn-taking, playout).
+    s("HARK_VAD", "call.vad"),
+    s("HARK_VAD_THRESHOLD_PCT", "call.vad_threshold_pct"),
     s("HARK_VAD_MODE", "call.vad_mode"),
     s("HARK_VAD_RATE", "call.vad_rate"),
     s("HARK_NOISE_MARGIN_DB", "call.noise_margin_db"),
     s("HARK_STOP_MS", "call.stop_ms"),
     s("HARK_MIN_UTTERANCE_MS", "call.min_utterance_ms"),
     s("HARK_MIN_INTERRUPTION_MS", "call.min_interruption_ms"),
+    s("HARK_RESUME_AFTER_MS", "call.resume_after_ms"),
+    s("HARK_BACKCHANNEL_MAX_MS", "call.backchannel_max_ms"),
     s("HARK_LEAD_MS", "call.lead_ms"),
     s("HARK_MARK_EVERY_MS", "call.mark_every_ms"),
     // twilio: account, credentials and REST bases.

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hark_codecs::SampleRate;
-use hark_engine::config::{CallConfig, VadAggressiveness};
+use hark_engine::config::{CallConfig, VadAggressiveness, VadKind};
 
 pub use keys::{CONFIG_VAR, SETTINGS, Setting, unknown_hark_variables};
 pub use values::{UnknownKey, Values, parse_num};
@@ -406,6 +406,17 @@ impl Config {
     /// `[call]`: per-call engine settings, checked together by [`CallConfig::validate`].
     fn call_section(&mut self, v: &Values) -> Result<(), ConfigError> {
         let call = &mut self.call;
+        if let Some(name) = v.get("HARK_VAD") {
+            call.vad.kind = VadKind::from_name(name.trim()).ok_or_else(|| {
+                ConfigError::new(
+                    "HARK_VAD",
+                    format!("{name:?} is not webrtc, silero or hybrid"),
+                )
+            })?;
+        }
+        if let Some(pct) = v.num_in::<u8>("HARK_VAD_THRESHOLD_PCT", 20, 95)? {
+            call.vad.speech_threshold_pct = pct;
+        }
         if let Some(level) = v.num::<u8>("HARK_VAD_MODE")? {
             call.vad.aggressiveness = VadAggressiveness::from_level(level).ok_or_else(|| {
                 ConfigError::new("HARK_VAD_MODE", format!("{level} is not 0, 1, 2 or 3"))
@@ -424,6 +435,8 @@ impl Config {
                 "HARK_MIN_INTERRUPTION_MS",
                 &mut call.turn.min_interruption_ms,
             ),
+            ("HARK_RESUME_AFTER_MS", &mut call.turn.resume_after_ms),
+            ("HARK_BACKCHANNEL_MAX_MS", &mut call.turn.backchannel_max_ms),
             ("HARK_LEAD_MS", &mut call.playout.lead_ms),
             ("HARK_MARK_EVERY_MS", &mut call.playout.mark_every_ms),
         ] {

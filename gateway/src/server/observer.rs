@@ -110,6 +110,9 @@ impl hark_engine::io::Observer for CallObserver {
                     "barge-in"
                 );
             }
+            Event::PlaybackResumed {
+                held, backchannel, ..
+            } => resumed(*held, *backchannel),
             Event::Malformed { kind, detail } => {
                 metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str())
                     .increment(1);
@@ -177,4 +180,18 @@ impl hark_engine::io::Observer for CallObserver {
             metrics::histogram!("hark_engine_message_seconds").record(took.as_secs_f64());
         }
     }
+}
+
+/// A held answer played on: counted by why, logged with how long it was held.
+fn resumed(held: std::time::Duration, backchannel: bool) {
+    let outcome = if backchannel {
+        "backchannel"
+    } else {
+        "resumed"
+    };
+    metrics::counter!("hark_playback_holds_total", "outcome" => outcome).increment(1);
+    info!(
+        held_ms = held.as_millis() as u64,
+        outcome, "agent audio resumed"
+    );
 }

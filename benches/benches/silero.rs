@@ -1,0 +1,48 @@
+//! The Silero VAD forward pass (`hark_engine::vad::silero`, 8 kHz branch) on real speech.
+//!
+//! - `silero/window_256`: one 256-sample window (32 ms at 8 kHz) of JFK's speech through
+//!   `SileroVad::probability` (the LSTM state carries over; the windows cycle through 1.0 s to
+//!   10.5 s of `fixtures/audio/jfk-8k.ulaw`). Real time is 32 ms per window.
+//!
+//! Run: `cargo bench -p hark-benches --bench silero`
+//! (short: `-- --warm-up-time 1 --measurement-time 3`).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use hark_codecs::mulaw;
+use hark_engine::vad::silero::{SileroVad, WINDOW};
+
+/// `fixtures/audio/jfk-8k.ulaw` from 1.0 s to 10.5 s (JFK speaking), as f32 in [-1, 1].
+fn jfk_speech() -> Vec<f32> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/audio/jfk-8k.ulaw");
+    let ulaw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let codes = &ulaw[1_000 * 8..10_500 * 8];
+    let mut pcm = vec![0i16; codes.len()];
+    mulaw::decode(codes, &mut pcm);
+    pcm.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+fn silero(c: &mut Criterion) {
+    let speech = jfk_speech();
+    let windows: Vec<&[f32]> = speech.chunks_exact(WINDOW).collect();
+    let mut vad = SileroVad::new();
+    let speechy = windows.iter().filter(|w| vad.probability(w) > 0.5).count();
+    assert!(
+        speechy * 2 > windows.len(),
+        "the bench windows are mostly speech"
+    );
+    let mut g = c.benchmark_group("silero");
+    let mut next = windows.iter().cycle();
+    g.bench_function("window_256", |b| {
+        b.iter(|| {
+            let w = next.next().copied().unwrap_or_default();
+            black_box(vad.probability(black_box(w)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, silero);
+criterion_main!(benches);

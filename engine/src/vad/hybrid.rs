@@ -1,0 +1,279 @@
+//! The hybrid detector: a cheap level stage, Silero where that stage is unsure, and a
+//! foreground gate.
+//!
+//! 1. **Level stage.** A frame whose level (RMS, dBFS) is below `min_level_dbfs` or less than
+//!    [`CANDIDATE_MARGIN_DB`] above the noise floor (minimum statistics over
+//!    `noise_window_ms`, as [`super::webrtc`]'s gate) is not speech, and costs no inference. A
+//!    silent or quiet line never runs the network.
+//! 2. **Silero.** On a line whose background is not far below the caller ([`CLEAN_LINE_DB`]),
+//!    from the first frame above that, Silero scores every 32 ms window, until
+//!    [`HANGOVER_FRAMES`] frames in a row fall back below (then it idles again). On waking it
+//!    first scores the window before, so its state has one window of history.
+//! 3. **Foreground gate.** A phone caller is close to the microphone; background talkers are
+//!    not. The gate tracks the caller's level (an upper envelope of its frames' levels) and
+//!    the background's (a slow mean of the power of the other frames), and calls a frame the
+//!    caller's only when it is within half their distance (clamped to
+//!    [`FOREGROUND_MIN_DB`]..=[`FOREGROUND_MAX_DB`]) of the caller's level, or Silero's speech
+//!    within [`FOREGROUND_HOLD_FRAMES`] of such a frame (the soft ends of the caller's words).
+//!    Background voices 10 dB down stop holding the caller's turn open.
+//!
+//! 4. **Fast onset.** Silero needs a window or two to rise; webrtc-vad (about 1 µs a frame)
+//!    answers at once but also to noise. A frame webrtc-vad calls voice that also passes the
+//!    level stage and the foreground gate counts as voiced even before Silero agrees, for the
+//!    first [`FAST_ONSET_FRAMES`] of a run (after that only with Silero's agreement in the
+//!    run): loud speech near the caller's level starts a turn, and a barge-in, 30–60 ms
+//!    sooner, and a cough is a blip too short to be a turn. Noise
+//!    and background voices rarely reach the caller's level, and a barge-in that turns out
+//!    to be nothing only holds the agent's audio ([`crate::config::TurnConfig::resume_after_ms`]).
+//!
+//! A frame is voiced when the level stage, the foreground gate and Silero or the fast onset
+//! say so, or when Silero says so within the hold after a foreground frame.
+
+use super::SileroStream;
+use super::webrtc::{NoiseGate, WebrtcVad};
+use crate::config::VadConfig;
+
+/// dB above the noise floor from which the level stage asks Silero.
+pub const CANDIDATE_MARGIN_DB: u8 = 3;
+/// Frames (20 ms) below the level stage after which Silero idles: 500 ms.
+pub const HANGOVER_FRAMES: u32 = 25;
+/// Least distance, dB, kept below the caller's level by the foreground gate.
+pub const FOREGROUND_MIN_DB: f64 = 6.0;
+/// The caller's level assumed before they speak, dBFS: the upper envelope of speech at the
+/// usual telephone active level (about −26 dBFS, ITU-T G.711 lines carry speech around
+/// −20 dBm0 ≈ −23 dBFS). A background talking before the caller does is not taken for them;
+/// the envelope follows the caller within a few frames once they speak, and a quieter line
+/// pulls it down (see [`HybridVad`]).
+pub const CALLER_PRIOR_DBFS: f64 = -20.0;
+/// Frames (20 ms) of a run of voice the fast onset may carry alone on a noisy line (100 ms):
+/// real speech has Silero's agreement by then; a cough or a knock does not.
+pub const FAST_ONSET_FRAMES: u32 = 5;
+/// A line whose background is this far below the caller's level, dB, is clean: Silero stays
+/// idle there (webrtc-vad's F1 on clean speech is as good as Silero's: `hark bench turns`).
+pub const CLEAN_LINE_DB: f64 = 30.0;
+/// Most distance, dB, kept below the caller's level by the foreground gate.
+pub const FOREGROUND_MAX_DB: f64 = 24.0;
+/// Frames (20 ms) after a foreground frame during which Silero's speech counts as the caller's
+/// whatever its level (300 ms): the soft ends of the caller's words stay in the turn, a
+/// background voice never near the caller's level does not.
+pub const FOREGROUND_HOLD_FRAMES: u32 = 15;
+
+/// The hybrid detector (module docs). 8 kHz, 20 ms frames of 160 samples.
+#[derive(Debug)]
+pub struct HybridVad {
+    silero: SileroStream,
+    /// webrtc-vad without its own level gate: the fast onset for loud, near frames.
+    webrtc: WebrtcVad,
+    gate: NoiseGate,
+    running: bool,
+    below: u32,
+    /// Upper envelope of the caller's frame levels, dBFS ([`CALLER_PRIOR_DBFS`] before any).
+    caller_db: f64,
+    /// Slow mean of all frames' power (full scale = 1), `None` before any.
+    background_power: Option<f64>,
+    /// The same in dBFS.
+    background_db: Option<f64>,
+    /// Frames since the last frame that passed the foreground gate.
+    since_foreground: u32,
+    /// Voiced frames in a row so far.
+    run_frames: u32,
+    /// Silero agreed on a frame of that run.
+    run_silero: bool,
+}
+
+impl HybridVad {
+    /// A detector with `cfg`'s floor window, level minimum and Silero threshold.
+    pub fn new(cfg: &VadConfig) -> Self {
+        let gate_cfg = VadConfig {
+            noise_margin_db: CANDIDATE_MARGIN_DB,
+            ..*cfg
+        };
+        let fast_cfg = VadConfig {
+            noise_margin_db: 0,
+            rate: hark_codecs::SampleRate::HZ_8000,
+            ..*cfg
+        };
+        HybridVad {
+            silero: SileroStream::new(cfg.speech_threshold_pct),
+            webrtc: WebrtcVad::new(&fast_cfg),
+            gate: NoiseGate::new(&gate_cfg),
+            running: false,
+            below: 0,
+            caller_db: CALLER_PRIOR_DBFS,
+            background_power: None,
+            background_db: None,
+            since_foreground: u32::MAX,
+            run_frames: 0,
+            run_silero: false,
+        }
+    }
+
+    /// Silero windows scored so far.
+    pub fn neural_windows(&self) -> u64 {
+        self.silero.windows
+    }
+
+    /// Whether the 160-sample frame is the caller's speech (module docs).
+    pub fn is_voiced(&mut self, frame: &[i16]) -> bool {
+        let level = hark_codecs::pcm::rms_dbfs(frame).max(-120.0);
+        let candidate = self.gate.pass(level);
+        // A clean line (the background far below the caller) needs no network.
+        let unsure = candidate && !self.clean_line();
+        if unsure {
+            self.below = 0;
+            if !self.running {
+                self.running = true;
+                self.silero.warm_up();
+            }
+        } else {
+            self.below += 1;
+            if self.running && self.below > HANGOVER_FRAMES {
+                self.running = false;
+                self.silero.idle();
+            }
+        }
+        self.silero.feed(frame, self.running);
+        let speech = candidate && self.running && self.silero.speech();
+        // webrtc-vad runs on every frame (its noise model adapts), about 1 µs.
+        // On a noisy line the fast onset only opens a run of voice: after FAST_ONSET_FRAMES
+        // without Silero's agreement (a cough, a knock, a burst of noise) it stops counting.
+        let fast = self.webrtc.is_voiced(frame)
+            && candidate
+            && (!self.running || self.run_silero || self.run_frames < FAST_ONSET_FRAMES);
+        let near = (speech || fast) && self.foreground(level);
+        self.since_foreground = if near {
+            0
+        } else {
+            self.since_foreground.saturating_add(1)
+        };
+        let voiced = near || ((speech || fast) && self.since_foreground <= FOREGROUND_HOLD_FRAMES);
+        if voiced {
+            self.run_frames = self.run_frames.saturating_add(1);
+            self.run_silero |= speech;
+        } else {
+            self.run_frames = 0;
+            self.run_silero = false;
+        }
+        self.track(level, near, voiced);
+        voiced
+    }
+
+    /// Whether the background is at least [`CLEAN_LINE_DB`] below the caller: then webrtc-vad
+    /// with the level stage and the foreground gate decides alone (about 1 µs a frame).
+    fn clean_line(&self) -> bool {
+        self.background_db
+            .is_some_and(|bg| self.caller_db - bg >= CLEAN_LINE_DB)
+    }
+
+    /// The foreground gate's verdict on a frame at `level` dBFS.
+    fn foreground(&self, level: f64) -> bool {
+        let Some(bg) = self.background_db else {
+            return true;
+        };
+        let keep = ((self.caller_db - bg) / 2.0).clamp(FOREGROUND_MIN_DB, FOREGROUND_MAX_DB);
+        level >= self.caller_db - keep
+    }
+
+    /// Updates the caller's level with a foreground frame's (`near`) and the background's with
+    /// a frame not taken for the caller's.
+    fn track(&mut self, level: f64, near: bool, voiced: bool) {
+        // The background: a slow mean of the power of the frames not taken for the caller
+        // (about 3 s, 150 frames). In power, not dB: the gaps of a background conversation
+        // must not drag it down.
+        if !voiced {
+            let power = 10f64.powf(level / 10.0);
+            let mean = self.background_power.get_or_insert(power);
+            *mean += (power - *mean) / 150.0;
+            self.background_db = Some(10.0 * mean.max(1e-12).log10());
+        }
+        let bg = self.background_db.unwrap_or(level);
+        if near {
+            if level > self.caller_db {
+                // Fast attack: the envelope reaches a louder caller within a few frames.
+                self.caller_db += 0.3 * (level - self.caller_db);
+            } else {
+                self.caller_db -= 0.01 * (self.caller_db - level);
+            }
+        } else {
+            // A caller silent for long fades 0.25 dB/s toward the background, never closer than
+            // twice the least distance (so the background itself stays outside the gate).
+            let least = bg + 2.0 * FOREGROUND_MIN_DB;
+            if self.caller_db > least {
+                self.caller_db = (self.caller_db - 0.005).max(least);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(k: usize, amp: f64) -> Vec<i16> {
+        (0..160)
+            .map(|i| {
+                let t = (k * 160 + i) as f64 / 8000.0;
+                let v: f64 = (1..8)
+                    .map(|h| (2.0 * std::f64::consts::PI * 150.0 * h as f64 * t).sin() / h as f64)
+                    .sum();
+                (v * amp) as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_a_noisy_line_runs_the_network() {
+        let mut v = HybridVad::new(&VadConfig::default());
+        let quiet: Vec<i16> = (0..160).map(|i| ((i * 7919) % 17) as i16 - 8).collect();
+        for _ in 0..500 {
+            assert!(!v.is_voiced(&quiet));
+        }
+        // Voice on a quiet line: webrtc-vad alone decides.
+        let mut voiced = 0;
+        for k in 0..50 {
+            voiced += v.is_voiced(&tone(k, 6000.0)) as u32;
+        }
+        assert!(voiced > 30, "voiced {voiced}/50");
+        assert_eq!(v.neural_windows(), 0);
+        // A loud background (white-ish noise about −31 dBFS) makes the line unsure, but steady
+        // noise alone stays near the floor: still no inference.
+        let mut x: u32 = 1;
+        let mut noise = || -> Vec<i16> {
+            (0..160)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((x >> 16) as i16) / 20
+                })
+                .collect()
+        };
+        for _ in 0..300 {
+            v.is_voiced(&noise());
+        }
+        assert_eq!(v.neural_windows(), 0);
+        // Voice over it: Silero decides.
+        for k in 0..50 {
+            let f: Vec<i16> = tone(k, 6000.0)
+                .iter()
+                .zip(noise())
+                .map(|(a, b)| a.saturating_add(b))
+                .collect();
+            v.is_voiced(&f);
+        }
+        assert!(v.neural_windows() > 0);
+    }
+
+    #[test]
+    fn the_foreground_gate_keeps_frames_near_the_callers_level() {
+        let mut v = HybridVad::new(&VadConfig::default());
+        v.background_db = Some(-40.0);
+        v.caller_db = -20.0;
+        // Distance 30 → keep 15 dB.
+        v.background_db = Some(-50.0);
+        assert!(v.foreground(-34.0));
+        assert!(!v.foreground(-36.0));
+        // A background close to the caller: the least distance applies.
+        v.background_db = Some(-24.0);
+        assert!(v.foreground(-25.0));
+        assert!(!v.foreground(-27.0));
+    }
+}

@@ -1,0 +1,297 @@
+//! One scene through a real [`Call`] in virtual time: Twilio's `media` messages every 20 ms of
+//! caller audio, a virtual phone ([`Phone`]) that plays hark's audio and echoes its marks, the
+//! call's timeouts fired at their times. No sockets and no waiting: a scene of minutes runs in
+//! well under a second, and every run of the same audio gives the same events.
+//!
+//! While the agent scene plays, [`Talker`] keeps the agent talking: it speaks at the start,
+//! again when an answer has played out, after a caller turn ends, and [`TALKER_RESUME`] after a
+//! barge-in that left no turn; so a sound the caller makes finds the agent speaking.
+
+use std::time::{Duration, Instant};
+
+use hark_engine::agent::{Action, Agent, AgentNeeds, CallInfo, UserTurn};
+use hark_engine::playout::{AgentAudio, Interrupted, UtteranceId};
+use hark_engine::sim::{Phone, Received};
+use hark_engine::turn::VoiceDetector;
+use hark_engine::twilio::{self, Start};
+use hark_engine::{Call, CallConfig, Event, Input, Output};
+
+/// The stream's SID in every bench call (the phone checks every message carries it).
+const SID: &str = "MZ7e11a9c0b1e0d6f3a2c4b5d6e7f80912";
+
+/// How long [`Talker`] waits after a barge-in that no caller turn followed before it talks again.
+pub const TALKER_RESUME: Duration = Duration::from_millis(2_000);
+
+/// One of the call's events, stamped with the media time (ms of caller audio fed so far) at
+/// which the call emitted it.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    /// Media ms when emitted (the end of the frame that caused it, or a timer's time).
+    pub media_ms: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// What running a scene produced.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Every event the call emitted, in order.
+    pub events: Vec<Stamped>,
+    /// Wall time spent inside the call (`handle_input` and the `poll_output` drain).
+    pub busy: Duration,
+    /// 20 ms frames fed.
+    pub frames: u64,
+}
+
+/// The agent for the caller-only scenes: listens, never speaks.
+#[derive(Debug, Default)]
+pub struct Listener;
+
+impl Agent for Listener {
+    fn name(&self) -> &'static str {
+        "listener"
+    }
+    fn needs(&self) -> AgentNeeds {
+        AgentNeeds {
+            utterance_audio: false,
+            streaming_audio: false,
+        }
+    }
+    fn on_start(&mut self, _: Instant, _: &CallInfo, _: &mut Vec<Action>) {}
+    fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
+    fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
+}
+
+/// The agent for the agent scene: talks whenever it may (module docs). Its voice is a 30 s
+/// vowel-like buzz at about −20 dBFS; what it says does not matter, only that it is playing.
+#[derive(Debug)]
+pub struct Talker {
+    audio: Vec<u8>,
+    next: u64,
+    /// The utterance playing, if any.
+    current: Option<UtteranceId>,
+    /// When to talk again after a barge-in that no turn followed.
+    resume_at: Option<Instant>,
+}
+
+impl Talker {
+    /// A talker with its 30 s of audio ready.
+    pub fn new() -> Self {
+        // 120 Hz pulse train through a crude formant: harmonics 1..30 with falling amplitude.
+        let pcm: Vec<i16> = (0..8000 * 30)
+            .map(|i| {
+                let t = i as f64 / 8000.0;
+                let v: f64 = (1..30)
+                    .map(|h| (2.0 * std::f64::consts::PI * 120.0 * h as f64 * t).sin() / h as f64)
+                    .sum();
+                (v * 1800.0) as i16
+            })
+            .collect();
+        let mut audio = vec![0u8; pcm.len()];
+        hark_codecs::mulaw::encode(&pcm, &mut audio);
+        Talker {
+            audio,
+            next: 0,
+            current: None,
+            resume_at: None,
+        }
+    }
+
+    fn talk(&mut self, out: &mut Vec<Action>) {
+        if self.current.is_some() {
+            return;
+        }
+        self.next += 1;
+        let id = UtteranceId(self.next);
+        self.current = Some(id);
+        self.resume_at = None;
+        out.push(Action::Play {
+            id,
+            audio: AgentAudio::Mulaw(self.audio.clone()),
+            text: None,
+        });
+        out.push(Action::Finish(id));
+    }
+}
+
+impl Default for Talker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Agent for Talker {
+    fn name(&self) -> &'static str {
+        "talker"
+    }
+    fn needs(&self) -> AgentNeeds {
+        AgentNeeds {
+            utterance_audio: false,
+            streaming_audio: false,
+        }
+    }
+    fn on_start(&mut self, _: Instant, _: &CallInfo, out: &mut Vec<Action>) {
+        self.talk(out);
+    }
+    fn on_user_turn(&mut self, _: Instant, _: UserTurn, out: &mut Vec<Action>) {
+        self.talk(out);
+    }
+    fn on_barge_in(&mut self, now: Instant, _: &Interrupted, out: &mut Vec<Action>) {
+        self.current = None;
+        let at = now + TALKER_RESUME;
+        self.resume_at = Some(at);
+        out.push(Action::WakeAt(at));
+    }
+    fn on_played(&mut self, _: Instant, id: UtteranceId, out: &mut Vec<Action>) {
+        if self.current == Some(id) {
+            self.current = None;
+            self.talk(out);
+        }
+    }
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.resume_at.is_some_and(|t| t <= now) {
+            self.talk(out);
+        }
+    }
+}
+
+fn start_message() -> String {
+    let start = Start {
+        stream_sid: SID.into(),
+        call_sid: "CA7e11a9c0b1e0d6f3a2c4b5d6e7f80912".into(),
+        account_sid: "AC7e11a9c0b1e0d6f3a2c4b5d6e7f80912".into(),
+        tracks: vec!["inbound".into()],
+        custom_parameters: Vec::new(),
+        encoding: "audio/x-mulaw".into(),
+        sample_rate: 8000,
+        channels: 1,
+    };
+    twilio::inbound::start(1, &start)
+}
+
+/// The call, its phone and the clock.
+struct Driver {
+    call: Call,
+    phone: Phone,
+    t0: Instant,
+    now: Instant,
+    timeout: Option<Instant>,
+    seq: u64,
+    media_ms: u64,
+    run: Run,
+}
+
+impl Driver {
+    fn input(&mut self, input: Input<'_>) -> Result<(), String> {
+        let began = Instant::now();
+        self.call.handle_input(input);
+        let result = self.drain();
+        self.run.busy += began.elapsed();
+        result
+    }
+
+    fn text(&mut self, text: &str) -> Result<(), String> {
+        let at = self.now;
+        self.input(Input::Twilio { at, text })
+    }
+
+    fn drain(&mut self) -> Result<(), String> {
+        loop {
+            match self.call.poll_output() {
+                Output::Transmit(text) => {
+                    if let Received::Invalid(e) = self.phone.receive(self.now, text) {
+                        return Err(format!("the phone refused {text}: {e}"));
+                    }
+                }
+                Output::Event(event) => self.run.events.push(Stamped {
+                    media_ms: self.media_ms,
+                    event,
+                }),
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return Ok(());
+                }
+                Output::Provider(_) | Output::Close(_) | Output::Transfer { .. } => {}
+            }
+        }
+    }
+
+    /// Lets virtual time run to `to`: mark echoes and the call's timers at their times.
+    fn advance_to(&mut self, to: Instant) -> Result<(), String> {
+        loop {
+            let next = [self.phone.next_echo_at(), self.timeout]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|t| *t <= to);
+            let Some(t) = next else { break };
+            self.now = self.now.max(t);
+            self.phone.advance(self.now);
+            let echoes = self.phone.take_echoes();
+            if echoes.is_empty() {
+                let at = self.now;
+                self.input(Input::Timeout(at))?;
+                continue;
+            }
+            for name in echoes {
+                self.seq += 1;
+                let msg = twilio::inbound::mark(self.seq, SID, &name);
+                self.text(&msg)?;
+            }
+        }
+        self.now = self.now.max(to);
+        self.phone.advance(self.now);
+        Ok(())
+    }
+}
+
+/// Plays `ulaw` (whole 20 ms frames) to a new call with `cfg` and `agent`, each frame arriving
+/// when it has been recorded, and returns the call's events. Errors: the configuration is
+/// invalid, or hark sent something the phone refused (a bug).
+pub fn run(cfg: CallConfig, agent: Box<dyn Agent>, ulaw: &[u8]) -> Result<Run, String> {
+    let call = Call::new(cfg, agent).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let mut d = Driver {
+        call,
+        phone: Phone::new(SID, t0).keep_heard(false),
+        t0,
+        now: t0,
+        timeout: None,
+        seq: 1,
+        media_ms: 0,
+        run: Run::default(),
+    };
+    d.text(&twilio::inbound::connected())?;
+    d.text(&start_message())?;
+    let mut msg = String::new();
+    for (i, frame) in ulaw.chunks_exact(160).enumerate() {
+        let arrives = d.t0 + Duration::from_millis(20 * (i as u64 + 1));
+        d.advance_to(arrives)?;
+        d.seq += 1;
+        twilio::inbound::media(d.seq, SID, i as u64 + 1, 20 * i as u64, frame, &mut msg);
+        d.media_ms = 20 * (i as u64 + 1);
+        d.text(&msg)?;
+        d.run.frames += 1;
+    }
+    let end = d.now + Duration::from_secs(3);
+    d.advance_to(end)?;
+    Ok(d.run)
+}
+
+/// The VAD's own per-frame verdicts over `ulaw` (whole 20 ms frames), with the detector the
+/// call builds from `cfg`: for frame-level precision and recall.
+pub fn voiced_frames(cfg: &CallConfig, ulaw: &[u8]) -> Vec<bool> {
+    let mut vad = VoiceDetector::new(&cfg.vad);
+    let mut pcm = [0i16; 160];
+    ulaw.chunks_exact(160)
+        .map(|frame| {
+            hark_codecs::mulaw::decode(frame, &mut pcm);
+            vad.is_voiced(&pcm)
+        })
+        .collect()
+}
+
+/// Media ms of `t` since the driver's start, for events that carry an `Instant`.
+pub fn since(t0: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(t0).as_millis() as u64
+}

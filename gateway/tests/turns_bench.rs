@@ -1,0 +1,92 @@
+//! `hark bench turns` on the committed corpus (`fixtures/turns`): the scorer's definitions hold
+//! where the answer is known from the configuration. On clean speech with webrtc-vad and a
+//! 600 ms end-of-turn silence, every 800 ms inner pause must end the turn and no 400 ms one
+//! may; turns end 600–700 ms after the speech; every real barge-in interrupts the agent within
+//! the 80 ms of voice it needs plus the detector's onset; and a run is deterministic.
+
+use std::path::PathBuf;
+
+use hark_gateway::turns::{self, corpus::Condition, corpus::Corpus};
+
+fn corpus() -> Corpus {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/turns");
+    Corpus::load(&dir).expect("the committed corpus loads")
+}
+
+fn clean() -> Condition {
+    Condition {
+        noise: None,
+        snr_db: f64::INFINITY,
+    }
+}
+
+#[test]
+fn clean_speech_scores_as_the_configuration_predicts() {
+    let corpus = corpus();
+    let row = turns::run_condition(&corpus, "webrtc", &clean()).unwrap();
+    assert_eq!(row.utterances, 54);
+    assert!(row.missed_onsets <= 3, "{row:?}");
+    let p50 = row.eot_p50_ms.expect("turns end");
+    assert!((580..=700).contains(&p50), "end-of-turn p50 {p50} ms");
+    let by: Vec<(u64, usize, usize)> = row.pause_cuts.clone();
+    assert_eq!(by.iter().map(|b| b.0).collect::<Vec<_>>(), [400, 600, 800]);
+    assert_eq!(by[0].2, 18);
+    assert!(
+        by[0].1 <= 1,
+        "400 ms pauses must not end a 600 ms turn: {by:?}"
+    );
+    assert!(
+        by[2].1 >= 17,
+        "800 ms pauses must end a 600 ms turn: {by:?}"
+    );
+    assert_eq!(row.barge_ins.0, row.barge_ins.1, "{row:?}");
+    assert!(
+        row.barge_ins.1 >= 28,
+        "barge-ins while the agent spoke: {row:?}"
+    );
+    let clear = row.clear_p90_ms.expect("barge-ins clear");
+    assert!((80..=150).contains(&clear), "clear p90 {clear} ms");
+    assert_eq!(row.false_barge_ins_per_min, 0.0);
+}
+
+#[test]
+fn noise_is_mixed_at_the_asked_snr_and_runs_are_deterministic() {
+    let corpus = corpus();
+    let babble = |snr| Condition {
+        noise: Some("babble".into()),
+        snr_db: snr,
+    };
+    let a = turns::run_condition(&corpus, "webrtc", &babble(10.0)).unwrap();
+    let b = turns::run_condition(&corpus, "webrtc", &babble(10.0)).unwrap();
+    let strip = |r: &turns::Row| {
+        let mut r = r.clone();
+        r.us_per_frame = 0.0;
+        serde_json::to_string(&r).unwrap()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    // Louder noise can only make the frame verdicts worse than clean.
+    let c = turns::run_condition(&corpus, "webrtc", &clean()).unwrap();
+    let d = turns::run_condition(&corpus, "webrtc", &babble(0.0)).unwrap();
+    assert!(
+        c.f1 > a.f1 && a.f1 > d.f1,
+        "F1 clean {} / 10 dB {} / 0 dB {}",
+        c.f1,
+        a.f1,
+        d.f1
+    );
+}
+
+#[test]
+fn unknown_vads_and_noises_are_refused() {
+    assert!(turns::config_for("nope").is_err());
+    for v in ["webrtc", "silero", "hybrid"] {
+        assert!(turns::config_for(v).is_ok());
+    }
+    let corpus = corpus();
+    let c = Condition {
+        noise: Some("traffic".into()),
+        snr_db: 10.0,
+    };
+    let e = turns::run_condition(&corpus, "webrtc", &c).unwrap_err();
+    assert!(e.contains("traffic"), "{e}");
+}
