@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hark_codecs::{Resampler, SampleRate, mulaw};
 
 use crate::agent::{
-    Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderCommand, ProviderEvent, UserTurn,
+    Action, Agent, AgentNeeds, AudioFrame, CallInfo, ProviderCommand, ProviderEvent,
 };
 use crate::config::CallConfig;
 use crate::playout::{Playout, PlayoutEvent, Send, UtteranceId};
@@ -26,6 +26,7 @@ mod events;
 mod outside;
 mod pause;
 mod turn_book;
+mod turn_end;
 
 pub use events::*;
 use turn_book::TurnBook;
@@ -450,6 +451,16 @@ impl Call {
             );
             self.malformed(Malformed::UnsupportedFormat, detail);
         }
+        // The call's own turn-taking settings (`hark_*` parameters), before any audio.
+        let (cfg, errors) = self.cfg.with_parameters(&start.custom_parameters);
+        for e in errors {
+            self.malformed(Malformed::BadParameter, e);
+        }
+        if cfg != self.cfg {
+            self.vad = VoiceDetector::new(&cfg.vad);
+            self.turn = TurnDetector::new(cfg.turn);
+            self.cfg = cfg;
+        }
         let info = CallInfo {
             call_sid: start.call_sid,
             stream_sid: start.stream_sid,
@@ -650,66 +661,6 @@ impl Call {
                 self.discard(start_ms, end_ms);
             }
         }
-    }
-
-    /// Speech dropped: too short to be a turn, or a backchannel over the agent.
-    fn discard(&mut self, start_ms: u64, end_ms: u64) {
-        self.stats.discarded += 1;
-        self.open_turn_answered = false;
-        self.utterance.clear();
-        let (turn, kept) = self.book.discard();
-        self.event(Event::UserSpeechDiscarded {
-            turn,
-            kept,
-            start_ms,
-            end_ms,
-        });
-    }
-
-    /// Endpointing ended the caller's turn (media time `start_ms`–`end_ms`): its audio goes to
-    /// the agent.
-    fn end_turn(
-        &mut self,
-        at: Instant,
-        start_ms: u64,
-        end_ms: u64,
-        forced: bool,
-        actions: &mut Vec<Action>,
-    ) {
-        self.stats.turns += 1;
-        let speech_end_at = self.last_voiced_at.unwrap_or(at);
-        // Unless its answer has already begun (a provider endpointed first).
-        if !std::mem::take(&mut self.open_turn_answered) {
-            self.user_end_at = Some(speech_end_at);
-        }
-        let audio = if self.needs.utterance_audio {
-            let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
-            let keep = self
-                .cfg
-                .agent_rate
-                .samples_in_ms(keep_ms)
-                .min(self.utterance.len());
-            self.utterance.truncate(keep);
-            std::mem::take(&mut self.utterance)
-        } else {
-            Vec::new()
-        };
-        let turn = self.book.end();
-        self.event(Event::UserTurnEnded {
-            turn,
-            start_ms,
-            end_ms,
-            speech_end_at,
-            at,
-            forced,
-        });
-        let user_turn = UserTurn {
-            start_ms,
-            end_ms,
-            audio,
-            rate: self.cfg.agent_rate,
-        };
-        self.agent.on_user_turn(at, user_turn, actions);
     }
 
     fn run_actions(&mut self, at: Instant, actions: &mut Vec<Action>) {

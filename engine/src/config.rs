@@ -218,7 +218,61 @@ impl Default for CallConfig {
     }
 }
 
+/// The custom parameters (TwiML `<Parameter name="…" value="…"/>` inside `<Stream>`, seen in
+/// the `start` message's `customParameters`) that set a call's own turn-taking, over the
+/// server's configuration: the `HARK_*` variable of the same name, lower case.
+pub const CALL_PARAMETERS: [&str; 7] = [
+    "hark_vad",
+    "hark_vad_threshold_pct",
+    "hark_stop_ms",
+    "hark_min_utterance_ms",
+    "hark_min_interruption_ms",
+    "hark_resume_after_ms",
+    "hark_backchannel_max_ms",
+];
+
 impl CallConfig {
+    /// This configuration with the call's own `hark_*` custom parameters ([`CALL_PARAMETERS`])
+    /// applied. A parameter that is not one of them, or not a valid value, is left out and
+    /// named in the second result ("name: why"); if the result as a whole fails
+    /// [`CallConfig::validate`], none applies and that is named too. Parameters without the
+    /// `hark_` prefix are the operator's own and are not looked at.
+    pub fn with_parameters(&self, params: &[(String, String)]) -> (CallConfig, Vec<String>) {
+        let mut cfg = *self;
+        let mut errors = Vec::new();
+        for (name, value) in params.iter().filter(|(n, _)| n.starts_with("hark_")) {
+            let v = value.trim();
+            let num = || {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{name}: {v:?} is not a number"))
+            };
+            let result = match name.as_str() {
+                "hark_vad" => VadKind::from_name(v)
+                    .map(|k| cfg.vad.kind = k)
+                    .ok_or_else(|| format!("{name}: {v:?} is not webrtc, silero or hybrid")),
+                "hark_vad_threshold_pct" => num().and_then(|n| {
+                    u8::try_from(n)
+                        .map(|n| cfg.vad.speech_threshold_pct = n)
+                        .map_err(|_| format!("{name}: {n} is out of range"))
+                }),
+                "hark_stop_ms" => num().map(|n| cfg.turn.stop_ms = n),
+                "hark_min_utterance_ms" => num().map(|n| cfg.turn.min_utterance_ms = n),
+                "hark_min_interruption_ms" => num().map(|n| cfg.turn.min_interruption_ms = n),
+                "hark_resume_after_ms" => num().map(|n| cfg.turn.resume_after_ms = n),
+                "hark_backchannel_max_ms" => num().map(|n| cfg.turn.backchannel_max_ms = n),
+                _ => Err(format!("{name}: not a hark call parameter")),
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = cfg.validate() {
+            errors.push(format!("call parameters ignored: {e}"));
+            return (*self, errors);
+        }
+        (cfg, errors)
+    }
+
     /// Checks the settings against what the engine can do.
     ///
     /// # Errors
@@ -255,5 +309,50 @@ impl CallConfig {
             return bad("playout.mark_every_ms must be > 0");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn call_parameters_override_and_bad_ones_are_named() {
+        let base = CallConfig::default();
+        let (cfg, errors) = base.with_parameters(&params(&[
+            ("hark_vad", "silero"),
+            ("hark_stop_ms", " 800 "),
+            ("hark_backchannel_max_ms", "700"),
+            ("payerId", "p-1"),
+        ]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.vad.kind, VadKind::Silero);
+        assert_eq!((cfg.turn.stop_ms, cfg.turn.backchannel_max_ms), (800, 700));
+        let (cfg, errors) = base.with_parameters(&params(&[
+            ("hark_vad", "rnnoise"),
+            ("hark_lead_ms", "100"),
+            ("hark_stop_ms", "-1"),
+            ("hark_min_interruption_ms", "60"),
+        ]));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(cfg.turn.min_interruption_ms, 60);
+        assert_eq!(cfg.vad.kind, base.vad.kind);
+        // A combination the engine refuses applies nothing.
+        let (cfg, errors) = base.with_parameters(&params(&[
+            ("hark_stop_ms", "5"),
+            ("hark_min_interruption_ms", "60"),
+        ]));
+        assert_eq!(cfg, base);
+        assert!(errors[0].contains("ignored"), "{errors:?}");
+        for p in CALL_PARAMETERS {
+            let (_, errors) = base.with_parameters(&params(&[(p, "nope")]));
+            assert_eq!(errors.len(), 1, "{p}");
+        }
     }
 }

@@ -85,9 +85,18 @@ fn caller(speech_ms: u64, total_ms: u64) -> Vec<u8> {
 }
 
 fn call(cfg: CallConfig, speech_ms: u64, total_ms: u64) -> (TestCall, Rc<RefCell<Told>>) {
+    call_with(cfg, &[], speech_ms, total_ms)
+}
+
+fn call_with(
+    cfg: CallConfig,
+    params: &[(&str, &str)],
+    speech_ms: u64,
+    total_ms: u64,
+) -> (TestCall, Rc<RefCell<Told>>) {
     let told = Rc::new(RefCell::new(Told::default()));
     let mut c = TestCall::new(cfg, Box::new(Speaker(told.clone())), SID);
-    c.start_stream(&[]);
+    c.start_stream(params);
     c.feed_audio(&caller(speech_ms, total_ms), 160);
     let end = c.now + common::ms(ANSWER_MS);
     c.advance_to(end);
@@ -182,4 +191,33 @@ fn without_the_hold_the_first_decision_cuts_at_once() {
         c.pick(|_, e| matches!(e, Event::PlaybackPaused { .. }).then_some(()))
             .is_empty()
     );
+}
+
+#[test]
+fn a_calls_own_parameters_set_its_turn_taking() {
+    // The server's default holds backchannels off; this call's TwiML turns them on, and
+    // misspells one setting, which is counted and ignored.
+    let (c, told) = call_with(
+        CallConfig::default(),
+        &[
+            ("hark_backchannel_max_ms", "700"),
+            ("hark_stop_ms", "six hundred"),
+            ("payerId", "p-1"),
+        ],
+        400,
+        6_000,
+    );
+    assert!(told.borrow().barge_ins.is_empty(), "held, then played on");
+    assert_eq!(told.borrow().turns, 0);
+    let bad: Vec<String> = c.pick(|_, e| match e {
+        Event::Malformed { kind, detail } if kind.as_str() == "bad_parameter" => {
+            Some(detail.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].contains("hark_stop_ms"), "{bad:?}");
+    // Without the parameter the same speech is a turn that cuts the answer.
+    let (_, told) = call(CallConfig::default(), 400, 6_000);
+    assert_eq!(told.borrow().barge_ins.len(), 1);
 }

@@ -792,7 +792,7 @@ struct Model {
     stopped: bool,
     close_expected: bool,
     valid_bytes: u64,
-    malformed: [u64; 12],
+    malformed: [u64; 13],
     unknown_events: u64,
     ignored_fields: u64,
     other_track: u64,

@@ -210,11 +210,14 @@ pub enum Malformed {
     UnknownMark,
     /// `streamSid` differs from the one in `start`.
     WrongStream,
+    /// A `hark_*` custom parameter of `start` that is unknown or out of range (ignored; see
+    /// [`crate::config::CallConfig::with_parameters`]).
+    BadParameter,
 }
 
 impl Malformed {
     /// All kinds, in a fixed order (for metrics).
-    pub const ALL: [Malformed; 12] = [
+    pub const ALL: [Malformed; 13] = [
         Malformed::Json,
         Malformed::MissingField,
         Malformed::BadBase64,
@@ -227,6 +230,7 @@ impl Malformed {
         Malformed::UnsupportedFormat,
         Malformed::UnknownMark,
         Malformed::WrongStream,
+        Malformed::BadParameter,
     ];
 
     /// A stable snake_case name for logs and metric labels.
@@ -244,6 +248,7 @@ impl Malformed {
             Malformed::UnsupportedFormat => "unsupported_format",
             Malformed::UnknownMark => "unknown_mark",
             Malformed::WrongStream => "wrong_stream",
+            Malformed::BadParameter => "bad_parameter",
         }
     }
 }
@@ -460,7 +465,7 @@ pub struct CallStats {
     /// Inbound audio, ms (from payload bytes).
     pub inbound_ms: u64,
     /// Malformed inputs by kind, in [`Malformed::ALL`] order.
-    pub malformed: [u64; 12],
+    pub malformed: [u64; 13],
     /// JSON fields the parser skipped (extra fields).
     pub ignored_fields: u64,
     /// Messages with an unknown `event`.

@@ -1,0 +1,69 @@
+//! The end of a caller turn: handed to the agent with its audio, or dropped (too short to be
+//! a turn, or a backchannel over the agent).
+
+use std::time::Instant;
+
+use super::{Call, Event};
+use crate::agent::{Action, UserTurn};
+
+impl Call {
+    /// Speech dropped: too short to be a turn, or a backchannel over the agent.
+    pub(super) fn discard(&mut self, start_ms: u64, end_ms: u64) {
+        self.stats.discarded += 1;
+        self.open_turn_answered = false;
+        self.utterance.clear();
+        let (turn, kept) = self.book.discard();
+        self.event(Event::UserSpeechDiscarded {
+            turn,
+            kept,
+            start_ms,
+            end_ms,
+        });
+    }
+
+    /// Endpointing ended the caller's turn (media time `start_ms`–`end_ms`): its audio goes to
+    /// the agent.
+    pub(super) fn end_turn(
+        &mut self,
+        at: Instant,
+        start_ms: u64,
+        end_ms: u64,
+        forced: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        self.stats.turns += 1;
+        let speech_end_at = self.last_voiced_at.unwrap_or(at);
+        // Unless its answer has already begun (a provider endpointed first).
+        if !std::mem::take(&mut self.open_turn_answered) {
+            self.user_end_at = Some(speech_end_at);
+        }
+        let audio = if self.needs.utterance_audio {
+            let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
+            let keep = self
+                .cfg
+                .agent_rate
+                .samples_in_ms(keep_ms)
+                .min(self.utterance.len());
+            self.utterance.truncate(keep);
+            std::mem::take(&mut self.utterance)
+        } else {
+            Vec::new()
+        };
+        let turn = self.book.end();
+        self.event(Event::UserTurnEnded {
+            turn,
+            start_ms,
+            end_ms,
+            speech_end_at,
+            at,
+            forced,
+        });
+        let user_turn = UserTurn {
+            start_ms,
+            end_ms,
+            audio,
+            rate: self.cfg.agent_rate,
+        };
+        self.agent.on_user_turn(at, user_turn, actions);
+    }
+}
