@@ -4,6 +4,11 @@
 //!   `SileroVad::probability` (the LSTM state carries over; the windows cycle through 1.0 s to
 //!   10.5 s of `fixtures/audio/jfk-8k.ulaw`). Real time is 32 ms per window.
 //!
+//! - `vad/frame_20ms/<kind>`: one 160-sample frame through `VoiceDetector::is_voiced` for each
+//!   detector (`webrtc`, `silero`, `hybrid`), frames cycling through the same speech: on a
+//!   clean line (`_clean`, JFK as recorded) and with the turn-taking corpus's babble mixed in
+//!   about 10 dB below (`_babble`), where the hybrid runs Silero.
+//!
 //! Run: `cargo bench -p hark-benches --bench silero`
 //! (short: `-- --warm-up-time 1 --measurement-time 3`).
 
@@ -12,6 +17,8 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hark_codecs::mulaw;
+use hark_engine::config::{VadConfig, VadKind};
+use hark_engine::vad::VoiceDetector;
 use hark_engine::vad::silero::{SileroVad, WINDOW};
 
 /// `fixtures/audio/jfk-8k.ulaw` from 1.0 s to 10.5 s (JFK speaking), as f32 in [-1, 1].
@@ -44,5 +51,48 @@ fn silero(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, silero);
+/// The turn-taking corpus's babble (s16le mono 8 kHz after a 44-byte header), at −26 dBFS.
+fn babble() -> Vec<i16> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/turns/noise/babble.wav");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+fn per_frame(c: &mut Criterion) {
+    let clean: Vec<i16> = jfk_speech().iter().map(|&x| (x * 32768.0) as i16).collect();
+    let noise = babble();
+    // JFK's active level is about −20 dBFS; the babble, scaled by 1/2, sits near −32 dBFS.
+    let noisy: Vec<i16> = clean
+        .iter()
+        .zip(noise.iter().cycle())
+        .map(|(&s, &n)| s.saturating_add(n / 2))
+        .collect();
+    let mut g = c.benchmark_group("vad/frame_20ms");
+    for (kind, name) in [
+        (VadKind::Webrtc, "webrtc"),
+        (VadKind::Silero, "silero"),
+        (VadKind::Hybrid, "hybrid"),
+    ] {
+        for (audio, line) in [(&clean, "clean"), (&noisy, "babble")] {
+            let cfg = VadConfig {
+                kind,
+                ..VadConfig::default()
+            };
+            let mut vad = VoiceDetector::new(&cfg);
+            let mut frames = audio.chunks_exact(160).cycle();
+            g.bench_function(format!("{name}_{line}"), |b| {
+                b.iter(|| {
+                    let f = frames.next().unwrap_or_default();
+                    black_box(vad.is_voiced(black_box(f)))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, silero, per_frame);
 criterion_main!(benches);
