@@ -5,9 +5,11 @@
 //!   10.5 s of `fixtures/audio/jfk-8k.ulaw`). Real time is 32 ms per window.
 //!
 //! - `vad/frame_20ms/<kind>`: one 160-sample frame through `VoiceDetector::is_voiced` for each
-//!   detector (`webrtc`, `silero`, `hybrid`), frames cycling through the same speech: on a
-//!   clean line (`_clean`, JFK as recorded) and with the turn-taking corpus's babble mixed in
-//!   about 10 dB below (`_babble`), where the hybrid runs Silero.
+//!   detector (`webrtc`, `silero`, `hybrid`), frames cycling through: a load-test session
+//!   (`_line`: `fixtures/bench/support.ulaw`, a clean line, background −64 dBFS, where the
+//!   hybrid runs no inference), JFK as recorded (`_jfk`: room tone at −45 dBFS, within 30 dB
+//!   of his voice, so the hybrid runs Silero), and JFK with the turn-taking corpus's babble
+//!   mixed in about 10 dB below (`_babble`).
 //!
 //! Run: `cargo bench -p hark-benches --bench silero`
 //! (short: `-- --warm-up-time 1 --measurement-time 3`).
@@ -70,20 +72,24 @@ fn per_frame(c: &mut Criterion) {
         .zip(noise.iter().cycle())
         .map(|(&s, &n)| s.saturating_add(n / 2))
         .collect();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/bench/support.ulaw");
+    let ulaw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut line = vec![0i16; ulaw.len()];
+    mulaw::decode(&ulaw, &mut line);
     let mut g = c.benchmark_group("vad/frame_20ms");
     for (kind, name) in [
         (VadKind::Webrtc, "webrtc"),
         (VadKind::Silero, "silero"),
         (VadKind::Hybrid, "hybrid"),
     ] {
-        for (audio, line) in [(&clean, "clean"), (&noisy, "babble")] {
+        for (audio, which) in [(&line, "line"), (&clean, "jfk"), (&noisy, "babble")] {
             let cfg = VadConfig {
                 kind,
                 ..VadConfig::default()
             };
             let mut vad = VoiceDetector::new(&cfg);
             let mut frames = audio.chunks_exact(160).cycle();
-            g.bench_function(format!("{name}_{line}"), |b| {
+            g.bench_function(format!("{name}_{which}"), |b| {
                 b.iter(|| {
                     let f = frames.next().unwrap_or_default();
                     black_box(vad.is_voiced(black_box(f)))
