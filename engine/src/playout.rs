@@ -656,6 +656,9 @@ impl Playout {
             m.cleared = true;
         }
         for u in self.utts.iter_mut() {
+            // Its final mark, if sent, now resolves as unheard: it goes out again on resume, so
+            // the utterance still ends with `Played`.
+            u.final_mark_sent = false;
             if u.sent <= u.heard {
                 continue;
             }
@@ -668,7 +671,6 @@ impl Playout {
             }
             u.unheard.clear();
             u.sent = from;
-            u.final_mark_sent = false;
         }
         self.paused = true;
         self.play_end = None;

@@ -1,7 +1,8 @@
 //! Unit-level scenarios on [`Playout`] in virtual time: what the caller heard comes from mark
 //! echoes (not a clock), the heard text is cut at a word boundary, cancelled audio stays
 //! dropped, pacing keeps at most `lead_ms` queued at Twilio, agent audio at 16, 22.05 and
-//! 24 kHz keeps its duration, `finish` flushes the tail and closes with a final mark, and
+//! 24 kHz keeps its duration, `finish` flushes the tail and closes with a final mark, a hold
+//! (`pause`) plays on from the last echoed mark after `resume`, and
 //! utterances play in order.
 //!
 //! The rig below plays Twilio's part (`shared/reference/twilio.md` §1.3–1.4): audio plays at
@@ -694,4 +695,64 @@ fn is_speaking_until_the_final_echo() {
     r.run_until(r.at(100));
     assert!(!r.p.is_speaking());
     assert_eq!(r.played(), vec![(U1, 100)]);
+}
+
+impl Rig {
+    /// A hold: the playout pauses, then Twilio drops its queue and echoes every pending mark.
+    fn pause(&mut self) -> bool {
+        let held = self.p.pause();
+        self.play_end = self.now;
+        for (name, _) in std::mem::take(&mut self.due) {
+            assert!(self.echo(&name), "held mark {name} must still be known");
+        }
+        held
+    }
+}
+
+/// A hold keeps the audio the caller did not hear and plays it after `resume`: every byte of
+/// the utterance reaches the caller, the part between the last echoed mark and the `clear`
+/// twice (at most one mark interval plus the lead), and the utterance still ends `Played`
+/// with all of it heard. Nothing is sent while held.
+#[test]
+fn a_hold_resumes_from_the_last_echoed_mark() {
+    let mut r = Rig::default();
+    let audio: Vec<u8> = (0..8 * 2_000u32).map(|i| (i % 251) as u8).collect();
+    r.push_ulaw(U1, audio.clone(), Some("two seconds of audio"));
+    r.p.finish(U1).unwrap();
+    let t = r.at(730);
+    r.run_until(t);
+    let sent_before = r.media().len();
+    assert!(r.pause());
+    assert!(!r.pause(), "already held");
+    let t = r.at(1_500);
+    r.run_until(t);
+    assert_eq!(r.media().len(), sent_before, "nothing sent while held");
+    r.p.resume();
+    r.run_out();
+    let media = r.media();
+    // The replayed part starts at a mark boundary (100 ms = 800 bytes) at or before the clear.
+    let replay = media.len() - audio.len();
+    assert!(replay <= 8 * 300, "replayed {replay} bytes");
+    let resumed_at = sent_before - replay;
+    assert_eq!(resumed_at % 800, 0, "from a mark");
+    assert_eq!(&media[..sent_before], &audio[..sent_before]);
+    assert_eq!(&media[sent_before..], &audio[resumed_at..]);
+    assert_eq!(r.played(), vec![(U1, 2_000)]);
+}
+
+/// Nothing to hold once everything was heard: `pause` refuses (no `clear` is needed), even with
+/// the final mark still in flight, and the utterance ends with `Played` as usual.
+#[test]
+fn nothing_to_hold_once_everything_was_heard() {
+    let mut r = Rig::default();
+    r.push_ulaw(U1, vec![0x7f; 8 * 300], None);
+    let t = r.at(600);
+    r.run_until(t);
+    r.p.finish(U1).unwrap();
+    r.pump();
+    assert_eq!(r.due.len(), 1, "the final mark is in flight");
+    assert!(!r.p.is_speaking());
+    assert!(!r.pause());
+    r.run_out();
+    assert_eq!(r.played(), vec![(U1, 300)]);
 }
