@@ -70,6 +70,10 @@ pub struct TurnsArgs {
     /// `call.backchannel_max_ms` for every run (default: hark's default, off).
     #[arg(long, value_name = "MS")]
     pub backchannel_max_ms: Option<u32>,
+    /// Per-call parameters for every run, as a call's TwiML would give them
+    /// (`hark_min_interruption_ms=60`, …; see README "Per call"), comma-separated.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_delimiter = ',')]
+    pub params: Vec<String>,
     /// Worker threads (each runs whole conditions).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -216,6 +220,26 @@ pub fn run_config(
     })
 }
 
+/// `cfg` with `--backchannel-max-ms` and the `--param`s applied. Errors: a parameter that is
+/// not `name=value`, or one hark refuses.
+pub fn with_args(mut cfg: CallConfig, args: &TurnsArgs) -> Result<CallConfig, String> {
+    if let Some(ms) = args.backchannel_max_ms {
+        cfg.turn.backchannel_max_ms = ms;
+    }
+    let mut params = Vec::new();
+    for p in &args.params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("--param {p:?}: want name=value"))?;
+        params.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let (cfg, errors) = cfg.with_parameters(&params);
+    match errors.first() {
+        Some(e) => Err(format!("--param: {e}")),
+        None => Ok(cfg),
+    }
+}
+
 /// The conditions `args` asks for, in order: clean first, then each noise at each SNR.
 pub fn conditions(args: &TurnsArgs, corpus: &Corpus) -> Result<Vec<Condition>, String> {
     let names: Vec<String> = if args.noise.iter().any(|n| n == "all") {
@@ -270,12 +294,9 @@ pub fn run_all(
                     let Some(&(idx, vad, cond)) = jobs.get(i) else {
                         break;
                     };
-                    let row = config_for(vad).and_then(|mut cfg| {
-                        if let Some(ms) = args.backchannel_max_ms {
-                            cfg.turn.backchannel_max_ms = ms;
-                        }
-                        run_config(corpus, vad, cfg, cond)
-                    });
+                    let row = config_for(vad)
+                        .and_then(|cfg| with_args(cfg, args))
+                        .and_then(|cfg| run_config(corpus, vad, cfg, cond));
                     if let Ok(mut r) = results.lock() {
                         r.push((idx, row));
                     }
@@ -357,7 +378,7 @@ pub fn table(rows: &[Row]) -> String {
 pub fn main(args: &TurnsArgs) -> ExitCode {
     let result = Corpus::load(&args.corpus).and_then(|corpus| {
         for v in &args.vad {
-            config_for(v)?;
+            with_args(config_for(v)?, args)?;
         }
         let conds = conditions(args, &corpus)?;
         run_all(&corpus, &args.vad, &conds, args)
