@@ -11,7 +11,7 @@
 //!    first scores the window before, so its state has one window of history.
 //! 3. **Foreground gate.** A phone caller is close to the microphone; background talkers are
 //!    not. The gate tracks the caller's level (an upper envelope of its frames' levels) and
-//!    the background's (a slow mean of the power of the other frames), and calls a frame the
+//!    the background's (a slow mean of the power of the frames not voiced), and calls a frame the
 //!    caller's only when it is within half their distance (clamped to
 //!    [`FOREGROUND_MIN_DB`]..=[`FOREGROUND_MAX_DB`]) of the caller's level, or Silero's speech
 //!    within [`FOREGROUND_HOLD_FRAMES`] of such a frame (the soft ends of the caller's words).
@@ -22,12 +22,14 @@
 //!    level stage and the foreground gate counts as voiced even before Silero agrees, for the
 //!    first [`FAST_ONSET_FRAMES`] of a run (after that only with Silero's agreement in the
 //!    run): loud speech near the caller's level starts a turn, and a barge-in, 30–60 ms
-//!    sooner, and a cough is a blip too short to be a turn. Noise
-//!    and background voices rarely reach the caller's level, and a barge-in that turns out
-//!    to be nothing only holds the agent's audio ([`crate::config::TurnConfig::resume_after_ms`]).
+//!    sooner. Noise and background voices rarely reach the caller's level, and a barge-in
+//!    that turns out to be nothing only holds the agent's audio
+//!    ([`crate::config::TurnConfig::resume_after_ms`]). (A cough over babble still passes:
+//!    Silero hears the babble under it; `hark bench turns`.)
 //!
 //! A frame is voiced when the level stage, the foreground gate and Silero or the fast onset
-//! say so, or when Silero says so within the hold after a foreground frame.
+//! say so, or when Silero or the fast onset says so within the hold after a foreground frame.
+//! On a clean line Silero is idle and webrtc-vad's verdict stands in for it.
 
 use super::SileroStream;
 use super::webrtc::{NoiseGate, WebrtcVad};
@@ -39,9 +41,9 @@ pub const CANDIDATE_MARGIN_DB: u8 = 3;
 pub const HANGOVER_FRAMES: u32 = 25;
 /// Least distance, dB, kept below the caller's level by the foreground gate.
 pub const FOREGROUND_MIN_DB: f64 = 6.0;
-/// The caller's level assumed before they speak, dBFS: the upper envelope of speech at the
-/// usual telephone active level (about −26 dBFS, ITU-T G.711 lines carry speech around
-/// −20 dBm0 ≈ −23 dBFS). A background talking before the caller does is not taken for them;
+/// The caller's level assumed before they speak, dBFS: about the upper envelope of speech at an
+/// active level of −26 dBFS (the benchmark corpus's; the bench sessions' speech peaks at −10 to
+/// −15 dBFS). A background talking before the caller does is not taken for them;
 /// the envelope follows the caller within a few frames once they speak, and a quieter line
 /// pulls it down (see [`HybridVad`]).
 pub const CALLER_PRIOR_DBFS: f64 = -20.0;
@@ -69,7 +71,7 @@ pub struct HybridVad {
     below: u32,
     /// Upper envelope of the caller's frame levels, dBFS ([`CALLER_PRIOR_DBFS`] before any).
     caller_db: f64,
-    /// Slow mean of all frames' power (full scale = 1), `None` before any.
+    /// Slow mean of the power of the frames not voiced (full scale = 1), `None` before any.
     background_power: Option<f64>,
     /// The same in dBFS.
     background_db: Option<f64>,
