@@ -7,12 +7,13 @@
 //! again when an answer has played out, after a caller turn ends, and [`TALKER_RESUME`] after a
 //! barge-in that left no turn; so a sound the caller makes finds the agent speaking.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hark_engine::agent::{Action, Agent, AgentNeeds, CallInfo, UserTurn};
+use hark_engine::agent::{Action, Agent, AgentNeeds, AudioFrame, CallInfo, UserTurn};
 use hark_engine::playout::{AgentAudio, Interrupted, UtteranceId};
 use hark_engine::sim::{Phone, Received};
-use hark_engine::turn::VoiceDetector;
 use hark_engine::twilio::{self, Start};
 use hark_engine::{Call, CallConfig, Event, Input, Output};
 
@@ -43,9 +44,22 @@ pub struct Run {
     pub frames: u64,
 }
 
-/// The agent for the caller-only scenes: listens, never speaks.
+/// The agent for the caller-only scenes: listens, never speaks, and keeps the call's own VAD
+/// verdict of every frame (from the streamed [`AudioFrame`]s), for frame-level precision and
+/// recall.
 #[derive(Debug, Default)]
-pub struct Listener;
+pub struct Listener {
+    voiced: Rc<RefCell<Vec<bool>>>,
+}
+
+impl Listener {
+    /// A listener, and where it will put the verdicts (one per 20 ms frame, in order).
+    pub fn new() -> (Listener, Rc<RefCell<Vec<bool>>>) {
+        let l = Listener::default();
+        let voiced = l.voiced.clone();
+        (l, voiced)
+    }
+}
 
 impl Agent for Listener {
     fn name(&self) -> &'static str {
@@ -54,8 +68,11 @@ impl Agent for Listener {
     fn needs(&self) -> AgentNeeds {
         AgentNeeds {
             utterance_audio: false,
-            streaming_audio: false,
+            streaming_audio: true,
         }
+    }
+    fn on_audio(&mut self, _: Instant, frame: &AudioFrame<'_>, _: &mut Vec<Action>) {
+        self.voiced.borrow_mut().push(frame.voiced);
     }
     fn on_start(&mut self, _: Instant, _: &CallInfo, _: &mut Vec<Action>) {}
     fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
@@ -276,19 +293,4 @@ pub fn run(cfg: CallConfig, agent: Box<dyn Agent>, ulaw: &[u8]) -> Result<Run, S
     let end = d.now + Duration::from_secs(3);
     d.advance_to(end)?;
     Ok(d.run)
-}
-
-/// The VAD's own per-frame verdicts over `ulaw` (whole 20 ms frames), with the detector the
-/// call builds from `cfg`: for frame-level precision and recall. The bench runs every VAD on
-/// 8 kHz frames (webrtc-vad at 16 kHz would need the call's resampler; the bench does not use
-/// it).
-pub fn voiced_frames(cfg: &CallConfig, ulaw: &[u8]) -> Vec<bool> {
-    let mut vad = VoiceDetector::new(&cfg.vad);
-    let mut pcm = [0i16; 160];
-    ulaw.chunks_exact(160)
-        .map(|frame| {
-            hark_codecs::mulaw::decode(frame, &mut pcm);
-            vad.is_voiced(&pcm)
-        })
-        .collect()
 }

@@ -67,9 +67,6 @@ pub struct TurnsArgs {
     /// Print the rows as JSON instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// `call.backchannel_max_ms` for every run (default: hark's default, off).
-    #[arg(long, value_name = "MS")]
-    pub backchannel_max_ms: Option<u32>,
     /// Per-call parameters for every run, as a call's TwiML would give them
     /// (`hark_min_interruption_ms=60`, …; see README "Per call"), comma-separated.
     #[arg(long = "param", value_name = "NAME=VALUE", value_delimiter = ',')]
@@ -160,18 +157,13 @@ pub fn run_config(
     let pauses_audio = mix("pauses", &corpus.pauses);
     let agent_audio = mix("agent", &corpus.agent);
 
+    let (listener, turns_voiced) = Listener::new();
+    let t = drive::run(cfg, Box::new(listener), &turns_audio)?;
+    let (listener, pauses_voiced) = Listener::new();
+    let p = drive::run(cfg, Box::new(listener), &pauses_audio)?;
     let mut frames = score::Frames::default();
-    frames.add(
-        &drive::voiced_frames(&cfg, &turns_audio),
-        &scenes.turns.speech,
-    );
-    frames.add(
-        &drive::voiced_frames(&cfg, &pauses_audio),
-        &scenes.pauses.speech,
-    );
-
-    let t = drive::run(cfg, Box::new(Listener), &turns_audio)?;
-    let p = drive::run(cfg, Box::new(Listener), &pauses_audio)?;
+    frames.add(&turns_voiced.borrow(), &scenes.turns.speech);
+    frames.add(&pauses_voiced.borrow(), &scenes.pauses.speech);
     let a = drive::run(cfg, Box::new(Talker::new()), &agent_audio)?;
     let busy: Duration = t.busy + p.busy + a.busy;
     let n_frames = t.frames + p.frames + a.frames;
@@ -220,12 +212,9 @@ pub fn run_config(
     })
 }
 
-/// `cfg` with `--backchannel-max-ms` and the `--param`s applied. Errors: a parameter that is
-/// not `name=value`, or one hark refuses.
-pub fn with_args(mut cfg: CallConfig, args: &TurnsArgs) -> Result<CallConfig, String> {
-    if let Some(ms) = args.backchannel_max_ms {
-        cfg.turn.backchannel_max_ms = ms;
-    }
+/// `cfg` with the `--param`s applied. Errors: a parameter that is not `name=value`, or one
+/// hark refuses.
+pub fn with_args(cfg: CallConfig, args: &TurnsArgs) -> Result<CallConfig, String> {
     let mut params = Vec::new();
     for p in &args.params {
         let (k, v) = p
