@@ -231,6 +231,21 @@ pub const CALL_PARAMETERS: [&str; 7] = [
     "hark_backchannel_max_ms",
 ];
 
+/// Custom parameters that the gateway reads itself rather than the engine (accepted by
+/// [`CallConfig::with_parameters`], which checks their values): `hark_record` records the
+/// call's audio (`1`) or not (`0`), over the server's `HARK_RECORD`.
+pub const GATEWAY_PARAMETERS: [&str; 1] = ["hark_record"];
+
+/// A switch parameter's value: `1`, `true`, `yes`, `on` → `true`; `0`, `false`, `no`, `off` →
+/// `false` (any case, trimmed); anything else `None`.
+pub fn parse_switch(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl CallConfig {
     /// This configuration with the call's own `hark_*` custom parameters ([`CALL_PARAMETERS`])
     /// applied. A parameter that is not one of them, or not a valid value, is left out and
@@ -260,6 +275,10 @@ impl CallConfig {
                 "hark_min_interruption_ms" => num().map(|n| cfg.turn.min_interruption_ms = n),
                 "hark_resume_after_ms" => num().map(|n| cfg.turn.resume_after_ms = n),
                 "hark_backchannel_max_ms" => num().map(|n| cfg.turn.backchannel_max_ms = n),
+                // Read by the gateway, not the engine: checked here so it is not "unknown".
+                "hark_record" => parse_switch(v)
+                    .map(drop)
+                    .ok_or_else(|| format!("{name}: {v:?} is not 1 or 0")),
                 _ => Err(format!("{name}: not a hark call parameter")),
             };
             if let Err(e) = result {
@@ -354,5 +373,20 @@ mod tests {
             let (_, errors) = base.with_parameters(&params(&[(p, "nope")]));
             assert_eq!(errors.len(), 1, "{p}");
         }
+    }
+
+    #[test]
+    fn gateway_parameters_are_checked_but_change_nothing() {
+        let base = CallConfig::default();
+        for v in ["1", " on ", "0", "False"] {
+            let (cfg, errors) = base.with_parameters(&params(&[("hark_record", v)]));
+            assert!(errors.is_empty(), "{v}: {errors:?}");
+            assert_eq!(cfg, base);
+        }
+        let (_, errors) = base.with_parameters(&params(&[("hark_record", "maybe")]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(parse_switch("YES"), Some(true));
+        assert_eq!(parse_switch("2"), None);
+        assert_eq!(GATEWAY_PARAMETERS, ["hark_record"]);
     }
 }

@@ -19,9 +19,11 @@
 //! |---|---|
 //! | [`serve`] | [`Hark`]: `hark serve` as a library (load, bind, serve, drain), with an [`serve::AgentFactory`] of your own for each call's agent |
 //! | [`server`] | `mod.rs`: state, router, accept loop and shutdown; `voice.rs`: `/voice`; `media.rs`: the `/media-stream` upgrade and each call's life; `transfer.rs`: the call control that redirects a call (Twilio REST) for the engine's driver; `observer.rs`: events → metrics and records |
+//! | [`console`] | the browser console: `/phone` (a browser phone on the Media Streams protocol), `/dashboard` (call records), their access (one-time link, API key login, media-socket tickets) and CSP |
 //! | [`conns`] | connection limits, deadlines and counts by state |
 //! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
 //! | [`pool`] | call workers: one single-threaded runtime per core |
+//! | [`recording`] | call audio recorded by hark: a stereo WAV per call (caller, agent as heard), retention |
 //! | [`config`] | `hark serve`'s one configuration: `hark.toml` (optional) with the environment on top, checked before listening |
 //! | [`agents`] | agent settings → engine agents (cascade, ElevenLabs, Realtime) |
 //! | [`api`] | the gateway API: tokens, signed callbacks, outbound calls, records (SQLite store and writer), Conversations |
@@ -37,12 +39,14 @@ pub mod agents;
 pub mod api;
 pub mod config;
 pub mod conns;
+pub mod console;
 #[cfg(feature = "dev-tools")]
 pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod operator;
 pub mod pool;
+pub mod recording;
 pub mod serve;
 pub mod server;
 pub mod signature;

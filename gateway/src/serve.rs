@@ -209,7 +209,15 @@ impl Hark {
         if let Err(e) = api.recover_crashed().await {
             error!(error = %e, "cannot close the calls left open by an earlier run");
         }
+        let base = crate::console::link_base(config.public_url.as_deref(), addr);
         let state = AppState::with_agents(config, Some(api), agents).map_err(Error::Start)?;
+        // The browser console's one-time link: on stderr for the person at the terminal, not
+        // in the logs (a log pipeline would keep the secret).
+        if let Some(link) = state.console().issue_link(&base) {
+            eprintln!(
+                "hark console (browser phone and calls; one-time link, opens a session): {link}"
+            );
+        }
         Ok(Bound {
             listener,
             addr,
@@ -257,9 +265,13 @@ impl Bound {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        server::serve(self.listener, self.state, shutdown)
-            .await
-            .map_err(Error::Serve)
+        // Recordings older than HARK_RECORD_RETENTION_DAYS, deleted hourly while serving.
+        let sweeper = crate::recording::start_sweeper(&self.state.config.recording);
+        let served = server::serve(self.listener, self.state, shutdown).await;
+        if let Some(s) = sweeper {
+            s.abort();
+        }
+        served.map_err(Error::Serve)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Outbound calls for schedulers (`POST /calls`) and call records (`GET /calls`,
-//! `GET /calls/{sid}`).
+//! `GET /calls/{sid}`, and hark's recording of the call's audio,
+//! `GET /calls/{sid}/recording.wav`).
 //!
 //! `POST /calls` (bearer `HARK_API_KEY`) takes JSON
 //! `{to, from?, agent?, parameters?, record?, machine_detection?, timeout?, time_limit?}`,
@@ -520,6 +521,36 @@ pub(crate) async fn show(
     match st.store.call(&sid).await? {
         Some(detail) => Ok(axum::Json(detail).into_response()),
         None => Err(ApiError::NotFound(format!("no call {sid}"))),
+    }
+}
+
+/// `GET /calls/{sid}/recording.wav`: the call's audio recorded by hark (the record's
+/// `audio.file`: 8 kHz 16-bit PCM WAV, left the caller, right the agent as heard), streamed
+/// in 64 KiB chunks. 404 when the call, its recording or the file (deleted by retention) is
+/// missing. Personal data: never cached.
+pub(crate) async fn recording(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> Result<Response, ApiError> {
+    st.authenticate(&headers, Need::ApiKey, "calls_recording")?;
+    if !name_ok(&sid, b"") {
+        return Err(ApiError::field("sid", "not a Call SID"));
+    }
+    let detail = st.store.call(&sid).await?;
+    let Some(file) = detail
+        .as_ref()
+        .and_then(|d| d.audio.as_ref())
+        .and_then(|a| a.get("file"))
+        .and_then(Value::as_str)
+    else {
+        return Err(ApiError::NotFound(format!("no recording of call {sid}")));
+    };
+    match crate::recording::file_response(std::path::Path::new(file)).await {
+        Some(resp) => Ok(resp),
+        None => Err(ApiError::NotFound(format!(
+            "the recording of call {sid} is gone (deleted, or retention)"
+        ))),
     }
 }
 

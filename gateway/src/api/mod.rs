@@ -9,6 +9,7 @@
 //! | `GET\|POST /api/twilio/token` | caller | Conversations SDK token (ChatGrant) |
 //! | `POST /calls` | API key | place an outbound call (paced, rate-limited) |
 //! | `GET /calls`, `GET /calls/{sid}` | API key | call records: status timeline, turns, latency, recordings |
+//! | `GET /calls/{sid}/recording.wav` | API key | the call's audio recorded by hark ([`crate::recording`]) |
 //! | `POST /api/twilio/status` | Twilio signature | call progress callback (incl. `AnsweredBy`) |
 //! | `POST /api/twilio/recording` | Twilio signature | recording status callback |
 //! | `POST /api/twilio/stream-status` | Twilio signature | Media Streams status callback |
@@ -557,6 +558,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/twilio/token", get(tokens::chat).post(tokens::chat))
         .route("/calls", post(calls::create).get(calls::list))
         .route("/calls/{sid}", get(calls::show))
+        .route("/calls/{sid}/recording.wav", get(calls::recording))
         .route("/api/twilio/status", post(callbacks::status))
         .route("/api/twilio/recording", post(callbacks::recording))
         .route("/api/twilio/stream-status", post(callbacks::stream_status))

@@ -69,6 +69,9 @@ pub struct StreamSummary {
     pub malformed: u64,
     /// How the stream ended (`stop`, `closed`, `failed: …`).
     pub ended: String,
+    /// The call's audio recorded by hark, when it was (`HARK_RECORD`, `hark_record`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<crate::recording::AudioInfo>,
 }
 
 /// One queued write.

@@ -107,6 +107,10 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_DATABASE_URL", "records.database_url"),
     s("HARK_STORE_QUEUE", "records.store_queue"),
     s("HARK_NODE_ID", "records.node_id"),
+    // recording: call audio recorded by hark.
+    s("HARK_RECORD", "recording.enabled"),
+    s("HARK_RECORD_DIR", "recording.dir"),
+    s("HARK_RECORD_RETENTION_DAYS", "recording.retention_days"),
     // operator: hark's signed requests to the operator's backend.
     s("HARK_OPERATOR_SECRET", "operator.secret"),
     s("HARK_EVENTS_URL", "operator.events_url"),

@@ -195,6 +195,8 @@ pub struct Config {
     pub api: ApiSettings,
     /// The operator's backend (`[operator]`): signing secret, events and context URLs.
     pub operator: crate::operator::OperatorSettings,
+    /// Call audio recorded by hark (`[recording]`): see [`crate::recording`].
+    pub recording: crate::recording::RecordSettings,
 }
 
 impl Default for Config {
@@ -216,6 +218,7 @@ impl Default for Config {
             call: CallConfig::default(),
             api: ApiSettings::default(),
             operator: crate::operator::OperatorSettings::default(),
+            recording: crate::recording::RecordSettings::default(),
         }
     }
 }
@@ -320,6 +323,7 @@ impl Config {
         let mut c = Config {
             api: ApiSettings::from_values(v)?,
             operator: crate::operator::OperatorSettings::from_values(v)?,
+            recording: crate::recording::RecordSettings::from_values(v)?,
             ..Config::default()
         };
         c.api.operator = c.operator.clone();

@@ -259,6 +259,10 @@ pub struct CallEnded {
     pub recording_url: Option<String>,
     /// Every recording known by then.
     pub recordings: Vec<Recording>,
+    /// The call's audio recorded by hark (`HARK_RECORD`), as the summary's `audio` has it
+    /// (`url`, `file`, `duration_ms`, `bytes`, `lag_ms`), when it was recorded.
+    #[serde(default)]
+    pub audio: Option<Value>,
 }
 
 /// Unix time `ms` as RFC 3339 UTC with milliseconds (`2023-11-14T22:13:20.000Z`).

@@ -78,6 +78,8 @@ pub(super) async fn media_stream(
 }
 
 /// The `/media-stream` upgrade's signature policy, the same as `/voice`'s and the callbacks':
+/// - a console ticket (`?console_ticket=`, [`crate::console::Console::admits_media_stream`]):
+///   accepted (the browser phone);
 /// - `HARK_DEV_INSECURE=no-signatures`: accepted unsigned (development only);
 /// - `TWILIO_AUTH_TOKEN` unset: refused, 503 naming the variable (an open media socket lets
 ///   anyone who finds the URL talk to the agent on the operator's provider bill);
@@ -91,6 +93,10 @@ pub(super) async fn media_stream(
 ///
 /// Returns the refusal to send instead of upgrading, or `None` to go on.
 fn check_media_stream_signature(st: &AppState, headers: &HeaderMap, uri: &Uri) -> Option<Response> {
+    // The browser phone (`/phone`): a single-use console ticket instead of a signature.
+    if st.console.admits_media_stream(uri) {
+        return None;
+    }
     if st.config.dev_insecure.no_signatures {
         return None;
     }
@@ -210,7 +216,12 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
             return;
         }
     };
-    let mut socket = ws::Socket::from_upgraded(socket);
+    // Copies the call's audio when it is recorded (`HARK_RECORD`, `hark_record`).
+    let mut socket = crate::recording::RecordingSocket::new(
+        ws::Socket::from_upgraded(socket),
+        st.config.recording.enabled,
+        crate::recording::MAX_RECORD_MS,
+    );
     let mut shutdown = st.shutdown.subscribe();
     let mut observer = CallObserver {
         recorder: st.api.as_ref().map(|a| a.recorder()),
@@ -250,6 +261,14 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
     .await;
     // Over: Twilio's later callbacks no longer reach it.
     drop(live);
+    let audio = match socket.take() {
+        Some(rec) => {
+            let rec_cfg = &st.config.recording;
+            let public = st.config.public_url.as_deref();
+            crate::recording::save(rec, rec_cfg, public, Instant::now()).await
+        }
+        None => None,
+    };
     let ended = match ended {
         hark_engine::io::Ended::Closed(hark_engine::CloseReason::Transfer(to)) => {
             format!("transferred to {to}")
@@ -284,6 +303,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
                 barge_ins: stats.barge_ins,
                 malformed: stats.malformed_total(),
                 ended,
+                audio,
             },
         );
     }

@@ -61,6 +61,8 @@ pub struct AppState {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Builds each call's agent (the configured agent unless a program gave its own).
     agents: crate::serve::AgentFactory,
+    /// The browser console's link, sessions and media-socket tickets ([`crate::console`]).
+    console: crate::console::Console,
 }
 
 impl std::fmt::Debug for AppState {
@@ -105,6 +107,9 @@ impl AppState {
         let validator = config.twilio_auth_token.as_ref().map(Validator::new);
         // Install the recorder before the first call records anything.
         let _ = crate::metrics::handle();
+        let console = crate::console::Console::new(
+            config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+        );
         Ok(Arc::new(AppState {
             config,
             pool,
@@ -116,7 +121,19 @@ impl AppState {
             conns: Arc::new(crate::conns::Connections::default()),
             shutdown: tokio::sync::watch::Sender::new(false),
             agents,
+            console,
         }))
+    }
+
+    /// The browser console's access state (its one-time link:
+    /// [`crate::console::Console::issue_link`]).
+    pub fn console(&self) -> &crate::console::Console {
+        &self.console
+    }
+
+    /// The gateway API, when the server has one.
+    pub(crate) fn api(&self) -> Option<&Arc<crate::api::ApiState>> {
+        self.api.as_ref()
     }
 
     /// Open connections by state.
@@ -154,7 +171,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/voice", any(voice::voice))
         .route("/api/twilio/voice", any(voice::voice))
         .route(STREAM_PATH, get(media::media_stream))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(crate::console::router(state));
     match api {
         Some(api) => app.merge(crate::api::router(api)),
         None => app,

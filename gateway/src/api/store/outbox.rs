@@ -353,6 +353,7 @@ impl Store {
             latency: Latency::of(&latencies),
             recording_url,
             recordings,
+            audio: json_text(Some(summary.to_owned())).get("audio").cloned(),
         };
         let key = format!("call.ended:{call_sid}:{stream_sid}");
         let e = NewEvent {

@@ -132,11 +132,13 @@ impl Store {
         let turns = turns_of(&self.pool, call_sid).await?;
         let recordings = recordings_of(&self.pool, call_sid).await?;
         let latencies: Vec<i64> = turns.iter().filter_map(|t| t.latency_ms).collect();
+        let summary: serde_json::Value = json_col(&row, "summary")?;
         Ok(Some(CallDetail {
             call,
             parameters: json_col(&row, "parameters")?,
             stream_parameters: json_col(&row, "stream_params")?,
-            summary: json_col(&row, "summary")?,
+            audio: summary.get("audio").cloned(),
+            summary,
             timeline,
             turns,
             latency: Latency::of(&latencies),

@@ -271,6 +271,9 @@ pub struct CallDetail {
     pub latency: Latency,
     /// Recordings.
     pub recordings: Vec<RecordingRow>,
+    /// The call's audio recorded by hark (the summary's `audio`: `url`, `file`,
+    /// `duration_ms`, `bytes`, `lag_ms`; see [`crate::recording::AudioInfo`]), when it was.
+    pub audio: Option<Value>,
 }
 
 #[cfg(test)]
