@@ -69,6 +69,9 @@ pub struct StreamSummary {
     pub malformed: u64,
     /// How the stream ended (`stop`, `closed`, `failed: …`).
     pub ended: String,
+    /// The greeting as the caller heard it (the first line of `call.ended`'s transcript).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<super::turns::GreetingHeard>,
 }
 
 /// One queued write.

@@ -284,6 +284,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
                 barge_ins: stats.barge_ins,
                 malformed: stats.malformed_total(),
                 ended,
+                greeting: observer.turns.greeting(),
             },
         );
     }
