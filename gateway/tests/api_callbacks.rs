@@ -294,6 +294,7 @@ async fn record_a_call(st: &ApiState) {
             barge_ins: 1,
             malformed: 0,
             ended: "stop".into(),
+            ..StreamSummary::default()
         },
     );
 }
