@@ -120,6 +120,14 @@ async fn the_payment_reminder_walkthrough_runs_end_to_end() {
         "{ended}"
     );
     let transcript = ended["transcript"].as_array().unwrap();
+    // The greeting, as heard, opens the transcript (it is not a turn).
+    assert_eq!(transcript[0]["role"], "agent", "{ended}");
+    assert_eq!(transcript[0]["turn"], serde_json::Value::Null, "{ended}");
+    assert_eq!(
+        transcript[0]["text"], "Hello Ada, this is Acme Billing calling about your account.",
+        "{ended}"
+    );
+    assert_eq!(transcript[1]["turn"], 0, "{ended}");
     assert!(
         transcript
             .iter()

@@ -35,6 +35,8 @@
 //!   barge-in is off ([`Agent::vad_barge_in`] is `false`). On `interruption` the agent asks the
 //!   call for a Twilio `clear` ([`Action::Interrupt`]) and drops every later-arriving `audio`
 //!   whose `event_id` is at or below the interruption's (the SDK's rule).
+//! - **Answering machines** (`elevenlabs/voicemail.rs`): on `machine_end_*` the message is the
+//!   `first_message` of a new conversation ([`VOICEMAIL_PEER`]), then the call hangs up.
 //! - `ping` → `pong` with the same `event_id`, at once.
 //! - `user_transcript`, `agent_response` and `agent_response_correction` (the heard part after
 //!   an interruption, `interrupted: true`) → [`AgentReport::Transcript`].
@@ -61,7 +63,6 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hark_codecs::{Resampler, SampleRate, mulaw};
-use serde_json::{Map, Value, json};
 
 use super::http_tools::{HttpTools, ToolRuns};
 use super::s2s::AnswerTiming;
@@ -71,7 +72,9 @@ use crate::agent::{
 };
 use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 
+mod initiation;
 mod tools;
+mod voicemail;
 mod wire;
 
 use wire::{AudioEvent, Metadata, ServerMessage};
@@ -88,6 +91,9 @@ pub const SIGNED_URL_PEER: PeerId = PeerId(2);
 
 /// The pipe id of the first operator tool request; each later one takes the next id.
 pub const FIRST_TOOL_PEER: PeerId = PeerId(3);
+
+/// The pipe id of the conversation that leaves a voicemail message (`elevenlabs/voicemail.rs`).
+pub const VOICEMAIL_PEER: PeerId = PeerId(0);
 
 /// `conversation_config_override` values. Each is sent only when set, and ElevenLabs accepts
 /// each only if the agent's security settings allow overriding it (else it closes with 1008
@@ -129,6 +135,10 @@ pub struct ElevenLabsConfig {
     pub max_buffer_ms: u64,
     /// An utterance ends after this long without `audio` events, ms (default 1000).
     pub idle_finish_ms: u64,
+    /// Left on an answering machine after its beep (`{{name}}`s filled from the call's
+    /// `<Parameter>`s) as the `first_message` of a new conversation, then the call hangs up;
+    /// `None`: hang up on a machine at once. See `elevenlabs/voicemail.rs`.
+    pub voicemail_text: Option<String>,
 }
 
 impl Default for ElevenLabsConfig {
@@ -143,6 +153,7 @@ impl Default for ElevenLabsConfig {
             tools: HttpTools::default(),
             max_buffer_ms: 2000,
             idle_finish_ms: 1000,
+            voicemail_text: None,
         }
     }
 }
@@ -209,6 +220,10 @@ pub struct ElevenLabsAgent {
     /// An `end_call_after` tool succeeded: the call ends when the first utterance numbered
     /// above this finishes (the answer after the result); the hang-up reason.
     end_after: Option<(u64, String)>,
+    /// The conversation's pipe: [`PEER`], or [`VOICEMAIL_PEER`] once a machine answered.
+    peer: PeerId,
+    /// A machine answered: the message the conversation opens with, and the latest hang-up.
+    machine: Option<(Option<String>, Instant)>,
     stats: RelayStats,
 }
 
@@ -246,6 +261,8 @@ impl ElevenLabsAgent {
             timing: AnswerTiming::default(),
             runs: ToolRuns::new(FIRST_TOOL_PEER),
             end_after: None,
+            peer: PEER,
+            machine: None,
             stats: RelayStats::default(),
         }
     }
@@ -316,7 +333,7 @@ impl ElevenLabsAgent {
         };
         self.phase = Phase::Connecting;
         out.push(Action::Provider(ProviderCommand::Open {
-            peer: PEER,
+            peer: self.peer,
             spec: OpenSpec::WebSocket(WsRequest {
                 url,
                 headers: self.cfg.headers.clone(),
@@ -324,59 +341,11 @@ impl ElevenLabsAgent {
         }));
     }
 
-    fn send(out: &mut Vec<Action>, text: String) {
+    fn send(&self, out: &mut Vec<Action>, text: String) {
         out.push(Action::Provider(ProviderCommand::Send {
-            peer: PEER,
+            peer: self.peer,
             message: ProviderMessage::Text(text),
         }));
-    }
-
-    fn initiation(&self) -> Value {
-        let params: &[(String, String)] = self.info.as_ref().map_or(&[], |i| &i.parameters[..]);
-        let param = |name: &str| {
-            params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let o = &self.cfg.overrides;
-        let prompt = param("prompt").or_else(|| o.prompt.clone());
-        let first = param("first_message").or_else(|| o.first_message.clone());
-        let language = param("language").or_else(|| o.language.clone());
-        let voice = param("voice_id").or_else(|| o.voice_id.clone());
-        let mut agent = Map::new();
-        if let Some(p) = prompt {
-            agent.insert("prompt".into(), json!({ "prompt": p }));
-        }
-        if let Some(f) = first {
-            agent.insert("first_message".into(), json!(f));
-        }
-        if let Some(l) = language {
-            agent.insert("language".into(), json!(l));
-        }
-        let mut overrides = Map::new();
-        if !agent.is_empty() {
-            overrides.insert("agent".into(), Value::Object(agent));
-        }
-        if let Some(v) = voice {
-            overrides.insert("tts".into(), json!({ "voice_id": v }));
-        }
-        let mut msg = Map::new();
-        msg.insert("type".into(), json!("conversation_initiation_client_data"));
-        if !overrides.is_empty() {
-            msg.insert(
-                "conversation_config_override".into(),
-                Value::Object(overrides),
-            );
-        }
-        if self.cfg.dynamic_variables && !params.is_empty() {
-            let vars: Map<String, Value> = params
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            msg.insert("dynamic_variables".into(), Value::Object(vars));
-        }
-        Value::Object(msg)
     }
 
     /// Converts μ-law 8 kHz (and, when it is at the input rate, the call's PCM) to the input
@@ -422,7 +391,7 @@ impl ElevenLabsAgent {
         B64.encode_string(&self.bytes, &mut s);
         s.push_str("\"}");
         self.stats.chunks_sent += 1;
-        Self::send(out, s);
+        self.send(out, s);
     }
 
     fn finish_utterance(&mut self, out: &mut Vec<Action>) {
@@ -483,7 +452,7 @@ impl ElevenLabsAgent {
     fn open_pipe(&self) -> Option<PeerId> {
         match self.phase {
             Phase::Signing { .. } => Some(SIGNED_URL_PEER),
-            Phase::Connecting | Phase::Open | Phase::Ready => Some(PEER),
+            Phase::Connecting | Phase::Open | Phase::Ready => Some(self.peer),
             Phase::Idle | Phase::Ended => None,
         }
     }
@@ -517,7 +486,7 @@ impl ElevenLabsAgent {
             ServerMessage::Ping { ping_event } => {
                 let id = ping_event.event_id.unwrap_or(0);
                 self.stats.pongs += 1;
-                Self::send(out, format!("{{\"type\":\"pong\",\"event_id\":{id}}}"));
+                self.send(out, format!("{{\"type\":\"pong\",\"event_id\":{id}}}"));
             }
             ServerMessage::UserTranscript {
                 user_transcription_event: t,
@@ -680,6 +649,9 @@ impl Agent for ElevenLabsAgent {
     }
 
     fn on_audio(&mut self, _now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
+        if self.machine.is_some() {
+            return; // Deaf: the machine is recording the message.
+        }
         match self.phase {
             Phase::Ready => self.send_audio(frame.mulaw, Some(frame.pcm), out),
             Phase::Idle | Phase::Signing { .. } | Phase::Connecting | Phase::Open => {
@@ -729,14 +701,14 @@ impl Agent for ElevenLabsAgent {
                     self.tool_ended(end, out);
                 }
             }
-            ProviderEvent::Opened { peer, .. } if peer == PEER => {
+            ProviderEvent::Opened { peer, .. } if peer == self.peer => {
                 if self.phase != Phase::Connecting {
                     return;
                 }
                 self.phase = Phase::Open;
-                Self::send(out, self.initiation().to_string());
+                self.send(out, self.initiation().to_string());
             }
-            ProviderEvent::Message { peer, message } if peer == PEER => match message {
+            ProviderEvent::Message { peer, message } if peer == self.peer => match message {
                 ProviderMessage::Text(t) => self.on_message(now, &t, out),
                 ProviderMessage::Binary(b) => {
                     out.push(Action::Report(AgentReport::ProviderFault {
@@ -746,7 +718,7 @@ impl Agent for ElevenLabsAgent {
                     }))
                 }
             },
-            ProviderEvent::Closed { peer } if peer == PEER && self.phase != Phase::Ended => {
+            ProviderEvent::Closed { peer } if peer == self.peer && self.phase != Phase::Ended => {
                 self.phase = Phase::Ended;
                 self.runs.close_all(out);
                 self.finish_utterance(out);
@@ -754,7 +726,7 @@ impl Agent for ElevenLabsAgent {
                     reason: "elevenlabs ended the conversation (close 1000)".to_string(),
                 });
             }
-            ProviderEvent::Failed { peer, fault } if peer == PEER => {
+            ProviderEvent::Failed { peer, fault } if peer == self.peer => {
                 if self.phase == Phase::Ended {
                     return;
                 }
@@ -769,6 +741,7 @@ impl Agent for ElevenLabsAgent {
 
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.tool_deadlines(now, out);
+        self.voicemail_timeout(now, out);
         if let Phase::Signing { deadline } = self.phase {
             if now < deadline {
                 out.push(Action::WakeAt(deadline));
@@ -787,6 +760,10 @@ impl Agent for ElevenLabsAgent {
                 out.push(Action::WakeAt(due));
             }
         }
+    }
+
+    fn on_answered_by(&mut self, now: Instant, by: crate::AnsweredBy, out: &mut Vec<Action>) {
+        self.answered_by(now, by, out);
     }
 
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {
@@ -816,6 +793,7 @@ pub(crate) fn take_whole_words(buf: &mut String, more: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn alignment_text_goes_out_in_whole_words() {

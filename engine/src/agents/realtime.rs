@@ -45,6 +45,8 @@
 //!   `conversation.item.create`, and once every call of the response has ended, one
 //!   `response.create` lets the model answer (after the response active then, if any). A
 //!   barge-in during a call does not lose its result.
+//! - **Answering machines** (`realtime/voicemail.rs`): on `machine_end_*` the model is asked
+//!   to say [`RealtimeConfig::voicemail_text`], then the call hangs up.
 //! - **Faults**: `error` events are reported ([`AgentReport::ProviderFault`], provider
 //!   `realtime`) and the call goes on (the session survives them), except a cancel that found
 //!   nothing to cancel (ignored). A session whose output is not `audio/pcmu`, a refused or
@@ -67,6 +69,7 @@ use crate::playout::{AgentAudio, Interrupted, UtteranceId};
 use wire::{ClientEvent, ServerEvent};
 
 mod tools;
+mod voicemail;
 mod wire;
 
 /// `provider` label of this agent's [`AgentReport::ProviderFault`]s.
@@ -142,6 +145,10 @@ pub struct RealtimeConfig {
     pub max_buffer_ms: u64,
     /// The operator's tools, offered as functions (default none).
     pub tools: HttpTools,
+    /// Left on an answering machine after its beep (`{{name}}`s filled from the call's
+    /// `<Parameter>`s), then the call hangs up; `None`: hang up on a machine at once. See
+    /// `realtime/voicemail.rs`.
+    pub voicemail_text: Option<String>,
 }
 
 impl Default for RealtimeConfig {
@@ -162,6 +169,7 @@ impl Default for RealtimeConfig {
             transcription_model: Some("gpt-4o-mini-transcribe".to_string()),
             max_buffer_ms: 2000,
             tools: HttpTools::default(),
+            voicemail_text: None,
         }
     }
 }
@@ -248,6 +256,8 @@ pub struct RealtimeAgent {
     /// An `end_call_after` tool succeeded: the hang-up reason, and the response that answers
     /// its result once created (the call ends when it is done).
     end_after: Option<(String, Option<String>)>,
+    /// A machine answered (the agent is deaf): the hang-up comes by then at the latest.
+    machine_until: Option<Instant>,
     event_seq: u64,
     stats: RealtimeStats,
 }
@@ -313,6 +323,7 @@ impl RealtimeAgent {
             runs: ToolRuns::new(FIRST_TOOL_PEER),
             create_due: false,
             end_after: None,
+            machine_until: None,
             event_seq: 0,
             stats: RealtimeStats::default(),
         }
@@ -420,7 +431,7 @@ impl RealtimeAgent {
                 }
             }
             ServerEvent::SpeechStarted => {
-                if self.cfg.turn_detection == TurnDetection::Hark {
+                if self.cfg.turn_detection == TurnDetection::Hark || self.on_machine() {
                     return;
                 }
                 self.cancel_active(out);
@@ -640,6 +651,7 @@ impl Agent for RealtimeAgent {
 
     fn on_audio(&mut self, _now: Instant, frame: &AudioFrame<'_>, out: &mut Vec<Action>) {
         match self.phase {
+            Phase::Open if self.on_machine() => {}
             Phase::Open => self.append(frame.mulaw, out),
             Phase::Idle | Phase::Connecting => {
                 let cap = SampleRate::TWILIO.g711_bytes_in_ms(self.cfg.max_buffer_ms);
@@ -654,7 +666,10 @@ impl Agent for RealtimeAgent {
     }
 
     fn on_user_turn(&mut self, now: Instant, _turn: UserTurn, out: &mut Vec<Action>) {
-        if self.cfg.turn_detection != TurnDetection::Hark || self.phase != Phase::Open {
+        if self.cfg.turn_detection != TurnDetection::Hark
+            || self.phase != Phase::Open
+            || self.on_machine()
+        {
             return;
         }
         self.timing.hark_turn_end(now);
@@ -728,6 +743,11 @@ impl Agent for RealtimeAgent {
 
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.tool_deadlines(now, out);
+        self.voicemail_timeout(now, out);
+    }
+
+    fn on_answered_by(&mut self, now: Instant, by: crate::AnsweredBy, out: &mut Vec<Action>) {
+        self.answered_by(now, by, out);
     }
 
     fn on_stop(&mut self, _now: Instant, out: &mut Vec<Action>) {

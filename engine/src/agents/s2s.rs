@@ -8,10 +8,49 @@
 //! of a new answer arrives, reports the time since then as [`Stage::FirstAudio`]. Audio that
 //! comes before any turn has ended, while the agent has not spoken yet, is the greeting:
 //! [`Stage::Greeting`] from stream start.
+//!
+//! They also share what an answering machine verdict means ([`on_machine`]): the cascade's
+//! policy (`cascade/voicemail.rs`), carried out by each provider its own way.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::agent::{AgentReport, Stage};
+use crate::agents::cascade::{FAX_REASON, MACHINE_REASON};
+use crate::call::AnsweredBy;
+
+/// The hang-up comes at most this long after the voicemail message was asked for, even if the
+/// provider never finishes it.
+pub(crate) const VOICEMAIL_MAX: Duration = Duration::from_secs(60);
+
+/// What a speech-to-speech agent does on answering machine detection's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OnMachine {
+    /// `human`, `machine_start`, `unknown`: the conversation goes on.
+    Nothing,
+    /// A fax, or a machine with no message configured: stop and hang up with this reason.
+    HangUp(&'static str),
+    /// A machine's greeting is over: stop, say this message (templated already), then hang up
+    /// with reason `voicemail`.
+    Leave(String),
+}
+
+/// The policy for verdict `by`, with the configured message `template` (`{{name}}`s filled
+/// from the call's `params`; empty after filling counts as none).
+pub(crate) fn on_machine(
+    by: AnsweredBy,
+    template: Option<&str>,
+    params: &[(String, String)],
+) -> OnMachine {
+    match by {
+        AnsweredBy::Human | AnsweredBy::MachineStart | AnsweredBy::Unknown => OnMachine::Nothing,
+        AnsweredBy::Fax => OnMachine::HangUp(FAX_REASON),
+        AnsweredBy::MachineEnd(_) => template
+            .map(|t| crate::agents::context::fill(t, &BTreeMap::new(), params))
+            .filter(|t| !t.trim().is_empty())
+            .map_or(OnMachine::HangUp(MACHINE_REASON), OnMachine::Leave),
+    }
+}
 
 /// Times the first audio of each answer of a speech-to-speech agent (see the module docs).
 /// Times are the `now` of the agent's callbacks; latencies are whole ms, rounded down.
@@ -67,7 +106,34 @@ impl AnswerTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use crate::call::MachineEnd;
+
+    #[test]
+    fn machine_verdicts_follow_the_cascade_policy() {
+        let params = [("name".to_string(), "Ada".to_string())];
+        let msg = Some("Hi {{ name }}, please call us back.");
+        let end = AnsweredBy::MachineEnd(MachineEnd::Beep);
+        assert_eq!(
+            on_machine(end, msg, &params),
+            OnMachine::Leave("Hi Ada, please call us back.".into())
+        );
+        assert_eq!(on_machine(end, None, &params), OnMachine::HangUp("machine"));
+        assert_eq!(
+            on_machine(end, Some("{{missing}} "), &params),
+            OnMachine::HangUp("machine")
+        );
+        assert_eq!(
+            on_machine(AnsweredBy::Fax, msg, &params),
+            OnMachine::HangUp("fax")
+        );
+        for by in [
+            AnsweredBy::Human,
+            AnsweredBy::MachineStart,
+            AnsweredBy::Unknown,
+        ] {
+            assert_eq!(on_machine(by, msg, &params), OnMachine::Nothing);
+        }
+    }
 
     fn latency(stage: Stage, ms: u64) -> Option<AgentReport> {
         Some(AgentReport::Latency { stage, ms })

@@ -217,7 +217,7 @@ fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
     if let Some(f) = v.text("HARK_FILLER_TEXT") {
         c.filler_text = unless_off(f);
     }
-    c.voicemail_text = v.text("HARK_VOICEMAIL_TEXT").and_then(unless_off);
+    c.voicemail_text = super::voicemail_text(v);
     for (var, field) in [
         ("HARK_SYSTEM_PROMPT_PARAM", &mut c.system_prompt_param),
         ("HARK_GREETING_PARAM", &mut c.greeting_param),
@@ -557,7 +557,7 @@ parameters = { type = "object" }
         );
         let s = read(&[("OPENAI_API_KEY", "k"), ("HARK_VOICEMAIL_TEXT", "off")]).unwrap();
         assert_eq!(s.config.voicemail_text, None);
-        let text = "[agent.cascade]\nvoicemail_text = \"Please call back.\"\n";
+        let text = "[agent]\nvoicemail_text = \"Please call back.\"\n";
         let s = from_file(text, &[("OPENAI_API_KEY", "k")]).unwrap();
         assert_eq!(
             s.config.voicemail_text.as_deref(),

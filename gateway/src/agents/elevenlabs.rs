@@ -76,6 +76,9 @@ pub struct Settings {
     pub end_call_tool: String,
     /// The file's `[[tools]]`, run when the agent calls them as client tools.
     pub tools: HttpTools,
+    /// `HARK_VOICEMAIL_TEXT`: left on an answering machine (the first message of a new
+    /// conversation), then the hang-up.
+    pub voicemail_text: Option<String>,
 }
 
 impl Settings {
@@ -127,6 +130,7 @@ impl Settings {
             },
             end_call_tool,
             tools,
+            voicemail_text: super::voicemail_text(v),
         })
     }
 
@@ -170,6 +174,7 @@ impl Settings {
             overrides: self.overrides.clone(),
             end_call_tool: self.end_call_tool.clone(),
             tools: self.tools.clone(),
+            voicemail_text: self.voicemail_text.clone(),
             ..ElevenLabsConfig::default()
         }
     }

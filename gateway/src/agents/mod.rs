@@ -77,6 +77,13 @@ pub enum AgentError {
     Cascade(#[from] hark_engine::agents::cascade::CascadeError),
 }
 
+/// `HARK_VOICEMAIL_TEXT` (`[agent] voicemail_text`): the message every agent leaves on an
+/// answering machine; `off`/`none`/unset: none (hang up on machines at once).
+pub(crate) fn voicemail_text(v: &Values) -> Option<String> {
+    v.text("HARK_VOICEMAIL_TEXT")
+        .filter(|t| !matches!(t.to_ascii_lowercase().as_str(), "off" | "none"))
+}
+
 /// The operator's tools of the file's `[[tools]]` (only those named in `chosen`, when given),
 /// signed with `HARK_OPERATOR_SECRET` (read by the one parser of `[operator]`); none without
 /// `[[tools]]`. Shared by every agent that offers them.

@@ -92,6 +92,7 @@ impl Settings {
                 turn_detection: turn_detection(v)?,
                 transcription_model,
                 tools: super::http_tools(v, None)?,
+                voicemail_text: super::voicemail_text(v),
                 ..RealtimeConfig::default()
             },
         })

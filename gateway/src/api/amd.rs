@@ -10,8 +10,8 @@
 //! or missing signature). The verdict is recorded like a call progress callback (status
 //! `in-progress` — detection only runs on an answered call — with its `AnsweredBy`, so the
 //! call's record gets `answered_by`) and sent to the live call with that `CallSid` on this
-//! node ([`LiveCalls`]), whose agent acts on it (the cascade agent leaves its voicemail
-//! message on `machine_end_*`). A call not on this node, or already over, gets nothing; the
+//! node ([`LiveCalls`]), whose agent acts on it (every built-in agent leaves its
+//! voicemail message on `machine_end_*`). A call not on this node, or already over, gets nothing; the
 //! answer is 200 either way (Twilio retries other answers).
 //! Counted in `hark_amd_total{answered_by, routed}` (`routed`: `true` when a live call got it).
 

@@ -72,6 +72,9 @@ pub struct StreamSummary {
     /// The call's audio recorded by hark, when it was (`HARK_RECORD`, `hark_record`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<crate::recording::AudioInfo>,
+    /// The greeting as the caller heard it (the first line of `call.ended`'s transcript).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub greeting: Option<super::turns::GreetingHeard>,
 }
 
 /// One queued write.

@@ -15,7 +15,8 @@
 //! Turns are numbered by their [`TurnId`] ([`TurnRow::index`]) and handed to the store as soon
 //! as hark ends them, then again whenever their record changes ([`TurnLog::take_update`]), so
 //! a turn is on disk within the writer's commit lag of its end, not only when the next turn
-//! begins. The greeting is not a turn.
+//! begins. The greeting is not a turn: its words as heard are kept apart
+//! ([`TurnLog::greeting`]) for the stream's summary, the first line of `call.ended`'s transcript.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +46,24 @@ pub struct TurnLog {
     after_played: bool,
     /// The latest ended turn as [`TurnLog::take_update`] last handed it out.
     synced: Option<TurnRow>,
+    /// The greeting (agent speech before any caller turn), kept like a turn's answer: words
+    /// as heard, cut by a barge-in ([`TurnLog::greeting`]).
+    greeting: TurnRow,
+    /// Media time the greeting's first audio was queued, ms (its `greeting` stage latency).
+    greeting_at_ms: Option<u64>,
+}
+
+/// The greeting as the caller heard it, for the call's transcript.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GreetingHeard {
+    /// The words heard (all of them, unless `interrupted`).
+    pub text: String,
+    /// Media time the greeting's audio began, ms from the stream's start (its `greeting`
+    /// stage latency; 0 when the agent reported none).
+    pub at_ms: u64,
+    /// The caller cut the greeting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 /// Engine ms (`u64`) as the store keeps them (`i64`), saturating.
@@ -129,10 +148,9 @@ impl TurnLog {
                 since_user_end: Some(d),
                 ..
             } => {
-                if let Some(t) = self.row(*turn) {
-                    t.heard_latency_ms
-                        .get_or_insert(stored(d.as_millis() as u64));
-                }
+                let t = self.row(*turn);
+                t.heard_latency_ms
+                    .get_or_insert(stored(d.as_millis() as u64));
                 None
             }
             Event::UtterancePlayed { turn, heard_ms, .. } => {
@@ -152,9 +170,27 @@ impl TurnLog {
         }
     }
 
-    /// The row of `turn`, made on first use (`None` for no turn: the greeting).
-    fn row(&mut self, turn: Option<TurnId>) -> Option<&mut TurnRow> {
-        turn.map(|t| self.rows.entry(t).or_default())
+    /// The row of `turn`, made on first use (`None` for no turn: the greeting's, kept apart
+    /// and never stored as a turn).
+    fn row(&mut self, turn: Option<TurnId>) -> &mut TurnRow {
+        match turn {
+            Some(t) => self.rows.entry(t).or_default(),
+            None => &mut self.greeting,
+        }
+    }
+
+    /// The greeting's words as the caller heard them, once the agent reported any.
+    pub fn greeting(&self) -> Option<GreetingHeard> {
+        let text = self
+            .greeting
+            .agent_text
+            .as_ref()
+            .filter(|s| !s.is_empty())?;
+        Some(GreetingHeard {
+            text: text.clone(),
+            at_ms: self.greeting_at_ms.unwrap_or(0),
+            interrupted: self.greeting.interrupted,
+        })
     }
 
     /// `turn` has been ended by hark.
@@ -207,19 +243,17 @@ impl TurnLog {
             let held = turn.and_then(|t| self.rows.get(&t));
             self.unconfirmed_from = held.and_then(|t| t.agent_text.as_ref()).map(|_| 0);
         }
-        if let Some(t) = self.row(turn) {
-            t.latency_ms.get_or_insert(stored(latency_ms));
-        }
+        let t = self.row(turn);
+        t.latency_ms.get_or_insert(stored(latency_ms));
     }
 
     /// An utterance of `turn`'s answer played to its end: `heard_ms` of it were heard. Words
     /// reported for it before it played are now confirmed.
     fn utterance_played(&mut self, turn: Option<TurnId>, heard_ms: u64) {
-        if let Some(t) = self.row(turn) {
-            t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
-            self.unconfirmed_from = None;
-            self.after_played = true;
-        }
+        let t = self.row(turn);
+        t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
+        self.unconfirmed_from = None;
+        self.after_played = true;
     }
 
     /// The caller barged in on `turn`'s answer: `heard_ms` of the cut utterance were heard
@@ -229,7 +263,8 @@ impl TurnLog {
     fn barge_in(&mut self, turn: Option<TurnId>, heard_ms: u64, heard_text: Option<&str>) {
         self.after_played = false;
         let false_start = turn.is_some_and(|t| !self.is_ended(t));
-        if let Some(t) = self.row(turn) {
+        {
+            let t = self.row(turn);
             t.interrupted = true;
             t.heard_ms = Some(t.heard_ms.unwrap_or(0).saturating_add(stored(heard_ms)));
             if false_start {
@@ -246,9 +281,7 @@ impl TurnLog {
     /// Stays replaceable: the agent's own cut transcript may follow hark's.
     fn cut(&mut self, turn: Option<TurnId>, heard: &str) {
         let from = self.unconfirmed_from;
-        let Some(t) = self.row(turn) else {
-            return;
-        };
+        let t = self.row(turn);
         if let (Some(from), Some(s)) = (from, t.agent_text.as_mut()) {
             s.truncate(from);
             let kept = s.trim_end().len();
@@ -262,10 +295,15 @@ impl TurnLog {
     /// counts) and transcripts.
     fn report(&mut self, turn: Option<TurnId>, report: &AgentReport) {
         match report {
+            AgentReport::Latency {
+                stage: Stage::Greeting,
+                ms,
+            } => {
+                self.greeting_at_ms.get_or_insert(*ms);
+            }
             AgentReport::Latency { stage, ms } => {
-                if let Some(t) = self.row(turn) {
-                    set_stage(t, *stage, *ms);
-                }
+                let t = self.row(turn);
+                set_stage(t, *stage, *ms);
             }
             AgentReport::Transcript {
                 role: Role::User,
@@ -273,9 +311,7 @@ impl TurnLog {
                 ..
             } => {
                 self.after_played = false;
-                if let Some(t) = self.row(turn) {
-                    append(&mut t.text, text);
-                }
+                append(&mut self.row(turn).text, text);
             }
             AgentReport::Transcript {
                 role: Role::Agent,
@@ -298,10 +334,8 @@ impl TurnLog {
         // Words held for a turn hark has not ended, whose answer has not begun.
         let held = turn.is_some_and(|t| !self.is_ended(t)) && !self.early_answer;
         let unconfirmed = self.unconfirmed_from;
-        // A greeting (no caller turn yet) is not a turn; it is logged, not recorded.
-        let Some(t) = self.row(turn) else {
-            return;
-        };
+        // A greeting (no caller turn yet) is not a turn: it goes to the greeting's row.
+        let t = self.row(turn);
         let at = append(&mut t.agent_text, text);
         if !confirmed && !held {
             self.unconfirmed_from = unconfirmed.or(Some(at));
@@ -451,6 +485,50 @@ mod tests {
 
     fn stage(log: &mut TurnLog, turn: Option<TurnId>, stage: Stage, ms: u64) {
         report(log, turn, AgentReport::Latency { stage, ms });
+    }
+
+    #[test]
+    fn the_greeting_is_kept_apart_as_heard() {
+        // Cascade: reported once played, confirmed.
+        let mut log = TurnLog::new();
+        assert_eq!(log.greeting(), None);
+        stage(&mut log, None, Stage::Greeting, 180);
+        played(&mut log, None, 2400);
+        agent(&mut log, None, "Hello, this is Acme.", false);
+        ended(&mut log, 0, 3000, 4000);
+        agent(&mut log, t(0), "Sure.", false);
+        let g = log.greeting().expect("greeting");
+        assert_eq!(
+            (g.text.as_str(), g.at_ms, g.interrupted),
+            ("Hello, this is Acme.", 180, false)
+        );
+        assert_eq!(
+            log.take_update().and_then(|t| t.agent_text).as_deref(),
+            Some("Sure.")
+        );
+        let rows = log.finish(6000);
+        assert_eq!(rows.len(), 1, "the greeting is not a turn: {rows:?}");
+
+        // Speech-to-speech: the whole greeting up front, then cut: the heard words replace it,
+        // and the provider's own cut transcript replaces those.
+        let mut log = TurnLog::new();
+        agent(
+            &mut log,
+            None,
+            "Hello, this is Acme calling about your bill.",
+            false,
+        );
+        barge(&mut log, None, 700, Some("Hello, this is"));
+        let g = log.greeting().expect("greeting");
+        assert_eq!((g.text.as_str(), g.interrupted), ("Hello, this is", true));
+        agent(&mut log, None, "Hello, this is Acme", true);
+        assert_eq!(log.greeting().unwrap().text, "Hello, this is Acme");
+        assert!(log.finish(2000).is_empty());
+        let json = serde_json::to_value(log.greeting()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"text": "Hello, this is Acme", "at_ms": 0, "interrupted": true})
+        );
     }
 
     #[test]

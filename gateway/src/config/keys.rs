@@ -118,6 +118,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_CONTEXT_TIMEOUT_MS", "operator.context_timeout_ms"),
     // agent: which agent answers, and each agent's settings.
     s("HARK_AGENT", "agent.kind"),
+    s("HARK_VOICEMAIL_TEXT", "agent.voicemail_text"),
     s("OPENAI_API_KEY", "openai.api_key"),
     s("OPENAI_BASE_URL", "openai.base_url"),
     s("HARK_LANGUAGE", "agent.cascade.language"),
@@ -169,7 +170,6 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("HARK_IDLE_HANGUP_MS", "agent.cascade.idle_hangup_ms"),
     s("HARK_IDLE_GOODBYE_TEXT", "agent.cascade.idle_goodbye_text"),
-    s("HARK_VOICEMAIL_TEXT", "agent.cascade.voicemail_text"),
     s("HARK_RETRY_MAX", "agent.cascade.retry_max"),
     s("HARK_RETRY_BUDGET_MS", "agent.cascade.retry_budget_ms"),
     s("HARK_RETRY_BACKOFF_MS", "agent.cascade.retry_backoff_ms"),

@@ -304,6 +304,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
                 malformed: stats.malformed_total(),
                 ended,
                 audio,
+                greeting: observer.turns.greeting(),
             },
         );
     }

@@ -108,7 +108,10 @@ impl AppState {
         // Install the recorder before the first call records anything.
         let _ = crate::metrics::handle();
         let console = crate::console::Console::new(
-            config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            config
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
         );
         Ok(Arc::new(AppState {
             config,

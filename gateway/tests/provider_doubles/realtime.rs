@@ -22,6 +22,10 @@
 //!   `error` as the real API does ("Audio content of X ms is already shorter than Y ms");
 //!   otherwise `conversation.item.truncated` echoes it. Every truncate is recorded with the
 //!   generated length ([`Session::truncates`]).
+//! - [`Script::function_calls`]: a turn's first response is a function call instead of its
+//!   reply; `conversation.item.create` (the client's `function_call_output`) is echoed as
+//!   `conversation.item.added` + `.done` (beta: `.created`), and the next `response.create`
+//!   plays the turn's reply.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,6 +86,9 @@ pub struct Script {
     pub speed: f64,
     /// From `response.created` to the first delta, ms (default 50).
     pub first_audio_delay_ms: u64,
+    /// (turn index, function name, arguments JSON text): that turn's first response is this
+    /// call (`call_id` `call_<k>` for entry `k`), its reply comes at the next `response.create`.
+    pub function_calls: Vec<(usize, String, String)>,
 }
 
 impl Default for Script {
@@ -95,6 +102,7 @@ impl Default for Script {
             chunk_ms: 100,
             speed: 4.0,
             first_audio_delay_ms: 50,
+            function_calls: Vec::new(),
         }
     }
 }
@@ -316,6 +324,10 @@ struct Conn {
     items: Vec<(String, u64)>,
     /// The last item added to the conversation (for `previous_item_id`).
     last_item: Option<String>,
+    /// Entries of [`Script::function_calls`] already made.
+    calls_made: Vec<usize>,
+    /// Items the client created.
+    created: u64,
 }
 
 impl Conn {
@@ -351,6 +363,8 @@ impl Conn {
             active: None,
             items: Vec::new(),
             last_item: None,
+            calls_made: Vec::new(),
+            created: 0,
         }
     }
 
@@ -415,7 +429,51 @@ impl Conn {
         r
     }
 
+    /// Response `resp_fc<k>`: the model calls function entry `k` of the script.
+    async fn function_call(&mut self, ws: &mut Ws, k: usize) -> bool {
+        self.calls_made.push(k);
+        let (_, name, args) = self.script.function_calls[k].clone();
+        let (id, item, call_id) = (
+            format!("resp_fc{k}"),
+            format!("item_fc{k}"),
+            format!("call_{k}"),
+        );
+        let fc = |status: &str, args: &str| {
+            json!({"id": item, "object": "realtime.item", "type": "function_call",
+                "status": status, "name": name, "call_id": call_id, "arguments": args})
+        };
+        let mut args_done = json!({"type": "response.function_call_arguments.done", "response_id": id,
+            "item_id": item, "output_index": 0, "call_id": call_id, "arguments": args});
+        if !self.script.beta {
+            args_done["name"] = json!(name);
+        }
+        let mut done = self.response_json(&id, "completed", None);
+        done["output"] = json!([fc("completed", &args)]);
+        let evs = [
+            json!({"type": "response.created", "response": self.response_json(&id, "in_progress", None)}),
+            json!({"type": "response.output_item.added", "response_id": id, "output_index": 0, "item": fc("in_progress", "")}),
+            json!({"type": "response.function_call_arguments.delta", "response_id": id,
+                "item_id": item, "output_index": 0, "call_id": call_id, "delta": args}),
+            args_done,
+            json!({"type": "response.output_item.done", "response_id": id, "output_index": 0, "item": fc("completed", &args)}),
+            json!({"type": "response.done", "response": done}),
+        ];
+        self.last_item = Some(item.clone());
+        for ev in evs {
+            if !self.send(ws, ev).await {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn start_reply(&mut self, ws: &mut Ws) -> bool {
+        let turn = self.replies_given;
+        let call = (0..self.script.function_calls.len())
+            .find(|k| self.script.function_calls[*k].0 == turn && !self.calls_made.contains(k));
+        if let Some(k) = call {
+            return self.function_call(ws, k).await;
+        }
         let Some(reply) = self
             .script
             .turns
@@ -680,6 +738,24 @@ impl Conn {
                     )
                     .await
                 }
+            }
+            "conversation.item.create" => {
+                self.created += 1;
+                let id = format!("item_c{}", self.created);
+                let mut item = v["item"].clone();
+                item["id"] = json!(id);
+                item["object"] = json!("realtime.item");
+                item["status"] = json!("completed");
+                let prev = self.last_item.replace(id);
+                let added = self.name("conversation.item.added", "conversation.item.created");
+                let ev = json!({"type": added, "previous_item_id": prev, "item": item});
+                if !self.send(ws, ev).await {
+                    return false;
+                }
+                self.script.beta
+                    || self
+                        .send(ws, json!({"type": "conversation.item.done", "previous_item_id": prev, "item": item}))
+                        .await
             }
             "conversation.item.truncate" => {
                 let item = v["item_id"].as_str().unwrap_or("").to_string();

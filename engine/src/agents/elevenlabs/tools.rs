@@ -22,7 +22,7 @@ impl ElevenLabsAgent {
             arguments: arguments.clone(),
         }));
         if t.tool_name == self.cfg.end_call_tool {
-            Self::send_tool_result(out, &t.tool_call_id, "ending the call", false);
+            self.send_tool_result(out, &t.tool_call_id, "ending the call", false);
             self.finish_utterance(out);
             out.push(Action::Hangup {
                 reason: format!("elevenlabs agent called {}", t.tool_name),
@@ -31,7 +31,7 @@ impl ElevenLabsAgent {
         }
         if self.cfg.tools.get(&t.tool_name).is_none() {
             let text = format!("hark has no client tool named {}", t.tool_name);
-            Self::send_tool_result(out, &t.tool_call_id, &text, true);
+            self.send_tool_result(out, &t.tool_call_id, &text, true);
             return;
         }
         let facts = self.info.as_ref().map(CallFacts::from).unwrap_or_default();
@@ -62,7 +62,7 @@ impl ElevenLabsAgent {
             Ok(json) => (json.as_str(), false),
             Err(e) => (e.as_str(), true),
         };
-        Self::send_tool_result(out, &end.call_id, text, is_error);
+        self.send_tool_result(out, &end.call_id, text, is_error);
     }
 
     /// Ends the runs past their deadline (each with an error result) and asks to be woken at
@@ -74,13 +74,13 @@ impl ElevenLabsAgent {
         out.extend(self.runs.poll_timeout().map(Action::WakeAt));
     }
 
-    fn send_tool_result(out: &mut Vec<Action>, call_id: &str, result: &str, is_error: bool) {
+    fn send_tool_result(&self, out: &mut Vec<Action>, call_id: &str, result: &str, is_error: bool) {
         let reply = json!({
             "type": "client_tool_result",
             "tool_call_id": call_id,
             "result": result,
             "is_error": is_error,
         });
-        Self::send(out, reply.to_string());
+        self.send(out, reply.to_string());
     }
 }

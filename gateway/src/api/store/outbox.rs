@@ -18,8 +18,10 @@ use tokio::sync::Notify;
 
 use super::reads::{recordings_of, turns_of};
 use super::{Latency, Store, TurnRow};
+use crate::api::turns::GreetingHeard;
 use crate::operator::events::{
-    CallEnded, CallStarted, Envelope, EventType, Recording, TranscriptLine, TurnEnded, rfc3339,
+    CallEnded, CallStarted, Envelope, EventType, Recording, Speaker, TranscriptLine, TurnEnded,
+    rfc3339,
 };
 
 /// Wakes the delivery worker after a commit that wrote events.
@@ -123,6 +125,27 @@ macro_rules! row_columns {
 fn json_text(s: Option<String>) -> Value {
     s.and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_else(|| Value::Object(serde_json::Map::new()))
+}
+
+/// A call's transcript: the greeting as heard (from the stream's `summary` JSON), then the
+/// lines of its turns.
+fn transcript(summary: &str, turns: &[TurnRow]) -> Vec<TranscriptLine> {
+    let greeting = serde_json::from_str::<Value>(summary)
+        .ok()
+        .and_then(|mut v| v.get_mut("greeting").map(Value::take))
+        .and_then(|g| serde_json::from_value::<GreetingHeard>(g).ok());
+    let mut lines: Vec<TranscriptLine> = greeting
+        .into_iter()
+        .map(|g| TranscriptLine {
+            turn: None,
+            role: Speaker::Agent,
+            text: g.text,
+            at_ms: i64::try_from(g.at_ms).unwrap_or(i64::MAX),
+            interrupted: Some(g.interrupted),
+        })
+        .collect();
+    lines.extend(TranscriptLine::of(turns));
+    lines
 }
 
 /// An event to write: what it is about and its data.
@@ -349,7 +372,7 @@ impl Store {
             from: row.try_get("from_number")?,
             to: row.try_get("to_number")?,
             agent: row.try_get("agent")?,
-            transcript: TranscriptLine::of(&turns),
+            transcript: transcript(summary, &turns),
             latency: Latency::of(&latencies),
             recording_url,
             recordings,
