@@ -21,6 +21,10 @@
 //! | `hark_stage_latency_seconds{stage}` | histogram | agent stages per turn: `stt`, `llm_ttft`, `tts_ttfb`, `greeting` |
 //! | `hark_provider_faults_total{provider,kind}` | counter | provider faults (retried or answered with a fallback) |
 //! | `hark_tool_calls_total{name}` | counter | tool calls made by the model |
+//! | `hark_recordings_total{result}` | counter | call recordings written (`saved`) or not (`failed`) |
+//! | `hark_recordings_deleted_total` | counter | recordings deleted by the retention sweep |
+//! | `hark_console_media_streams_total` | counter | browser-phone calls admitted by a console ticket |
+//! | `hark_console_refused_total{reason}` | counter | console sign-ins refused: a used or unknown `link`, a wrong API `key` |
 
 use std::sync::OnceLock;
 

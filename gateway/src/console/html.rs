@@ -39,27 +39,11 @@ pub(crate) fn page(title: &str, scripts: &[&str], body: &str) -> String {
     )
 }
 
-/// A UTC time from ms since the Unix epoch: `2026-12-03 10:02:22Z`.
+/// A UTC time from ms since the Unix epoch: `2026-12-03 10:02:22Z` (the calendar of
+/// [`crate::operator::events::rfc3339`]).
 pub(crate) fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let r = crate::operator::events::rfc3339(ms);
+    format!("{} {}Z", &r[..10], &r[11..19])
 }
 
 #[cfg(test)]
