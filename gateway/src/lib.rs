@@ -23,6 +23,7 @@
 //! | [`conns`] | connection limits, deadlines and counts by state |
 //! | [`ws`] | the Twilio socket: cancel-safe WebSocket framing with a capped message size |
 //! | [`pool`] | call workers: one single-threaded runtime per core |
+//! | [`ops`] | operations: `/readyz` (draining, database), the `/metrics` token, HTTP request and process metrics |
 //! | [`recording`] | call audio recorded by hark: a stereo WAV per call (caller, agent as heard), retention |
 //! | [`config`] | `hark serve`'s one configuration: `hark.toml` (optional) with the environment on top, checked before listening |
 //! | [`agents`] | agent settings → engine agents (cascade, ElevenLabs, Realtime) |
@@ -45,6 +46,7 @@ pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod operator;
+pub mod ops;
 pub mod pool;
 pub mod recording;
 pub mod serve;

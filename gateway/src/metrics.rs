@@ -21,6 +21,15 @@
 //! | `hark_stage_latency_seconds{stage}` | histogram | agent stages per turn: `stt`, `llm_ttft`, `tts_ttfb`, `greeting` |
 //! | `hark_provider_faults_total{provider,kind}` | counter | provider faults (retried or answered with a fallback) |
 //! | `hark_tool_calls_total{name}` | counter | tool calls made by the model |
+//! | `hark_http_requests_total{route,status}` | counter | HTTP requests by route template and status (`crate::ops`) |
+//! | `hark_http_request_seconds{route}` | histogram | request → response head, by route template |
+//! | `hark_call_duration_seconds` | histogram | media stream length, upgrade → end |
+//! | `hark_build_info{version}` | gauge | 1, labelled with hark's version |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` | counter, gauges | this process, read from `/proc/self` at each scrape (Linux) |
+//!
+//! Labelled counters with known labels (malformed kinds, transfer and hold outcomes,
+//! signature routes, recording results, console refusals) exist at 0 from the start, so a rate
+//! or an error ratio can be computed before the first event.
 //! | `hark_recordings_total{result}` | counter | call recordings written (`saved`) or not (`failed`) |
 //! | `hark_recordings_deleted_total` | counter | recordings deleted by the retention sweep |
 //! | `hark_console_media_streams_total` | counter | browser-phone calls admitted by a console ticket |
@@ -35,6 +44,8 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
 ];
+/// Call lengths, s.
+const CALL_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1_800.0, 3_600.0];
 const SHORT_BUCKETS: &[f64] = &[
     0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.001, 0.01, 0.02,
     0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3,
@@ -72,6 +83,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     b.set_buckets_for_metric(
                         Matcher::Full("hark_stage_latency_seconds".into()),
                         LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hark_http_request_seconds".into()),
+                        SHORT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("hark_call_duration_seconds".into()),
+                        CALL_BUCKETS,
                     )
                 })
                 .ok()?;
@@ -154,6 +177,39 @@ fn describe() {
     ] {
         metrics::counter!(c).increment(0);
     }
+    zero_labelled();
+    metrics::gauge!("hark_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// The labelled counters whose labels are known in advance, at 0.
+fn zero_labelled() {
+    for kind in hark_engine::Malformed::ALL {
+        metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str()).increment(0);
+    }
+    let known: [(&'static str, &'static str, &[&'static str]); 5] = [
+        (
+            "hark_transfers_total",
+            "outcome",
+            &["ok", "failed", "not_configured"],
+        ),
+        (
+            "hark_playback_holds_total",
+            "outcome",
+            &["resumed", "backchannel"],
+        ),
+        (
+            "hark_signature_failures_total",
+            "route",
+            &["voice", "media-stream"],
+        ),
+        ("hark_recordings_total", "result", &["saved", "failed"]),
+        ("hark_console_refused_total", "reason", &["link", "key"]),
+    ];
+    for (name, label, values) in known {
+        for v in values {
+            metrics::counter!(name, label => *v).increment(0);
+        }
+    }
 }
 
 /// Renders the Prometheus text exposition format.
@@ -161,7 +217,23 @@ pub fn render() -> String {
     match handle() {
         Some(h) => {
             h.run_upkeep();
-            h.render()
+            let mut text = h.render();
+            if let Some((cpu, rss, fds)) = crate::ops::process_stats() {
+                use std::fmt::Write as _;
+                let _ = write!(
+                    text,
+                    "# HELP process_cpu_seconds_total user and system CPU time of hark\n\
+                     # TYPE process_cpu_seconds_total counter\n\
+                     process_cpu_seconds_total {cpu}\n\
+                     # HELP process_resident_memory_bytes resident memory of hark\n\
+                     # TYPE process_resident_memory_bytes gauge\n\
+                     process_resident_memory_bytes {rss}\n\
+                     # HELP process_open_fds open file descriptors of hark\n\
+                     # TYPE process_open_fds gauge\n\
+                     process_open_fds {fds}\n"
+                );
+            }
+            text
         }
         None => String::from("# metrics are recorded by another recorder in this process\n"),
     }

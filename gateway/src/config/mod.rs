@@ -197,6 +197,8 @@ pub struct Config {
     pub operator: crate::operator::OperatorSettings,
     /// Call audio recorded by hark (`[recording]`): see [`crate::recording`].
     pub recording: crate::recording::RecordSettings,
+    /// Readiness drain and the `/metrics` token: see [`crate::ops`].
+    pub ops: crate::ops::OpsSettings,
 }
 
 impl Default for Config {
@@ -219,6 +221,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             operator: crate::operator::OperatorSettings::default(),
             recording: crate::recording::RecordSettings::default(),
+            ops: crate::ops::OpsSettings::default(),
         }
     }
 }
@@ -324,6 +327,7 @@ impl Config {
             api: ApiSettings::from_values(v)?,
             operator: crate::operator::OperatorSettings::from_values(v)?,
             recording: crate::recording::RecordSettings::from_values(v)?,
+            ops: crate::ops::OpsSettings::from_values(v)?,
             ..Config::default()
         };
         c.api.operator = c.operator.clone();

@@ -289,6 +289,7 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
         format!("{ended} (after: {})", observer.failed_transfers.join("; "))
     };
     observer.flush(&call);
+    metrics::histogram!("hark_call_duration_seconds").record(started.elapsed().as_secs_f64());
     let stats = call.stats();
     observer.finish_turns(call.media_ms());
     info!(ended, "call ended");

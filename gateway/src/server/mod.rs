@@ -2,8 +2,10 @@
 //! health and metrics.
 //!
 //! Routes:
-//! - `GET /healthz` → `ok`.
-//! - `GET /metrics` → Prometheus text format (see [`crate::metrics`]).
+//! - `GET /healthz` → `ok`; `GET /readyz` → `ready`, or 503 while draining or when the
+//!   database does not answer (see [`crate::ops`]).
+//! - `GET /metrics` → Prometheus text format (see [`crate::metrics`]; behind
+//!   `HARK_METRICS_TOKEN` when set).
 //! - `POST /voice` (alias `/api/twilio/voice`; GET accepted too) → TwiML connecting the call to
 //!   `wss://<public host>/media-stream`, or `<Dial>` for browser clients.
 //! - `GET /media-stream` → WebSocket upgrade; each call runs the engine on a call worker.
@@ -63,6 +65,8 @@ pub struct AppState {
     agents: crate::serve::AgentFactory,
     /// The browser console's link, sessions and media-socket tickets ([`crate::console`]).
     console: crate::console::Console,
+    /// Shutdown began: `/readyz` answers 503 (see [`crate::ops`]).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -125,7 +129,18 @@ impl AppState {
             shutdown: tokio::sync::watch::Sender::new(false),
             agents,
             console,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Shutdown began: no new calls are wanted (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server as draining (done by [`serve`] when its shutdown future resolves).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// The browser console's access state (its one-time link:
@@ -170,19 +185,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = state.api.clone();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(crate::ops::readyz))
+        .route("/metrics", get(crate::ops::metrics))
         .route("/voice", any(voice::voice))
         .route("/api/twilio/voice", any(voice::voice))
         .route(STREAM_PATH, get(media::media_stream))
         .with_state(state.clone())
         .merge(crate::console::router(state));
-    match api {
+    let app = match api {
         Some(api) => app.merge(crate::api::router(api)),
         None => app,
-    }
+    };
+    // After the merge, so every route (and the 404 fallback) is counted by its template.
+    app.layer(axum::middleware::from_fn(crate::ops::count_requests))
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves. Then it stops accepting,
+/// Serves `router(state)` on `listener` until `shutdown` resolves. Then it drains: `/readyz`
+/// answers 503 and, for `HARK_DRAIN_S` (`config.ops.drain`), connections are still accepted
+/// and served so a load balancer sees the 503 and stops sending calls. Then it stops accepting,
 /// closes idle HTTP connections, lets live calls finish for up to `config.shutdown_timeout`,
 /// stops the calls still live (each closed with 1001 "going away" and recorded with
 /// `ended: shutdown`), waits for their tasks to end, and drains the call records.
@@ -203,9 +223,27 @@ pub async fn serve(
     let limits = state.config.limits;
     let (close_idle, close_idle_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    // Until the shutdown future resolves: no deadline; then the end of the drain.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
+        let drain_over = async {
+            match drain_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let (tcp, _peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if drain_until.is_none() => {
+                state.start_draining();
+                let drain = state.config.ops.drain;
+                if drain.is_zero() {
+                    break;
+                }
+                info!(secs = drain.as_secs(), "shutdown: draining (/readyz answers 503), still accepting");
+                drain_until = Some(tokio::time::Instant::now() + drain);
+                continue;
+            }
+            _ = drain_over => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -298,16 +336,6 @@ async fn serve_connection(
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(limits.header_timeout, conn).await;
     drop(slot);
-}
-
-async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics::render(),
-    )
 }
 
 pub(super) fn host(headers: &HeaderMap) -> Option<&str> {

@@ -81,6 +81,12 @@ impl Server {
             .expect("call recorded")
     }
 
+    /// Starts its shutdown (as SIGTERM does) and returns its task, without waiting.
+    pub fn begin_stop(self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let _ = self.stop.send(());
+        self.task
+    }
+
     /// Shuts it down and waits until it has (live calls finish first).
     pub async fn stop(self) {
         let _ = self.stop.send(());
