@@ -280,9 +280,10 @@ pub(super) async fn recording(
     let Some(file) = d["audio"]["file"].as_str() else {
         return error_page(StatusCode::NOT_FOUND, "hark did not record this call");
     };
-    match tokio::fs::read(file).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response(),
-        Err(_) => error_page(
+    // Streamed in chunks (a recording is 115 MB per hour), as `GET /calls/{sid}/recording.wav`.
+    match crate::recording::file_response(std::path::Path::new(file)).await {
+        Some(resp) => resp,
+        None => error_page(
             StatusCode::NOT_FOUND,
             "the recording is gone (deleted, or retention)",
         ),
