@@ -814,7 +814,12 @@ mod tests {
             .write(async |c| store.stream_started_in(c, "CA9", "MZ9", &[], 1_000).await)
             .await
             .unwrap();
-        let restarted = store.clone().with_node(Node::this_process("node-a"));
+        // A later run of node-a (an instance id of its own even within the same millisecond:
+        // `Node::this_process` would repeat `<pid>-<ms>` here, and the call not be crashed).
+        let restarted = store.clone().with_node(Node {
+            node_id: "node-a".into(),
+            instance_id: format!("{}-restarted", std::process::id()),
+        });
         let closed = restarted
             .close_open_calls(super::super::OpenCalls::Crashed, "crashed", 5_000)
             .await
