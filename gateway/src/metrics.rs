@@ -174,6 +174,8 @@ fn describe() {
         "hark_outbound_frames_total",
         "hark_barge_ins_total",
         "hark_turns_total",
+        "hark_calls_recovered_total",
+        "hark_node_declared_lost_total",
     ] {
         metrics::counter!(c).increment(0);
     }
@@ -186,7 +188,7 @@ fn zero_labelled() {
     for kind in hark_engine::Malformed::ALL {
         metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str()).increment(0);
     }
-    let known: [(&'static str, &'static str, &[&'static str]); 5] = [
+    let known: [(&'static str, &'static str, &[&'static str]); 7] = [
         (
             "hark_transfers_total",
             "outcome",
@@ -204,6 +206,12 @@ fn zero_labelled() {
         ),
         ("hark_recordings_total", "result", &["saved", "failed"]),
         ("hark_console_refused_total", "reason", &["link", "key"]),
+        ("hark_remote_notices_total", "result", &["routed"]),
+        (
+            "hark_outbound_calls_total",
+            "result",
+            &["created", "queue_full", "abandoned"],
+        ),
     ];
     for (name, label, values) in known {
         for v in values {

@@ -10,20 +10,17 @@
 //! and when, comes from its own log (`HARK_LOG_FORMAT=json`, the "caller turn" line each turn
 //! end writes), timed as this test reads it: a turn read at T ended at or before T.
 
+mod hark_process;
 mod in_process;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hark_gateway::api::{ApiState, Store, StreamSummary, TurnRow};
 use hark_gateway::config::Config;
 use hark_gateway::simulator::{self, CallSetup, Report, UserSpeech};
-use serde_json::Value;
-
-const TOKEN: &str = "records-test-auth-token";
+use hark_process::{Hark, TOKEN};
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -57,150 +54,6 @@ impl Drop for TempDir {
 }
 
 /// A log line of the child and when this test read it.
-type Lines = Arc<Mutex<Vec<(Instant, Value)>>>;
-
-/// A running `hark serve`.
-struct Hark {
-    child: Child,
-    port: u16,
-    lines: Lines,
-}
-
-impl Hark {
-    /// Starts `hark serve` in `dir` on `db_url` with `env` on top of the test settings, and
-    /// waits until it listens.
-    fn start(dir: &Path, db_url: &str, node: &str, env: &[(&str, &str)]) -> Hark {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hark"));
-        cmd.arg("serve")
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HARK_ADDR", "127.0.0.1:0")
-            .env("HARK_DATABASE_URL", db_url)
-            .env("HARK_NODE_ID", node)
-            .env("HARK_AGENT", "echo")
-            .env("HARK_LOG_FORMAT", "json")
-            .env("HARK_WORKERS", "2")
-            .env("TWILIO_AUTH_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("hark starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let lines: Lines = Arc::default();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let at = Instant::now();
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().expect("log lock").push((at, v));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            let addr = lines.lock().expect("log lock").iter().find_map(|(_, v)| {
-                (v["message"] == "hark listening")
-                    .then(|| v["addr"].as_str().map(str::to_owned))
-                    .flatten()
-            });
-            if let Some(addr) = addr {
-                break addr
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    .expect("addr has a port");
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("hark exited before listening: {status}");
-            }
-            assert!(Instant::now() < deadline, "hark did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Hark { child, port, lines }
-    }
-
-    /// Waits until hark has logged `message` (e.g. "crash recovery done", logged at start
-    /// after the listener is bound).
-    fn wait_for(&self, message: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.count(message) == 0 {
-            assert!(Instant::now() < deadline, "hark never logged {message:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/media-stream", self.port)
-    }
-
-    /// The caller turns hark logged so far: (read at, call SID, start ms, end ms).
-    fn turns(&self) -> Vec<(Instant, String, i64, i64)> {
-        self.lines
-            .lock()
-            .expect("log lock")
-            .iter()
-            .filter(|(_, v)| v["message"] == "caller turn")
-            .map(|(at, v)| {
-                let sid = v["span"]["call_sid"]
-                    .as_str()
-                    .or_else(|| {
-                        v["spans"]
-                            .as_array()
-                            .and_then(|s| s.iter().find_map(|s| s["call_sid"].as_str()))
-                    })
-                    .expect("the call span carries call_sid")
-                    .to_owned();
-                let n = |k: &str| v[k].as_i64().expect("turn times");
-                (*at, sid, n("start_ms"), n("end_ms"))
-            })
-            .collect()
-    }
-
-    /// Log lines whose message is `message`.
-    fn count(&self, message: &str) -> usize {
-        self.lines
-            .lock()
-            .expect("log lock")
-            .iter()
-            .filter(|(_, v)| v["message"] == message)
-            .count()
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{name}");
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "hark did not exit in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Hark {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One simulated call of the 28 s multi-turn session at real time, signed.
 fn call_setup(url: &str, speech: &UserSpeech, audio: &Arc<[u8]>) -> CallSetup {
     let mut s = CallSetup::new(url, audio.clone());

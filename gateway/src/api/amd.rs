@@ -11,9 +11,11 @@
 //! `in-progress` — detection only runs on an answered call — with its `AnsweredBy`, so the
 //! call's record gets `answered_by`) and sent to the live call with that `CallSid` on this
 //! node ([`LiveCalls`]), whose agent acts on it (every built-in agent leaves its
-//! voicemail message on `machine_end_*`). A call not on this node, or already over, gets nothing; the
-//! answer is 200 either way (Twilio retries other answers).
-//! Counted in `hark_amd_total{answered_by, routed}` (`routed`: `true` when a live call got it).
+//! voicemail message on `machine_end_*`). On PostgreSQL, a verdict for a call not live on this
+//! node is published to the other nodes ([`super::cluster`]), and the node running the call
+//! hands it over. A call that is over gets nothing; the answer is 200 either way (Twilio
+//! retries other answers). Counted in `hark_amd_total{answered_by, routed}` (`routed`: `true`
+//! when a live call here got it, `published` when it went to the other nodes, else `false`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,9 +129,16 @@ pub(crate) async fn amd(
         .ok_or_else(|| ApiError::field("AnsweredBy", "required"))?
         .to_owned();
     let verdict = AnsweredBy::from_twilio(&answered);
-    let routed = st
+    let routed = if st
         .live_calls()
-        .notify(&call_sid, CallNotice::AnsweredBy(verdict));
+        .notify(&call_sid, CallNotice::AnsweredBy(verdict))
+    {
+        "true"
+    } else if super::cluster::Cluster::publish(st.store(), &call_sid, &answered).await {
+        "published"
+    } else {
+        "false"
+    };
     tracing::info!(
         call_sid,
         answered_by = answered,
@@ -138,7 +147,7 @@ pub(crate) async fn amd(
         "answering machine detection"
     );
     metrics::counter!("hark_amd_total",
-        "answered_by" => verdict.as_str(), "routed" => if routed { "true" } else { "false" })
+        "answered_by" => verdict.as_str(), "routed" => routed)
     .increment(1);
     let event = StatusEvent {
         call_sid,

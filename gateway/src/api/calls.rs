@@ -20,10 +20,12 @@
 //!   `RecordingStatusCallbackEvent` = `completed`, `absent`.
 //!
 //! Creation is paced to `HARK_CALLS_PER_SECOND` (Twilio's CPS, default 1/s,
-//! twilio.com/docs/glossary/cps) by one queue of `HARK_CALL_QUEUE` waiting requests: a burst
-//! waits its turn instead of failing; when the queue is full the answer is 503 with
-//! `Retry-After`. A request whose client has gone away before its slot is skipped (no call is
-//! placed). Answer: 201 `{"call_sid", "status", "to", "from"}`.
+//! twilio.com/docs/glossary/cps), which is per account: the pace is kept in the database, so
+//! every node sharing it keeps one pace together. Each request reserves the next free slot and
+//! waits for it, at most `HARK_CALL_QUEUE` waiting at once across the nodes: a burst waits its
+//! turn instead of failing; when the queue is full the answer is 503 with `Retry-After` (when
+//! the next slot frees). A request whose client has gone away before its slot is skipped (no
+//! call is placed; its slot stays used). Answer: 201 `{"call_sid", "status", "to", "from"}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,13 +37,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::auth::Need;
 use super::recorder::Op;
-use super::store::NewCall;
+use super::store::{NewCall, Slot};
 use super::twilio_rest::{CallResource, TwilioRest};
 use super::{ApiError, ApiState, now_ms, retry_secs};
 
@@ -313,27 +313,39 @@ impl CallRequest {
     }
 }
 
-struct Job {
-    form: Vec<(String, String)>,
-    twilio: TwilioRest,
-    reply: oneshot::Sender<Result<CallResource, ApiError>>,
-}
-
-/// The paced queue in front of Twilio's `Calls.json`.
+/// The pace in front of Twilio's `Calls.json`, shared by every node on the database: each
+/// creation reserves the next free slot ([`super::store::Store::reserve_call_slot`]) and waits
+/// for it; at most `capacity` reservations wait at once.
 pub(crate) struct CallQueue {
-    tx: mpsc::Sender<Job>,
+    store: super::store::Store,
     period: Duration,
     capacity: usize,
 }
 
+/// Counts a creation whose request went away while it waited for its slot (dropped before
+/// [`Abandoned::disarm`]).
+struct Abandoned(bool);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = false;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if self.0 {
+            metrics::counter!("hark_outbound_calls_total", "result" => "abandoned").increment(1);
+        }
+    }
+}
+
 impl CallQueue {
-    /// Starts the pacer task on the current runtime: one creation per `period`, at most
-    /// `capacity` waiting.
-    pub(crate) fn start(period: Duration, capacity: usize) -> CallQueue {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        tokio::spawn(pace(rx, period));
+    /// One creation per `period` across the nodes on `store`'s database, at most `capacity`
+    /// waiting.
+    pub(crate) fn new(store: super::store::Store, period: Duration, capacity: usize) -> CallQueue {
         CallQueue {
-            tx,
+            store,
             period,
             capacity,
         }
@@ -344,52 +356,32 @@ impl CallQueue {
         twilio: TwilioRest,
         form: Vec<(String, String)>,
     ) -> Result<CallResource, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        if self
-            .tx
-            .try_send(Job {
-                form,
-                twilio,
-                reply,
-            })
-            .is_err()
+        let period_us = u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX);
+        match self
+            .store
+            .reserve_call_slot(period_us, self.capacity)
+            .await?
         {
-            metrics::counter!("hark_outbound_calls_total", "result" => "queue_full").increment(1);
-            return Err(ApiError::Busy {
-                reason: format!(
-                    "{} calls are already waiting for Twilio's pace of {:.3} calls/s",
-                    self.capacity,
-                    1.0 / self.period.as_secs_f64()
-                ),
-                retry_after_s: retry_secs(self.period.mul_f64(self.capacity as f64)).max(1),
-            });
+            Slot::Full(wait_us) => {
+                metrics::counter!("hark_outbound_calls_total", "result" => "queue_full")
+                    .increment(1);
+                Err(ApiError::Busy {
+                    reason: format!(
+                        "{} calls are already waiting for Twilio's pace of {:.3} calls/s",
+                        self.capacity,
+                        1.0 / self.period.as_secs_f64()
+                    ),
+                    retry_after_s: retry_secs(Duration::from_micros(wait_us)).max(1),
+                })
+            }
+            Slot::After(wait_us) => {
+                // Dropped here (the client went away) means no call is placed.
+                let guard = Abandoned(true);
+                tokio::time::sleep(Duration::from_micros(wait_us)).await;
+                guard.disarm();
+                twilio.create_call(&form).await
+            }
         }
-        answer
-            .await
-            .map_err(|_| ApiError::TwilioUnavailable("the call pacer stopped".into()))?
-    }
-}
-
-async fn pace(mut rx: mpsc::Receiver<Job>, period: Duration) {
-    let mut next = Instant::now();
-    while let Some(job) = rx.recv().await {
-        if job.reply.is_closed() {
-            metrics::counter!("hark_outbound_calls_total", "result" => "abandoned").increment(1);
-            continue;
-        }
-        let now = Instant::now();
-        let at = next.max(now);
-        tokio::time::sleep_until(at).await;
-        next = at + period;
-        if job.reply.is_closed() {
-            metrics::counter!("hark_outbound_calls_total", "result" => "abandoned").increment(1);
-            continue;
-        }
-        // The request runs beside the pacer, so a slow answer doesn't delay the next slot.
-        tokio::spawn(async move {
-            let result = job.twilio.create_call(&job.form).await;
-            let _ = job.reply.send(result);
-        });
     }
 }
 

@@ -47,6 +47,7 @@ pub mod amd;
 pub mod auth;
 pub mod callbacks;
 pub mod calls;
+pub mod cluster;
 pub mod conversations;
 pub mod recorder;
 pub mod settings;
@@ -282,6 +283,8 @@ pub struct ApiState {
     events: Option<crate::operator::delivery::Delivery>,
     /// This node's live calls, for callbacks that reach into them ([`amd`]).
     live: Arc<amd::LiveCalls>,
+    /// The heartbeat, lost-node sweep and callback routing ([`cluster`]).
+    cluster: cluster::Cluster,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -387,10 +390,19 @@ impl ApiState {
             _ => Vec::new(),
         });
         let twilio = TwilioRest::from_settings(&settings)?;
-        let call_queue = calls::CallQueue::start(settings.call_period(), settings.call_queue);
+        let call_queue =
+            calls::CallQueue::new(store.clone(), settings.call_period(), settings.call_queue);
         let limiter = auth::Limiter::new(settings.rate_limit_per_min, settings.rate_limit_burst);
         let validator = settings.auth_token.as_ref().map(Validator::new);
         let (conversation_events, _) = broadcast::channel(256);
+        let live: Arc<amd::LiveCalls> = Arc::default();
+        let cluster = cluster::Cluster::start(
+            store.clone(),
+            live.clone(),
+            Duration::from_secs(settings.node_lost_after_s),
+            &settings.database_url,
+        )
+        .await?;
         Ok(Arc::new(ApiState {
             credentials,
             validator,
@@ -402,7 +414,8 @@ impl ApiState {
             conversation_events,
             events,
             settings,
-            live: Arc::default(),
+            live,
+            cluster,
         }))
     }
 
@@ -514,6 +527,7 @@ impl ApiState {
                 );
             }
         }
+        self.cluster.stop().await;
         let stats = self.writer.stats();
         tracing::info!(
             written = stats.written,

@@ -564,7 +564,7 @@ async fn write_with_retries(store: &Store, q: &Queued, counters: &Counters) {
 /// Writes one op inside the open transaction `conn`; `Ok(false)` for a duplicate.
 async fn write(
     store: &Store,
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     op: &Op,
 ) -> Result<bool, sqlx::Error> {
     match op {

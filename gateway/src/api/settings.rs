@@ -50,6 +50,10 @@ pub const ENV_RATE_LIMIT_BURST: &str = "HARK_RATE_LIMIT_BURST";
 pub const ENV_STORE_QUEUE: &str = "HARK_STORE_QUEUE";
 /// `HARK_NODE_ID`.
 pub const ENV_NODE_ID: &str = "HARK_NODE_ID";
+/// `HARK_NODE_LOST_AFTER_S`.
+pub const ENV_NODE_LOST_AFTER_S: &str = "HARK_NODE_LOST_AFTER_S";
+/// Default of `HARK_NODE_LOST_AFTER_S`, s.
+pub const DEFAULT_NODE_LOST_AFTER_S: u64 = 15;
 
 /// Twilio's REST API base (twilio-oai `twilio_api_v2010.json`, `servers`).
 pub const DEFAULT_TWILIO_API_BASE: &str = "https://api.twilio.com";
@@ -146,6 +150,11 @@ pub struct ApiSettings {
     /// left open as `ended: crashed` and no others: every process sharing a database needs its
     /// own (see [`super::store::Node`]).
     pub node_id: Option<String>,
+    /// `HARK_NODE_LOST_AFTER_S` (2..=3600), default [`DEFAULT_NODE_LOST_AFTER_S`]: a node
+    /// whose heartbeat (every fifth of this, at most 5 s) is older than this is lost; another
+    /// node on the database closes its open calls as `ended: crashed` and delivers its pending
+    /// call events.
+    pub node_lost_after_s: u64,
     /// `[operator]`: the signing secret and `HARK_EVENTS_URL`, copied from
     /// [`crate::config::Config::operator`] by `Config` (not read by [`ApiSettings::from_values`]).
     /// With an events URL, [`super::ApiState::new`] writes call events to the outbox and
@@ -182,6 +191,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("store_queue", &self.store_queue)
             .field("node_id", &self.node_id)
+            .field("node_lost_after_s", &self.node_lost_after_s)
             .field("operator", &self.operator)
             .field("event_delivery", &self.event_delivery)
             .finish()
@@ -213,6 +223,7 @@ impl Default for ApiSettings {
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             store_queue: DEFAULT_STORE_QUEUE,
             node_id: None,
+            node_lost_after_s: DEFAULT_NODE_LOST_AFTER_S,
             operator: crate::operator::OperatorSettings::default(),
             event_delivery: crate::operator::delivery::DeliveryPolicy::default(),
         }
@@ -354,6 +365,9 @@ impl ApiSettings {
                 ));
             }
             self.node_id = Some(id);
+        }
+        if let Some(n) = v.num_in(ENV_NODE_LOST_AFTER_S, 2, 3600)? {
+            self.node_lost_after_s = n;
         }
         Ok(())
     }

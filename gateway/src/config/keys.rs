@@ -109,6 +109,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_DATABASE_URL", "records.database_url"),
     s("HARK_STORE_QUEUE", "records.store_queue"),
     s("HARK_NODE_ID", "records.node_id"),
+    s("HARK_NODE_LOST_AFTER_S", "records.node_lost_after_s"),
     // recording: call audio recorded by hark.
     s("HARK_RECORD", "recording.enabled"),
     s("HARK_RECORD_DIR", "recording.dir"),

@@ -33,25 +33,26 @@
 //! | `rows.rs` | the records written and read |
 //! | `writes.rs` | the idempotent writes, and closing the streams a node left open |
 //! | `reads.rs` | the reads: one call with its timeline, turns and recordings; call lists; Conversations webhooks |
+//! | `nodes.rs` | several nodes on one database: heartbeats, claiming lost runs, the shared outbound call pacing |
 //! | `outbox.rs` | the call events' outbox: writing events beside their records, and the delivery worker's reads and marks |
 
+mod nodes;
 mod outbox;
 mod reads;
 mod rows;
 mod writes;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use sqlx::Executor;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool};
 
 use super::ApiError;
 use crate::config::ConfigError;
 
+pub use nodes::{LostNode, Slot};
 pub use outbox::{EventState, OutboxRow};
 pub use rows::{
     CallDetail, CallSummaryRow, Latency, NewCall, RecordingEvent, RecordingRow, StatusEvent,
@@ -70,7 +71,8 @@ pub fn is_final(status: &str) -> bool {
 /// The call records database.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     node: Arc<Node>,
     /// Call events on: the outbox's wake-up for the delivery worker.
     outbox: Option<Arc<outbox::Signal>>,
@@ -115,69 +117,139 @@ impl Node {
 
 /// Whose open media streams [`Store::close_open_calls`] closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenCalls {
+pub enum OpenCalls<'a> {
     /// This node's, from earlier runs of the process (it crashed or was killed).
     Crashed,
     /// This run's (calls cut at shutdown whose own close never arrived).
     ThisRun,
+    /// Those of the run `instance_id` of any node (a lost node, see
+    /// [`Store::claim_lost_nodes`]); their end is their last known activity.
+    Instance(&'a str),
+}
+
+/// Which database a [`Store`] is on (`HARK_DATABASE_URL`'s scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One process's file (or memory): the default.
+    Sqlite,
+    /// A PostgreSQL server, which several hark nodes can share.
+    Postgres,
+}
+
+/// The most connections a Postgres-backed store opens (each node).
+pub const POSTGRES_POOL_MAX: u32 = 16;
+
+/// A pool on a PostgreSQL server at `url`.
+async fn open_postgres(url: &str) -> Result<AnyPool, ApiError> {
+    AnyPoolOptions::new()
+        .max_connections(POSTGRES_POOL_MAX)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|source| ApiError::Database {
+            url: redact(url),
+            source,
+        })
+}
+
+/// A pool on the SQLite database at `url` (`sqlite:…`, or a bare path), created if missing.
+async fn open_sqlite(url: &str) -> Result<AnyPool, ApiError> {
+    let lower = url.to_ascii_lowercase();
+    let mut full = if lower.starts_with("sqlite:") {
+        url.to_owned()
+    } else {
+        format!("sqlite://{url}")
+    };
+    let memory = lower.contains(":memory:") || lower.contains("mode=memory");
+    if !lower.contains("mode=") && !memory {
+        // Create the file if missing (sqlx's `mode=rwc`).
+        full.push(if full.contains('?') { '&' } else { '?' });
+        full.push_str("mode=rwc");
+    }
+    let db_err = |source| ApiError::Database {
+        url: full.clone(),
+        source,
+    };
+    let pool_opts = if memory {
+        // Each in-memory connection is its own database: keep exactly one, forever.
+        AnyPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+    };
+    pool_opts
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let pragmas = if memory {
+                    "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;"
+                } else {
+                    "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+                     PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+                };
+                conn.execute(pragmas).await.map(drop)
+            })
+        })
+        .connect(&full)
+        .await
+        .map_err(db_err)
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `url` and applies the embedded migrations.
+    /// Opens (creating if missing) the database at `url` and applies the embedded migrations
+    /// of its dialect (`gateway/migrations/sqlite/` or `gateway/migrations/postgres/`).
     ///
     /// `url`: `sqlite://path`, `sqlite:path`, a bare file path, or `sqlite::memory:` (one
-    /// connection, kept open: for tests). Postgres and others are not built in.
+    /// connection, kept open: for tests); or `postgres://user:password@host:port/database`
+    /// (also `postgresql://`; a Unix socket as `?host=/path/to/dir`), whose database must exist.
+    /// SQLite files run in WAL mode with `synchronous = NORMAL` and a 5 s busy timeout; a
+    /// Postgres pool holds up to [`POSTGRES_POOL_MAX`] connections.
     ///
     /// # Errors
-    /// [`ApiError::Setting`] for an unsupported URL, [`ApiError::Database`],
-    /// [`ApiError::Migrate`].
+    /// [`ApiError::Setting`] for another scheme, [`ApiError::Database`] when the database
+    /// cannot be opened or reached, [`ApiError::Migrate`].
     pub async fn open(url: &str) -> Result<Store, ApiError> {
+        sqlx::any::install_default_drivers();
         let lower = url.to_ascii_lowercase();
-        if lower.contains("://") && !lower.starts_with("sqlite:") {
+        let backend = if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if lower.contains("://") && !lower.starts_with("sqlite:") {
             return Err(ApiError::Setting(ConfigError::new(
                 super::settings::ENV_DATABASE_URL,
                 format!(
-                    "only SQLite (sqlite://path) is built in; got a {:?} URL",
+                    "hark stores calls in SQLite (sqlite://path) or PostgreSQL (postgres://…); got a {:?} URL",
                     url.split("://").next().unwrap_or_default()
                 ),
             )));
-        }
-        let full = if lower.starts_with("sqlite:") {
-            url.to_owned()
         } else {
-            format!("sqlite://{url}")
+            Backend::Sqlite
         };
-        let db_err = |source| ApiError::Database {
-            url: full.clone(),
-            source,
+        let pool = match backend {
+            Backend::Postgres => open_postgres(url).await?,
+            Backend::Sqlite => open_sqlite(url).await?,
         };
-        let memory = lower.contains(":memory:") || lower.contains("mode=memory");
-        let mut opts = SqliteConnectOptions::from_str(&full)
-            .map_err(db_err)?
-            .create_if_missing(true)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        if !memory {
-            opts = opts
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal);
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        let pool_opts = if memory {
-            // Each in-memory connection is its own database: keep exactly one, forever.
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(5))
-        };
-        let pool = pool_opts.connect_with(opts).await.map_err(db_err)?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store {
             pool,
+            backend,
             node: Arc::new(Node::this_process(Node::hostname())),
             outbox: None,
         })
@@ -195,8 +267,13 @@ impl Store {
     }
 
     /// The connection pool, for queries this module does not offer.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The database the records are in.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Closes every connection (later operations fail).
@@ -213,7 +290,7 @@ impl Store {
     /// back when dropped).
     pub async fn write<T>(
         &self,
-        f: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+        f: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let out = f(&mut tx).await?;
@@ -223,13 +300,35 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Holds the call `call_sid` for the rest of the transaction `conn`: on PostgreSQL a
+    /// transaction-scoped advisory lock on the Call SID's hash, so writes of one call from
+    /// several nodes take turns; on SQLite nothing (the database has one writer at a time).
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub(crate) async fn lock_call_in(
+        &self,
+        conn: &mut AnyConnection,
+        call_sid: &str,
+    ) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))::TEXT")
+                .bind(call_sid)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn rejects_other_databases() {
-        let err = Store::open("postgres://localhost/hark").await.unwrap_err();
+        let err = Store::open("mysql://localhost/hark").await.unwrap_err();
         assert!(
             matches!(
                 err,

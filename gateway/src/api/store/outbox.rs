@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnection, SqliteRow};
+use sqlx::any::AnyRow;
 use tokio::sync::Notify;
 
 use super::reads::{recordings_of, turns_of};
@@ -96,7 +97,7 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
 }
 
-fn outbox_row(r: &SqliteRow) -> Result<OutboxRow, sqlx::Error> {
+fn outbox_row(r: &AnyRow) -> Result<OutboxRow, sqlx::Error> {
     Ok(OutboxRow {
         row_id: r.try_get("id")?,
         event_id: r.try_get("event_id")?,
@@ -194,7 +195,7 @@ impl Store {
     /// `false` if it was written already.
     async fn event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: NewEvent<'_>,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
@@ -208,8 +209,11 @@ impl Store {
         let Some(signal) = &self.outbox else {
             return Ok(false);
         };
+        // Two nodes may write events of one call at once (a recording callback on one, the
+        // stream's end on another): one at a time per call, so `seq` is never taken twice.
+        self.lock_call_in(conn, call_sid).await?;
         let known: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM event_outbox WHERE dedupe_key = ?")
+            sqlx::query_scalar("SELECT id FROM event_outbox WHERE dedupe_key = $1")
                 .bind(dedupe_key)
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -217,7 +221,7 @@ impl Store {
             return Ok(false);
         }
         let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq) + 1, 0) FROM event_outbox WHERE call_sid = ?",
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM event_outbox WHERE call_sid = $1",
         )
         .bind(call_sid)
         .fetch_one(&mut *conn)
@@ -234,7 +238,7 @@ impl Store {
         let body = serde_json::to_string(&envelope).map_err(|e| sqlx::Error::Encode(e.into()))?;
         sqlx::query(
             "INSERT INTO event_outbox (event_id, dedupe_key, call_sid, seq, event_type, body, node_id, state, created_at, next_attempt_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9)",
         )
         .bind(&envelope.id)
         .bind(dedupe_key)
@@ -255,7 +259,7 @@ impl Store {
     /// `call.started` for a stream just recorded as started (the `calls` row is up to date).
     pub(super) async fn call_started_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         stream_sid: &str,
         now_ms: i64,
@@ -264,7 +268,7 @@ impl Store {
             return Ok(());
         }
         let row = sqlx::query(
-            "SELECT from_number, to_number, direction, agent, stream_params FROM calls WHERE call_sid = ?",
+            "SELECT from_number, to_number, direction, agent, stream_params FROM calls WHERE call_sid = $1",
         )
         .bind(call_sid)
         .fetch_one(&mut *conn)
@@ -295,7 +299,7 @@ impl Store {
     /// The driver's error.
     pub async fn turn_ended_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         t: &TurnRow,
         now_ms: i64,
@@ -305,7 +309,7 @@ impl Store {
             return Ok(());
         }
         let stream_sid: Option<String> =
-            sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = ?")
+            sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = $1")
                 .bind(call_sid)
                 .fetch_one(&mut *conn)
                 .await?;
@@ -329,7 +333,7 @@ impl Store {
     /// transaction.
     pub(super) async fn call_ended_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         stream_sid: &str,
         ended: &str,
@@ -340,7 +344,7 @@ impl Store {
             return Ok(());
         }
         let row = sqlx::query(
-            "SELECT status, answered_by, direction, from_number, to_number, agent FROM calls WHERE call_sid = ?",
+            "SELECT status, answered_by, direction, from_number, to_number, agent FROM calls WHERE call_sid = $1",
         )
         .bind(call_sid)
         .fetch_one(&mut *conn)
@@ -394,7 +398,7 @@ impl Store {
     /// `call.ended` itself. Once per recording.
     pub(super) async fn recording_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: &super::RecordingEvent,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
@@ -402,7 +406,7 @@ impl Store {
             return Ok(());
         }
         let ended: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM event_outbox WHERE call_sid = ? AND event_type = 'call.ended' LIMIT 1",
+            "SELECT id FROM event_outbox WHERE call_sid = $1 AND event_type = 'call.ended' LIMIT 1",
         )
         .bind(&e.call_sid)
         .fetch_optional(&mut *conn)
@@ -437,10 +441,10 @@ impl Store {
             "SELECT ",
             row_columns!(),
             " FROM event_outbox o
-             WHERE o.node_id = ?1 AND o.state = 'pending'
+             WHERE o.node_id = $1 AND o.state = 'pending'
                AND o.seq = (SELECT MIN(p.seq) FROM event_outbox p
                             WHERE p.call_sid = o.call_sid AND p.state = 'pending')
-             ORDER BY o.next_attempt_at, o.id LIMIT ?2"
+             ORDER BY o.next_attempt_at, o.id LIMIT $2"
         ))
         .bind(&self.node.node_id)
         .bind(i64::from(limit))
@@ -459,8 +463,8 @@ impl Store {
     pub async fn outbox_delivered(&self, row_id: i64, now_ms: i64) -> Result<bool, sqlx::Error> {
         let n = sqlx::query(
             "UPDATE event_outbox SET state = 'delivered', attempts = attempts + 1,
-               last_attempt_at = ?1, delivered_at = ?1
-             WHERE id = ?2 AND state = 'pending'",
+               last_attempt_at = $1, delivered_at = $1
+             WHERE id = $2 AND state = 'pending'",
         )
         .bind(now_ms)
         .bind(row_id)
@@ -483,9 +487,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let n = sqlx::query(
-            "UPDATE event_outbox SET attempts = attempts + 1, last_attempt_at = ?1,
-               next_attempt_at = ?2, last_error = ?3
-             WHERE id = ?4 AND state = 'pending'",
+            "UPDATE event_outbox SET attempts = attempts + 1, last_attempt_at = $1,
+               next_attempt_at = $2, last_error = $3
+             WHERE id = $4 AND state = 'pending'",
         )
         .bind(now_ms)
         .bind(next_at_ms)
@@ -510,8 +514,8 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         let n = sqlx::query(
             "UPDATE event_outbox SET state = 'failed', attempts = attempts + 1,
-               last_attempt_at = ?1, last_error = ?2
-             WHERE id = ?3 AND state = 'pending'",
+               last_attempt_at = $1, last_error = $2
+             WHERE id = $3 AND state = 'pending'",
         )
         .bind(now_ms)
         .bind(error)
@@ -528,7 +532,7 @@ impl Store {
     /// The driver's error.
     pub async fn outbox_pending(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT COUNT(*) FROM event_outbox WHERE node_id = ? AND state = 'pending'",
+            "SELECT COUNT(*) FROM event_outbox WHERE node_id = $1 AND state = 'pending'",
         )
         .bind(&self.node.node_id)
         .fetch_one(&self.pool)
@@ -547,7 +551,7 @@ impl Store {
         sqlx::query(concat!(
             "SELECT ",
             row_columns!(),
-            " FROM event_outbox WHERE (?1 IS NULL OR call_sid = ?1) ORDER BY call_sid, seq"
+            " FROM event_outbox WHERE ($1 IS NULL OR call_sid = $1) ORDER BY call_sid, seq"
         ))
         .bind(call_sid)
         .fetch_all(&self.pool)

@@ -3,19 +3,19 @@
 
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{CallDetail, CallSummaryRow, Latency, RecordingRow, Store, TimelineEntry, TurnRow};
 
 /// A JSON text column as a value (`null` when absent or not JSON).
-fn json_col(row: &SqliteRow, col: &str) -> Result<Value, sqlx::Error> {
+fn json_col(row: &AnyRow, col: &str) -> Result<Value, sqlx::Error> {
     let s: Option<String> = row.try_get(col)?;
     Ok(s.and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(Value::Null))
 }
 
 /// A `calls` row as its summary.
-fn summary_row(row: &SqliteRow) -> Result<CallSummaryRow, sqlx::Error> {
+fn summary_row(row: &AnyRow) -> Result<CallSummaryRow, sqlx::Error> {
     Ok(CallSummaryRow {
         call_sid: row.try_get("call_sid")?,
         direction: row.try_get("direction")?,
@@ -35,13 +35,13 @@ fn summary_row(row: &SqliteRow) -> Result<CallSummaryRow, sqlx::Error> {
 /// The stored turns of `call_sid`, in media-time order, read through `ex` (the pool, or an
 /// open transaction that sees its own writes).
 pub(super) async fn turns_of<'e>(
-    ex: impl sqlx::SqliteExecutor<'e>,
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     call_sid: &str,
 ) -> Result<Vec<TurnRow>, sqlx::Error> {
     sqlx::query(
         "SELECT turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text,
                 agent_text, heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms
-         FROM turns WHERE call_sid = ? ORDER BY user_start_ms, id",
+         FROM turns WHERE call_sid = $1 ORDER BY user_start_ms, id",
     )
     .bind(call_sid)
     .fetch_all(ex)
@@ -49,11 +49,13 @@ pub(super) async fn turns_of<'e>(
     .iter()
     .map(|r| {
         Ok(TurnRow {
-            index: r.try_get("turn_index")?,
+            index: r
+                .try_get::<Option<i64>, _>("turn_index")?
+                .and_then(|i| u32::try_from(i).ok()),
             user_start_ms: r.try_get("user_start_ms")?,
             user_end_ms: r.try_get("user_end_ms")?,
             latency_ms: r.try_get("latency_ms")?,
-            interrupted: r.try_get("interrupted")?,
+            interrupted: r.try_get::<i64, _>("interrupted")? != 0,
             heard_ms: r.try_get("heard_ms")?,
             text: r.try_get("text")?,
             agent_text: r.try_get("agent_text")?,
@@ -69,12 +71,12 @@ pub(super) async fn turns_of<'e>(
 
 /// The recordings of `call_sid`, oldest update first, read through `ex`.
 pub(super) async fn recordings_of<'e>(
-    ex: impl sqlx::SqliteExecutor<'e>,
+    ex: impl sqlx::Executor<'e, Database = sqlx::Any>,
     call_sid: &str,
 ) -> Result<Vec<RecordingRow>, sqlx::Error> {
     sqlx::query(
         "SELECT recording_sid, status, url, duration_s, channels, source, track, start_time
-         FROM recordings WHERE call_sid = ? ORDER BY updated_at, recording_sid",
+         FROM recordings WHERE call_sid = $1 ORDER BY updated_at, recording_sid",
     )
     .bind(call_sid)
     .fetch_all(ex)
@@ -101,7 +103,7 @@ impl Store {
     /// # Errors
     /// The driver's error.
     pub async fn call(&self, call_sid: &str) -> Result<Option<CallDetail>, sqlx::Error> {
-        let Some(row) = sqlx::query("SELECT * FROM calls WHERE call_sid = ?")
+        let Some(row) = sqlx::query("SELECT * FROM calls WHERE call_sid = $1")
             .bind(call_sid)
             .fetch_optional(&self.pool)
             .await?
@@ -111,7 +113,7 @@ impl Store {
         let call = summary_row(&row)?;
         let timeline = sqlx::query(
             "SELECT source, status, sequence_number, answered_by, twilio_timestamp, received_at, detail
-             FROM call_events WHERE call_sid = ? ORDER BY id",
+             FROM call_events WHERE call_sid = $1 ORDER BY id",
         )
         .bind(call_sid)
         .fetch_all(&self.pool)
@@ -157,8 +159,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<CallSummaryRow>, sqlx::Error> {
         sqlx::query(
-            "SELECT * FROM calls WHERE (?1 IS NULL OR status = ?1)
-             ORDER BY created_at DESC, call_sid LIMIT ?2",
+            "SELECT * FROM calls WHERE ($1 IS NULL OR status = $1)
+             ORDER BY created_at DESC, call_sid LIMIT $2",
         )
         .bind(status)
         .bind(i64::from(limit))
@@ -179,7 +181,7 @@ impl Store {
         conversation_sid: &str,
     ) -> Result<Vec<(String, Option<String>, Value)>, sqlx::Error> {
         sqlx::query(
-            "SELECT route, event_type, params FROM conversation_events WHERE conversation_sid = ? ORDER BY id",
+            "SELECT route, event_type, params FROM conversation_events WHERE conversation_sid = $1 ORDER BY id",
         )
         .bind(conversation_sid)
         .fetch_all(&self.pool)

@@ -4,8 +4,8 @@
 //! docs of [`super`]).
 
 use serde_json::Value;
+use sqlx::AnyConnection;
 use sqlx::Row;
-use sqlx::sqlite::SqliteConnection;
 
 use super::super::recorder::StreamSummary;
 use super::{
@@ -35,12 +35,12 @@ fn params_json(params: &[(String, String)]) -> String {
 
 /// Makes sure a `calls` row exists for `call_sid` (inbound calls have none until their first
 /// record).
-const ENSURE_CALL: &str = "INSERT INTO calls (call_sid, created_at, updated_at) VALUES (?, ?, ?) ON CONFLICT (call_sid) DO NOTHING";
+const ENSURE_CALL: &str = "INSERT INTO calls (call_sid, created_at, updated_at) VALUES ($1, $2, $3) ON CONFLICT (call_sid) DO NOTHING";
 
 /// Puts one of hark's own stream events (source `media`) in a call's timeline, once per stream
 /// and event.
 async fn media_event(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     call_sid: &str,
     stream_sid: &str,
     event: &str,
@@ -49,7 +49,7 @@ async fn media_event(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO call_events (call_sid, source, dedupe_key, status, detail, received_at, params)
-         VALUES (?, 'media', ?, ?, ?, ?, '{}') ON CONFLICT (dedupe_key) DO NOTHING",
+         VALUES ($1, 'media', $2, $3, $4, $5, '{}') ON CONFLICT (dedupe_key) DO NOTHING",
     )
     .bind(call_sid)
     .bind(format!("media:{stream_sid}:{event}"))
@@ -67,7 +67,7 @@ async fn media_event(
 /// its `call.ended` event.
 async fn close_stream(
     store: &Store,
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     call_sid: &str,
     summary: &str,
     ended: &str,
@@ -81,7 +81,7 @@ async fn close_stream(
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "UPDATE calls SET summary = ?1, stream_stopped_at = ?2, updated_at = MAX(updated_at, ?3),
+        "UPDATE calls SET summary = $1, stream_stopped_at = $2, updated_at = CASE WHEN updated_at > $3 THEN updated_at ELSE $3 END,
            status = CASE
              WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
                OR status IN ('completed','busy','failed','no-answer','canceled') THEN status
@@ -89,8 +89,8 @@ async fn close_stream(
            ended_at = CASE
              WHEN EXISTS (SELECT 1 FROM call_events e WHERE e.call_sid = calls.call_sid AND e.source = 'status')
                THEN ended_at
-             ELSE COALESCE(ended_at, ?2) END
-         WHERE call_sid = ?4",
+             ELSE COALESCE(ended_at, $2) END
+         WHERE call_sid = $4",
     )
     .bind(summary)
     .bind(at_ms)
@@ -99,7 +99,7 @@ async fn close_stream(
     .execute(&mut *conn)
     .await?;
     let stream_sid: Option<String> =
-        sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = ?")
+        sqlx::query_scalar("SELECT stream_sid FROM calls WHERE call_sid = $1")
             .bind(call_sid)
             .fetch_one(&mut *conn)
             .await?;
@@ -125,14 +125,14 @@ impl Store {
     /// The driver's error.
     pub async fn insert_outbound_call_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         c: &NewCall,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         let params = serde_json::to_string(&c.parameters).unwrap_or_else(|_| "{}".into());
         sqlx::query(
             "INSERT INTO calls (call_sid, direction, from_number, to_number, agent, parameters, status, created_at, updated_at)
-             VALUES (?, 'outbound-api', ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, 'outbound-api', $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (call_sid) DO UPDATE SET
                direction = excluded.direction, from_number = excluded.from_number,
                to_number = excluded.to_number, agent = excluded.agent,
@@ -161,7 +161,7 @@ impl Store {
     /// The driver's error (nothing is written then).
     pub async fn status_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: &StatusEvent,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
@@ -177,7 +177,7 @@ impl Store {
         };
         let inserted = sqlx::query(
             "INSERT INTO call_events (call_sid, source, dedupe_key, sequence_number, status, answered_by, twilio_timestamp, received_at, params)
-             VALUES (?, 'status', ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+             VALUES ($1, 'status', $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dedupe_key) DO NOTHING",
         )
         .bind(&e.call_sid)
         .bind(key)
@@ -205,18 +205,18 @@ impl Store {
         // away from a final status.
         sqlx::query(
             "UPDATE calls SET
-               status = CASE WHEN (?1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= ?1))
-                              OR (?1 IS NULL AND (status IS NULL OR status NOT IN ('completed','busy','failed','no-answer','canceled')))
-                             THEN ?2 ELSE status END,
-               status_seq = CASE WHEN ?1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= ?1) THEN ?1 ELSE status_seq END,
-               answered_by = COALESCE(?3, answered_by),
-               duration_s = COALESCE(?4, duration_s),
-               direction = COALESCE(direction, ?5),
-               from_number = COALESCE(from_number, ?6),
-               to_number = COALESCE(to_number, ?7),
-               ended_at = CASE WHEN ?8 THEN COALESCE(ended_at, ?9) ELSE ended_at END,
-               updated_at = ?9
-             WHERE call_sid = ?10",
+               status = CASE WHEN ($1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= $1))
+                              OR ($1 IS NULL AND (status IS NULL OR status NOT IN ('completed','busy','failed','no-answer','canceled')))
+                             THEN $2 ELSE status END,
+               status_seq = CASE WHEN $1 IS NOT NULL AND (status_seq IS NULL OR status_seq <= $1) THEN $1 ELSE status_seq END,
+               answered_by = COALESCE($3, answered_by),
+               duration_s = COALESCE($4, duration_s),
+               direction = COALESCE(direction, $5),
+               from_number = COALESCE(from_number, $6),
+               to_number = COALESCE(to_number, $7),
+               ended_at = CASE WHEN $8 THEN COALESCE(ended_at, $9) ELSE ended_at END,
+               updated_at = $9
+             WHERE call_sid = $10",
         )
         .bind(e.sequence_number)
         .bind(&e.status)
@@ -240,13 +240,13 @@ impl Store {
     /// The driver's error.
     pub async fn stream_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: &StreamEvent,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO call_events (call_sid, source, dedupe_key, status, twilio_timestamp, received_at, params)
-             VALUES (?, 'stream', ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+             VALUES ($1, 'stream', $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING",
         )
         .bind(&e.call_sid)
         .bind(format!("stream:{}:{}", e.stream_sid, e.event))
@@ -267,7 +267,7 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         sqlx::query(
-            "UPDATE calls SET stream_sid = COALESCE(stream_sid, ?), updated_at = ? WHERE call_sid = ?",
+            "UPDATE calls SET stream_sid = COALESCE(stream_sid, $1), updated_at = $2 WHERE call_sid = $3",
         )
         .bind(&e.stream_sid)
         .bind(now_ms)
@@ -285,7 +285,7 @@ impl Store {
     /// The driver's error.
     pub async fn recording_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: &RecordingEvent,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
@@ -297,7 +297,7 @@ impl Store {
             .await?;
         sqlx::query(
             "INSERT INTO recordings (recording_sid, call_sid, status, url, duration_s, channels, source, track, start_time, updated_at, params)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (recording_sid) DO UPDATE SET
                status = excluded.status,
                url = COALESCE(excluded.url, recordings.url),
@@ -332,7 +332,7 @@ impl Store {
     /// The driver's error.
     pub async fn conversation_event_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         e: &StoredConversationEvent,
         now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
@@ -344,7 +344,7 @@ impl Store {
         };
         let n = sqlx::query(
             "INSERT INTO conversation_events (dedupe_key, route, event_type, conversation_sid, message_sid, participant_sid, author, body, source, received_at, params)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (dedupe_key) DO NOTHING",
         )
         .bind(&e.dedupe_key)
         .bind(&e.route)
@@ -372,7 +372,7 @@ impl Store {
     /// The driver's error.
     pub async fn stream_started_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         stream_sid: &str,
         params: &[(String, String)],
@@ -386,7 +386,7 @@ impl Store {
         };
         sqlx::query(
             "INSERT INTO calls (call_sid, stream_sid, stream_params, from_number, to_number, agent, created_at, updated_at, stream_started_at, node_id, instance_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7, $8, $9)
              ON CONFLICT (call_sid) DO UPDATE SET
                stream_sid = excluded.stream_sid,
                stream_params = excluded.stream_params,
@@ -423,7 +423,7 @@ impl Store {
     /// The driver's error.
     pub async fn turn_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         t: &TurnRow,
         now_ms: i64,
@@ -437,7 +437,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO turns (call_sid, turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
                                 heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (call_sid, turn_index) DO UPDATE SET
                user_start_ms = excluded.user_start_ms, user_end_ms = excluded.user_end_ms,
                latency_ms = excluded.latency_ms, interrupted = excluded.interrupted,
@@ -451,7 +451,7 @@ impl Store {
         .bind(t.user_start_ms)
         .bind(t.user_end_ms)
         .bind(t.latency_ms)
-        .bind(t.interrupted)
+        .bind(i64::from(t.interrupted))
         .bind(t.heard_ms)
         .bind(&t.text)
         .bind(&t.agent_text)
@@ -463,7 +463,7 @@ impl Store {
         .bind(now_ms)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("UPDATE calls SET updated_at = MAX(updated_at, ?) WHERE call_sid = ?")
+        sqlx::query("UPDATE calls SET updated_at = CASE WHEN updated_at > $1 THEN updated_at ELSE $1 END WHERE call_sid = $2")
             .bind(now_ms)
             .bind(call_sid)
             .execute(&mut *conn)
@@ -484,7 +484,7 @@ impl Store {
     /// The driver's error.
     pub async fn stream_stopped_in(
         &self,
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         call_sid: &str,
         summary: &StreamSummary,
         now_ms: i64,
@@ -513,7 +513,7 @@ impl Store {
     /// The driver's error (nothing is changed then).
     pub async fn close_open_calls(
         &self,
-        which: OpenCalls,
+        which: OpenCalls<'_>,
         ended: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, sqlx::Error> {
@@ -522,37 +522,46 @@ impl Store {
     }
 
     /// [`Store::close_open_calls`] inside the transaction `conn`.
-    async fn close_open_calls_in(
+    pub(super) async fn close_open_calls_in(
         &self,
-        conn: &mut SqliteConnection,
-        which: OpenCalls,
+        conn: &mut AnyConnection,
+        which: OpenCalls<'_>,
         ended: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, sqlx::Error> {
+        let (mode, instance) = match which {
+            OpenCalls::Crashed => (0_i64, self.node.instance_id.as_str()),
+            OpenCalls::ThisRun => (1, self.node.instance_id.as_str()),
+            OpenCalls::Instance(id) => (2, id),
+        };
         let rows = sqlx::query(
-            "SELECT c.call_sid, c.stream_started_at,
-                    MAX(c.updated_at, c.stream_started_at,
-                        COALESCE((SELECT MAX(t.recorded_at) FROM turns t WHERE t.call_sid = c.call_sid), 0),
-                        COALESCE((SELECT MAX(e.received_at) FROM call_events e WHERE e.call_sid = c.call_sid), 0)) AS last_ms,
+            "SELECT c.call_sid, c.stream_started_at, c.updated_at,
+                    COALESCE((SELECT MAX(t.recorded_at) FROM turns t WHERE t.call_sid = c.call_sid), 0) AS last_turn,
+                    COALESCE((SELECT MAX(e.received_at) FROM call_events e WHERE e.call_sid = c.call_sid), 0) AS last_event,
                     (SELECT COUNT(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turns
              FROM calls c
-             WHERE c.node_id = ?1 AND c.stream_started_at IS NOT NULL AND c.stream_stopped_at IS NULL
-               AND ((?2 AND c.instance_id IS NOT ?3) OR (NOT ?2 AND c.instance_id = ?3))
+             WHERE c.stream_started_at IS NOT NULL AND c.stream_stopped_at IS NULL
+               AND (($2 = 0 AND c.node_id = $1 AND c.instance_id IS DISTINCT FROM $3)
+                 OR ($2 = 1 AND c.node_id = $1 AND c.instance_id = $3)
+                 OR ($2 = 2 AND c.instance_id = $3))
              ORDER BY c.stream_started_at",
         )
         .bind(&self.node.node_id)
-        .bind(which == OpenCalls::Crashed)
-        .bind(&self.node.instance_id)
+        .bind(mode)
+        .bind(instance)
         .fetch_all(&mut *conn)
         .await?;
         let mut closed = Vec::with_capacity(rows.len());
         for row in rows {
             let call_sid: String = row.try_get("call_sid")?;
             let started: i64 = row.try_get("stream_started_at")?;
-            let last: i64 = row.try_get("last_ms")?;
+            let last = ["updated_at", "last_turn", "last_event"]
+                .into_iter()
+                .map(|c| row.try_get::<i64, _>(c))
+                .try_fold(started, |m, v| v.map(|v| m.max(v)))?;
             let turns: i64 = row.try_get("turns")?;
             let end = match which {
-                OpenCalls::Crashed => last,
+                OpenCalls::Crashed | OpenCalls::Instance(_) => last,
                 OpenCalls::ThisRun => now_ms.max(last),
             };
             let summary = serde_json::json!({

@@ -1,0 +1,230 @@
+//! Several nodes on one database: each run's heartbeat (`nodes`), finding the runs that
+//! stopped beating, and the outbound call pacing every node shares (`call_pacing`).
+//!
+//! Clocks: heartbeats are Unix ms from each node's clock (keep nodes' clocks in step with NTP;
+//! the lost-after time is seconds, skew is milliseconds). The pacing slot uses the database
+//! server's clock on PostgreSQL, so nodes' skew cannot bunch calls; on SQLite there is one node.
+
+use sqlx::Row;
+
+use super::{Backend, OpenCalls, Store};
+
+/// The pacing row of outbound call creation (`call_pacing.name`).
+const OUTBOUND: &str = "outbound";
+
+/// A run of a node that stopped heart-beating, claimed by this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostNode {
+    /// Its `HARK_NODE_ID`.
+    pub node_id: String,
+    /// The run.
+    pub instance_id: String,
+    /// Its latest heartbeat, Unix ms.
+    pub seen_at_ms: i64,
+}
+
+/// What [`Store::reserve_call_slot`] gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Create the call after waiting this long, µs (0: now).
+    After(u64),
+    /// `capacity` creations are already waiting; the next free slot is this far away, µs.
+    Full(u64),
+}
+
+impl Store {
+    /// Records this run as alive (at start): its row in `nodes`, `seen_at` = `now_ms`.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn node_started(&self, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO nodes (instance_id, node_id, started_at, seen_at, state)
+             VALUES ($1, $2, $3, $3, 'alive')
+             ON CONFLICT (instance_id) DO UPDATE SET seen_at = excluded.seen_at, state = 'alive'",
+        )
+        .bind(&self.node.instance_id)
+        .bind(&self.node.node_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// This run's heartbeat. `false` when another node has already declared it lost (it was
+    /// cut off for longer than the lost-after time; its open calls were closed as crashed).
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn node_heartbeat(&self, now_ms: i64) -> Result<bool, sqlx::Error> {
+        let n =
+            sqlx::query("UPDATE nodes SET seen_at = $1 WHERE instance_id = $2 AND state = 'alive'")
+                .bind(now_ms)
+                .bind(&self.node.instance_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Records this run as stopped (graceful shutdown), so no node looks for it.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn node_stopped(&self, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE nodes SET state = 'stopped', seen_at = $1, ended_at = $1
+             WHERE instance_id = $2",
+        )
+        .bind(now_ms)
+        .bind(&self.node.instance_id)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Claims the runs of other nodes (or earlier runs of this one) whose latest heartbeat is
+    /// older than `lost_before_ms`, and for each: closes its open calls as `ended` (their end
+    /// is their last known activity, as [`Store::close_open_calls`] with
+    /// [`OpenCalls::Crashed`]), and moves its node's pending call events to this node when no
+    /// run of that node is alive, so they are still delivered, once. Each lost run is claimed
+    /// by exactly one node (the `alive` → `lost` update is the claim).
+    ///
+    /// Returns the runs claimed with the Call SIDs closed.
+    ///
+    /// # Errors
+    /// The driver's error (that run's claim is rolled back; the next sweep tries again).
+    pub async fn claim_lost_nodes(
+        &self,
+        lost_before_ms: i64,
+        ended: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(LostNode, Vec<String>)>, sqlx::Error> {
+        let candidates = sqlx::query(
+            "SELECT instance_id, node_id, seen_at FROM nodes
+             WHERE state = 'alive' AND seen_at < $1 AND instance_id <> $2
+             ORDER BY seen_at",
+        )
+        .bind(lost_before_ms)
+        .bind(&self.node.instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::new();
+        for row in candidates {
+            let lost = LostNode {
+                instance_id: row.try_get("instance_id")?,
+                node_id: row.try_get("node_id")?,
+                seen_at_ms: row.try_get("seen_at")?,
+            };
+            let closed = self
+                .write(async |c| {
+                    let won = sqlx::query(
+                        "UPDATE nodes SET state = 'lost', ended_at = $1, ended_by = $2
+                         WHERE instance_id = $3 AND state = 'alive' AND seen_at < $4",
+                    )
+                    .bind(now_ms)
+                    .bind(&self.node.instance_id)
+                    .bind(&lost.instance_id)
+                    .bind(lost_before_ms)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    if won == 0 {
+                        // Another node claimed it, or it beat again meanwhile.
+                        return Ok(None);
+                    }
+                    let closed = self
+                        .close_open_calls_in(
+                            c,
+                            OpenCalls::Instance(&lost.instance_id),
+                            ended,
+                            now_ms,
+                        )
+                        .await?;
+                    sqlx::query(
+                        "UPDATE event_outbox SET node_id = $1
+                         WHERE node_id = $2 AND state = 'pending' AND node_id <> $1
+                           AND NOT EXISTS (SELECT 1 FROM nodes n
+                                           WHERE n.node_id = $2 AND n.state = 'alive')",
+                    )
+                    .bind(&self.node.node_id)
+                    .bind(&lost.node_id)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(Some(closed))
+                })
+                .await?;
+            if let Some(closed) = closed {
+                claimed.push((lost, closed));
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Reserves the next outbound call creation slot, shared by every node on this database:
+    /// one creation per `period_us`, with at most `capacity` reservations waiting (a
+    /// reservation waits when its slot is in the future). The reservation is taken under a row
+    /// lock, so two nodes never get the same slot.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn reserve_call_slot(
+        &self,
+        period_us: u64,
+        capacity: usize,
+    ) -> Result<Slot, sqlx::Error> {
+        let period = i64::try_from(period_us).unwrap_or(i64::MAX / 4);
+        let window = period.saturating_mul(i64::try_from(capacity).unwrap_or(i64::MAX));
+        let local_now_us = super::super::now_ms() * 1000
+            + i64::from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_micros() % 1000)
+                    .unwrap_or(0),
+            );
+        self.write(async |c| {
+            sqlx::query(
+                "INSERT INTO call_pacing (name, next_slot_us) VALUES ($1, 0)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(OUTBOUND)
+            .execute(&mut *c)
+            .await?;
+            let row = match self.backend {
+                Backend::Postgres => {
+                    sqlx::query(
+                        "SELECT next_slot_us,
+                                (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT AS now_us
+                         FROM call_pacing WHERE name = $1 FOR UPDATE",
+                    )
+                    .bind(OUTBOUND)
+                    .fetch_one(&mut *c)
+                    .await?
+                }
+                Backend::Sqlite => {
+                    sqlx::query(
+                        "SELECT next_slot_us, $2 AS now_us FROM call_pacing WHERE name = $1",
+                    )
+                    .bind(OUTBOUND)
+                    .bind(local_now_us)
+                    .fetch_one(&mut *c)
+                    .await?
+                }
+            };
+            let next: i64 = row.try_get("next_slot_us")?;
+            let now: i64 = row.try_get("now_us")?;
+            let slot = next.max(now);
+            let wait = slot - now;
+            if wait >= window.max(1) {
+                return Ok(Slot::Full(u64::try_from(wait).unwrap_or(0)));
+            }
+            sqlx::query("UPDATE call_pacing SET next_slot_us = $1 WHERE name = $2")
+                .bind(slot.saturating_add(period))
+                .bind(OUTBOUND)
+                .execute(&mut *c)
+                .await?;
+            Ok(Slot::After(u64::try_from(wait).unwrap_or(0)))
+        })
+        .await
+    }
+}
