@@ -696,67 +696,70 @@ mod tests {
 
     #[tokio::test]
     async fn records_queued_together_are_committed_together_and_the_lag_is_measured() {
-        let store = Store::open("sqlite::memory:").await.expect("store");
-        let writer = Writer::start(store.clone(), 4096);
-        let rec = writer.recorder();
-        for call in 0..20u32 {
-            let sid = format!("CA{call}");
-            rec.stream_started(&sid, &format!("MZ{call}"), &[]);
-            for i in 0..50u32 {
-                rec.turn(&sid, turn(i, i64::from(i) * 2000));
+        for store in crate::api::store::test_stores().await {
+            let writer = Writer::start(store.clone(), 4096);
+            let rec = writer.recorder();
+            for call in 0..20u32 {
+                let sid = format!("CA{call}");
+                rec.stream_started(&sid, &format!("MZ{call}"), &[]);
+                for i in 0..50u32 {
+                    rec.turn(&sid, turn(i, i64::from(i) * 2000));
+                }
             }
+            assert!(writer.flush().await);
+            let stats = writer.stats();
+            assert_eq!(stats.written, 20 * 51, "{stats:?}");
+            assert!(stats.batches < 20, "group commit: {stats:?}");
+            assert!(stats.commit_lag_max_us > 0, "{stats:?}");
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            assert_eq!(n, 1000);
         }
-        assert!(writer.flush().await);
-        let stats = writer.stats();
-        assert_eq!(stats.written, 20 * 51, "{stats:?}");
-        assert!(stats.batches < 20, "group commit: {stats:?}");
-        assert!(stats.commit_lag_max_us > 0, "{stats:?}");
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
-            .fetch_one(store.pool())
-            .await
-            .expect("count");
-        assert_eq!(n, 1000);
     }
 
     #[tokio::test]
     async fn a_turn_stored_again_replaces_its_row() {
-        let store = Store::open("sqlite::memory:").await.expect("store");
-        let writer = Writer::start(store.clone(), 64);
-        let rec = writer.recorder();
-        rec.turn("CA1", turn(0, 1000));
-        let mut answered = turn(0, 1000);
-        answered.latency_ms = Some(640);
-        answered.agent_text = Some("Hello.".into());
-        rec.turn("CA1", answered);
-        rec.turn("CA1", turn(1, 5000));
-        assert!(writer.flush().await);
-        let call = store.call("CA1").await.expect("read").expect("row");
-        assert_eq!(call.turns.len(), 2);
-        assert_eq!(call.turns[0].latency_ms, Some(640));
-        assert_eq!(call.turns[0].agent_text.as_deref(), Some("Hello."));
+        for store in crate::api::store::test_stores().await {
+            let writer = Writer::start(store.clone(), 64);
+            let rec = writer.recorder();
+            rec.turn("CA1", turn(0, 1000));
+            let mut answered = turn(0, 1000);
+            answered.latency_ms = Some(640);
+            answered.agent_text = Some("Hello.".into());
+            rec.turn("CA1", answered);
+            rec.turn("CA1", turn(1, 5000));
+            assert!(writer.flush().await);
+            let call = store.call("CA1").await.expect("read").expect("row");
+            assert_eq!(call.turns.len(), 2);
+            assert_eq!(call.turns[0].latency_ms, Some(640));
+            assert_eq!(call.turns[0].agent_text.as_deref(), Some("Hello."));
+        }
     }
 
     #[tokio::test]
     async fn stop_writes_everything_queued_then_refuses() {
-        let store = Store::open("sqlite::memory:").await.expect("store");
-        let writer = Writer::start(store.clone(), 8192);
-        let rec = writer.recorder();
-        for i in 0..3000u32 {
-            rec.turn("CA1", turn(i, i64::from(i) * 10));
+        for store in crate::api::store::test_stores().await {
+            let writer = Writer::start(store.clone(), 8192);
+            let rec = writer.recorder();
+            for i in 0..3000u32 {
+                rec.turn("CA1", turn(i, i64::from(i) * 10));
+            }
+            rec.stream_stopped("CA1", StreamSummary::default());
+            assert!(writer.stop().await, "the writer was running");
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
+                .fetch_one(store.pool())
+                .await
+                .expect("count");
+            assert_eq!(n, 3000, "nothing queued before the stop is lost");
+            assert_eq!(writer.stats().dropped, 0);
+            // After the stop: dropped, counted.
+            rec.turn("CA1", turn(5000, 1));
+            assert_eq!(rec.dropped(), 1);
+            assert!(!writer.flush().await);
+            assert!(!writer.stop().await);
         }
-        rec.stream_stopped("CA1", StreamSummary::default());
-        assert!(writer.stop().await, "the writer was running");
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
-            .fetch_one(store.pool())
-            .await
-            .expect("count");
-        assert_eq!(n, 3000, "nothing queued before the stop is lost");
-        assert_eq!(writer.stats().dropped, 0);
-        // After the stop: dropped, counted.
-        rec.turn("CA1", turn(5000, 1));
-        assert_eq!(rec.dropped(), 1);
-        assert!(!writer.flush().await);
-        assert!(!writer.stop().await);
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Call records in SQLite through sqlx (so Postgres can follow): calls, their status timeline,
-//! caller turns with latency telemetry, recordings, and Conversations webhook events.
+//! Call records in SQLite or PostgreSQL through sqlx: calls, their status timeline, caller
+//! turns with latency telemetry, recordings, Conversations webhook events, the call events'
+//! outbox, and what several nodes on one database share (heartbeats, outbound pacing).
 //!
-//! The schema is in `gateway/migrations/` and embedded in the binary (`sqlx::migrate!`); it is
-//! applied when the store opens. The database runs in WAL mode (readers don't block the writer),
-//! `synchronous = NORMAL`, with a 5 s busy timeout. Times are Unix milliseconds.
+//! One set of queries serves both back-ends, over sqlx's `Any` driver: `$1` parameters (SQLite
+//! reads them too), `ON CONFLICT` upserts, `IS DISTINCT FROM`, `CASE` instead of SQLite's
+//! two-argument `MAX`, integers as `BIGINT` and flags as 0/1; the few dialect-specific
+//! statements branch on [`Backend`]. The schema, the same in both dialects, is in
+//! `gateway/migrations/sqlite/` and `gateway/migrations/postgres/`, embedded in the binary
+//! (`sqlx::migrate!`) and applied when the store opens. A SQLite file runs in WAL mode
+//! (readers don't block the writer), `synchronous = NORMAL`, with a 5 s busy timeout. Times
+//! are Unix milliseconds.
 //!
 //! Writes are idempotent, because Twilio retries callbacks: a call progress event is stored once
 //! per `CallSid` + `SequenceNumber` (twilio.com/docs/voice/api/call-resource: progress events
@@ -320,6 +326,22 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The tests' PostgreSQL (`gateway/tests/pg/mod.rs`, shared with the integration tests).
+#[cfg(test)]
+#[path = "../../../tests/pg/mod.rs"]
+pub(crate) mod pg;
+
+/// A store on each back-end for the unit tests: SQLite in memory, then a fresh database on
+/// a real PostgreSQL (none when `HARK_SKIP_POSTGRES_TESTS=1` and no PostgreSQL is found).
+#[cfg(test)]
+pub(crate) async fn test_stores() -> Vec<Store> {
+    let mut stores = vec![Store::open("sqlite::memory:").await.expect("SQLite store")];
+    if let Some(url) = pg::fresh_database().await {
+        stores.push(Store::open(&url).await.expect("PostgreSQL store"));
+    }
+    stores
 }
 
 #[cfg(test)]

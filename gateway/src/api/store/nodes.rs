@@ -228,3 +228,124 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Node, test_stores};
+    use super::*;
+
+    fn node(id: &str, run: &str) -> Node {
+        Node {
+            node_id: id.into(),
+            instance_id: run.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn slots_are_spaced_across_nodes_and_the_queue_is_bounded() {
+        for store in test_stores().await {
+            let a = store.clone().with_node(node("a", "a-1"));
+            let b = store.clone().with_node(node("b", "b-1"));
+            // 10 reservations at once from two nodes, 100 ms apart, room for 20 waiting.
+            let mut tasks = Vec::new();
+            for i in 0..10 {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tasks.push(tokio::spawn(async move {
+                    s.reserve_call_slot(100_000, 20).await.expect("slot")
+                }));
+            }
+            let mut waits = Vec::new();
+            for t in tasks {
+                match t.await.expect("task") {
+                    Slot::After(us) => waits.push(us),
+                    Slot::Full(_) => panic!("the queue has room"),
+                }
+            }
+            waits.sort_unstable();
+            assert!(waits[0] < 50_000, "the first goes now: {waits:?}");
+            for w in waits.windows(2) {
+                // Each later reservation waits one period more (less the time between them).
+                let gap = w[1] as i64 - w[0] as i64;
+                assert!((50_000..=100_000).contains(&gap), "{waits:?}");
+            }
+            // Ten are taken (one going now, nine waiting): two more fit, then it is full.
+            let small = |s: Store| async move { s.reserve_call_slot(100_000, 11).await.unwrap() };
+            assert!(matches!(small(a.clone()).await, Slot::After(_)));
+            assert!(matches!(small(b.clone()).await, Slot::After(_)));
+            match small(a.clone()).await {
+                Slot::Full(us) => assert!(us > 1_000_000, "next slot in {us} µs"),
+                other => panic!("expected a full queue, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_is_claimed_once_and_its_calls_closed() {
+        for store in test_stores().await {
+            let dead = store.clone().with_node(node("a", "a-1")).with_events();
+            let live = store.clone().with_node(node("b", "b-1")).with_events();
+            dead.node_started(1_000).await.unwrap();
+            live.node_started(1_000).await.unwrap();
+            dead.write(async |c| dead.stream_started_in(c, "CA1", "MZ1", &[], 1_500).await)
+                .await
+                .unwrap();
+            live.write(async |c| live.stream_started_in(c, "CA2", "MZ2", &[], 1_600).await)
+                .await
+                .unwrap();
+            assert!(live.node_heartbeat(20_000).await.unwrap());
+            // At 21 s, with a lost-after time of 15 s: a-1 (seen at 1 s) is lost, b-1 is not.
+            let claimed = live
+                .claim_lost_nodes(6_000, "crashed", 21_000)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1, "{claimed:?}");
+            assert_eq!(claimed[0].0.instance_id, "a-1");
+            assert_eq!(claimed[0].1, ["CA1"]);
+            // Once: another sweep, or another node, finds nothing.
+            assert!(
+                live.claim_lost_nodes(6_000, "crashed", 22_000)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let other = store.clone().with_node(node("c", "c-1"));
+            assert!(
+                other
+                    .claim_lost_nodes(6_000, "crashed", 22_000)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // The lost node learns it at its next heartbeat.
+            assert!(!dead.node_heartbeat(23_000).await.unwrap());
+            let call = live.call("CA1").await.unwrap().expect("CA1");
+            assert_eq!(call.summary["ended"], "crashed");
+            assert!(
+                live.call("CA2")
+                    .await
+                    .unwrap()
+                    .expect("CA2")
+                    .summary
+                    .is_null()
+            );
+            // CA1's events are b's to deliver now, call.ended included.
+            let events = live.outbox_events(Some("CA1")).await.unwrap();
+            assert_eq!(events.len(), 2, "{events:?}");
+            assert_eq!(events[1].event_type, "call.ended");
+            assert_eq!(
+                live.outbox_pending().await.unwrap(),
+                3,
+                "CA1's two and CA2's start"
+            );
+            // A stopped node is never claimed.
+            live.node_stopped(24_000).await.unwrap();
+            assert!(
+                other
+                    .claim_lost_nodes(30_000, "crashed", 40_000)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+}

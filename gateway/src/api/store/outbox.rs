@@ -580,12 +580,13 @@ mod tests {
         }
     }
 
-    async fn events_store() -> Store {
-        Store::open("sqlite::memory:")
+    /// A store with call events on each back-end.
+    async fn events_stores() -> Vec<Store> {
+        super::super::test_stores()
             .await
-            .expect("store")
-            .with_node(Node::this_process("node-a"))
-            .with_events()
+            .into_iter()
+            .map(|s| s.with_node(Node::this_process("node-a")).with_events())
+            .collect()
     }
 
     /// A whole call's records, as the writer would write them.
@@ -629,181 +630,184 @@ mod tests {
 
     #[tokio::test]
     async fn a_recording_after_the_end_is_its_own_event_once() {
-        let store = events_store().await;
-        a_call(&store, "CA2").await;
-        let rec = |status: &str| RecordingEvent {
-            recording_sid: "RE2".into(),
-            call_sid: "CA2".into(),
-            status: Some(status.into()),
-            url: Some("https://api.twilio.com/rec/RE2".into()),
-            duration_s: Some(31),
-            channels: Some(1),
-            source: None,
-            track: None,
-            start_time: None,
-            params: vec![],
-        };
-        for r in [rec("in-progress"), rec("completed"), rec("completed")] {
-            store
-                .write(async |c| store.recording_in(c, &r, 20_000).await)
-                .await
-                .unwrap();
+        for store in events_stores().await {
+            a_call(&store, "CA2").await;
+            let rec = |status: &str| RecordingEvent {
+                recording_sid: "RE2".into(),
+                call_sid: "CA2".into(),
+                status: Some(status.into()),
+                url: Some("https://api.twilio.com/rec/RE2".into()),
+                duration_s: Some(31),
+                channels: Some(1),
+                source: None,
+                track: None,
+                start_time: None,
+                params: vec![],
+            };
+            for r in [rec("in-progress"), rec("completed"), rec("completed")] {
+                store
+                    .write(async |c| store.recording_in(c, &r, 20_000).await)
+                    .await
+                    .unwrap();
+            }
+            let rows = store.outbox_events(Some("CA2")).await.unwrap();
+            let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+            assert_eq!(
+                types,
+                [
+                    "call.started",
+                    "turn.ended",
+                    "turn.ended",
+                    "call.ended",
+                    "call.recording"
+                ],
+                "in-progress is no event; a repeated callback is one"
+            );
+            let e = body(&rows[4]);
+            assert_eq!((e.seq, e.stream_sid), (4, None));
+            assert_eq!(e.data["url"], "https://api.twilio.com/rec/RE2");
+            assert_eq!(e.data["duration_s"], 31);
         }
-        let rows = store.outbox_events(Some("CA2")).await.unwrap();
-        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-        assert_eq!(
-            types,
-            [
-                "call.started",
-                "turn.ended",
-                "turn.ended",
-                "call.ended",
-                "call.recording"
-            ],
-            "in-progress is no event; a repeated callback is one"
-        );
-        let e = body(&rows[4]);
-        assert_eq!((e.seq, e.stream_sid), (4, None));
-        assert_eq!(e.data["url"], "https://api.twilio.com/rec/RE2");
-        assert_eq!(e.data["duration_s"], 31);
     }
 
     #[tokio::test]
     async fn a_call_writes_its_events_once_in_order() {
-        let store = events_store().await;
-        let status = StatusEvent {
-            call_sid: "CA1".into(),
-            status: "in-progress".into(),
-            sequence_number: Some(1),
-            answered_by: Some("human".into()),
-            timestamp: None,
-            call_duration_s: None,
-            direction: Some("outbound-api".into()),
-            from: None,
-            to: None,
-            params: vec![],
-        };
-        store
-            .write(async |c| store.status_event_in(c, &status, 500).await)
-            .await
-            .unwrap();
-        let rec = RecordingEvent {
-            recording_sid: "RE1".into(),
-            call_sid: "CA1".into(),
-            status: Some("completed".into()),
-            url: Some("https://api.twilio.com/rec/RE1".into()),
-            duration_s: Some(9),
-            channels: Some(1),
-            source: None,
-            track: None,
-            start_time: None,
-            params: vec![],
-        };
-        store
-            .write(async |c| store.recording_in(c, &rec, 600).await)
-            .await
-            .unwrap();
-        a_call(&store, "CA1").await;
-        // A turn finished again keeps its first event.
-        let again = turn(1, 4000, "Bye.", "Goodbye.");
-        store
-            .write(async |c| store.turn_ended_in(c, "CA1", &again, 9_500).await)
-            .await
-            .unwrap();
+        for store in events_stores().await {
+            let status = StatusEvent {
+                call_sid: "CA1".into(),
+                status: "in-progress".into(),
+                sequence_number: Some(1),
+                answered_by: Some("human".into()),
+                timestamp: None,
+                call_duration_s: None,
+                direction: Some("outbound-api".into()),
+                from: None,
+                to: None,
+                params: vec![],
+            };
+            store
+                .write(async |c| store.status_event_in(c, &status, 500).await)
+                .await
+                .unwrap();
+            let rec = RecordingEvent {
+                recording_sid: "RE1".into(),
+                call_sid: "CA1".into(),
+                status: Some("completed".into()),
+                url: Some("https://api.twilio.com/rec/RE1".into()),
+                duration_s: Some(9),
+                channels: Some(1),
+                source: None,
+                track: None,
+                start_time: None,
+                params: vec![],
+            };
+            store
+                .write(async |c| store.recording_in(c, &rec, 600).await)
+                .await
+                .unwrap();
+            a_call(&store, "CA1").await;
+            // A turn finished again keeps its first event.
+            let again = turn(1, 4000, "Bye.", "Goodbye.");
+            store
+                .write(async |c| store.turn_ended_in(c, "CA1", &again, 9_500).await)
+                .await
+                .unwrap();
 
-        let rows = store.outbox_events(Some("CA1")).await.unwrap();
-        let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
-        assert_eq!(
-            types,
-            ["call.started", "turn.ended", "turn.ended", "call.ended"]
-        );
-        for (i, r) in rows.iter().enumerate() {
-            let e = body(r);
-            assert_eq!((e.seq, e.id.as_str()), (i as u64, r.event_id.as_str()));
-            assert_eq!(r.event_id, format!("CA1:{i}"));
-            assert_eq!(e.stream_sid.as_deref(), Some("MZ1"));
-            assert_eq!(r.state, EventState::Pending);
+            let rows = store.outbox_events(Some("CA1")).await.unwrap();
+            let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+            assert_eq!(
+                types,
+                ["call.started", "turn.ended", "turn.ended", "call.ended"]
+            );
+            for (i, r) in rows.iter().enumerate() {
+                let e = body(r);
+                assert_eq!((e.seq, e.id.as_str()), (i as u64, r.event_id.as_str()));
+                assert_eq!(r.event_id, format!("CA1:{i}"));
+                assert_eq!(e.stream_sid.as_deref(), Some("MZ1"));
+                assert_eq!(r.state, EventState::Pending);
+            }
+            let started = body(&rows[0]);
+            assert_eq!(started.created_at, "1970-01-01T00:00:01.000Z");
+            assert_eq!(started.data["from"], "+15550001");
+            assert_eq!(started.data["direction"], "outbound-api");
+            assert_eq!(started.data["parameters"]["From"], "+15550001");
+            let t = body(&rows[2]).data;
+            assert_eq!(
+                (
+                    &t["turn"],
+                    &t["caller_text"],
+                    &t["agent_text"],
+                    &t["barge_in"]
+                ),
+                (
+                    &serde_json::json!(1),
+                    &serde_json::json!("Bye."),
+                    &serde_json::json!("Goodbye."),
+                    &serde_json::json!(false)
+                )
+            );
+            let ended: CallEnded = serde_json::from_value(body(&rows[3]).data).unwrap();
+            assert_eq!(ended.ended, "closed: Stopped");
+            assert_eq!(ended.answered_by.as_deref(), Some("human"));
+            assert_eq!(
+                ended.recording_url.as_deref(),
+                Some("https://api.twilio.com/rec/RE1")
+            );
+            assert_eq!(ended.summary["turns"], 2);
+            let words: Vec<&str> = ended.transcript.iter().map(|l| l.text.as_str()).collect();
+            assert_eq!(words, ["Hi.", "Hello!", "Bye.", "Goodbye."]);
+            assert_eq!(ended.latency.turns, 2);
         }
-        let started = body(&rows[0]);
-        assert_eq!(started.created_at, "1970-01-01T00:00:01.000Z");
-        assert_eq!(started.data["from"], "+15550001");
-        assert_eq!(started.data["direction"], "outbound-api");
-        assert_eq!(started.data["parameters"]["From"], "+15550001");
-        let t = body(&rows[2]).data;
-        assert_eq!(
-            (
-                &t["turn"],
-                &t["caller_text"],
-                &t["agent_text"],
-                &t["barge_in"]
-            ),
-            (
-                &serde_json::json!(1),
-                &serde_json::json!("Bye."),
-                &serde_json::json!("Goodbye."),
-                &serde_json::json!(false)
-            )
-        );
-        let ended: CallEnded = serde_json::from_value(body(&rows[3]).data).unwrap();
-        assert_eq!(ended.ended, "closed: Stopped");
-        assert_eq!(ended.answered_by.as_deref(), Some("human"));
-        assert_eq!(
-            ended.recording_url.as_deref(),
-            Some("https://api.twilio.com/rec/RE1")
-        );
-        assert_eq!(ended.summary["turns"], 2);
-        let words: Vec<&str> = ended.transcript.iter().map(|l| l.text.as_str()).collect();
-        assert_eq!(words, ["Hi.", "Hello!", "Bye.", "Goodbye."]);
-        assert_eq!(ended.latency.turns, 2);
     }
 
     #[tokio::test]
     async fn heads_are_each_calls_first_pending_event() {
-        let store = events_store().await;
-        a_call(&store, "CA1").await;
-        a_call(&store, "CA2").await;
-        let heads = store.outbox_heads(10).await.unwrap();
-        let ids: Vec<&str> = heads.iter().map(|r| r.event_id.as_str()).collect();
-        assert_eq!(ids, ["CA1:0", "CA2:0"]);
-        assert!(
-            store
-                .outbox_delivered(heads[0].row_id, 10_000)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !store
-                .outbox_delivered(heads[0].row_id, 10_001)
-                .await
-                .unwrap(),
-            "delivered once"
-        );
-        // A retry later puts CA2's head behind CA1's next.
-        assert!(
-            store
-                .outbox_retry(heads[1].row_id, 50_000, "HTTP 503", 10_000)
-                .await
-                .unwrap()
-        );
-        let heads = store.outbox_heads(10).await.unwrap();
-        let ids: Vec<&str> = heads.iter().map(|r| r.event_id.as_str()).collect();
-        assert_eq!(ids, ["CA1:1", "CA2:0"]);
-        assert_eq!(heads[1].attempts, 1);
-        assert_eq!(heads[1].last_error.as_deref(), Some("HTTP 503"));
-        // Given up: the next of its call comes up.
-        assert!(
-            store
-                .outbox_failed(heads[1].row_id, "HTTP 400", 11_000)
-                .await
-                .unwrap()
-        );
-        let heads = store.outbox_heads(10).await.unwrap();
-        assert_eq!(heads[1].event_id, "CA2:1");
-        assert_eq!(store.outbox_pending().await.unwrap(), 8 - 2);
-        // Another node's worker sees none of them.
-        let other = store.clone().with_node(Node::this_process("node-b"));
-        assert!(other.outbox_heads(10).await.unwrap().is_empty());
-        assert_eq!(other.outbox_pending().await.unwrap(), 0);
+        for store in events_stores().await {
+            a_call(&store, "CA1").await;
+            a_call(&store, "CA2").await;
+            let heads = store.outbox_heads(10).await.unwrap();
+            let ids: Vec<&str> = heads.iter().map(|r| r.event_id.as_str()).collect();
+            assert_eq!(ids, ["CA1:0", "CA2:0"]);
+            assert!(
+                store
+                    .outbox_delivered(heads[0].row_id, 10_000)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .outbox_delivered(heads[0].row_id, 10_001)
+                    .await
+                    .unwrap(),
+                "delivered once"
+            );
+            // A retry later puts CA2's head behind CA1's next.
+            assert!(
+                store
+                    .outbox_retry(heads[1].row_id, 50_000, "HTTP 503", 10_000)
+                    .await
+                    .unwrap()
+            );
+            let heads = store.outbox_heads(10).await.unwrap();
+            let ids: Vec<&str> = heads.iter().map(|r| r.event_id.as_str()).collect();
+            assert_eq!(ids, ["CA1:1", "CA2:0"]);
+            assert_eq!(heads[1].attempts, 1);
+            assert_eq!(heads[1].last_error.as_deref(), Some("HTTP 503"));
+            // Given up: the next of its call comes up.
+            assert!(
+                store
+                    .outbox_failed(heads[1].row_id, "HTTP 400", 11_000)
+                    .await
+                    .unwrap()
+            );
+            let heads = store.outbox_heads(10).await.unwrap();
+            assert_eq!(heads[1].event_id, "CA2:1");
+            assert_eq!(store.outbox_pending().await.unwrap(), 8 - 2);
+            // Another node's worker sees none of them.
+            let other = store.clone().with_node(Node::this_process("node-b"));
+            assert!(other.outbox_heads(10).await.unwrap().is_empty());
+            assert_eq!(other.outbox_pending().await.unwrap(), 0);
+        }
     }
 
     #[tokio::test]
@@ -813,28 +817,29 @@ mod tests {
         assert!(off.outbox_events(None).await.unwrap().is_empty());
 
         // A stream left open by an earlier run of this node: closed as crashed, with its event.
-        let store = events_store().await;
-        store
-            .write(async |c| store.stream_started_in(c, "CA9", "MZ9", &[], 1_000).await)
-            .await
-            .unwrap();
-        // A later run of node-a (an instance id of its own even within the same millisecond:
-        // `Node::this_process` would repeat `<pid>-<ms>` here, and the call not be crashed).
-        let restarted = store.clone().with_node(Node {
-            node_id: "node-a".into(),
-            instance_id: format!("{}-restarted", std::process::id()),
-        });
-        let closed = restarted
-            .close_open_calls(super::super::OpenCalls::Crashed, "crashed", 5_000)
-            .await
-            .unwrap();
-        assert_eq!(closed, ["CA9"]);
-        let rows = store.outbox_events(Some("CA9")).await.unwrap();
-        assert_eq!(rows.len(), 2);
-        let ended = body(&rows[1]);
-        assert_eq!(
-            (ended.event_type.as_str(), &ended.data["ended"]),
-            ("call.ended", &serde_json::json!("crashed"))
-        );
+        for store in events_stores().await {
+            store
+                .write(async |c| store.stream_started_in(c, "CA9", "MZ9", &[], 1_000).await)
+                .await
+                .unwrap();
+            // A later run of node-a (an instance id of its own even within the same millisecond:
+            // `Node::this_process` would repeat `<pid>-<ms>` here, and the call not be crashed).
+            let restarted = store.clone().with_node(Node {
+                node_id: "node-a".into(),
+                instance_id: format!("{}-restarted", std::process::id()),
+            });
+            let closed = restarted
+                .close_open_calls(super::super::OpenCalls::Crashed, "crashed", 5_000)
+                .await
+                .unwrap();
+            assert_eq!(closed, ["CA9"]);
+            let rows = store.outbox_events(Some("CA9")).await.unwrap();
+            assert_eq!(rows.len(), 2);
+            let ended = body(&rows[1]);
+            assert_eq!(
+                (ended.event_type.as_str(), &ended.data["ended"]),
+                ("call.ended", &serde_json::json!("crashed"))
+            );
+        }
     }
 }

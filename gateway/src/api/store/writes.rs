@@ -579,7 +579,138 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_stores;
     use super::*;
+
+    fn status(seq: Option<i64>, status: &str) -> StatusEvent {
+        StatusEvent {
+            call_sid: "CA1".into(),
+            status: status.into(),
+            sequence_number: seq,
+            answered_by: None,
+            timestamp: Some(format!("t-{status}")),
+            call_duration_s: (status == "completed").then_some(42),
+            direction: Some("outbound-api".into()),
+            from: Some("+15550001".into()),
+            to: Some("+15550002".into()),
+            params: vec![("CallStatus".into(), status.into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_idempotent_and_status_only_moves_forward() {
+        for store in test_stores().await {
+            let call = NewCall {
+                call_sid: "CA1".into(),
+                to: "+15550002".into(),
+                from: "+15550001".into(),
+                agent: Some("echo".into()),
+                parameters: [("k".to_owned(), "v".to_owned())].into(),
+                status: "queued".into(),
+            };
+            store
+                .write(async |c| store.insert_outbound_call_in(c, &call, 100).await)
+                .await
+                .unwrap();
+            let put = async |e: StatusEvent, at: i64| {
+                store
+                    .write(async |c| store.status_event_in(c, &e, at).await)
+                    .await
+                    .unwrap()
+            };
+            assert!(put(status(Some(2), "in-progress"), 200).await);
+            assert!(!put(status(Some(2), "in-progress"), 201).await, "a retry");
+            assert!(put(status(Some(3), "completed"), 300).await);
+            // Late and out of order: stored in the timeline, the status stays completed.
+            assert!(put(status(Some(1), "ringing"), 400).await);
+            assert!(put(status(None, "in-progress"), 500).await);
+            let stream = StreamEvent {
+                call_sid: "CA1".into(),
+                stream_sid: "MZ1".into(),
+                event: "stream-started".into(),
+                timestamp: None,
+                params: vec![],
+            };
+            for _ in 0..2 {
+                store
+                    .write(async |c| store.stream_event_in(c, &stream, 250).await)
+                    .await
+                    .unwrap();
+            }
+            let rec = |status: &str, url: Option<&str>| RecordingEvent {
+                recording_sid: "RE1".into(),
+                call_sid: "CA1".into(),
+                status: Some(status.into()),
+                url: url.map(str::to_owned),
+                duration_s: None,
+                channels: Some(2),
+                source: None,
+                track: None,
+                start_time: None,
+                params: vec![],
+            };
+            for r in [
+                rec("completed", Some("https://r/RE1")),
+                rec("in-progress", None),
+            ] {
+                store
+                    .write(async |c| store.recording_in(c, &r, 600).await)
+                    .await
+                    .unwrap();
+            }
+            let conv = StoredConversationEvent {
+                dedupe_key: "IT1".into(),
+                route: "/conversations/events".into(),
+                params: vec![("ConversationSid".into(), "CH1".into())],
+            };
+            let first = store
+                .write(async |c| store.conversation_event_in(c, &conv, 700).await)
+                .await
+                .unwrap();
+            let again = store
+                .write(async |c| store.conversation_event_in(c, &conv, 701).await)
+                .await
+                .unwrap();
+            assert!(first && !again);
+
+            let d = store.call("CA1").await.unwrap().expect("the call");
+            assert_eq!(d.call.status.as_deref(), Some("completed"));
+            assert_eq!(
+                (d.call.duration_s, d.call.ended_at_ms),
+                (Some(42), Some(300))
+            );
+            assert_eq!(d.call.stream_sid.as_deref(), Some("MZ1"));
+            assert_eq!(d.parameters["k"], "v");
+            let seqs: Vec<_> = d
+                .timeline
+                .iter()
+                .map(|e| (e.source.as_str(), e.sequence_number))
+                .collect();
+            assert_eq!(
+                seqs,
+                [
+                    ("status", Some(2)),
+                    ("status", Some(3)),
+                    ("status", Some(1)),
+                    ("status", None),
+                    ("stream", None)
+                ]
+            );
+            assert_eq!(d.recordings.len(), 1);
+            assert_eq!(d.recordings[0].status.as_deref(), Some("completed"));
+            assert_eq!(d.recordings[0].url.as_deref(), Some("https://r/RE1"));
+            assert_eq!(store.conversation_events("CH1").await.unwrap().len(), 1);
+            let listed = store.list_calls(Some("completed"), 10).await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert!(
+                store
+                    .list_calls(Some("ringing"), 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
 
     #[test]
     fn repeated_params_become_arrays() {
