@@ -10,8 +10,11 @@
 //!   polls it stops sending new calls before the listener closes; live calls then finish
 //!   (`HARK_SHUTDOWN_TIMEOUT_S`).
 //! - `GET /metrics`: open unless `HARK_METRICS_TOKEN` is set; then it wants
-//!   `Authorization: Bearer <token>` (401 otherwise; compared in constant time).
+//!   `Authorization: Bearer <token>` (401 otherwise; compared in constant time). With
+//!   `HARK_METRICS_ADDR` it is served on that address alone (with `/healthz` and `/readyz`),
+//!   not on the public one: a private port for the scraper, out of the load balancer's reach.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,19 +40,66 @@ pub struct OpsSettings {
     /// `HARK_METRICS_TOKEN` (`server.metrics_token`): bearer token `/metrics` wants; `None`:
     /// open.
     pub metrics_token: Option<String>,
+    /// `HARK_METRICS_ADDR` (`server.metrics_addr`): serve `/metrics` (and `/healthz`,
+    /// `/readyz`) on this address instead of the public one, e.g. `127.0.0.1:9100`; port 0
+    /// picks one ([`AppState::metrics_addr`] tells which). `None`: on the public address.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl OpsSettings {
     /// Reads the settings from `v`.
     ///
     /// # Errors
-    /// [`ConfigError`] when `HARK_DRAIN_S` is not a number of seconds in 0–3600.
+    /// [`ConfigError`] when `HARK_DRAIN_S` is not a number of seconds in 0–3600, or
+    /// `HARK_METRICS_ADDR` not an `ip:port`.
     pub fn from_values(v: &Values) -> Result<OpsSettings, ConfigError> {
+        let metrics_addr = match v.text("HARK_METRICS_ADDR").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::new(
+                    "HARK_METRICS_ADDR",
+                    format!("{a:?} is not an ip:port address ({e})"),
+                )
+            })?),
+        };
         Ok(OpsSettings {
             drain: Duration::from_secs(v.num_in::<u64>("HARK_DRAIN_S", 0, 3_600)?.unwrap_or(0)),
             metrics_token: v.text("HARK_METRICS_TOKEN").filter(|t| !t.is_empty()),
+            metrics_addr,
         })
     }
+}
+
+/// The private metrics listener's routes: `/metrics`, `/healthz`, `/readyz`.
+fn metrics_router(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(state)
+}
+
+/// With `HARK_METRICS_ADDR`: binds it and serves [`metrics_router`] there in a task of its own
+/// (the caller aborts it when the server stops), recording the bound address in `state`.
+///
+/// # Errors
+/// The address cannot be bound.
+pub(crate) async fn start_metrics_listener(
+    state: &Arc<AppState>,
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = state.config.ops.metrics_addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    state.set_metrics_addr(bound);
+    tracing::info!(addr = %bound, "metrics listening");
+    let app = metrics_router(state.clone());
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics listener stopped");
+        }
+    })))
 }
 
 /// `GET /readyz` (see the module docs).

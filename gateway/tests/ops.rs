@@ -149,3 +149,45 @@ async fn readyz_fails_when_the_database_does_not_answer() {
     // Liveness is not readiness.
     assert_eq!(get(server.addr, "/healthz", None).await.unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_address_are_gone_from_the_public_one() {
+    let server = start(|c| {
+        c.ops.metrics_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        c.ops.metrics_token = Some("scrape-t0ken".into());
+    })
+    .await;
+    // The listener is bound as serving starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let private = loop {
+        if let Some(a) = server.state.metrics_addr() {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics listener never bound"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(private.port(), server.addr.port());
+    let (status, _) = get(server.addr, "/metrics", Some("scrape-t0ken"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "not on the public address");
+    assert_eq!(get(server.addr, "/readyz", None).await.unwrap().0, 200);
+    assert_eq!(get(private, "/metrics", None).await.unwrap().0, 401);
+    let (status, text) = get(private, "/metrics", Some("scrape-t0ken"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("\nhark_build_info{"), "{text}");
+    assert_eq!(
+        get(private, "/readyz", None).await.unwrap(),
+        (200, "ready".into())
+    );
+    assert_eq!(
+        get(private, "/healthz", None).await.unwrap(),
+        (200, "ok".into())
+    );
+    server.stop().await;
+}

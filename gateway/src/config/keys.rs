@@ -48,6 +48,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_SHUTDOWN_TIMEOUT_S", "server.shutdown_timeout_s"),
     s("HARK_DRAIN_S", "server.drain_s"),
     s("HARK_METRICS_TOKEN", "server.metrics_token"),
+    s("HARK_METRICS_ADDR", "server.metrics_addr"),
     l("HARK_STREAM_PARAMS", "server.stream_params", ','),
     l("HARK_AFTER_CONNECT", "server.after_connect", '|'),
     l("HARK_DEV_INSECURE", "server.dev_insecure", ','),

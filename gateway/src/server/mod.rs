@@ -67,6 +67,8 @@ pub struct AppState {
     console: crate::console::Console,
     /// Shutdown began: `/readyz` answers 503 (see [`crate::ops`]).
     draining: std::sync::atomic::AtomicBool,
+    /// Where the private metrics listener is bound (`HARK_METRICS_ADDR`), once it is.
+    metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -130,12 +132,23 @@ impl AppState {
             agents,
             console,
             draining: std::sync::atomic::AtomicBool::new(false),
+            metrics_addr: std::sync::OnceLock::new(),
         }))
     }
 
     /// Shutdown began: no new calls are wanted (`/readyz` answers 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Where `/metrics` is served apart (`HARK_METRICS_ADDR`, the port chosen for port 0), once
+    /// [`serve`] has bound it; `None` without it, or before.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.get().copied()
+    }
+
+    pub(crate) fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.metrics_addr.set(addr);
     }
 
     /// Marks the server as draining (done by [`serve`] when its shutdown future resolves).
@@ -186,12 +199,20 @@ pub fn router(state: Arc<AppState>) -> Router {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(crate::ops::readyz))
-        .route("/metrics", get(crate::ops::metrics))
         .route("/voice", any(voice::voice))
         .route("/api/twilio/voice", any(voice::voice))
         .route(STREAM_PATH, get(media::media_stream))
-        .with_state(state.clone())
-        .merge(crate::console::router(state));
+        .with_state(state.clone());
+    // With HARK_METRICS_ADDR the metrics are served there alone.
+    let app = match state.config.ops.metrics_addr {
+        Some(_) => app,
+        None => app.merge(
+            Router::new()
+                .route("/metrics", get(crate::ops::metrics))
+                .with_state(state.clone()),
+        ),
+    };
+    let app = app.merge(crate::console::router(state));
     let app = match api {
         Some(api) => app.merge(crate::api::router(api)),
         None => app,
@@ -212,14 +233,18 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// connections that are not calls (one more gets 503 at once). Accept errors (e.g. out of file
 /// descriptors) are logged and retried after 100 ms; they never end the server.
 ///
+/// With `HARK_METRICS_ADDR` (`config.ops.metrics_addr`), `/metrics` is served on that address
+/// instead, until the server has stopped.
+///
 /// # Errors
-/// None today (kept for callers that may add I/O set-up).
+/// The metrics address cannot be bound.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    let metrics_listener = crate::ops::start_metrics_listener(&state).await?;
     let limits = state.config.limits;
     let (close_idle, close_idle_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -298,6 +323,9 @@ pub async fn serve(
         if report.calls_still_running > 0 || report.stats.dropped > 0 {
             warn!(?report, "some call records may be incomplete");
         }
+    }
+    if let Some(task) = metrics_listener {
+        task.abort();
     }
     Ok(())
 }
