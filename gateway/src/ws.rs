@@ -198,7 +198,7 @@ enum Step {
 
 /// A Twilio Media Streams socket: the server side of a WebSocket on any byte stream (`S` is the
 /// upgraded HTTP connection in `hark serve`, a TCP stream or an in-memory pipe in tests).
-pub struct Socket<S = UpgradedIo> {
+pub struct Socket<S = CallIo> {
     io: S,
     /// Bytes read and not yet taken as frames.
     input: BytesMut,
@@ -222,11 +222,86 @@ impl<S> std::fmt::Debug for Socket<S> {
     }
 }
 
-impl Socket<UpgradedIo> {
-    /// Takes over the connection of a finished upgrade. Bytes the client sent right after the
-    /// handshake are still in the connection (hyper hands them back), so nothing is lost.
-    pub fn from_upgraded(ws: UpgradedSocket) -> Self {
-        Socket::new(ws.into_inner())
+/// The connection a call runs on: its TCP stream, moved onto the runtime of the call's worker
+/// ([`Socket::from_upgraded`]), or, when the upgraded connection is not a plain TCP stream, the
+/// upgraded connection as hyper gives it.
+#[derive(Debug)]
+pub enum CallIo {
+    /// The TCP stream, registered with the current (call worker's) runtime.
+    Tcp(tokio::net::TcpStream),
+    /// Another kind of connection, left where it is.
+    Upgraded(UpgradedIo),
+}
+
+impl AsyncRead for CallIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            CallIo::Tcp(t) => std::pin::Pin::new(t).poll_read(cx, buf),
+            CallIo::Upgraded(u) => std::pin::Pin::new(u).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for CallIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            CallIo::Tcp(t) => std::pin::Pin::new(t).poll_write(cx, buf),
+            CallIo::Upgraded(u) => std::pin::Pin::new(u).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            CallIo::Tcp(t) => std::pin::Pin::new(t).poll_flush(cx),
+            CallIo::Upgraded(u) => std::pin::Pin::new(u).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            CallIo::Tcp(t) => std::pin::Pin::new(t).poll_shutdown(cx),
+            CallIo::Upgraded(u) => std::pin::Pin::new(u).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Socket<CallIo> {
+    /// Takes over the connection of a finished upgrade, on the runtime of the task that calls
+    /// it (the call's worker). A plain TCP connection (what `hark serve` accepts) is taken out
+    /// of hyper and re-registered with this runtime's I/O driver, so the call's reads and
+    /// writes wake its own worker thread instead of the HTTP runtime's (which would then wake
+    /// the worker across threads for every 20 ms frame). Bytes the client sent right after the
+    /// handshake, which hyper had already read, start the input buffer: nothing is lost.
+    ///
+    /// # Errors
+    /// The stream cannot be moved (taking it off the HTTP runtime's driver or registering it
+    /// with this one failed): the connection is closed.
+    pub fn from_upgraded(ws: UpgradedSocket) -> std::io::Result<Self> {
+        let upgraded = ws.into_inner().into_inner();
+        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let std = parts.io.into_inner().into_std()?;
+                let tcp = tokio::net::TcpStream::from_std(std)?;
+                let mut socket = Socket::new(CallIo::Tcp(tcp));
+                socket.input.extend_from_slice(&parts.read_buf);
+                Ok(socket)
+            }
+            Err(upgraded) => Ok(Socket::new(CallIo::Upgraded(TokioIo::new(upgraded)))),
+        }
     }
 }
 

@@ -199,3 +199,86 @@ async fn connections_beyond_the_cap_get_503_while_a_live_call_goes_on() {
     assert_eq!(report.turns.len(), 4, "{:?}", report.turns);
     server.stop().await;
 }
+
+/// A client frame (masked, RFC 6455 §5.3) carrying `text`.
+fn masked_text(text: &str) -> Vec<u8> {
+    let payload = text.as_bytes();
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_reach_the_call() {
+    // The upgrade request and a whole short call in one write: hyper reads past the request,
+    // and those bytes must follow the connection onto the call's worker.
+    let server = Server::start(
+        Config {
+            workers: 2,
+            ..Config::default()
+        },
+        Some(in_process::memory_api().await),
+    )
+    .await;
+    let mut bytes = format!(
+        "GET /media-stream HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr.port()
+    )
+    .into_bytes();
+    let (stream, call) = (
+        "MZ00000000000000000000000000000001",
+        "CA00000000000000000000000000000001",
+    );
+    bytes.extend(masked_text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ));
+    bytes.extend(masked_text(&format!(
+        r#"{{"event":"start","sequenceNumber":"1","streamSid":"{stream}","start":{{"accountSid":"AC1","streamSid":"{stream}","callSid":"{call}","tracks":["inbound"],"mediaFormat":{{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"customParameters":{{}}}}}}"#
+    )));
+    let silence = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0xffu8; 160]);
+    for i in 0..10 {
+        bytes.extend(masked_text(&format!(
+            r#"{{"event":"media","sequenceNumber":"{}","streamSid":"{stream}","media":{{"track":"inbound","chunk":"{}","timestamp":"{}","payload":"{silence}"}}}}"#,
+            i + 2,
+            i + 1,
+            i * 20
+        )));
+    }
+    bytes.extend(masked_text(&format!(
+        r#"{{"event":"stop","sequenceNumber":"12","streamSid":"{stream}","stop":{{"accountSid":"AC1","callSid":"{call}"}}}}"#
+    )));
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(&bytes).await.expect("one write");
+    let (got, _) = read_to_close(&mut tcp, Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let api = server.api().clone();
+    assert!(api.flush().await);
+    let detail = api
+        .store()
+        .call(call)
+        .await
+        .expect("read")
+        .expect("the call was recorded");
+    assert_eq!(detail.call.stream_sid.as_deref(), Some(stream));
+    assert_eq!(
+        detail.summary["ended"], "closed: Stopped",
+        "the stop (in the same write) ended it: {}",
+        detail.summary
+    );
+    server.stop().await;
+}

@@ -216,9 +216,18 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
             return;
         }
     };
+    // On this worker's runtime from here: its reads and writes wake this thread only.
+    let socket = match ws::Socket::from_upgraded(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+            warn!(error = %e, "cannot move the call's connection to its worker: call refused");
+            return;
+        }
+    };
     // Copies the call's audio when it is recorded (`HARK_RECORD`, `hark_record`).
     let mut socket = crate::recording::RecordingSocket::new(
-        ws::Socket::from_upgraded(socket),
+        socket,
         st.config.recording.enabled,
         crate::recording::MAX_RECORD_MS,
     );
