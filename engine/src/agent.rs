@@ -72,9 +72,42 @@ pub struct MultipartPart {
     pub data: Vec<u8>,
 }
 
+/// [`HttpRequest::stage`] of a speech-to-text request (the cascade's STT).
+pub const STAGE_STT: &str = crate::agents::cascade::PROVIDER_STT;
+/// [`HttpRequest::stage`] of a chat-completion request (the cascade's LLM).
+pub const STAGE_LLM: &str = crate::agents::cascade::PROVIDER_LLM;
+/// [`HttpRequest::stage`] of a text-to-speech request (the cascade's TTS).
+pub const STAGE_TTS: &str = crate::agents::cascade::PROVIDER_TTS;
+/// [`HttpRequest::stage`] of a call of one of the operator's HTTP tools.
+pub const STAGE_TOOL: &str = crate::agents::http_tools::PROVIDER_TOOL;
+/// [`HttpRequest::stage`] of the per-call context lookup at the operator's backend.
+pub const STAGE_CONTEXT: &str = crate::agents::context::PROVIDER_CONTEXT;
+/// [`HttpRequest::stage`] of the ElevenLabs signed-URL lookup.
+pub const STAGE_ELEVENLABS_SIGNED_URL: &str = "elevenlabs_signed_url";
+/// [`WsRequest::stage`] of an ElevenLabs Conversational AI socket.
+pub const STAGE_ELEVENLABS: &str = crate::agents::elevenlabs::PROVIDER;
+/// [`WsRequest::stage`] of an OpenAI Realtime socket.
+pub const STAGE_REALTIME: &str = crate::agents::realtime::PROVIDER;
+/// Every [`HttpRequest::stage`] hark's agents use.
+pub const HTTP_STAGES: [&str; 6] = [
+    STAGE_STT,
+    STAGE_LLM,
+    STAGE_TTS,
+    STAGE_TOOL,
+    STAGE_CONTEXT,
+    STAGE_ELEVENLABS_SIGNED_URL,
+];
+/// Every [`WsRequest::stage`] hark's agents use.
+pub const WS_STAGES: [&str; 2] = [STAGE_ELEVENLABS, STAGE_REALTIME];
+
 /// An HTTP request for a provider (STT, LLM, TTS, signed-URL lookups).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
+    /// What the request is for: the `stage` label of the connector's metrics
+    /// (`hark_provider_requests_total{stage,outcome}`, `hark_provider_response_seconds{stage}`),
+    /// one of the `STAGE_*` constants ([`HTTP_STAGES`]) for hark's own agents. Keep the set
+    /// small: it is a metric label.
+    pub stage: &'static str,
     /// `GET`, `POST`, …
     pub method: String,
     /// Absolute URL.
@@ -105,6 +138,9 @@ pub struct HttpRequest {
 /// A WebSocket to open (ElevenLabs Conversational AI, OpenAI Realtime).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsRequest {
+    /// What the socket is for: the `stage` label of the connector's metrics (see
+    /// [`HttpRequest::stage`]), one of [`WS_STAGES`] for hark's own agents.
+    pub stage: &'static str,
     /// `wss://…` (or `ws://` for local doubles).
     pub url: String,
     /// Extra handshake headers (e.g. `Authorization`).

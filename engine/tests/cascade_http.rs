@@ -205,6 +205,7 @@ async fn server(seen: Shared) -> SocketAddr {
 
 fn req(url: String, method: &str, body: HttpBody, mode: ResponseMode) -> HttpRequest {
     HttpRequest {
+        stage: hark_engine::agent::STAGE_LLM,
         method: method.into(),
         url,
         headers: vec![("Authorization".into(), "Bearer sk-test".into())],

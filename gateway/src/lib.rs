@@ -33,6 +33,7 @@
 //! | [`twiml`] | TwiML writing |
 //! | [`operator`] | the operator's backend: signed events, context and tool requests |
 //! | [`metrics`] | the Prometheus recorder behind `/metrics` |
+//! | [`telemetry`] | the logs and, with the feature `otlp`, OpenTelemetry traces over OTLP/HTTP (`call`, `turn`, `provider_request` spans) |
 //! | [`error`] | [`Error`], the one error type: each subsystem's error, and whether a call can continue |
 //! | `dev` (feature `dev-tools`, default) | the developer tools, re-exported at the crate root: `simulator` (`hark call`), `demo`, `bench`, `turns` (`hark bench turns`), `chaos` (the TCP chaos proxy), `doubles` (the OpenAI-compatible double) |
 
@@ -52,6 +53,7 @@ pub mod recording;
 pub mod serve;
 pub mod server;
 pub mod signature;
+pub mod telemetry;
 pub mod token;
 pub mod twiml;
 pub mod ws;

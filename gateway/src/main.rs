@@ -103,9 +103,13 @@ fn exit_for(errors: &[String]) -> ExitCode {
 fn run(command: Command, rt: &tokio::runtime::Runtime) -> Result<ExitCode, Error> {
     match command {
         // The whole configuration, every section, is read and checked once, before listening.
-        Command::Serve { config } => rt
-            .block_on(async { Hark::load(config.as_deref())?.run(shutdown_signal()).await })
-            .map(|()| ExitCode::SUCCESS),
+        Command::Serve { config } => {
+            let served =
+                rt.block_on(async { Hark::load(config.as_deref())?.run(shutdown_signal()).await });
+            // The trace export (feature `otlp`) sends what is left and stops.
+            hark_gateway::telemetry::shutdown();
+            served.map(|()| ExitCode::SUCCESS)
+        }
         #[cfg(feature = "dev-tools")]
         Command::Call(args) => {
             let report = rt.block_on(hark_gateway::simulator::command(&args))?;

@@ -20,6 +20,8 @@
 //! | `hark_signature_failures_total{route}` | counter | requests refused for a bad `X-Twilio-Signature` |
 //! | `hark_stage_latency_seconds{stage}` | histogram | agent stages per turn: `stt`, `llm_ttft`, `tts_ttfb`, `greeting` |
 //! | `hark_provider_faults_total{provider,kind}` | counter | provider faults (retried or answered with a fallback) |
+//! | `hark_provider_requests_total{stage,outcome}` | counter | provider HTTP requests and WebSockets, counted when each ends, by `stage` (`stt`, `llm`, `tts`, `tool`, `context`, `elevenlabs_signed_url`; sockets `elevenlabs`, `realtime`) and `outcome`: `ok`, a fault (`status`, `close`, `timeout`, `connect`, `dropped`, `request`, `content_type`) or `cancelled` (closed by hark first, e.g. at barge-in) |
+//! | `hark_provider_response_seconds{stage}` | histogram | provider request start → response headers (any status), or → WebSocket handshake done |
 //! | `hark_tool_calls_total{name}` | counter | tool calls made by the model |
 //! | `hark_http_requests_total{route,status}` | counter | HTTP requests by route template and status (`crate::ops`) |
 //! | `hark_http_request_seconds{route}` | histogram | request → response head, by route template |
@@ -28,8 +30,9 @@
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds` | counter, gauges | this process, read from `/proc/self` at each scrape (Linux) |
 //!
 //! Labelled counters with known labels (malformed kinds, transfer and hold outcomes,
-//! signature routes, recording results, console refusals) exist at 0 from the start, so a rate
-//! or an error ratio can be computed before the first event.
+//! signature routes, recording results, console refusals, provider request stages and
+//! outcomes) exist at 0 from the start, so a rate or an error ratio can be computed before the
+//! first event.
 //! | `hark_recordings_total{result}` | counter | call recordings written (`saved`) or not (`failed`) |
 //! | `hark_recordings_deleted_total` | counter | recordings deleted by the retention sweep |
 //! | `hark_console_media_streams_total` | counter | browser-phone calls admitted by a console ticket |
@@ -46,6 +49,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Call lengths, s.
 const CALL_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1_800.0, 3_600.0];
+/// Provider response times, s: operator tools and context lookups (ms) up to slow LLMs.
+const PROVIDER_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+];
 const SHORT_BUCKETS: &[f64] = &[
     0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1, 0.001, 0.01, 0.02,
     0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3,
@@ -95,6 +102,12 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     b.set_buckets_for_metric(
                         Matcher::Full("hark_call_duration_seconds".into()),
                         CALL_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(hark_engine::io::http::RESPONSE_SECONDS.into()),
+                        PROVIDER_BUCKETS,
                     )
                 })
                 .ok()?;
@@ -166,6 +179,15 @@ fn describe() {
         "provider faults by provider and kind"
     );
     describe_counter!("hark_tool_calls_total", "tool calls made by the model");
+    describe_counter!(
+        hark_engine::io::http::REQUESTS_TOTAL,
+        "provider HTTP requests and WebSockets, counted when each ends, by stage and outcome"
+    );
+    describe_histogram!(
+        hark_engine::io::http::RESPONSE_SECONDS,
+        metrics::Unit::Seconds,
+        "provider request start to response headers (any status) or WebSocket handshake done"
+    );
     // Register the unlabelled series so they show (as 0) before the first call.
     metrics::gauge!("hark_calls_active").increment(0.0);
     for c in [
@@ -217,6 +239,30 @@ fn zero_labelled() {
         for v in values {
             metrics::counter!(name, label => *v).increment(0);
         }
+    }
+    zero_provider_requests();
+}
+
+/// `hark_provider_requests_total` at 0 for every stage of hark's agents and every outcome its
+/// transport (HTTP or WebSocket) can end with.
+fn zero_provider_requests() {
+    use hark_engine::agent::{HTTP_STAGES, WS_STAGES};
+    use hark_engine::io::{http::HTTP_OUTCOMES, ws::WS_OUTCOMES};
+    let pairs = HTTP_STAGES
+        .iter()
+        .flat_map(|s| HTTP_OUTCOMES.iter().map(move |o| (*s, *o)))
+        .chain(
+            WS_STAGES
+                .iter()
+                .flat_map(|s| WS_OUTCOMES.iter().map(move |o| (*s, *o))),
+        );
+    for (stage, outcome) in pairs {
+        metrics::counter!(
+            hark_engine::io::http::REQUESTS_TOTAL,
+            "stage" => stage,
+            "outcome" => outcome
+        )
+        .increment(0);
     }
 }
 

@@ -271,6 +271,8 @@ impl Bound {
         if let Some(s) = sweeper {
             s.abort();
         }
+        // The last calls' spans (feature `otlp`; nothing to do otherwise).
+        let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
         served.map_err(Error::Serve)
     }
 }
@@ -298,24 +300,26 @@ pub async fn shutdown_signal() {
     info!("shutdown requested: no new calls, waiting for live calls");
 }
 
-/// Starts the logs: `RUST_LOG` (default `info`), as text (ANSI colours on a terminal) or JSON.
-/// A second call changes nothing.
+/// Starts the logs: `RUST_LOG` (default `info`), as text (ANSI colours on a terminal) or JSON;
+/// and, built with the feature `otlp`, OpenTelemetry traces when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (see [`crate::telemetry`]). A second call
+/// changes nothing.
 pub fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    // A second init (e.g. in-process demo) is harmless.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    let otlp = crate::telemetry::OtlpSettings::from_env();
+    match crate::telemetry::init(format, otlp.as_ref()) {
+        Ok(()) => {
+            if let Some(s) = &otlp {
+                info!(
+                    endpoint = s.traces_endpoint,
+                    service = s.service_name,
+                    "sending traces over OTLP"
+                );
+            }
+        }
+        // A second init (e.g. in-process demo) is harmless.
+        Err(crate::telemetry::TelemetryError::AlreadyInstalled) => {}
+        Err(e) => tracing::warn!(error = %e, "no traces"),
+    }
 }
 
 /// Logs the names in the configuration that hark does not read, with the nearest known one.

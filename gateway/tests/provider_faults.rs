@@ -15,7 +15,9 @@
 //! (the record's end of the caller's last voiced frame plus the endpointing silence,
 //! `HARK_STOP_MS`) to the first agent audio the caller heard: at most 2.0 s. What was heard
 //! first (the filler or the answer) is read from the call record, and each fault is counted in
-//! `/metrics`. Run with `--nocapture` for the per-fault figures.
+//! `/metrics`, in `hark_provider_faults_total` and as the connector's outcome in
+//! `hark_provider_requests_total{stage,outcome}`. Run with `--nocapture` for the per-fault
+//! figures.
 
 mod in_process;
 
@@ -174,6 +176,75 @@ fn counted(metrics: &str, provider: &str, kind: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `hark_provider_requests_total{stage,outcome}` in the `/metrics` text (0 when absent).
+fn requests(metrics: &str, stage: &str, outcome: &str) -> f64 {
+    sample(
+        metrics,
+        "hark_provider_requests_total{",
+        &[("stage", stage), ("outcome", outcome)],
+    )
+}
+
+/// The value of the first sample of `prefix` with all `labels` (0 when absent).
+fn sample(metrics: &str, prefix: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(prefix)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The connectors counted each request's outcome by stage (increments over the run: the
+/// recorder is process-wide).
+fn assert_request_outcomes(before: &str, after: &str) {
+    let moved = |stage, outcome| requests(after, stage, outcome) - requests(before, stage, outcome);
+    // Every stage answered well at least once; the injected faults, as the connector saw them.
+    let want = [
+        ("stt", "ok"),
+        ("llm", "ok"),
+        ("tts", "ok"),
+        ("llm", "status"),
+        ("stt", "content_type"),
+        ("llm", "content_type"),
+        ("tts", "content_type"),
+        ("tts", "dropped"),
+        // A hung or stalled request is closed by the agent's deadline first.
+        ("stt", "cancelled"),
+        ("llm", "cancelled"),
+        ("tts", "cancelled"),
+    ];
+    for (stage, outcome) in want {
+        assert!(
+            moved(stage, outcome) >= 1.0,
+            "{stage} {outcome} not counted\n{after}"
+        );
+    }
+    // hark's own requests are well-formed, and the doubles were up throughout.
+    for stage in ["stt", "llm", "tts"] {
+        for outcome in ["request", "connect"] {
+            assert_eq!(moved(stage, outcome), 0.0, "{stage} {outcome}\n{after}");
+        }
+    }
+    // The 429 and the 200s all had response headers.
+    let timed = |m: &str| {
+        sample(
+            m,
+            "hark_provider_response_seconds_count{",
+            &[("stage", "llm")],
+        )
+    };
+    assert!(
+        timed(after) - timed(before) >= moved("llm", "ok") + moved("llm", "status"),
+        "{after}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_every_provider_fault_the_caller_hears_something_within_two_seconds() {
     use Endpoint::*;
@@ -256,6 +327,7 @@ async fn under_every_provider_fault_the_caller_hears_something_within_two_second
             fault: ("llm", "http_429"),
         },
     ];
+    let before = hark_gateway::metrics::render();
     // Two at a time: the 2 s budget is the spec, so keep the shared machine's load moderate.
     let mut outcomes = Vec::new();
     for pair in cases.chunks(2) {
@@ -339,6 +411,7 @@ async fn under_every_provider_fault_the_caller_hears_something_within_two_second
         "{:?}",
         drop.agent_text
     );
+    assert_request_outcomes(&before, &metrics);
     eprintln!("{}", lines.join("\n"));
     for o in outcomes {
         o.double.stop().await;

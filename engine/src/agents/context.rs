@@ -74,7 +74,13 @@ pub fn request(cfg: &ContextConfig, call: &CallFacts) -> HttpRequest {
         "direction": param("Direction"),
         "parameters": call.parameters_json(),
     });
-    operator_post(&cfg.url, body, cfg.timeout_ms, Some(&cfg.secret))
+    operator_post(
+        crate::agent::STAGE_CONTEXT,
+        &cfg.url,
+        body,
+        cfg.timeout_ms,
+        Some(&cfg.secret),
+    )
 }
 
 /// Reads an answer body.

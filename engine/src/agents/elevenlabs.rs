@@ -335,6 +335,7 @@ impl ElevenLabsAgent {
         out.push(Action::Provider(ProviderCommand::Open {
             peer: self.peer,
             spec: OpenSpec::WebSocket(WsRequest {
+                stage: crate::agent::STAGE_ELEVENLABS,
                 url,
                 headers: self.cfg.headers.clone(),
             }),

@@ -240,14 +240,17 @@ impl CallFacts {
 }
 
 /// A POST of JSON `body` to the operator's `url`, signed with `secret`, whose whole JSON answer
-/// is wanted within `timeout_ms` (tools, per-call context).
+/// is wanted within `timeout_ms` (tools, per-call context); `stage` is its metrics label
+/// ([`HttpRequest::stage`]: [`crate::agent::STAGE_TOOL`], [`crate::agent::STAGE_CONTEXT`]).
 pub fn operator_post(
+    stage: &'static str,
     url: &str,
     body: Value,
     timeout_ms: u64,
     secret: Option<&Secret>,
 ) -> HttpRequest {
     HttpRequest {
+        stage,
         method: "POST".into(),
         url: url.to_string(),
         headers: Vec::new(),
@@ -275,7 +278,13 @@ pub fn request(
         "arguments": arguments,
         "parameters": call.parameters_json(),
     });
-    operator_post(&tool.url, body, tool.timeout_ms, secret)
+    operator_post(
+        crate::agent::STAGE_TOOL,
+        &tool.url,
+        body,
+        tool.timeout_ms,
+        secret,
+    )
 }
 
 /// The tool's result from its answer body: compact JSON.

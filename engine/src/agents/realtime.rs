@@ -190,7 +190,11 @@ impl RealtimeConfig {
         if self.api == ApiVersion::Beta {
             headers.push(("OpenAI-Beta".to_string(), "realtime=v1".to_string()));
         }
-        WsRequest { url, headers }
+        WsRequest {
+            stage: crate::agent::STAGE_REALTIME,
+            url,
+            headers,
+        }
     }
 }
 

@@ -39,8 +39,17 @@
 //! Cancellation: the driver aborts the task on `ProviderCommand::Close`; dropping the reqwest
 //! future drops the connection, which is how a provider learns to stop generating (OpenAI stops
 //! a streamed completion when the client goes away).
+//!
+//! Metrics (through the `metrics` facade; the embedding server installs the recorder), by
+//! [`HttpRequest::stage`], here and in [`super::ws`]:
+//!
+//! - [`REQUESTS_TOTAL`] `{stage, outcome}`, counted once when a request ends: `ok` (the whole
+//!   answer was passed on), the fault's [`outcome`] (`status`, `timeout`, `connect`,
+//!   `dropped`, `request`, `content_type`; [`HTTP_OUTCOMES`]), or `cancelled` when the task was
+//!   aborted (`ProviderCommand::Close`, e.g. at barge-in) or the call went away first;
+//! - [`RESPONSE_SECONDS`] `{stage}`: the request's start → its response headers (any status).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -48,6 +57,86 @@ use crate::agent::{
     FaultKind, HttpBody, HttpRequest, MultipartPart, PeerId, ProviderEvent, ProviderFault,
     ProviderMessage, ResponseMode,
 };
+
+/// Counter: provider requests (HTTP requests and WebSockets) by `stage` and `outcome`, each
+/// counted once when it ends (see the module docs).
+pub const REQUESTS_TOTAL: &str = "hark_provider_requests_total";
+/// Histogram, seconds, by `stage`: a request's start → its response headers (HTTP, any
+/// status), or a WebSocket's start → its handshake done.
+pub const RESPONSE_SECONDS: &str = "hark_provider_response_seconds";
+/// `outcome` of a request that ended well: the whole answer passed on, or a WebSocket that
+/// opened and later closed normally.
+pub const OUTCOME_OK: &str = "ok";
+/// `outcome` of a request whose task was aborted (or whose call went away) before it ended.
+pub const OUTCOME_CANCELLED: &str = "cancelled";
+/// Every `outcome` an HTTP request can end with.
+pub const HTTP_OUTCOMES: [&str; 8] = [
+    OUTCOME_OK,
+    "status",
+    "timeout",
+    "connect",
+    "dropped",
+    "request",
+    "content_type",
+    OUTCOME_CANCELLED,
+];
+
+/// The `outcome` label of a request that failed with `kind`: its snake_case name, without the
+/// status or close code (`status`, `close`, `timeout`, `connect`, `dropped`, `request`,
+/// `content_type`; the agents' own kinds by their [`crate::agent::ProviderFault::label`]).
+pub fn outcome(kind: FaultKind) -> &'static str {
+    match kind {
+        FaultKind::Status(_) => "status",
+        FaultKind::Close(_) => "close",
+        FaultKind::Timeout => "timeout",
+        FaultKind::Connect => "connect",
+        FaultKind::Dropped => "dropped",
+        FaultKind::Request => "request",
+        FaultKind::ContentType => "content_type",
+        FaultKind::Stall => "stall",
+        FaultKind::StreamError => "stream_error",
+        FaultKind::EmptyAudio => "empty_audio",
+    }
+}
+
+/// Counts one provider request in [`REQUESTS_TOTAL`] when dropped: with the outcome given to
+/// [`RequestMetric::end`], else `cancelled` (the task was aborted before the request ended).
+#[derive(Debug)]
+pub(crate) struct RequestMetric {
+    stage: &'static str,
+    start: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl RequestMetric {
+    /// A request of `stage` starts now.
+    pub(crate) fn start(stage: &'static str) -> Self {
+        RequestMetric {
+            stage,
+            start: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    /// The response headers (or the WebSocket handshake) arrived: records the time since the
+    /// start in [`RESPONSE_SECONDS`].
+    pub(crate) fn responded(&self) {
+        metrics::histogram!(RESPONSE_SECONDS, "stage" => self.stage)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+
+    /// The request ended with `outcome` (counted when `self` is dropped).
+    pub(crate) fn end(&mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for RequestMetric {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or(OUTCOME_CANCELLED);
+        metrics::counter!(REQUESTS_TOTAL, "stage" => self.stage, "outcome" => outcome).increment(1);
+    }
+}
 
 /// At most this many bytes of a non-2xx body are put in the fault's `detail`.
 pub const ERROR_BODY_BYTES: usize = 2048;
@@ -144,22 +233,29 @@ pub async fn run(
     req: HttpRequest,
     tx: mpsc::UnboundedSender<ProviderEvent>,
 ) {
+    let mut metric = RequestMetric::start(req.stage);
     let timeout = req
         .timeout_ms
         .map_or(client.cfg.default_timeout, Duration::from_millis);
-    let fut = execute(&client, peer, req, &tx);
-    let end = match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(())) => ProviderEvent::Closed { peer },
-        Ok(Err(fault)) => ProviderEvent::Failed { peer, fault },
-        Err(_) => ProviderEvent::Failed {
-            peer,
-            fault: ProviderFault::new(
-                FaultKind::Timeout,
-                format!("no complete response within {} ms", timeout.as_millis()),
-            ),
-        },
+    let fut = execute(&client, peer, req, &tx, &metric);
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ProviderFault::new(
+            FaultKind::Timeout,
+            format!("no complete response within {} ms", timeout.as_millis()),
+        )),
     };
-    let _ = tx.send(end);
+    let (end, label) = match result {
+        Ok(()) => (ProviderEvent::Closed { peer }, OUTCOME_OK),
+        Err(fault) => {
+            let label = outcome(fault.kind);
+            (ProviderEvent::Failed { peer, fault }, label)
+        }
+    };
+    // A call that went away first (its events unread) cancelled the request: left unended.
+    if tx.send(end).is_ok() {
+        metric.end(label);
+    }
 }
 
 /// A reqwest error as a fault: a timeout, a failed connection, a request that could not be
@@ -213,6 +309,7 @@ async fn execute(
     peer: PeerId,
     req: HttpRequest,
     tx: &mpsc::UnboundedSender<ProviderEvent>,
+    metric: &RequestMetric,
 ) -> Result<(), ProviderFault> {
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| {
         ProviderFault::new(FaultKind::Request, format!("method {:?}: {e}", req.method))
@@ -238,6 +335,7 @@ async fn execute(
         rb = rb.body(data);
     }
     let mut resp = rb.send().await.map_err(|e| fault(&e))?;
+    metric.responded();
     let status = resp.status().as_u16();
     if !resp.status().is_success() {
         let retry_after_ms = retry_after_ms(resp.headers());
@@ -498,9 +596,149 @@ impl SseParser {
     }
 }
 
+/// A `metrics` recorder for tests.
+#[cfg(test)]
+pub(crate) mod test_recorder;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::STAGE_LLM;
+    use test_recorder::with_log;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server on 127.0.0.1:0 that reads each request's head and answers it with `answer`
+    /// (raw HTTP), or holds the connection without answering when `None`.
+    async fn double(answer: Option<&'static str>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match answer {
+                        Some(a) => {
+                            let _ = s.write_all(a.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        format!("http://{addr}/v1/chat/completions")
+    }
+
+    fn get(url: &str) -> HttpRequest {
+        HttpRequest {
+            stage: STAGE_LLM,
+            method: "GET".into(),
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: HttpBody::Empty,
+            response: ResponseMode::Whole,
+            timeout_ms: Some(300),
+            accept: Vec::new(),
+            sign: None,
+        }
+    }
+
+    /// Runs `req` to its end; returns its last event.
+    async fn last_event(req: HttpRequest) -> ProviderEvent {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        run(Client::default(), PeerId(1), req, tx).await;
+        let mut last = None;
+        while let Ok(ev) = rx.try_recv() {
+            last = Some(ev);
+        }
+        last.expect("an event")
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+    const BUSY: &str =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy";
+
+    #[test]
+    fn each_request_is_counted_once_by_stage_and_outcome() {
+        let ((), log) = with_log(|| async {
+            let ok = last_event(get(&double(Some(OK)).await)).await;
+            assert_eq!(ok, ProviderEvent::Closed { peer: PeerId(1) });
+            let busy = last_event(get(&double(Some(BUSY)).await)).await;
+            assert!(
+                matches!(&busy, ProviderEvent::Failed { fault, .. } if fault.http_status() == Some(503)),
+                "{busy:?}"
+            );
+            let hang = last_event(get(&double(None).await)).await;
+            assert!(
+                matches!(&hang, ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Timeout),
+                "{hang:?}"
+            );
+            // Nothing listens on a port just released.
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let refused = format!("http://{}/", l.local_addr().expect("addr"));
+            drop(l);
+            let refused = last_event(get(&refused)).await;
+            assert!(
+                matches!(&refused, ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Connect),
+                "{refused:?}"
+            );
+            // Aborted in flight, as the driver does on `ProviderCommand::Close`.
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let mut req = get(&double(None).await);
+            req.timeout_ms = Some(60_000);
+            let task = tokio::spawn(run(Client::default(), PeerId(2), req, tx));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            task.abort();
+            assert!(task.await.expect_err("aborted").is_cancelled());
+        });
+        let count = |outcome| log.sum(REQUESTS_TOTAL, &[("stage", "llm"), ("outcome", outcome)]);
+        for outcome in ["ok", "status", "timeout", "connect", "cancelled"] {
+            assert_eq!(count(outcome), 1.0, "{outcome}: {log:?}");
+        }
+        assert_eq!(log.sum(REQUESTS_TOTAL, &[]), 5.0, "{log:?}");
+        // Response headers came for the 200 and the 503 only, each within the test.
+        let times = log.values(RESPONSE_SECONDS, &[("stage", "llm")]);
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(times.iter().all(|t| (0.0..5.0).contains(t)), "{times:?}");
+    }
+
+    #[test]
+    fn a_request_whose_call_went_away_is_cancelled_and_outcomes_name_kinds() {
+        let ((), log) = with_log(|| async {
+            let (tx, rx) = mpsc::unbounded_channel();
+            drop(rx);
+            run(
+                Client::default(),
+                PeerId(1),
+                get(&double(Some(OK)).await),
+                tx,
+            )
+            .await;
+        });
+        let labels = [("stage", "llm"), ("outcome", "cancelled")];
+        assert_eq!(log.sum(REQUESTS_TOTAL, &labels), 1.0, "{log:?}");
+        assert_eq!(outcome(FaultKind::Status(429)), "status");
+        assert_eq!(outcome(FaultKind::Close(1011)), "close");
+        assert_eq!(outcome(FaultKind::ContentType), "content_type");
+        for k in [
+            FaultKind::Status(500),
+            FaultKind::Timeout,
+            FaultKind::Connect,
+            FaultKind::Dropped,
+            FaultKind::Request,
+            FaultKind::ContentType,
+        ] {
+            assert!(HTTP_OUTCOMES.contains(&outcome(k)), "{k:?}");
+        }
+    }
 
     fn parse_in_pieces(body: &[u8], piece: usize) -> Vec<String> {
         let mut p = SseParser::default();

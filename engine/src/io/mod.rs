@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::agent::{OpenSpec, PeerId, ProviderCommand, ProviderEvent, ProviderMessage};
 
@@ -188,14 +189,19 @@ impl Providers for Connectors {
                 }
                 let tx = self.tx.clone();
                 let pipe = match spec {
-                    OpenSpec::Http(req) => Pipe {
-                        task: tokio::spawn(http::run(self.http.clone(), peer, req, tx)),
-                        outgoing: None,
-                    },
+                    OpenSpec::Http(req) => {
+                        let span = request_span("http", req.stage, &req.url, peer);
+                        let run = http::run(self.http.clone(), peer, req, tx);
+                        Pipe {
+                            task: tokio::spawn(run.instrument(span)),
+                            outgoing: None,
+                        }
+                    }
                     OpenSpec::WebSocket(req) => {
                         let (otx, orx) = mpsc::unbounded_channel();
+                        let span = request_span("ws", req.stage, &req.url, peer);
                         Pipe {
-                            task: tokio::spawn(ws::run(peer, req, orx, tx)),
+                            task: tokio::spawn(ws::run(peer, req, orx, tx).instrument(span)),
                             outgoing: Some(otx),
                         }
                     }
@@ -233,6 +239,26 @@ impl Providers for Connectors {
             None => std::future::pending().await,
         }
     }
+}
+
+/// The `provider_request` span of a provider pipe, a child of the current span (the gateway's
+/// `call`): `kind` (`http` or `ws`), `stage` ([`crate::agent::HttpRequest::stage`]), the
+/// URL's `server.address` (host) and `url.path` (never the query, which may hold a key), and
+/// the agent's `peer` id. It lasts as long as the pipe's task: the request and its whole
+/// response, or the socket's life.
+fn request_span(kind: &'static str, stage: &'static str, url: &str, peer: PeerId) -> tracing::Span {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    tracing::info_span!(
+        "provider_request",
+        otel.kind = "client",
+        kind,
+        stage,
+        server.address = host.rsplit('@').next().unwrap_or(host),
+        url.path = format_args!("/{path}"),
+        peer = peer.0,
+    )
 }
 
 /// A transfer in flight: polled by the driver alongside the socket (not `Send`: calls run on

@@ -27,6 +27,13 @@
 //!   drops the connection: abort = close, and the provider stops generating. If the
 //!   connectors go away instead (the outgoing channel ends), the task sends a normal close
 //!   frame (1000) and ends without an event.
+//! - **Metrics**: as for HTTP requests ([`super::http`]), by [`WsRequest::stage`]:
+//!   [`super::http::REQUESTS_TOTAL`] counts each socket once when it ends — `ok` when it opened
+//!   and later closed normally (1000 or no code), else the fault's
+//!   [`super::http::outcome`] (`status`, `close`, `timeout`, `connect`, `request` before the
+//!   handshake; `close`, `dropped` after it; [`WS_OUTCOMES`]), or `cancelled` when hark
+//!   closed it (the task aborted, or the connectors gone); [`super::http::RESPONSE_SECONDS`]
+//!   times the start → the handshake done.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -43,7 +50,20 @@ use tokio_tungstenite::{
     Connector, MaybeTlsStream, WebSocketStream, connect_async_tls_with_config,
 };
 
+use super::http::{OUTCOME_CANCELLED, OUTCOME_OK, RequestMetric, outcome};
 use crate::agent::{FaultKind, PeerId, ProviderEvent, ProviderFault, ProviderMessage, WsRequest};
+
+/// Every `outcome` a WebSocket can end with ([`super::http::REQUESTS_TOTAL`]).
+pub const WS_OUTCOMES: [&str; 8] = [
+    OUTCOME_OK,
+    "status",
+    "close",
+    "timeout",
+    "connect",
+    "dropped",
+    "request",
+    OUTCOME_CANCELLED,
+];
 
 /// Read buffer per connection, bytes (tungstenite's default is 128 KiB).
 pub const READ_BUFFER_BYTES: usize = 4096;
@@ -180,8 +200,10 @@ pub async fn run(
     mut outgoing: mpsc::UnboundedReceiver<ProviderMessage>,
     tx: mpsc::UnboundedSender<ProviderEvent>,
 ) {
+    let mut metric = RequestMetric::start(req.stage);
     let mut ws = match connect(&req).await {
         Ok((ws, status)) => {
+            metric.responded();
             let _ = tx.send(ProviderEvent::Opened {
                 peer,
                 status: Some(status),
@@ -189,6 +211,7 @@ pub async fn run(
             ws
         }
         Err(fault) => {
+            metric.end(outcome(fault.kind));
             let _ = tx.send(ProviderEvent::Failed { peer, fault });
             return;
         }
@@ -216,19 +239,25 @@ pub async fn run(
                     let ev = match frame {
                         Some(f) if f.code != CloseCode::Normal && f.code != CloseCode::Status => {
                             let code = u16::from(f.code);
+                            metric.end(outcome(FaultKind::Close(code)));
                             failed(peer, FaultKind::Close(code), f.reason.as_str())
                         }
-                        _ => ProviderEvent::Closed { peer },
+                        _ => {
+                            metric.end(OUTCOME_OK);
+                            ProviderEvent::Closed { peer }
+                        }
                     };
                     let _ = tx.send(ev);
                     return;
                 }
                 Some(Err(e)) => {
+                    metric.end(outcome(FaultKind::Dropped));
                     let _ = tx.send(failed(peer, FaultKind::Dropped, format!("WebSocket: {e}")));
                     return;
                 }
                 None => {
                     let e = "WebSocket ended without a close frame";
+                    metric.end(outcome(FaultKind::Dropped));
                     let _ = tx.send(failed(peer, FaultKind::Dropped, e));
                     return;
                 }
@@ -247,12 +276,14 @@ pub async fn run(
                     }
                     if let Err(e) = r {
                         let e = format!("WebSocket send: {e}");
+                        metric.end(outcome(FaultKind::Dropped));
                         let _ = tx.send(failed(peer, FaultKind::Dropped, e));
                         return;
                     }
                 }
                 None => {
-                    // The connectors are gone: close politely and stop.
+                    // The connectors are gone: close politely and stop (`cancelled`: hark
+                    // ended it, as with an abort).
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
                     return;
                 }
@@ -307,6 +338,7 @@ mod tests {
         let (otx, orx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let req = WsRequest {
+            stage: crate::agent::STAGE_REALTIME,
             url: url.to_string(),
             headers: headers
                 .iter()
@@ -495,6 +527,58 @@ mod tests {
             next(&mut p).await,
             ProviderEvent::Failed { fault, .. } if fault.kind == FaultKind::Request
         ));
+    }
+
+    #[test]
+    fn each_socket_is_counted_once_by_stage_and_outcome() {
+        use crate::io::http::test_recorder::with_log;
+        use crate::io::http::{REQUESTS_TOTAL, RESPONSE_SECONDS};
+        let ((), log) = with_log(|| async {
+            // Opened, then closed normally.
+            let (url, server) = serve(|mut ws, _| async move {
+                ws.close(None).await.expect("close");
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            let mut p = open(&url, &[]);
+            assert!(matches!(next(&mut p).await, ProviderEvent::Opened { .. }));
+            assert!(matches!(next(&mut p).await, ProviderEvent::Closed { .. }));
+            server.await.expect("server");
+            // Opened, then dropped without a close frame.
+            let (url, server) = serve(|ws, _| async move { drop(ws) }).await;
+            let mut p = open(&url, &[]);
+            assert!(matches!(next(&mut p).await, ProviderEvent::Opened { .. }));
+            assert!(matches!(next(&mut p).await, ProviderEvent::Failed { .. }));
+            server.await.expect("server");
+            // Opened, then closed by hark (the driver aborts the task).
+            let (url, server) =
+                serve(|mut ws, _| async move { while let Some(Ok(_)) = ws.next().await {} }).await;
+            let mut p = open(&url, &[]);
+            assert!(matches!(next(&mut p).await, ProviderEvent::Opened { .. }));
+            p.task.abort();
+            assert!(p.task.await.expect_err("aborted").is_cancelled());
+            server.await.expect("server");
+            // Never opened.
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = l.local_addr().expect("addr");
+            drop(l);
+            let mut p = open(&format!("ws://{addr}/"), &[]);
+            assert!(matches!(next(&mut p).await, ProviderEvent::Failed { .. }));
+            p.task.await.expect("task");
+        });
+        let count = |outcome| {
+            log.sum(
+                REQUESTS_TOTAL,
+                &[("stage", "realtime"), ("outcome", outcome)],
+            )
+        };
+        for outcome in ["ok", "dropped", "cancelled", "connect"] {
+            assert_eq!(count(outcome), 1.0, "{outcome}: {log:?}");
+            assert!(WS_OUTCOMES.contains(&outcome));
+        }
+        assert_eq!(log.sum(REQUESTS_TOTAL, &[]), 4.0, "{log:?}");
+        let opened = log.values(RESPONSE_SECONDS, &[("stage", "realtime")]);
+        assert_eq!(opened.len(), 3, "{opened:?}");
     }
 
     #[test]

@@ -201,6 +201,19 @@ fn worker_http(shared: &hark_engine::io::http::Client) -> hark_engine::io::http:
     })
 }
 
+/// The upgraded connection on this worker's runtime from here (its reads and writes wake this
+/// thread only); `None`, counted and logged, when it cannot be moved.
+fn take_over(socket: ws::UpgradedSocket) -> Option<ws::Socket> {
+    match ws::Socket::from_upgraded(socket) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
+            warn!(error = %e, "cannot move the call's connection to its worker: call refused");
+            None
+        }
+    }
+}
+
 async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns::Slot) {
     let agent = match (st.agents)(&crate::serve::AgentContext::new(&st.config)) {
         Ok(a) => a,
@@ -216,14 +229,8 @@ async fn run_call(st: &AppState, socket: ws::UpgradedSocket, slot: crate::conns:
             return;
         }
     };
-    // On this worker's runtime from here: its reads and writes wake this thread only.
-    let socket = match ws::Socket::from_upgraded(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            metrics::counter!("hark_ws_errors_total", "kind" => "upgrade").increment(1);
-            warn!(error = %e, "cannot move the call's connection to its worker: call refused");
-            return;
-        }
+    let Some(socket) = take_over(socket) else {
+        return;
     };
     // Copies the call's audio when it is recorded (`HARK_RECORD`, `hark_record`).
     let mut socket = crate::recording::RecordingSocket::new(

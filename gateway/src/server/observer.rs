@@ -21,6 +21,8 @@ pub(super) struct CallObserver {
     pub(super) slot: Option<crate::conns::Slot>,
     /// Transfers that failed (the call went on after each), for the record.
     pub(super) failed_transfers: Vec<String>,
+    /// The `turn` spans of turns not yet over.
+    pub(super) turn_spans: TurnSpans,
 }
 
 impl CallObserver {
@@ -65,6 +67,7 @@ impl hark_engine::io::Observer for CallObserver {
         // The record: a fold over the events, which name their caller turn.
         let done = self.turns.apply(event);
         self.record_turn(done, true);
+        self.turn_spans.event(event);
         match event {
             Event::Started(info) => {
                 let span = tracing::Span::current();
@@ -182,6 +185,102 @@ impl hark_engine::io::Observer for CallObserver {
     }
 }
 
+/// The `turn` spans of a call (children of its `call` span; exported as traces with the
+/// feature `otlp`, see [`crate::telemetry`]). A turn's span opens when the caller starts
+/// speaking and closes when its answer has played, when the caller barged in on it, when its
+/// speech was dropped as too short, when a later turn ends, or with the call. Fields:
+/// `turn` (its number), `start_ms`/`end_ms` (media time of the caller's speech),
+/// `latency_ms` (caller's last voiced frame → the answer's first audio sent),
+/// `voice_to_voice_ms` (→ the caller began hearing it), `interrupted` (barged in on),
+/// `discarded` (too short to be a turn).
+#[derive(Default)]
+pub(super) struct TurnSpans {
+    open: Vec<(u32, tracing::Span)>,
+}
+
+impl TurnSpans {
+    fn open(&mut self, turn: u32, start_ms: u64) -> &tracing::Span {
+        if let Some(i) = self.open.iter().position(|(t, _)| *t == turn) {
+            return &self.open[i].1;
+        }
+        let span = tracing::info_span!(
+            "turn",
+            turn,
+            start_ms,
+            end_ms = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            voice_to_voice_ms = tracing::field::Empty,
+            interrupted = false,
+            discarded = tracing::field::Empty,
+        );
+        self.open.push((turn, span));
+        &self.open[self.open.len() - 1].1
+    }
+
+    fn get(&self, turn: Option<hark_engine::TurnId>) -> Option<&tracing::Span> {
+        let turn = turn?.0;
+        self.open.iter().find(|(t, _)| *t == turn).map(|(_, s)| s)
+    }
+
+    /// Closes the spans of turns for which `which` is true.
+    fn close(&mut self, which: impl Fn(u32) -> bool) {
+        self.open.retain(|(t, _)| !which(*t));
+    }
+
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::UserSpeechStarted { turn, media_ms, .. } => {
+                self.open(turn.0, *media_ms);
+            }
+            Event::UserTurnEnded {
+                turn,
+                start_ms,
+                end_ms,
+                ..
+            } => {
+                self.open(turn.0, *start_ms).record("end_ms", end_ms);
+                // Earlier turns still open got no answer before this one: over.
+                self.close(|t| t < turn.0);
+            }
+            Event::UserSpeechDiscarded { turn, kept, .. } => {
+                if let Some(s) = self.get(Some(*turn)) {
+                    s.record("discarded", !kept);
+                }
+                self.close(|t| t == turn.0);
+            }
+            Event::AgentAudioStarted {
+                turn,
+                since_user_end: Some(d),
+                ..
+            } => {
+                if let Some(s) = self.get(*turn) {
+                    s.record("latency_ms", d.as_millis() as u64);
+                }
+            }
+            Event::AgentAudioHeard {
+                turn,
+                since_user_end: Some(d),
+                ..
+            } => {
+                if let Some(s) = self.get(*turn) {
+                    s.record("voice_to_voice_ms", d.as_millis() as u64);
+                }
+            }
+            Event::UtterancePlayed { turn: Some(t), .. } => self.close(|o| o == t.0),
+            Event::BargeIn(b) => {
+                if let Some(s) = self.get(b.turn) {
+                    s.record("interrupted", true);
+                }
+                if let Some(t) = b.turn {
+                    self.close(|o| o == t.0);
+                }
+            }
+            Event::Stopped { .. } => self.close(|_| true),
+            _ => {}
+        }
+    }
+}
+
 /// A held answer played on: counted by why, logged with how long it was held.
 fn resumed(held: std::time::Duration, backchannel: bool) {
     let outcome = if backchannel {
@@ -194,4 +293,194 @@ fn resumed(held: std::time::Duration, backchannel: bool) {
         held_ms = held.as_millis() as u64,
         outcome, "agent audio resumed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use hark_engine::playout::Interrupted;
+    use hark_engine::{BargeIn, Event, TurnId, UtteranceId};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::TurnSpans;
+
+    /// A span's fields as text.
+    #[derive(Default, Clone, Debug)]
+    struct Fields(Vec<(String, String)>);
+
+    impl Fields {
+        fn get(&self, k: &str) -> Option<&str> {
+            self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        }
+    }
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let v = format!("{value:?}");
+            match self.0.iter_mut().find(|(n, _)| n == field.name()) {
+                Some(e) => e.1 = v,
+                None => self.0.push((field.name().to_string(), v)),
+            }
+        }
+    }
+
+    /// A closed span: its name, its parent's name, its fields.
+    type Span = (String, Option<String>, Fields);
+
+    /// Closed spans in the order they closed.
+    #[derive(Default, Clone)]
+    struct Closed(Arc<Mutex<Vec<Span>>>);
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Closed {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: Context<'_, S>,
+        ) {
+            let mut f = Fields::default();
+            attrs.record(&mut f);
+            ctx.span(id).unwrap().extensions_mut().insert(f);
+        }
+
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: Context<'_, S>,
+        ) {
+            let span = ctx.span(id).unwrap();
+            let mut ext = span.extensions_mut();
+            values.record(ext.get_mut::<Fields>().unwrap());
+        }
+
+        fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
+            let span = ctx.span(&id).unwrap();
+            let fields = span.extensions().get::<Fields>().cloned().unwrap();
+            let parent = span.parent().map(|p| p.name().to_string());
+            self.0
+                .lock()
+                .unwrap()
+                .push((span.name().to_string(), parent, fields));
+        }
+    }
+
+    impl Closed {
+        fn turns(&self) -> Vec<Fields> {
+            let closed = self.0.lock().unwrap();
+            closed
+                .iter()
+                .filter(|(n, _, _)| n == "turn")
+                .map(|(_, parent, f)| {
+                    assert_eq!(parent.as_deref(), Some("call"));
+                    f.clone()
+                })
+                .collect()
+        }
+    }
+
+    fn started(turn: u32, media_ms: u64) -> Event {
+        Event::UserSpeechStarted {
+            turn: TurnId(turn),
+            media_ms,
+            at: Instant::now(),
+        }
+    }
+
+    fn ended(turn: u32, start_ms: u64, end_ms: u64) -> Event {
+        Event::UserTurnEnded {
+            turn: TurnId(turn),
+            start_ms,
+            end_ms,
+            speech_end_at: Instant::now(),
+            at: Instant::now(),
+            forced: false,
+        }
+    }
+
+    #[test]
+    fn a_turn_span_lasts_from_the_callers_speech_until_its_answer_is_over() {
+        let closed = Closed::default();
+        let subscriber = tracing_subscriber::registry().with(closed.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let call = tracing::info_span!("call");
+            let _in_call = call.enter();
+            let mut spans = TurnSpans::default();
+            // Turn 0: answered, then barged in on.
+            spans.event(&started(0, 1_000));
+            spans.event(&ended(0, 1_000, 2_000));
+            spans.event(&Event::AgentAudioStarted {
+                id: UtteranceId(1),
+                turn: Some(TurnId(0)),
+                at: Instant::now(),
+                since_user_end: Some(Duration::from_millis(640)),
+                before_turn_end: false,
+            });
+            // The caller speaks over the answer: turn 1 starts before the barge-in is decided.
+            spans.event(&started(1, 3_000));
+            assert!(closed.turns().is_empty());
+            spans.event(&Event::BargeIn(BargeIn {
+                at: Instant::now(),
+                speech_start_ms: 3_000,
+                decided_ms: 3_200,
+                turn: Some(TurnId(0)),
+                interrupted: Interrupted {
+                    id: UtteranceId(1),
+                    heard_ms: 500,
+                    sent_ms: 800,
+                    produced_ms: 1_000,
+                    heard_text: None,
+                    dropped: vec![],
+                },
+            }));
+            let t = closed.turns();
+            assert_eq!(t.len(), 1);
+            assert_eq!(t[0].get("turn"), Some("0"));
+            assert_eq!(t[0].get("start_ms"), Some("1000"));
+            assert_eq!(t[0].get("end_ms"), Some("2000"));
+            assert_eq!(t[0].get("latency_ms"), Some("640"));
+            assert_eq!(t[0].get("interrupted"), Some("true"));
+            // Turn 1 was a cough: dropped, its number reused.
+            spans.event(&Event::UserSpeechDiscarded {
+                turn: TurnId(1),
+                kept: false,
+                start_ms: 3_000,
+                end_ms: 3_100,
+            });
+            let t = closed.turns();
+            assert_eq!(t.len(), 2);
+            assert_eq!(t[1].get("discarded"), Some("true"));
+            // Turn 1 again, not answered before turn 2 ends; turn 2 open at the call's end.
+            spans.event(&started(1, 4_000));
+            spans.event(&ended(1, 4_000, 5_000));
+            spans.event(&started(2, 6_000));
+            assert_eq!(closed.turns().len(), 2);
+            spans.event(&ended(2, 6_000, 7_000));
+            let t = closed.turns();
+            assert_eq!(t.len(), 3);
+            assert_eq!(
+                (t[2].get("turn"), t[2].get("interrupted")),
+                (Some("1"), Some("false"))
+            );
+            assert_eq!(t[2].get("latency_ms"), None);
+            // Turn 2's answer plays to the end; turn 3 is still open when the call ends.
+            spans.event(&Event::UtterancePlayed {
+                id: UtteranceId(2),
+                turn: Some(TurnId(2)),
+                heard_ms: 900,
+            });
+            let t = closed.turns();
+            assert_eq!(t.len(), 4);
+            assert_eq!(t[3].get("turn"), Some("2"));
+            spans.event(&started(3, 9_000));
+            spans.event(&Event::Stopped { at: Instant::now() });
+            let t = closed.turns();
+            assert_eq!(t.len(), 5);
+            assert_eq!(t[4].get("turn"), Some("3"));
+        });
+    }
 }

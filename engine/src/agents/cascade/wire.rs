@@ -218,6 +218,7 @@ pub fn transcription_request(cfg: &CascadeConfig, wav: Vec<u8>) -> HttpRequest {
         parts.push(text_part("stream", "true"));
     }
     HttpRequest {
+        stage: crate::agent::STAGE_STT,
         method: "POST".into(),
         url: s.endpoint.url("/audio/transcriptions"),
         headers: s.endpoint.headers(),
@@ -316,6 +317,7 @@ pub fn chat_request(cfg: &CascadeConfig, messages: &[ChatMessage]) -> HttpReques
     let mut body = json_of(&request);
     body["messages"] = messages.iter().map(ChatMessage::to_json).collect();
     HttpRequest {
+        stage: crate::agent::STAGE_LLM,
         method: "POST".into(),
         url: l.endpoint.url("/chat/completions"),
         headers: l.endpoint.headers(),
@@ -342,6 +344,7 @@ pub fn speech_request(cfg: &CascadeConfig, text: &str) -> HttpRequest {
         stream_format: None,
     };
     HttpRequest {
+        stage: crate::agent::STAGE_TTS,
         method: "POST".into(),
         url: t.endpoint.url("/audio/speech"),
         headers: t.endpoint.headers(),

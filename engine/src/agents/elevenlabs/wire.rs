@@ -50,6 +50,7 @@ impl SignedUrlLookup {
     /// the agent's deadline fires first.
     pub fn request(&self) -> HttpRequest {
         HttpRequest {
+            stage: crate::agent::STAGE_ELEVENLABS_SIGNED_URL,
             method: "GET".to_string(),
             url: self.url.clone(),
             headers: vec![
