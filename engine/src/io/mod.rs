@@ -401,6 +401,17 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
     let mut last_rx = began;
     // The transfer in flight, with its target.
     let mut transfer: Option<(String, TransferFuture)> = None;
+    // Two timers for the whole call, moved only when needed: the call's own deadline (re-armed
+    // when it changes, e.g. once per outbound frame while audio plays) and the watchdog, which
+    // is never moved later by a frame (that would re-arm it 50 times a second): when it fires
+    // early it is moved to the real deadline instead.
+    let call_timer = tokio::time::sleep_until(began);
+    tokio::pin!(call_timer);
+    let mut armed: Option<tokio::time::Instant> = None;
+    let watchdog_timer = tokio::time::sleep_until(began + cfg.start_timeout.min(cfg.idle_timeout));
+    tokio::pin!(watchdog_timer);
+    let stop = stop_requested(shutdown);
+    tokio::pin!(stop);
     loop {
         // Carry out everything the call has to say.
         let next = match carry_out(
@@ -418,6 +429,12 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             Err(ended) => return ended,
         };
         let deadline = next.map(tokio::time::Instant::from_std);
+        if deadline != armed {
+            if let Some(d) = deadline {
+                call_timer.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         // Before `start`, the start deadline; after it, the idle deadline.
         let (watchdog, fault) = if call.info().is_none() {
             (
@@ -468,16 +485,22 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 let CallNotice::AnsweredBy(answered_by) = notice;
                 call.handle_input(Input::AnsweredBy { at: now(), answered_by });
             }
-            _ = sleep_until_opt(deadline) => {
+            () = &mut call_timer, if armed.is_some() => {
+                armed = None;
                 call.handle_input(Input::Timeout(now()));
             }
-            _ = stop_requested(shutdown) => {
+            () = &mut stop => {
                 call.handle_input(Input::TwilioClosed { at: now() });
                 drain_events(call, observer, providers);
                 socket.close_with(CLOSE_GOING_AWAY, "server shutting down").await;
                 return Ended::Shutdown;
             }
-            _ = tokio::time::sleep_until(watchdog) => {
+            () = &mut watchdog_timer => {
+                if tokio::time::Instant::now() < watchdog {
+                    // Frames came since it was set: wait for the real deadline.
+                    watchdog_timer.as_mut().reset(watchdog);
+                    continue;
+                }
                 call.handle_input(Input::TwilioClosed { at: now() });
                 drain_events(call, observer, providers);
                 let (code, why) = match fault {
@@ -591,13 +614,6 @@ async fn stop_requested(shutdown: &mut ShutdownSignal) {
 
 /// The message buffer is replaced by a small one after a message larger than this (bytes).
 const MESSAGE_BUFFER_KEEP_BYTES: usize = 64 * 1024;
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 fn drain_events<O: Observer, P: Providers>(call: &mut Call, observer: &mut O, providers: &mut P) {
     loop {
