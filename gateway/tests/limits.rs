@@ -267,13 +267,20 @@ async fn frames_sent_with_the_upgrade_request_reach_the_call() {
         String::from_utf8_lossy(&got)
     );
     let api = server.api().clone();
-    assert!(api.flush().await);
-    let detail = api
-        .store()
-        .call(call)
-        .await
-        .expect("read")
-        .expect("the call was recorded");
+    // The call task hands in its summary after the socket has closed: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let detail = loop {
+        assert!(api.flush().await);
+        let d = api.store().call(call).await.expect("read");
+        if let Some(d) = d.filter(|d| !d.summary.is_null()) {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call was never recorded as ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(detail.call.stream_sid.as_deref(), Some(stream));
     assert_eq!(
         detail.summary["ended"], "closed: Stopped",

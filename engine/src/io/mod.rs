@@ -401,15 +401,7 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
     let mut last_rx = began;
     // The transfer in flight, with its target.
     let mut transfer: Option<(String, TransferFuture)> = None;
-    // Two timers for the whole call, moved only when needed: the call's own deadline (re-armed
-    // when it changes, e.g. once per outbound frame while audio plays) and the watchdog, which
-    // is never moved later by a frame (that would re-arm it 50 times a second): when it fires
-    // early it is moved to the real deadline instead.
-    let call_timer = tokio::time::sleep_until(began);
-    tokio::pin!(call_timer);
-    let mut armed: Option<tokio::time::Instant> = None;
-    let watchdog_timer = tokio::time::sleep_until(began + cfg.start_timeout.min(cfg.idle_timeout));
-    tokio::pin!(watchdog_timer);
+    let mut timers = CallTimers::new(began, cfg);
     let stop = stop_requested(shutdown);
     tokio::pin!(stop);
     loop {
@@ -428,13 +420,7 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             Ok(next) => next,
             Err(ended) => return ended,
         };
-        let deadline = next.map(tokio::time::Instant::from_std);
-        if deadline != armed {
-            if let Some(d) = deadline {
-                call_timer.as_mut().reset(d);
-            }
-            armed = deadline;
-        }
+        timers.arm(next.map(tokio::time::Instant::from_std));
         // Before `start`, the start deadline; after it, the idle deadline.
         let (watchdog, fault) = if call.info().is_none() {
             (
@@ -485,8 +471,8 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 let CallNotice::AnsweredBy(answered_by) = notice;
                 call.handle_input(Input::AnsweredBy { at: now(), answered_by });
             }
-            () = &mut call_timer, if armed.is_some() => {
-                armed = None;
+            () = timers.call.as_mut(), if timers.armed.is_some() => {
+                timers.armed = None;
                 call.handle_input(Input::Timeout(now()));
             }
             () = &mut stop => {
@@ -495,10 +481,8 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 socket.close_with(CLOSE_GOING_AWAY, "server shutting down").await;
                 return Ended::Shutdown;
             }
-            () = &mut watchdog_timer => {
-                if tokio::time::Instant::now() < watchdog {
-                    // Frames came since it was set: wait for the real deadline.
-                    watchdog_timer.as_mut().reset(watchdog);
+            () = timers.watchdog.as_mut() => {
+                if !timers.watchdog_due(watchdog) {
                     continue;
                 }
                 call.handle_input(Input::TwilioClosed { at: now() });
@@ -511,6 +495,50 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 return Ended::Failed(fault);
             }
         }
+    }
+}
+
+/// A call's two timers, kept for the whole call and moved only when needed (instead of two
+/// new timer registrations per message): the call's own deadline, re-armed when it changes
+/// (e.g. once per outbound frame while audio plays), and the start/idle watchdog, which a frame
+/// never moves later (that would re-arm it 50 times a second): when it fires early it is moved
+/// to the real deadline instead. The watchdog's deadline only ever moves later.
+struct CallTimers {
+    call: Pin<Box<tokio::time::Sleep>>,
+    /// What `call` is set to; `None`: not armed (fired, or the call has no deadline).
+    armed: Option<tokio::time::Instant>,
+    watchdog: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl CallTimers {
+    fn new(began: tokio::time::Instant, cfg: DriveConfig) -> CallTimers {
+        CallTimers {
+            call: Box::pin(tokio::time::sleep_until(began)),
+            armed: None,
+            watchdog: Box::pin(tokio::time::sleep_until(
+                began + cfg.start_timeout.min(cfg.idle_timeout),
+            )),
+        }
+    }
+
+    /// Sets the call's timer to `deadline` (`None`: no deadline) unless it is set to it.
+    fn arm(&mut self, deadline: Option<tokio::time::Instant>) {
+        if deadline != self.armed {
+            if let Some(d) = deadline {
+                self.call.as_mut().reset(d);
+            }
+            self.armed = deadline;
+        }
+    }
+
+    /// The watchdog fired: whether the real deadline `at` has passed; if not (frames came
+    /// since it was set), it is moved to `at`.
+    fn watchdog_due(&mut self, at: tokio::time::Instant) -> bool {
+        if tokio::time::Instant::now() < at {
+            self.watchdog.as_mut().reset(at);
+            return false;
+        }
+        true
     }
 }
 

@@ -175,13 +175,10 @@ impl Store {
     ) -> Result<Slot, sqlx::Error> {
         let period = i64::try_from(period_us).unwrap_or(i64::MAX / 4);
         let window = period.saturating_mul(i64::try_from(capacity).unwrap_or(i64::MAX));
-        let local_now_us = super::super::now_ms() * 1000
-            + i64::from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_micros() % 1000)
-                    .unwrap_or(0),
-            );
+        // SQLite: this node's clock (one node per file), Unix µs, read once.
+        let local_now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         self.write(async |c| {
             sqlx::query(
                 "INSERT INTO call_pacing (name, next_slot_us) VALUES ($1, 0)
