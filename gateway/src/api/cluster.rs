@@ -224,10 +224,14 @@ async fn listen(url: String, me: String, live: Arc<LiveCalls>, mut stopped: watc
                 }
                 Err(e) => warn!(error = %e, "malformed notice on the callbacks channel"),
             },
-            // PgListener reconnects by itself on the next recv.
+            // PgListener reconnects by itself on the next recv; a database that stays down is
+            // retried (and logged) once a second.
             Err(e) => {
                 warn!(error = %e, "callbacks channel: connection lost; reconnecting");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped.changed() => return,
+                }
             }
         }
     }

@@ -128,9 +128,9 @@ pub enum OpenCalls<'a> {
     Crashed,
     /// This run's (calls cut at shutdown whose own close never arrived).
     ThisRun,
-    /// Those of the run `instance_id` of any node (a lost node, see
+    /// Those of another run, of this node or another (a lost node, see
     /// [`Store::claim_lost_nodes`]); their end is their last known activity.
-    Instance(&'a str),
+    Instance(&'a Node),
 }
 
 /// Which database a [`Store`] is on (`HARK_DATABASE_URL`'s scheme).

@@ -529,10 +529,11 @@ impl Store {
         ended: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, sqlx::Error> {
-        let (mode, instance) = match which {
-            OpenCalls::Crashed => (0_i64, self.node.instance_id.as_str()),
-            OpenCalls::ThisRun => (1, self.node.instance_id.as_str()),
-            OpenCalls::Instance(id) => (2, id),
+        let mine = (self.node.node_id.as_str(), self.node.instance_id.as_str());
+        let (mode, (node, instance)) = match which {
+            OpenCalls::Crashed => (0_i64, mine),
+            OpenCalls::ThisRun => (1, mine),
+            OpenCalls::Instance(node) => (2, (node.node_id.as_str(), node.instance_id.as_str())),
         };
         let rows = sqlx::query(
             "SELECT c.call_sid, c.stream_started_at, c.updated_at,
@@ -543,10 +544,10 @@ impl Store {
              WHERE c.stream_started_at IS NOT NULL AND c.stream_stopped_at IS NULL
                AND (($2 = 0 AND c.node_id = $1 AND c.instance_id IS DISTINCT FROM $3)
                  OR ($2 = 1 AND c.node_id = $1 AND c.instance_id = $3)
-                 OR ($2 = 2 AND c.instance_id = $3))
+                 OR ($2 = 2 AND c.node_id = $1 AND c.instance_id = $3))
              ORDER BY c.stream_started_at",
         )
-        .bind(&self.node.node_id)
+        .bind(node)
         .bind(mode)
         .bind(instance)
         .fetch_all(&mut *conn)
