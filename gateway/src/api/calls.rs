@@ -24,8 +24,9 @@
 //! every node sharing it keeps one pace together. Each request reserves the next free slot and
 //! waits for it, at most `HARK_CALL_QUEUE` waiting at once across the nodes: a burst waits its
 //! turn instead of failing; when the queue is full the answer is 503 with `Retry-After` (s,
-//! rounded up: until the calls waiting now have all been placed). A request whose client has gone away before its slot is skipped (no
-//! call is placed; its slot stays used). Answer: 201 `{"call_sid", "status", "to", "from"}`.
+//! rounded up: until the calls waiting now have all been placed). A request whose client has
+//! gone away before its slot is skipped (no call is placed; its slot stays used). Answer: 201
+//! `{"call_sid", "status", "to", "from"}`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
