@@ -118,9 +118,11 @@ fn drain(call: &mut Call, marks: &mut Vec<String>) -> usize {
                 }
             }
             Output::Timeout(_) => return n,
-            Output::Event(_) | Output::Provider(_) | Output::Close(_) | Output::Transfer { .. } => {
-                n += 1
-            }
+            Output::Event(_)
+            | Output::Provider(_)
+            | Output::Close(_)
+            | Output::Transfer { .. }
+            | Output::TurnCheck(_) => n += 1,
         }
     }
 }

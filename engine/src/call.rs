@@ -27,6 +27,7 @@ mod outside;
 mod pause;
 mod turn_book;
 mod turn_end;
+mod turn_model;
 
 pub use events::*;
 use turn_book::TurnBook;
@@ -37,6 +38,7 @@ enum Pending {
     Event(Event),
     Close(CloseReason),
     Transfer(String),
+    TurnCheck(TurnCheck),
 }
 
 const FRAME_8K: usize = 160;
@@ -92,6 +94,8 @@ pub struct Call {
     machine: bool,
     /// Which caller turn each event and report belongs to.
     book: TurnBook,
+    /// The end-of-turn model's window and check in flight ([`crate::config::EndOfTurn::SmartTurn`]).
+    model: turn_model::ModelState,
     // Output.
     out: VecDeque<Pending>,
     pool: Vec<String>,
@@ -164,6 +168,7 @@ impl Call {
             hold: None,
             machine: false,
             book: TurnBook::new(!vad_barge_in),
+            model: turn_model::ModelState::default(),
             out: VecDeque::with_capacity(16),
             pool: Vec::with_capacity(16),
             current: String::new(),
@@ -257,6 +262,21 @@ impl Call {
                     self.on_transfer(at, to, outcome);
                 }
             }
+            Input::TurnCheck {
+                at,
+                id,
+                probability,
+            } => {
+                self.now = Some(at);
+                // Holding for a transfer the caller is not listened to: an answer then is dropped,
+                // and the turn ends after `model_stop_ms` of silence once the call is back.
+                if !self.stopped && self.transferring.is_none() {
+                    let mut actions = std::mem::take(&mut self.actions);
+                    self.on_model_answer(at, id, probability, &mut actions);
+                    self.run_actions(at, &mut actions);
+                    self.actions = actions;
+                }
+            }
             Input::AnsweredBy { at, answered_by } => {
                 self.now = Some(at);
                 self.on_answered_by(at, answered_by);
@@ -300,6 +320,7 @@ impl Call {
             Some(Pending::Event(e)) => Output::Event(e),
             Some(Pending::Close(r)) => Output::Close(r),
             Some(Pending::Transfer(to)) => Output::Transfer { to },
+            Some(Pending::TurnCheck(check)) => Output::TurnCheck(check),
             None => Output::Timeout(self.next_timeout()),
         }
     }
@@ -565,6 +586,9 @@ impl Call {
                 self.pcm16.resize(320, 0);
             }
         }
+        if self.model_on() {
+            self.model.push(&self.pcm8);
+        }
         let vad_16 = self.vad.rate() == SampleRate::HZ_16000;
         let voiced = self.vad.is_voiced(at_rate(vad_16, &self.pcm8, &self.pcm16));
         if voiced {
@@ -660,6 +684,7 @@ impl Call {
                 self.resume_hold(at, false);
                 self.discard(start_ms, end_ms);
             }
+            TurnEvent::AskModel { start_ms, .. } => self.ask_model(at, start_ms),
         }
     }
 

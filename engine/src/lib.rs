@@ -14,6 +14,7 @@
 //! | [`twilio`] | the Media Streams wire format: parse inbound messages (zero-allocation fast path for `media`/`mark`), encode outbound `media`/`mark`/`clear`; `twilio/peer.rs` Twilio's side for simulators and tests |
 //! | [`call`] | [`Call`]: the per-call machine; audio framing (8 bytes = 1 ms of μ-law), VAD, turns, barge-in, transfers on hold; `call/events.rs` its inputs, outputs and events; `call/turn_book.rs` which caller turn ([`TurnId`]) each event and report belongs to; `call/outside.rs` cutting the agent's audio (barge-in, [`Action::Clear`]) and the answering machine verdict ([`AnsweredBy`]) |
 //! | [`turn`] | the turn detector (speech start, end of turn) over the VAD's per-frame verdicts |
+//! | [`smart_turn`] | Smart Turn v3.2 (pure Rust): the probability that the caller's turn is complete, from the last 8 s of their audio (Whisper log-mel, then a Whisper-Tiny encoder and classifier) |
 //! | [`vad`] | voice activity detection: webrtc-vad, Silero (pure Rust), and the hybrid default |
 //! | [`playout`] | paced outbound audio (resample → μ-law → 20 ms frames) with marks, and what the caller heard from mark echoes |
 //! | [`agent`] | the [`Agent`] interface, its [`Action`]s, provider pipes (`ProviderCommand`/`ProviderEvent`), the offline [`EchoAgent`] |
@@ -40,6 +41,7 @@ pub mod operator;
 pub mod playout;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod smart_turn;
 pub mod turn;
 pub mod twilio;
 pub mod vad;
@@ -47,7 +49,7 @@ pub mod vad;
 pub use agent::{Action, Agent, EchoAgent};
 pub use call::{
     AnsweredBy, BargeIn, Call, CallNotice, CallStats, CloseReason, Event, Input, MachineEnd,
-    Malformed, Output, TransferOutcome, TurnId,
+    Malformed, Output, TransferOutcome, TurnCheck, TurnId,
 };
 pub use config::CallConfig;
 pub use error::Error;

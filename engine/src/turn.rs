@@ -4,10 +4,16 @@
 //! is tested without audio. Hysteresis: speech starts only after `start_voiced_ms` of voiced
 //! frames within a `start_window_ms` window (a lone click does not start a turn), and ends only
 //! after `stop_ms` of unbroken non-voiced frames (a short pause inside a sentence does not end it).
+//!
+//! With [`EndOfTurn::SmartTurn`] the silence rule changes: after `model_probe_ms` of silence the
+//! detector asks whether the turn is complete ([`TurnEvent::AskModel`]); the answer
+//! ([`TurnDetector::on_model_answer`]) ends the turn at once ("complete"), or makes it wait for
+//! `model_stop_ms` of silence ("unfinished", or no answer yet). No answer possible (the model is
+//! busy or off): `stop_ms`, as without it.
 
 use std::collections::VecDeque;
 
-use crate::config::TurnConfig;
+use crate::config::{EndOfTurn, TurnConfig};
 pub use crate::vad::VoiceDetector;
 
 /// What the turn detector reports after a frame.
@@ -28,6 +34,15 @@ pub enum TurnEvent {
         /// True when `max_utterance_ms` forced the end.
         forced: bool,
     },
+    /// [`EndOfTurn::SmartTurn`]: `model_probe_ms` of silence followed the last voiced frame;
+    /// ask the end-of-turn model whether the turn is complete and feed the answer to
+    /// [`TurnDetector::on_model_answer`]. At most one per pause: a voiced frame starts a new one.
+    AskModel {
+        /// Media time of the first voiced frame.
+        start_ms: u64,
+        /// Media time at the end of the last voiced frame.
+        end_ms: u64,
+    },
     /// Speech that ended before reaching `min_utterance_ms`: noise, a cough, a click.
     Discarded {
         /// Media time of the first voiced frame.
@@ -44,7 +59,20 @@ enum State {
         start_ms: u64,
         last_voiced_end_ms: u64,
         voiced_ms: u64,
+        /// The end-of-turn model for this pause: not asked, asked, or its answer.
+        model: Model,
     },
+}
+
+/// The end-of-turn model's part in the current pause ([`EndOfTurn::SmartTurn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    NotAsked,
+    Asked,
+    /// It called the turn unfinished: wait for `model_stop_ms`.
+    Unfinished,
+    /// It could not answer: `stop_ms` applies.
+    NoAnswer,
 }
 
 /// The turn detector: hysteresis over per-frame VAD decisions. See the module docs.
@@ -131,6 +159,7 @@ impl TurnDetector {
                         start_ms: first,
                         last_voiced_end_ms,
                         voiced_ms,
+                        model: Model::NotAsked,
                     };
                     return Some(TurnEvent::SpeechStart { start_ms: first });
                 }
@@ -140,30 +169,90 @@ impl TurnDetector {
                 start_ms: s,
                 last_voiced_end_ms,
                 voiced_ms,
+                model,
             } => {
                 let s = *s;
                 if voiced {
                     *last_voiced_end_ms = end_ms;
                     *voiced_ms += len_ms as u64;
+                    *model = Model::NotAsked;
                 }
                 let last = *last_voiced_end_ms;
+                let silence = end_ms - last;
                 let forced = last - s >= self.cfg.max_utterance_ms as u64;
-                if end_ms - last >= self.cfg.stop_ms as u64 || forced {
-                    self.state = State::Silent;
-                    return Some(if last - s < self.cfg.min_utterance_ms as u64 {
-                        TurnEvent::Discarded {
-                            start_ms: s,
-                            end_ms: last,
-                        }
-                    } else {
-                        TurnEvent::SpeechEnd {
-                            start_ms: s,
-                            end_ms: last,
-                            forced,
-                        }
+                let semantic = self.cfg.end_of_turn == EndOfTurn::SmartTurn;
+                if semantic
+                    && !forced
+                    && *model == Model::NotAsked
+                    && silence >= self.cfg.model_probe_ms as u64
+                    && last - s >= self.cfg.min_utterance_ms as u64
+                {
+                    *model = Model::Asked;
+                    return Some(TurnEvent::AskModel {
+                        start_ms: s,
+                        end_ms: last,
                     });
                 }
+                let stop_ms = match model {
+                    Model::Asked | Model::Unfinished if semantic => self.cfg.model_stop_ms,
+                    _ => self.cfg.stop_ms,
+                };
+                if silence >= stop_ms as u64 || forced {
+                    return Some(self.end(s, last, forced));
+                }
                 None
+            }
+        }
+    }
+
+    /// The end-of-turn model's answer to the last [`TurnEvent::AskModel`], at media time
+    /// `now_ms`: `Some(true)` complete (the turn ends now), `Some(false)` unfinished (it ends
+    /// after `model_stop_ms` of silence), `None` no answer possible (`stop_ms`). Ignored, with
+    /// `None` returned, unless the detector is still in the pause it asked about (the caller
+    /// spoke again meanwhile: that answer is stale).
+    pub fn on_model_answer(&mut self, now_ms: u64, complete: Option<bool>) -> Option<TurnEvent> {
+        let State::Speaking {
+            start_ms: s,
+            last_voiced_end_ms: last,
+            model,
+            ..
+        } = &mut self.state
+        else {
+            return None;
+        };
+        if *model != Model::Asked {
+            return None;
+        }
+        let (s, last) = (*s, *last);
+        let silence = now_ms.saturating_sub(last);
+        let wait_ms = match complete {
+            Some(true) => 0,
+            Some(false) => {
+                *model = Model::Unfinished;
+                self.cfg.model_stop_ms
+            }
+            None => {
+                *model = Model::NoAnswer;
+                self.cfg.stop_ms
+            }
+        };
+        (silence >= wait_ms as u64).then(|| self.end(s, last, false))
+    }
+
+    /// Ends the speech in progress (media time `s`–`last`): a turn, or a blip too short to be
+    /// one.
+    fn end(&mut self, s: u64, last: u64, forced: bool) -> TurnEvent {
+        self.state = State::Silent;
+        if last - s < self.cfg.min_utterance_ms as u64 {
+            TurnEvent::Discarded {
+                start_ms: s,
+                end_ms: last,
+            }
+        } else {
+            TurnEvent::SpeechEnd {
+                start_ms: s,
+                end_ms: last,
+                forced,
             }
         }
     }
@@ -243,6 +332,82 @@ mod tests {
                 start_ms: 0,
                 end_ms: 60
             }
+        );
+    }
+
+    fn semantic() -> TurnDetector {
+        TurnDetector::new(TurnConfig {
+            end_of_turn: EndOfTurn::SmartTurn,
+            ..TurnConfig::default()
+        })
+    }
+
+    #[test]
+    fn the_model_is_asked_once_per_pause_and_its_answer_decides() {
+        // 400 ms of speech, then silence: asked after 200 ms of it.
+        let mut d = semantic();
+        let ev = run(&mut d, &format!("{}{}", "#".repeat(20), ".".repeat(10)), 0);
+        assert_eq!(
+            ev[1],
+            (
+                600,
+                TurnEvent::AskModel {
+                    start_ms: 0,
+                    end_ms: 400
+                }
+            )
+        );
+        // Complete: the turn ends when the answer comes.
+        assert_eq!(
+            d.on_model_answer(620, Some(true)),
+            Some(TurnEvent::SpeechEnd {
+                start_ms: 0,
+                end_ms: 400,
+                forced: false
+            })
+        );
+        // Unfinished: the 600 ms rule no longer ends it; 1000 ms of silence does.
+        let mut d = semantic();
+        run(&mut d, &format!("{}{}", "#".repeat(20), ".".repeat(10)), 0);
+        assert_eq!(d.on_model_answer(620, Some(false)), None);
+        let ev = run(&mut d, &".".repeat(60), 600);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].0, 1400);
+        // No answer possible: the 600 ms rule, at once if it is already due.
+        let mut d = semantic();
+        run(&mut d, &format!("{}{}", "#".repeat(20), ".".repeat(30)), 0);
+        assert!(matches!(
+            d.on_model_answer(1000, None),
+            Some(TurnEvent::SpeechEnd { .. })
+        ));
+    }
+
+    #[test]
+    fn a_stale_answer_changes_nothing_and_speech_asks_again() {
+        let mut d = semantic();
+        run(&mut d, &format!("{}{}", "#".repeat(20), ".".repeat(10)), 0);
+        // The caller speaks again before the answer comes.
+        run(&mut d, "###", 600);
+        assert_eq!(d.on_model_answer(680, Some(true)), None);
+        assert!(d.is_speaking());
+        let ev = run(&mut d, &".".repeat(10), 660);
+        assert_eq!(
+            ev,
+            vec![(
+                860,
+                TurnEvent::AskModel {
+                    start_ms: 0,
+                    end_ms: 660
+                }
+            )]
+        );
+        // Blips shorter than min_utterance_ms are not asked about.
+        let mut d = semantic();
+        let ev = run(&mut d, &format!("####{}", ".".repeat(40)), 0);
+        assert!(
+            ev.iter()
+                .all(|e| !matches!(e.1, TurnEvent::AskModel { .. })),
+            "{ev:?}"
         );
     }
 

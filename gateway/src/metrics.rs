@@ -11,6 +11,8 @@
 //! | `hark_barge_ins_total` | counter | barge-ins confirmed (the agent's answer cut) |
 //! | `hark_playback_holds_total{outcome}` | counter | `clear`s that only held the answer (`call.resume_after_ms`): `resumed` (a blip or nothing), `backchannel` |
 //! | `hark_turns_total` | counter | caller turns handed to the agent |
+//! | `hark_turn_model_checks_total{outcome}` | counter | end-of-turn model answers (`HARK_END_OF_TURN=smart-turn`): `complete`, `unfinished` (against the call's `turn_model_threshold_pct`), `no_answer` (its queue was full or it did not load: the silence rule decided) |
+//! | `hark_turn_model_seconds` | histogram | one end-of-turn model inference on its pool thread |
 //! | `hark_turn_latency_seconds` | histogram | caller's last voiced frame → first agent `media` sent (engine-side voice-to-voice, endpointing included) |
 //! | `hark_voice_to_voice_seconds` | histogram | caller's last voiced frame → the caller began hearing the answer (first mark echo minus the audio it covers) |
 //! | `hark_transfers_total{outcome}` | counter | agent transfers carried out through Twilio's REST API: `ok`, `failed`, `not_configured` |
@@ -140,6 +142,15 @@ fn describe() {
         "clears that only held the answer, which then played on, by outcome"
     );
     describe_counter!("hark_turns_total", "caller turns handed to the agent");
+    describe_counter!(
+        "hark_turn_model_checks_total",
+        "end-of-turn model checks (HARK_END_OF_TURN=smart-turn), by outcome"
+    );
+    describe_histogram!(
+        "hark_turn_model_seconds",
+        metrics::Unit::Seconds,
+        "one end-of-turn model inference, on its pool's thread"
+    );
     describe_histogram!(
         "hark_turn_latency_seconds",
         metrics::Unit::Seconds,
@@ -210,7 +221,7 @@ fn zero_labelled() {
     for kind in hark_engine::Malformed::ALL {
         metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str()).increment(0);
     }
-    let known: [(&'static str, &'static str, &[&'static str]); 7] = [
+    let known: [(&'static str, &'static str, &[&'static str]); 8] = [
         (
             "hark_transfers_total",
             "outcome",
@@ -220,6 +231,11 @@ fn zero_labelled() {
             "hark_playback_holds_total",
             "outcome",
             &["resumed", "backchannel"],
+        ),
+        (
+            "hark_turn_model_checks_total",
+            "outcome",
+            &["complete", "unfinished", "no_answer"],
         ),
         (
             "hark_signature_failures_total",

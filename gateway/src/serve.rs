@@ -200,6 +200,7 @@ impl Hark {
             workers = config.workers,
             "hark listening"
         );
+        start_turn_model(&config);
         if config.twilio_auth_token.is_none() {
             tracing::warn!(
                 "TWILIO_AUTH_TOKEN is unset: media-stream upgrades and Twilio webhooks are refused (503) unless HARK_DEV_INSECURE=no-signatures"
@@ -349,6 +350,29 @@ fn warn_unknown(loaded: &Loaded) {
                 key = u.key,
                 "unknown key in the configuration file (not read by hark)"
             ),
+        }
+    }
+}
+
+/// Sizes the end-of-turn model's pool (`HARK_TURN_MODEL_THREADS`) and, when calls use the model
+/// by default (`HARK_END_OF_TURN=smart-turn`), loads it now rather than on the first call's
+/// first pause (a call may still turn it on with `hark_end_of_turn`: it loads then).
+fn start_turn_model(config: &Config) {
+    use hark_engine::io::turn_model::{TurnModelPoolConfig, configure};
+    let threads = config.turn_model_threads;
+    configure(TurnModelPoolConfig {
+        threads,
+        queue: 2 * threads,
+    });
+    if config.call.turn.end_of_turn == hark_engine::config::EndOfTurn::SmartTurn {
+        let began = std::time::Instant::now();
+        match hark_engine::smart_turn::SmartTurn::shared() {
+            Ok(_) => info!(
+                threads,
+                load_ms = began.elapsed().as_millis() as u64,
+                "end-of-turn model loaded"
+            ),
+            Err(e) => error!(error = %e, "end-of-turn model failed to load: silence rule only"),
         }
     }
 }

@@ -49,7 +49,11 @@ fn drain(call: &mut Call, now: Instant, marks: &mut Vec<String>) -> Option<Insta
                 }
                 return t;
             }
-            Output::Event(_) | Output::Provider(_) | Output::Close(_) => {}
+            Output::Event(_)
+            | Output::Provider(_)
+            | Output::Close(_)
+            | Output::Transfer { .. }
+            | Output::TurnCheck(_) => {}
         }
     }
     panic!("poll_output never returned Timeout");

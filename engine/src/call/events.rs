@@ -46,6 +46,18 @@ pub enum Input<'a> {
         /// Redirected, or why not.
         outcome: TransferOutcome,
     },
+    /// The answer to [`Output::TurnCheck`] `id`: the end-of-turn model's probability (0–1)
+    /// that the caller's turn is complete, or `None` when it could not run (its pool was busy,
+    /// or it failed to load): then the silence rule decides. Answers to older checks (the
+    /// caller spoke again since), and answers while the call holds for a transfer, are ignored.
+    TurnCheck {
+        /// When it came.
+        at: Instant,
+        /// The check's id.
+        id: u64,
+        /// P(complete), or `None`.
+        probability: Option<f32>,
+    },
     /// Who or what answered the call, as Twilio's answering machine detection found it
     /// (asynchronous AMD, told to the gateway by a callback while the call runs). Emitted as
     /// [`Event::AnsweredBy`] and handed to the agent
@@ -177,9 +189,24 @@ pub enum Output<'a> {
         /// Where to.
         to: String,
     },
+    /// Ask the end-of-turn model whether the caller's turn is complete
+    /// ([`crate::config::EndOfTurn::SmartTurn`]): run it off the call's thread and feed the
+    /// answer back as [`Input::TurnCheck`] with the same id (or `None` at once when it cannot
+    /// run). Never answering is safe: the turn then ends after `model_stop_ms` of silence.
+    TurnCheck(TurnCheck),
     /// Nothing more to do now; call [`crate::Call::handle_input`] with [`Input::Timeout`] at this time
     /// (`None`: only new input can wake the call).
     Timeout(Option<Instant>),
+}
+
+/// A question for the end-of-turn model ([`Output::TurnCheck`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnCheck {
+    /// Echoed back in [`Input::TurnCheck`].
+    pub id: u64,
+    /// The caller's audio: 16-bit PCM at 8 kHz, from 500 ms before the turn's speech start to
+    /// the check, at most the last 8 s (64 000 samples).
+    pub audio: Vec<i16>,
 }
 
 /// Kinds of bad or unexpected input, each counted in [`CallStats::malformed`]. None of them ends
@@ -324,6 +351,17 @@ pub enum Event {
         at: Instant,
         /// `max_utterance_ms` forced the end.
         forced: bool,
+    },
+    /// The end-of-turn model answered ([`Input::TurnCheck`]) about the open turn.
+    TurnModelAnswered {
+        /// The turn asked about.
+        turn: TurnId,
+        /// Its P(complete) in percent; `None`: it could not run.
+        probability_pct: Option<u8>,
+        /// Complete (at or over `model_threshold_pct`), unfinished, or no answer (`None`).
+        complete: Option<bool>,
+        /// From the check going out to the answer.
+        waited: Duration,
     },
     /// Voice too short to be a turn (cough, click), dropped: the agent is not given it.
     UserSpeechDiscarded {
@@ -480,6 +518,10 @@ pub struct CallStats {
     pub barge_ins: u64,
     /// Held barge-ins undone: the agent played on (backchannels, blips, noise).
     pub resumed: u64,
+    /// End-of-turn model checks asked ([`Output::TurnCheck`]).
+    pub turn_checks: u64,
+    /// Of those, answered with "could not run".
+    pub turn_checks_unanswered: u64,
     /// Playout totals.
     pub playout: PlayoutStats,
 }

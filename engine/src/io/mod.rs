@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::agent::{OpenSpec, PeerId, ProviderCommand, ProviderEvent, ProviderMessage};
 
 pub mod http;
+pub mod turn_model;
 pub mod ws;
 use crate::call::{Call, CallNotice, CloseReason, Event, Input, Output, TransferOutcome};
 
@@ -399,8 +400,7 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
     let mut buf = String::with_capacity(512);
     let began = tokio::time::Instant::now();
     let mut last_rx = began;
-    // The transfer in flight, with its target.
-    let mut transfer: Option<(String, TransferFuture)> = None;
+    let mut in_flight = InFlight::default();
     let mut timers = CallTimers::new(began, cfg);
     let stop = stop_requested(shutdown);
     tokio::pin!(stop);
@@ -412,7 +412,7 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             providers,
             control,
             observer,
-            &mut transfer,
+            &mut in_flight,
             cfg,
         )
         .await
@@ -445,13 +445,13 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                     Ok(Recv::Closed) => {
                         call.handle_input(Input::TwilioClosed { at });
                         drain_events(call, observer, providers);
-                        return peer_gone(call, observer, providers, transfer, Ended::PeerClosed)
+                        return peer_gone(call, observer, providers, in_flight.transfer, Ended::PeerClosed)
                             .await;
                     }
                     Err(e) => {
                         call.handle_input(Input::TwilioClosed { at });
                         drain_events(call, observer, providers);
-                        return peer_gone(call, observer, providers, transfer, Ended::Failed(e))
+                        return peer_gone(call, observer, providers, in_flight.transfer, Ended::Failed(e))
                             .await;
                     }
                 }
@@ -464,7 +464,10 @@ pub async fn drive<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             ev = providers.next() => {
                 call.handle_input(Input::Provider { at: now(), event: ev });
             }
-            outcome = transfer_outcome(&mut transfer) => {
+            (id, probability) = turn_model::answer(&mut in_flight.check) => {
+                call.handle_input(Input::TurnCheck { at: now(), id, probability });
+            }
+            outcome = transfer_outcome(&mut in_flight.transfer) => {
                 call.handle_input(Input::Transfer { at: now(), outcome });
             }
             notice = control.next_notice() => {
@@ -551,7 +554,7 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
     providers: &mut P,
     control: &mut C,
     observer: &mut O,
-    transfer: &mut Option<(String, TransferFuture)>,
+    in_flight: &mut InFlight,
     cfg: DriveConfig,
 ) -> Result<Option<Instant>, Ended> {
     loop {
@@ -572,10 +575,10 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             Output::Transfer { to } => {
                 let sid = call.info().map(|i| i.call_sid.clone());
                 let fut = control.transfer(sid.as_deref(), &to);
-                *transfer = Some((to, fut));
+                in_flight.transfer = Some((to, fut));
             }
             Output::Close(reason) => {
-                let reason = match transfer.take() {
+                let reason = match in_flight.transfer.take() {
                     Some(t) => settle_transfer(call, observer, providers, t)
                         .await
                         .map_or(reason, CloseReason::Transfer),
@@ -584,9 +587,22 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 socket.close().await;
                 return Err(Ended::Closed(reason));
             }
+            // A newer check replaces the one in flight (whose answer would be stale).
+            Output::TurnCheck(c) => {
+                in_flight.check = Some((c.id, turn_model::pool().check(c.audio)));
+            }
             Output::Timeout(t) => return Ok(t),
         }
     }
+}
+
+/// What a call waits for besides its socket, providers and timers.
+#[derive(Default)]
+struct InFlight {
+    /// The transfer in flight ([`Output::Transfer`]), with its target.
+    transfer: Option<(String, TransferFuture)>,
+    /// The end-of-turn check in flight ([`Output::TurnCheck`]), with its id.
+    check: Option<(u64, turn_model::Answer)>,
 }
 
 /// The outcome of the transfer in flight; pending forever when there is none. Cancel-safe:
@@ -648,7 +664,10 @@ fn drain_events<O: Observer, P: Providers>(call: &mut Call, observer: &mut O, pr
         match call.poll_output() {
             Output::Event(e) => observer.event(call, &e),
             Output::Provider(c) => providers.execute(c),
-            Output::Transmit(_) | Output::Close(_) | Output::Transfer { .. } => {}
+            Output::Transmit(_)
+            | Output::Close(_)
+            | Output::Transfer { .. }
+            | Output::TurnCheck(_) => {}
             Output::Timeout(_) => return,
         }
     }

@@ -12,10 +12,15 @@ struct Script {
     close_code: Option<u16>,
     /// Set on close, for a transfer to look at.
     closed_flag: std::rc::Rc<std::cell::Cell<bool>>,
+    /// Wait this long before each message (none: all at once).
+    pace: Option<Duration>,
 }
 
 impl TwilioSocket for Script {
     async fn recv(&mut self, buf: &mut String) -> Result<Recv, SocketError> {
+        if let Some(pace) = self.pace.filter(|_| !self.inbound.is_empty()) {
+            tokio::time::sleep(pace).await;
+        }
         match self.inbound.pop_front() {
             Some(m) => {
                 buf.clear();
@@ -195,6 +200,7 @@ fn script(inbound: Vec<String>) -> Script {
         closed: false,
         close_code: None,
         closed_flag: Default::default(),
+        pace: None,
     }
 }
 
@@ -360,4 +366,102 @@ async fn a_dropped_shutdown_sender_is_not_a_shutdown() {
         matches!(ended, Ended::Failed(SocketError::Idle(_))),
         "{ended:?}"
     );
+}
+
+/// Records events; asks for shutdown once the model has answered with a probability.
+struct ModelWatch {
+    events: Vec<Event>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Observer for ModelWatch {
+    fn event(&mut self, _: &Call, e: &Event) {
+        if matches!(
+            e,
+            Event::TurnModelAnswered {
+                probability_pct: Some(_),
+                ..
+            }
+        ) {
+            let _ = self.stop.send(true);
+        }
+        self.events.push(e.clone());
+    }
+}
+
+#[tokio::test]
+async fn the_end_of_turn_model_runs_on_its_pool_and_its_answer_reaches_the_call() {
+    let ulaw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/audio/jfk-8k.ulaw"
+    ))
+    .expect("jfk fixture");
+    let mut inbound = started();
+    let mut msg = String::new();
+    let sid = "MZ00000000000000000000000000000001";
+    let silence = [0xFF_u8; 160];
+    let frames = ulaw
+        .chunks(160)
+        .chain(std::iter::repeat_n(&silence[..], 100));
+    for (i, frame) in frames.enumerate() {
+        twilio::inbound::media(
+            i as u64 + 2,
+            sid,
+            i as u64 + 1,
+            20 * i as u64,
+            frame,
+            &mut msg,
+        );
+        inbound.push(msg.clone());
+    }
+    let mut cfg = CallConfig::default();
+    cfg.turn.end_of_turn = crate::config::EndOfTurn::SmartTurn;
+    let mut call = Call::new(cfg, Box::new(crate::EchoAgent::new())).expect("valid config");
+    let (stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let mut watch = ModelWatch {
+        events: Vec::new(),
+        stop,
+    };
+    // Media at 10× real time: a burst of checks (one per pause, all at once) would find the
+    // pool's queue full and be answered "could not run".
+    let mut socket = script(inbound);
+    socket.pace = Some(Duration::from_millis(2));
+    let ended = tokio::time::timeout(
+        Duration::from_secs(60),
+        drive(
+            &mut call,
+            &mut socket,
+            &mut NoProviders,
+            &mut NoCallControl,
+            &mut watch,
+            DriveConfig::default(),
+            &mut shutdown,
+        ),
+    )
+    .await
+    .expect("the model answered within 60 s");
+    assert!(matches!(ended, Ended::Shutdown), "{ended:?}");
+    let answers: Vec<_> = watch
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TurnModelAnswered {
+                probability_pct,
+                waited,
+                ..
+            } => Some((*probability_pct, *waited)),
+            _ => None,
+        })
+        .collect();
+    // The model ran (a probability, not "could not run") on a pool thread, and took time.
+    let (p, waited) = answers
+        .iter()
+        .rev()
+        .find(|a| a.0.is_some())
+        .expect("an answer");
+    assert!(
+        p.is_some_and(|p| p <= 100) && !waited.is_zero(),
+        "{answers:?}"
+    );
+    assert!(call.stats().turn_checks >= answers.len() as u64);
 }

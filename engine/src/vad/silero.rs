@@ -450,7 +450,7 @@ impl Matrix {
 /// about 1e-7) scaled by `2^n` through the exponent bits. `x` is clamped to `[-86, 88]`, where
 /// `2^n` stays a normal number (`e^-86 ≈ 4e-38`, `e^88 ≈ 1.7e38`).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     /// 1.5 · 2^23: adding it rounds an f32 below 2^22 to an integer, held in the low bits.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-86.0, 88.0);

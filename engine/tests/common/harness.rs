@@ -19,7 +19,7 @@ use hark_engine::agent::{Agent, AgentReport, PeerId, ProviderCommand, ProviderEv
 use hark_engine::agent::{ProviderMessage, Stage};
 use hark_engine::sim::{Phone, Received};
 use hark_engine::twilio::{self, Outbound, Start};
-use hark_engine::{BargeIn, Call, CallConfig, CloseReason, Event, Input, Output};
+use hark_engine::{BargeIn, Call, CallConfig, CloseReason, Event, Input, Output, TurnCheck};
 
 pub fn ms(d: u64) -> Duration {
     Duration::from_millis(d)
@@ -133,6 +133,8 @@ pub struct TestCall<P: Provider = NoProvider> {
     pub closes: Vec<CloseReason>,
     /// Transfers the call asked for ([`Output::Transfer`]), in order.
     pub transfers: Vec<String>,
+    /// End-of-turn model checks the call asked for ([`Output::TurnCheck`]), with the time.
+    pub turn_checks: Vec<(Instant, TurnCheck)>,
     /// The call's next deadline.
     pub timeout: Option<Instant>,
     /// Sequence number of the last message the harness built.
@@ -176,6 +178,7 @@ impl<P: Provider> TestCall<P> {
             echoed: Vec::new(),
             closes: Vec::new(),
             transfers: Vec::new(),
+            turn_checks: Vec::new(),
             timeout: None,
             seq: 100_000,
             chunk: 0,
@@ -276,6 +279,7 @@ impl<P: Provider> TestCall<P> {
                 }
                 Output::Close(r) => self.closes.push(r),
                 Output::Transfer { to } => self.transfers.push(to),
+                Output::TurnCheck(c) => self.turn_checks.push((self.now, c)),
                 Output::Timeout(t) => {
                     if let Some(t) = t {
                         assert!(t >= self.now, "timeout in the past");

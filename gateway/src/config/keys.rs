@@ -76,6 +76,13 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_MIN_INTERRUPTION_MS", "call.min_interruption_ms"),
     s("HARK_RESUME_AFTER_MS", "call.resume_after_ms"),
     s("HARK_BACKCHANNEL_MAX_MS", "call.backchannel_max_ms"),
+    s("HARK_END_OF_TURN", "call.end_of_turn"),
+    s(
+        "HARK_TURN_MODEL_THRESHOLD_PCT",
+        "call.turn_model_threshold_pct",
+    ),
+    s("HARK_TURN_MODEL_STOP_MS", "call.turn_model_stop_ms"),
+    s("HARK_TURN_MODEL_THREADS", "call.turn_model_threads"),
     s("HARK_LEAD_MS", "call.lead_ms"),
     s("HARK_MARK_EVERY_MS", "call.mark_every_ms"),
     // twilio: account, credentials and REST bases.

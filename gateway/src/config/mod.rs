@@ -21,6 +21,7 @@
 
 pub mod keys;
 pub mod tools;
+mod turn_model;
 pub mod values;
 
 use std::net::SocketAddr;
@@ -181,13 +182,16 @@ pub struct Config {
     /// `HARK_WORKERS` (`server.workers`): call worker threads, 1–256 (default: the number of
     /// cores).
     pub workers: usize,
+    /// `HARK_TURN_MODEL_THREADS` (`call.turn_model_threads`): threads running the end-of-turn
+    /// model for all calls, 1–64 (default 1; see `hark_engine::io::turn_model`).
+    pub turn_model_threads: usize,
     /// Connection limits and deadlines (`[limits]`: `HARK_MAX_PENDING_CONNECTIONS`,
     /// `HARK_HEADER_TIMEOUT_S`, `HARK_WS_HANDSHAKE_TIMEOUT_S`, `HARK_START_TIMEOUT_S`,
     /// `HARK_IDLE_TIMEOUT_S`): see [`crate::conns::Limits`].
     pub limits: crate::conns::Limits,
     /// Per-call engine settings (`[call]`): `HARK_VAD_MODE` (0–3, default 2), `HARK_VAD_RATE`
     /// (8000 or 16000 Hz), `HARK_NOISE_MARGIN_DB` (default 10 dB), `HARK_STOP_MS` (600 ms),
-    /// `HARK_MIN_UTTERANCE_MS` (200 ms), `HARK_MIN_INTERRUPTION_MS` (80 ms), `HARK_LEAD_MS`
+    /// `HARK_MIN_UTTERANCE_MS` (200 ms), `HARK_MIN_INTERRUPTION_MS` (60 ms), `HARK_LEAD_MS`
     /// (200 ms), `HARK_MARK_EVERY_MS` (100 ms).
     pub call: CallConfig,
     /// The gateway API's settings (`[twilio]`, `[api]`, `[records]`), which `hark serve`
@@ -216,6 +220,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_timeout: Duration::from_secs(30),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            turn_model_threads: 1,
             limits: crate::conns::Limits::default(),
             call: CallConfig::default(),
             api: ApiSettings::default(),
@@ -452,6 +457,7 @@ impl Config {
                 *field = ms;
             }
         }
+        turn_model::read(call, &mut self.turn_model_threads, v)?;
         call.validate()
             .map_err(|e| ConfigError::new("HARK_* call settings", e.to_string()))
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use hark_engine::{Call, Event};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Turns call events into logs, metrics and call records.
 #[derive(Default)]
@@ -116,6 +116,12 @@ impl hark_engine::io::Observer for CallObserver {
             Event::PlaybackResumed {
                 held, backchannel, ..
             } => resumed(*held, *backchannel),
+            Event::TurnModelAnswered {
+                turn,
+                probability_pct,
+                complete,
+                waited,
+            } => model_answered(*turn, *probability_pct, *complete, *waited),
             Event::Malformed { kind, detail } => {
                 metrics::counter!("hark_malformed_messages_total", "kind" => kind.as_str())
                     .increment(1);
@@ -279,6 +285,28 @@ impl TurnSpans {
             _ => {}
         }
     }
+}
+
+/// The end-of-turn model answered about `turn`: counted by outcome, logged at debug.
+fn model_answered(
+    turn: hark_engine::TurnId,
+    probability_pct: Option<u8>,
+    complete: Option<bool>,
+    waited: std::time::Duration,
+) {
+    let outcome = match complete {
+        Some(true) => "complete",
+        Some(false) => "unfinished",
+        None => "no_answer",
+    };
+    metrics::counter!("hark_turn_model_checks_total", "outcome" => outcome).increment(1);
+    debug!(
+        turn = %turn,
+        probability_pct,
+        outcome,
+        waited_ms = waited.as_millis() as u64,
+        "end-of-turn model answered"
+    );
 }
 
 /// A held answer played on: counted by why, logged with how long it was held.

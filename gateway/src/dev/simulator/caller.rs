@@ -88,7 +88,8 @@ impl UserSpeech {
                     end_ms,
                     turn: false,
                 }),
-                Some(TurnEvent::SpeechStart { .. }) | None => {}
+                // The simulator's turn detector runs the silence rule only: no model asks.
+                Some(TurnEvent::SpeechStart { .. } | TurnEvent::AskModel { .. }) | None => {}
             }
         }
         if let Some(start_ms) = turns.speech_start_ms() {

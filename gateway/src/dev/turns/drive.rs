@@ -14,11 +14,19 @@ use std::time::{Duration, Instant};
 use hark_engine::agent::{Action, Agent, AgentNeeds, AudioFrame, CallInfo, UserTurn};
 use hark_engine::playout::{AgentAudio, Interrupted, UtteranceId};
 use hark_engine::sim::{Phone, Received};
+use hark_engine::smart_turn::SmartTurn;
 use hark_engine::twilio::{self, Start};
-use hark_engine::{Call, CallConfig, Event, Input, Output};
+use hark_engine::{Call, CallConfig, Event, Input, Output, TurnCheck};
 
 /// The stream's SID in every bench call (the phone checks every message carries it).
 const SID: &str = "MZ7e11a9c0b1e0d6f3a2c4b5d6e7f80912";
+
+/// How long an end-of-turn model check takes to come back in virtual time
+/// (`HARK_END_OF_TURN=smart-turn`): about one Smart Turn inference on one core of the 2-core
+/// AMD EPYC machine the README's figures come from (`cargo bench -p hark-benches --bench
+/// smart_turn`, `smart_turn/predict_8k_8s`), rounded up. The model itself runs for real, outside
+/// the call's timed work.
+pub const MODEL_LATENCY: Duration = Duration::from_millis(150);
 
 /// How long [`Talker`] waits after a barge-in that no caller turn followed before it talks again.
 pub const TALKER_RESUME: Duration = Duration::from_millis(2_000);
@@ -42,6 +50,11 @@ pub struct Run {
     pub busy: Duration,
     /// 20 ms frames fed.
     pub frames: u64,
+    /// End-of-turn model checks answered, and the wall time the model took for them (not in
+    /// `busy`).
+    pub model_checks: u64,
+    /// See `model_checks`.
+    pub model_busy: Duration,
 }
 
 /// The agent for the caller-only scenes: listens, never speaks, and keeps the call's own VAD
@@ -196,6 +209,8 @@ struct Driver {
     seq: u64,
     media_ms: u64,
     run: Run,
+    /// The end-of-turn check in flight, with when its answer comes.
+    check: Option<(Instant, TurnCheck)>,
 }
 
 impl Driver {
@@ -228,15 +243,35 @@ impl Driver {
                     self.timeout = t;
                     return Ok(());
                 }
+                // A newer check replaces the one in flight, as in the real driver.
+                Output::TurnCheck(c) => self.check = Some((self.now + MODEL_LATENCY, c)),
                 Output::Provider(_) | Output::Close(_) | Output::Transfer { .. } => {}
             }
         }
     }
 
+    /// Answers the check in flight with the real model (its time kept apart from the call's).
+    fn answer_check(&mut self) -> Result<(), String> {
+        let Some((_, check)) = self.check.take() else {
+            return Ok(());
+        };
+        let began = Instant::now();
+        let probability = SmartTurn::shared().map(|m| m.predict_8k(&check.audio)).ok();
+        self.run.model_busy += began.elapsed();
+        self.run.model_checks += 1;
+        let at = self.now;
+        self.input(Input::TurnCheck {
+            at,
+            id: check.id,
+            probability,
+        })
+    }
+
     /// Lets virtual time run to `to`: mark echoes and the call's timers at their times.
     fn advance_to(&mut self, to: Instant) -> Result<(), String> {
         loop {
-            let next = [self.phone.next_echo_at(), self.timeout]
+            let check_at = self.check.as_ref().map(|c| c.0);
+            let next = [self.phone.next_echo_at(), self.timeout, check_at]
                 .into_iter()
                 .flatten()
                 .min()
@@ -244,6 +279,10 @@ impl Driver {
             let Some(t) = next else { break };
             self.now = self.now.max(t);
             self.phone.advance(self.now);
+            if check_at.is_some_and(|c| c <= self.now) {
+                self.answer_check()?;
+                continue;
+            }
             let echoes = self.phone.take_echoes();
             if echoes.is_empty() {
                 let at = self.now;
@@ -277,6 +316,7 @@ pub fn run(cfg: CallConfig, agent: Box<dyn Agent>, ulaw: &[u8]) -> Result<Run, S
         seq: 1,
         media_ms: 0,
         run: Run::default(),
+        check: None,
     };
     d.text(&twilio::inbound::connected())?;
     d.text(&start_message())?;

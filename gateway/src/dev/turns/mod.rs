@@ -117,6 +117,11 @@ pub struct Row {
     pub clear_p90_ms: Option<u64>,
     /// The call's CPU (wall time inside the call, one thread) per 20 ms frame, µs.
     pub us_per_frame: f64,
+    /// End-of-turn model checks per minute of call audio (`hark_end_of_turn=smart-turn`; 0
+    /// with the silence rule).
+    pub model_checks_per_min: f64,
+    /// Wall time of one model check, ms (one thread; `None` without checks).
+    pub model_ms_per_check: Option<f64>,
 }
 
 /// The call configuration for a VAD name (`webrtc`, `silero`, `hybrid`; the rest of the
@@ -167,6 +172,8 @@ pub fn run_config(
     let a = drive::run(cfg, Box::new(Talker::new()), &agent_audio)?;
     let busy: Duration = t.busy + p.busy + a.busy;
     let n_frames = t.frames + p.frames + a.frames;
+    let checks = t.model_checks + p.model_checks + a.model_checks;
+    let model_busy = t.model_busy + p.model_busy + a.model_busy;
 
     let ts = score::turns(&scenes.turns, &t.events);
     let ps = score::pauses(&scenes.pauses, &p.events);
@@ -209,6 +216,8 @@ pub fn run_config(
         clear_p50_ms: score::percentile(&ag.clear_ms, 50.0),
         clear_p90_ms: score::percentile(&ag.clear_ms, 90.0),
         us_per_frame: busy.as_secs_f64() * 1e6 / n_frames.max(1) as f64,
+        model_checks_per_min: checks as f64 / (n_frames as f64 * 0.02 / 60.0).max(1e-9),
+        model_ms_per_check: (checks > 0).then(|| model_busy.as_secs_f64() * 1e3 / checks as f64),
     })
 }
 
@@ -312,7 +321,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<8} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6} {:>5} {:>14} {:>6} {:>6} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6}",
+        "{:<8} {:<14} {:>5} {:>7} {:>6} {:>6} {:>6} {:>5} {:>14} {:>6} {:>6} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6} {:>7}",
         "vad",
         "condition",
         "F1",
@@ -329,7 +338,8 @@ pub fn table(rows: &[Row]) -> String {
         "barge",
         "clr50",
         "clr90",
-        "µs/fr"
+        "µs/fr",
+        "chk/min"
     );
     for r in rows {
         let pauses: Vec<String> = r
@@ -339,7 +349,7 @@ pub fn table(rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<8} {:<14} {:>5.2} {:>7} {:>6} {:>6} {:>6.0} {:>5} {:>14} {:>6.1} {:>6} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6.1}",
+            "{:<8} {:<14} {:>5.2} {:>7} {:>6} {:>6} {:>6.0} {:>5} {:>14} {:>6.1} {:>6} {:>4} {:>6} {:>6} {:>5} {:>5} {:>6.1} {:>7.1}",
             r.vad,
             r.condition,
             r.f1,
@@ -356,7 +366,8 @@ pub fn table(rows: &[Row]) -> String {
             ratio(r.barge_ins),
             ms(r.clear_p50_ms),
             ms(r.clear_p90_ms),
-            r.us_per_frame
+            r.us_per_frame,
+            r.model_checks_per_min
         );
     }
     s
