@@ -8,7 +8,8 @@
 //!   `HARK_NODE_LOST_AFTER_S` (a process killed, a box gone): it closes their open calls as
 //!   `ended: crashed` (so `GET /calls` on any node, and the operator's `call.ended` event, say
 //!   so) and takes over their node's pending call events ([`Store::claim_lost_nodes`]). One node
-//!   claims each lost run.
+//!   claims each lost run. Rows of runs that ended over [`ENDED_RUNS_KEPT_MS`] ago are deleted
+//!   on the same beat ([`Store::prune_nodes`]).
 //! - **Callbacks for live calls elsewhere.** Twilio sends a callback to whichever node the load
 //!   balancer picks. A callback for a live call that is not on the receiving node (today:
 //!   the asynchronous answering machine verdict, [`super::amd`]) is published with Postgres
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::amd::LiveCalls;
 use super::store::{Backend, Store};
@@ -136,7 +137,12 @@ impl Cluster {
     }
 }
 
-/// The heartbeat and the lost-node sweep, until `stopped`.
+/// How long the `nodes` row of a run that stopped or was found lost is kept, ms (7 days): long
+/// enough to see in the database which runs ended and how, short enough that restarts do not
+/// grow the table without bound.
+pub const ENDED_RUNS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The heartbeat, the lost-node sweep and pruning ended runs, until `stopped`.
 async fn beat(store: Store, lost_after: Duration, mut stopped: watch::Receiver<bool>) {
     let every = heartbeat_every(lost_after);
     let lost_after_ms = i64::try_from(lost_after.as_millis()).unwrap_or(i64::MAX);
@@ -180,6 +186,14 @@ async fn beat(store: Store, lost_after: Duration, mut stopped: watch::Receiver<b
                 }
             }
             Err(e) => warn!(error = %e, "lost-node sweep failed"),
+        }
+        match store.prune_nodes(now - ENDED_RUNS_KEPT_MS).await {
+            Ok(0) => {}
+            Ok(n) => debug!(
+                rows = n,
+                "pruned the rows of runs that ended over 7 days ago"
+            ),
+            Err(e) => warn!(error = %e, "cannot prune ended runs from nodes"),
         }
     }
 }

@@ -160,6 +160,21 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Deletes the rows of runs that ended (stopped, or claimed as lost) before
+    /// `ended_before_ms`, Unix ms: a node adds a row per start, so without this `nodes` grows
+    /// with every restart. A run that comes back after being pruned inserts its row again
+    /// ([`Store::node_started`]). Returns the rows deleted.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn prune_nodes(&self, ended_before_ms: i64) -> Result<u64, sqlx::Error> {
+        sqlx::query("DELETE FROM nodes WHERE state <> 'alive' AND ended_at < $1")
+            .bind(ended_before_ms)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+    }
+
     /// Reserves the next outbound call creation slot, shared by every node on this database:
     /// one creation per `period_us`, with at most `capacity` reservations waiting (a
     /// reservation waits when its slot is in the future). The reservation is taken under a row
@@ -346,6 +361,45 @@ mod tests {
                     .unwrap()
                     .is_empty()
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn ended_runs_are_pruned_after_the_retention_and_alive_ones_never() {
+        for store in test_stores().await {
+            let stopped = store.clone().with_node(node("a", "a-1"));
+            let lost = store.clone().with_node(node("b", "b-1"));
+            let alive = store.clone().with_node(node("c", "c-1"));
+            for s in [&stopped, &lost, &alive] {
+                s.node_started(1_000).await.unwrap();
+            }
+            stopped.node_stopped(2_000).await.unwrap();
+            // b-1 goes silent and c-1 claims it at 30 s.
+            assert!(alive.node_heartbeat(29_000).await.unwrap());
+            let claimed = alive.claim_lost_nodes(10_000, "crashed", 30_000).await;
+            assert_eq!(claimed.unwrap().len(), 1);
+            let rows = |s: Store| async move {
+                let mut ids: Vec<String> = sqlx::query("SELECT instance_id FROM nodes")
+                    .fetch_all(&s.pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<String, _>("instance_id"))
+                    .collect();
+                ids.sort();
+                ids
+            };
+            // Before either ended nothing goes; then the stopped run (ended at 2 s); then the
+            // lost one (ended at 30 s). The alive run stays however old its start.
+            assert_eq!(alive.prune_nodes(2_000).await.unwrap(), 0);
+            assert_eq!(alive.prune_nodes(2_001).await.unwrap(), 1);
+            assert_eq!(rows(alive.clone()).await, ["b-1", "c-1"]);
+            assert_eq!(alive.prune_nodes(i64::MAX).await.unwrap(), 1);
+            assert_eq!(rows(alive.clone()).await, ["c-1"]);
+            // A pruned run that beats again is told it was lost, and starting inserts its row.
+            assert!(!lost.node_heartbeat(40_000).await.unwrap());
+            lost.node_started(40_000).await.unwrap();
+            assert_eq!(rows(alive.clone()).await, ["b-1", "c-1"]);
         }
     }
 }
