@@ -20,11 +20,12 @@
 //!    caller's level, the frames the hold keeps included. A conversation behind the caller is
 //!    voiced much of the time; left out, it would pull that mean down and widen the gate until
 //!    the conversation passed it (`hark bench turns`, `talkers` at 10 dB: 63 % of turns over
-//!    1.5 s counting only unvoiced frames, 9 % counting these). On a clean line the gate uses
-//!    the mean of the unvoiced frames only (the caller's soft word ends would otherwise narrow
-//!    it), which is also what decides whether the line is clean. Where the background is voices
-//!    ([`VOICES_SHARE`]) the caller's envelope releases slower ([`VOICES_CALLER_RELEASE`]).
-
+//!    1.5 s counting only unvoiced frames, 9 % counting these, before the slower release
+//!    below). On a clean line the gate uses the mean of the unvoiced frames only (the caller's
+//!    soft word ends would otherwise narrow it), which is also what decides whether the line is
+//!    clean. Where the background is voices ([`VOICES_SHARE`]) the caller's envelope releases
+//!    slower ([`VOICES_CALLER_RELEASE`]).
+//!
 //! 4. **Fast onset.** Silero needs a window or two to rise; webrtc-vad (about 1 µs a frame)
 //!    answers at once but also to noise. A frame webrtc-vad calls voice that also passes the
 //!    level stage and the foreground gate counts as voiced even before Silero agrees, for the
