@@ -2,7 +2,7 @@
 //! where the answer is known from the configuration. On clean speech with webrtc-vad and a
 //! 600 ms end-of-turn silence, every 800 ms inner pause must end the turn and no 400 ms one
 //! may; turns end 600–700 ms after the speech; every real barge-in interrupts the agent within
-//! the 80 ms of voice it needs plus the detector's onset; and a run is deterministic.
+//! the 60 ms of voice it needs plus the detector's onset; and a run is deterministic.
 
 use std::path::PathBuf;
 
@@ -17,6 +17,14 @@ fn clean() -> Condition {
     Condition {
         noise: None,
         snr_db: f64::INFINITY,
+    }
+}
+
+/// The committed noise `name` at `snr_db` under the speech.
+fn noisy(name: &str, snr_db: f64) -> Condition {
+    Condition {
+        noise: Some(name.into()),
+        snr_db,
     }
 }
 
@@ -54,10 +62,7 @@ fn clean_speech_scores_as_the_configuration_predicts() {
 #[test]
 fn noise_is_mixed_at_the_asked_snr_and_runs_are_deterministic() {
     let corpus = corpus();
-    let babble = |snr| Condition {
-        noise: Some("babble".into()),
-        snr_db: snr,
-    };
+    let babble = |snr| noisy("babble", snr);
     let a = turns::run_condition(&corpus, "webrtc", &babble(10.0)).unwrap();
     let b = turns::run_condition(&corpus, "webrtc", &babble(10.0)).unwrap();
     let strip = |r: &turns::Row| {
@@ -85,20 +90,13 @@ fn noise_is_mixed_at_the_asked_snr_and_runs_are_deterministic() {
 /// interrupt the agent as it did. The README's table has today's figures.
 #[test]
 fn background_voices_neither_hold_turns_open_nor_interrupt_the_agent() {
-    let talkers = Condition {
-        noise: Some("talkers".into()),
-        snr_db: 10.0,
-    };
-    let row = turns::run_condition(&corpus(), "hybrid", &talkers).unwrap();
+    let corpus = corpus();
+    let row = turns::run_condition(&corpus, "hybrid", &noisy("talkers", 10.0)).unwrap();
     assert!(row.eot_over_1500_pct <= 15.0, "{row:?}");
     assert!(row.missed_onsets <= 15, "{row:?}");
     // Babble 5 dB under the caller: with the caller's level released as fast as on other
     // lines, 27.6 false barge-ins per minute and 11 % of turns over 1.5 s.
-    let babble = Condition {
-        noise: Some("babble".into()),
-        snr_db: 5.0,
-    };
-    let row = turns::run_condition(&corpus(), "hybrid", &babble).unwrap();
+    let row = turns::run_condition(&corpus, "hybrid", &noisy("babble", 5.0)).unwrap();
     assert!(row.false_barge_ins_per_min <= 15.0, "{row:?}");
     assert!(row.eot_over_1500_pct <= 8.0, "{row:?}");
 }
@@ -110,10 +108,6 @@ fn unknown_vads_and_noises_are_refused() {
         assert!(turns::config_for(v).is_ok());
     }
     let corpus = corpus();
-    let c = Condition {
-        noise: Some("traffic".into()),
-        snr_db: 10.0,
-    };
-    let e = turns::run_condition(&corpus, "webrtc", &c).unwrap_err();
+    let e = turns::run_condition(&corpus, "webrtc", &noisy("traffic", 10.0)).unwrap_err();
     assert!(e.contains("traffic"), "{e}");
 }
