@@ -263,6 +263,16 @@ pub enum Action {
     /// it is kept), with no [`crate::Event::BargeIn`] and not counted as a barge-in. Does
     /// nothing when no agent audio is unplayed.
     Clear,
+    /// The answer to [`Agent::on_backchannel_check`]: `true`, the caller's words were a
+    /// backchannel ("uh-huh", "okay") or none at all (a cough): the agent's held audio plays on
+    /// from where the caller stopped hearing it, and the speech is not a turn; `false`, they
+    /// were words of a turn ("No", "wait"): the barge-in is confirmed ([`Agent::on_barge_in`])
+    /// and the turn handed over ([`Agent::on_user_turn`], the same audio). Ignored when no
+    /// check is waiting.
+    BackchannelVerdict {
+        /// Whether it was a backchannel.
+        backchannel: bool,
+    },
 }
 
 /// Who said a transcript line.
@@ -406,6 +416,20 @@ pub trait Agent {
     fn vad_barge_in(&self) -> bool {
         true
     }
+    /// Whether the agent can tell a backchannel from a turn by its words (default `false`; the
+    /// cascade, through its STT). When it can, a caller turn shorter than
+    /// [`crate::config::TurnConfig::backchannel_check_ms`] that ends over a held barge-in is not
+    /// decided by its duration: the call keeps the agent's audio held and asks
+    /// [`Agent::on_backchannel_check`]. Read once, when the call is created.
+    fn checks_backchannels(&self) -> bool {
+        false
+    }
+    /// A short caller turn ended while the agent's audio was held for it (only with
+    /// [`Agent::checks_backchannels`]): answer with [`Action::BackchannelVerdict`]. The audio
+    /// stays held until then; with no verdict within
+    /// [`crate::config::TurnConfig::resume_after_ms`], or when the caller speaks again first,
+    /// the turn stands (confirmed, then [`Agent::on_user_turn`] with the same `turn`).
+    fn on_backchannel_check(&mut self, _now: Instant, _turn: &UserTurn, _out: &mut Vec<Action>) {}
     /// The stream started; a greeting goes here.
     fn on_start(&mut self, now: Instant, info: &CallInfo, out: &mut Vec<Action>);
     /// An inbound frame (only with [`AgentNeeds::streaming_audio`]).

@@ -87,6 +87,9 @@ pub struct Call {
     /// Transfers that failed so far.
     failed_transfers: u32,
     barged_this_speech: bool,
+    /// The agent judges short turns over a hold by their words
+    /// ([`Agent::checks_backchannels`], with `backchannel_check_ms` set).
+    words_check: bool,
     /// A barge-in held, waiting to be confirmed or undone ([`pause`]).
     hold: Option<pause::Hold>,
     /// An answering machine's greeting is over ([`AnsweredBy::MachineEnd`]): its line (the
@@ -126,6 +129,7 @@ impl Call {
         cfg.validate()?;
         let needs = agent.needs();
         let vad_barge_in = agent.vad_barge_in();
+        let words_check = agent.checks_backchannels() && cfg.turn.backchannel_check_ms > 0;
         let up = if cfg.vad.rate == SampleRate::HZ_16000 || cfg.agent_rate == SampleRate::HZ_16000 {
             Some(Resampler::new(SampleRate::HZ_8000, SampleRate::HZ_16000)?)
         } else {
@@ -165,6 +169,7 @@ impl Call {
             deferred: Vec::new(),
             failed_transfers: 0,
             barged_this_speech: false,
+            words_check,
             hold: None,
             machine: false,
             book: TurnBook::new(!vad_barge_in),
@@ -649,6 +654,8 @@ impl Call {
     fn on_turn_event(&mut self, at: Instant, ev: TurnEvent, actions: &mut Vec<Action>) {
         match ev {
             TurnEvent::SpeechStart { start_ms } => {
+                // The caller speaks again before the agent judged their last words: they stand.
+                self.settle_word_check(at, false, actions);
                 self.barged_this_speech = false;
                 if self.needs.utterance_audio {
                     self.utterance.clear();
@@ -676,6 +683,13 @@ impl Call {
                 start_ms,
                 end_ms,
                 forced,
+            } if self.asks_for_words(start_ms, end_ms, forced) => {
+                self.ask_for_words(at, start_ms, end_ms, actions);
+            }
+            TurnEvent::SpeechEnd {
+                start_ms,
+                end_ms,
+                forced,
             } => {
                 self.confirm_hold(at, actions);
                 self.end_turn(at, start_ms, end_ms, forced, actions)
@@ -690,6 +704,7 @@ impl Call {
 
     fn run_actions(&mut self, at: Instant, actions: &mut Vec<Action>) {
         let mut interrupt = false;
+        let mut verdict = None;
         for a in actions.drain(..) {
             match a {
                 Action::Play { id, audio, text } => {
@@ -734,6 +749,14 @@ impl Call {
                 }
                 Action::Interrupt => interrupt = true,
                 Action::Clear => self.clear_for_agent(at),
+                Action::BackchannelVerdict { backchannel } => verdict = Some(backchannel),
+            }
+        }
+        if let Some(backchannel) = verdict.filter(|_| !self.stopped) {
+            let mut more = Vec::new();
+            self.settle_word_check(at, backchannel, &mut more);
+            if !more.is_empty() {
+                self.run_actions(at, &mut more);
             }
         }
         // A provider-side interruption: the same path as the VAD's barge-in. The agent's

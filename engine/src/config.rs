@@ -146,6 +146,14 @@ pub struct TurnConfig {
     /// backchannels last 310–670 ms, and its bench sessions hold real 370 ms barge-ins; 700
     /// stops backchannels interrupting and one-word interruptions too (`hark bench turns`).
     pub backchannel_max_ms: u32,
+    /// With an agent that can tell a backchannel by its words ([`crate::Agent::checks_backchannels`]:
+    /// the cascade, through its STT), a caller turn over a held barge-in shorter than this
+    /// (first to last voiced frame) is checked by its words instead of its duration: the
+    /// agent's audio stays held until the agent's verdict, so "uh-huh" lets it play on and a
+    /// short "No!" still interrupts. Caller voice that lasts this long confirms the barge-in at
+    /// once (default 1000: the benchmark's backchannels last 310–670 ms; 0: off, the duration
+    /// rule above decides).
+    pub backchannel_check_ms: u32,
     /// A turn longer than this is ended by force (default 30 000), which bounds the memory a
     /// call holds for one utterance (8 kHz: 16 KB per second).
     pub max_utterance_ms: u32,
@@ -209,6 +217,7 @@ impl Default for TurnConfig {
             min_interruption_ms: 60,
             resume_after_ms: 1_500,
             backchannel_max_ms: 0,
+            backchannel_check_ms: 1_000,
             max_utterance_ms: 30_000,
             pre_roll_ms: 200,
             end_of_turn: EndOfTurn::Silence,
@@ -273,7 +282,7 @@ impl Default for CallConfig {
 /// The custom parameters (TwiML `<Parameter name="…" value="…"/>` inside `<Stream>`, seen in
 /// the `start` message's `customParameters`) that set a call's own turn-taking, over the
 /// server's configuration: the `HARK_*` variable of the same name, lower case.
-pub const CALL_PARAMETERS: [&str; 10] = [
+pub const CALL_PARAMETERS: [&str; 11] = [
     "hark_vad",
     "hark_vad_threshold_pct",
     "hark_stop_ms",
@@ -281,6 +290,7 @@ pub const CALL_PARAMETERS: [&str; 10] = [
     "hark_min_interruption_ms",
     "hark_resume_after_ms",
     "hark_backchannel_max_ms",
+    "hark_backchannel_check_ms",
     "hark_end_of_turn",
     "hark_turn_model_threshold_pct",
     "hark_turn_model_stop_ms",
@@ -331,6 +341,7 @@ impl CallConfig {
                 "hark_min_interruption_ms" => num().map(|n| cfg.turn.min_interruption_ms = n),
                 "hark_resume_after_ms" => num().map(|n| cfg.turn.resume_after_ms = n),
                 "hark_backchannel_max_ms" => num().map(|n| cfg.turn.backchannel_max_ms = n),
+                "hark_backchannel_check_ms" => num().map(|n| cfg.turn.backchannel_check_ms = n),
                 "hark_end_of_turn" => EndOfTurn::from_name(v)
                     .map(|k| cfg.turn.end_of_turn = k)
                     .ok_or_else(|| format!("{name}: {v:?} is not silence or smart-turn")),

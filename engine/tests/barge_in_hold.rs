@@ -2,7 +2,10 @@
 //! the agent only holds its audio (`clear`, then it plays on from where the caller stopped
 //! hearing, nothing lost, the agent never told) when `backchannel_max_ms` is set; a real
 //! barge-in is confirmed once the caller's voice is speech, with the `clear`'s timing; and
-//! with `resume_after_ms` = 0 the first decision cuts at once, as before.
+//! with `resume_after_ms` = 0 the first decision cuts at once, as before. With an agent that
+//! knows a backchannel by its words (`Agent::checks_backchannels`), a short turn over the
+//! hold waits for its verdict: a backchannel plays on, a short "No!" interrupts, and no
+//! verdict in time (or the caller speaking again) lets the turn stand.
 
 mod common;
 
@@ -31,9 +34,21 @@ const ANSWER_MS: u64 = 8_000;
 struct Told {
     barge_ins: Vec<Interrupted>,
     turns: u32,
+    /// The turns it was asked to check, and the turns handed over, with their times.
+    checked: Vec<(Instant, UserTurn)>,
+    handed: Vec<UserTurn>,
 }
 
-struct Speaker(Rc<RefCell<Told>>);
+/// How [`Speaker`] answers a word check (`None`: it does not check words).
+#[derive(Clone, Copy)]
+enum Words {
+    /// `BackchannelVerdict` after this many ms.
+    After(u64, bool),
+    /// Never answers.
+    Never,
+}
+
+struct Speaker(Rc<RefCell<Told>>, Option<Words>, Option<(Instant, bool)>);
 
 impl Agent for Speaker {
     fn name(&self) -> &'static str {
@@ -58,11 +73,31 @@ impl Agent for Speaker {
         });
         out.push(Action::Finish(UtteranceId(1)));
     }
-    fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {
-        self.0.borrow_mut().turns += 1;
+    fn on_user_turn(&mut self, _: Instant, turn: UserTurn, _: &mut Vec<Action>) {
+        let mut t = self.0.borrow_mut();
+        t.turns += 1;
+        t.handed.push(turn);
     }
     fn on_barge_in(&mut self, _: Instant, heard: &Interrupted, _: &mut Vec<Action>) {
         self.0.borrow_mut().barge_ins.push(heard.clone());
+    }
+    fn checks_backchannels(&self) -> bool {
+        self.1.is_some()
+    }
+    fn on_backchannel_check(&mut self, now: Instant, turn: &UserTurn, out: &mut Vec<Action>) {
+        self.0.borrow_mut().checked.push((now, turn.clone()));
+        if let Some(Words::After(ms, backchannel)) = self.1 {
+            let at = now + common::ms(ms);
+            self.2 = Some((at, backchannel));
+            out.push(Action::WakeAt(at));
+        }
+    }
+    fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some((at, backchannel)) = self.2.filter(|(at, _)| *at <= now) {
+            let _ = at;
+            self.2 = None;
+            out.push(Action::BackchannelVerdict { backchannel });
+        }
     }
 }
 
@@ -94,10 +129,20 @@ fn call_with(
     speech_ms: u64,
     total_ms: u64,
 ) -> (TestCall, Rc<RefCell<Told>>) {
+    judged(cfg, params, None, &caller(speech_ms, total_ms))
+}
+
+/// A call whose agent answers word checks as `words` says, fed `audio`.
+fn judged(
+    cfg: CallConfig,
+    params: &[(&str, &str)],
+    words: Option<Words>,
+    audio: &[u8],
+) -> (TestCall, Rc<RefCell<Told>>) {
     let told = Rc::new(RefCell::new(Told::default()));
-    let mut c = TestCall::new(cfg, Box::new(Speaker(told.clone())), SID);
+    let mut c = TestCall::new(cfg, Box::new(Speaker(told.clone(), words, None)), SID);
     c.start_stream(params);
-    c.feed_audio(&caller(speech_ms, total_ms), 160);
+    c.feed_audio(audio, 160);
     let end = c.now + common::ms(ANSWER_MS);
     c.advance_to(end);
     (c, told)
@@ -220,4 +265,140 @@ fn a_calls_own_parameters_set_its_turn_taking() {
     // Without the parameter the same speech is a turn that cuts the answer.
     let (_, told) = call(CallConfig::default(), 400, 6_000);
     assert_eq!(told.borrow().barge_ins.len(), 1);
+}
+
+fn resumed(c: &TestCall) -> Vec<bool> {
+    c.pick(|_, e| match e {
+        Event::PlaybackResumed { backchannel, .. } => Some(*backchannel),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_short_turn_over_the_hold_waits_for_the_agents_word_check() {
+    // 400 ms of speech over the agent, the duration rule off: the agent's words decide.
+    let cfg = CallConfig::default();
+    assert_eq!(cfg.turn.backchannel_max_ms, 0);
+    let audio = caller(400, 6_000);
+
+    // "Uh-huh": the answer plays on from what was heard, no turn, no barge-in.
+    let (c, told) = judged(cfg, &[], Some(Words::After(300, true)), &audio);
+    assert_eq!(clears(&c).len(), 1);
+    assert_eq!(resumed(&c), [true]);
+    assert!(c.barge_ins().is_empty());
+    let t = told.borrow();
+    assert_eq!(t.checked.len(), 1);
+    assert!(t.barge_ins.is_empty() && t.handed.is_empty());
+    let discarded = c.pick(|_, e| matches!(e, Event::UserSpeechDiscarded { .. }).then_some(()));
+    assert_eq!(discarded.len(), 1, "a backchannel is not a turn");
+    let heard: u64 = c.phone.bursts().iter().map(|b| b.audio_ms).sum();
+    assert!(
+        (ANSWER_MS..=ANSWER_MS + 300).contains(&heard),
+        "heard {heard} ms"
+    );
+    // Held until the verdict: the agent's audio came back 300 ms after the check, not before.
+    let (asked, _) = t.checked[0];
+    let back = c.pick(|_, e| match e {
+        Event::PlaybackResumed { at, .. } => Some(*at),
+        _ => None,
+    });
+    assert_eq!(back[0].duration_since(asked).as_millis(), 300);
+    drop(t);
+
+    // "No!": the barge-in is confirmed and the same turn handed over.
+    let (c, told) = judged(cfg, &[], Some(Words::After(300, false)), &audio);
+    assert!(resumed(&c).is_empty());
+    let bis = c.barge_ins();
+    assert_eq!(bis.len(), 1);
+    assert!(
+        bis[0].delay_ms() <= 100,
+        "the clear's timing: {}",
+        bis[0].delay_ms()
+    );
+    let t = told.borrow();
+    assert_eq!(t.barge_ins.len(), 1);
+    assert_eq!(
+        t.handed,
+        [t.checked[0].1.clone()],
+        "the checked turn, as it was"
+    );
+    let ended = c.pick(|_, e| match e {
+        Event::UserTurnEnded {
+            at, speech_end_at, ..
+        } => Some((*at, *speech_end_at)),
+        _ => None,
+    });
+    assert_eq!(ended.len(), 1);
+    // Its end-of-turn latency counts from the end of the caller's voice, check included.
+    let waited = ended[0].0.duration_since(ended[0].1).as_millis();
+    assert!((900..=1_100).contains(&waited), "{waited} ms");
+}
+
+#[test]
+fn a_word_check_without_an_answer_lets_the_turn_stand() {
+    let cfg = CallConfig::default();
+    let (c, told) = judged(cfg, &[], Some(Words::Never), &caller(400, 6_000));
+    assert!(resumed(&c).is_empty());
+    assert_eq!(c.barge_ins().len(), 1);
+    let t = told.borrow();
+    assert_eq!((t.checked.len(), t.handed.len()), (1, 1));
+    let ended = c.pick(|_, e| match e {
+        Event::UserTurnEnded { at, .. } => Some(*at),
+        _ => None,
+    });
+    let waited = ended[0].duration_since(t.checked[0].0).as_millis() as u32;
+    assert_eq!(
+        waited, cfg.turn.resume_after_ms,
+        "resume_after_ms after the question"
+    );
+}
+
+#[test]
+fn speaking_again_before_the_verdict_makes_the_first_words_a_turn() {
+    // 400 ms of speech, 700 ms of line noise, then 2 s more, all over the agent; the agent
+    // would answer only after 1.5 s.
+    let first = caller(400, 2_600);
+    let more = &MULTI[8 * 1000..8 * 3000];
+    let mut audio = first;
+    audio.extend_from_slice(more);
+    audio.extend_from_slice(&caller(0, 3_000));
+    let cfg = CallConfig::default();
+    let (c, told) = judged(cfg, &[], Some(Words::After(1_500, true)), &audio);
+    let t = told.borrow();
+    assert_eq!(t.checked.len(), 1);
+    assert_eq!(t.handed.len(), 2, "the first words, then the second turn");
+    assert_eq!(t.handed[0], t.checked[0].1);
+    assert_eq!(t.barge_ins.len(), 1);
+    assert!(resumed(&c).is_empty(), "the late verdict changes nothing");
+}
+
+#[test]
+fn long_speech_over_the_hold_is_confirmed_without_a_check() {
+    let cfg = CallConfig::default();
+    let (c, told) = judged(
+        cfg,
+        &[],
+        Some(Words::After(300, true)),
+        &caller(2_500, 6_000),
+    );
+    let t = told.borrow();
+    assert!(t.checked.is_empty());
+    assert_eq!((t.barge_ins.len(), t.handed.len()), (1, 1));
+    // Confirmed once the voice spanned `backchannel_check_ms`, not at the turn's end.
+    let bis = c.barge_ins();
+    let confirmed_after = bis[0].at.duration_since(clears(&c)[0]).as_millis() as u32;
+    let want = cfg.turn.backchannel_check_ms;
+    assert!(
+        confirmed_after + 100 >= want && confirmed_after <= want + 200,
+        "{confirmed_after} ms"
+    );
+    // With the check off (the call's parameter), the duration rule confirms it sooner.
+    let (c, _) = judged(
+        cfg,
+        &[("hark_backchannel_check_ms", "0")],
+        Some(Words::After(300, true)),
+        &caller(400, 6_000),
+    );
+    assert_eq!(c.barge_ins().len(), 1);
+    assert!(resumed(&c).is_empty());
 }

@@ -2188,3 +2188,98 @@ fn a_slow_or_failing_backend_gives_the_defaults_and_the_greeting_still_starts_wi
             AgentReport::ProviderFault { provider, .. } if provider == "context")));
     }
 }
+
+/// A call with the cascade agent and `fake` behind it, saying a long greeting; the caller says
+/// one short word over it (400 ms of speech at 1.5 s, line noise around it, 9 s in all).
+fn short_word_over_the_greeting(fake: Fake) -> Run {
+    let multi = std::fs::read(common::fixture("audio/multi-turn-8k.ulaw")).unwrap();
+    let noise = &multi[..8 * 1000];
+    let mut audio: Vec<u8> = noise.iter().cycle().take(8 * 1500).copied().collect();
+    audio.extend_from_slice(&multi[8 * 1000..8 * 1400]);
+    audio.extend(noise.iter().cycle().take(8 * 7100));
+    let mut cfg = config();
+    cfg.greeting = Some(
+        "Hello and welcome to the order line. I can help you track a parcel or change a delivery."
+            .into(),
+    );
+    let t0 = Instant::now();
+    let lines = common::session(t0, &[], &audio);
+    let agent = CascadeAgent::new(cfg).unwrap();
+    let mut r = TestCall::with_provider(
+        CallConfig::default(),
+        Box::new(agent),
+        common::STREAM_SID,
+        t0,
+        fake,
+    );
+    r.replay(&lines);
+    assert!(r.phone.stats().errors.is_empty());
+    r
+}
+
+#[test]
+fn a_backchannel_is_told_by_its_words_and_the_greeting_plays_on() {
+    let fake = Fake::new(vec!["Uh-huh.".into()], |u| panic!("no answer for {u:?}"));
+    let r = short_word_over_the_greeting(fake);
+    assert_eq!(r.clears().len(), 1, "held at once");
+    assert_eq!(r.provider.requests(Kind::Stt).len(), 1, "transcribed once");
+    assert!(
+        r.provider.requests(Kind::Llm).is_empty(),
+        "nothing to answer"
+    );
+    assert!(r.barge_ins().is_empty());
+    let resumed = r.pick(|_, e| match e {
+        Event::PlaybackResumed { backchannel, .. } => Some(*backchannel),
+        _ => None,
+    });
+    assert_eq!(resumed, [true]);
+    // The greeting was heard whole, and "uh-huh" is in no transcript.
+    let agent = r.transcripts(Role::Agent);
+    assert_eq!(agent.len(), 1, "{agent:?}");
+    assert!(
+        agent[0].0.ends_with("change a delivery.") && !agent[0].1,
+        "{agent:?}"
+    );
+    assert!(r.transcripts(Role::User).is_empty());
+}
+
+#[test]
+fn a_short_no_over_the_greeting_interrupts_with_one_transcription() {
+    let fake = Fake::new(vec!["No.".into()], |u| {
+        assert_eq!(u, "No.");
+        Reply {
+            text: "Sorry, go ahead.".into(),
+            tools: vec![],
+        }
+    });
+    let r = short_word_over_the_greeting(fake);
+    assert_eq!(r.clears().len(), 1);
+    assert_eq!(
+        r.provider.requests(Kind::Stt).len(),
+        1,
+        "its words were kept"
+    );
+    let bis = r.barge_ins();
+    assert_eq!(bis.len(), 1);
+    assert!(
+        bis[0].delay_ms() <= 100,
+        "cleared at once: {}",
+        bis[0].delay_ms()
+    );
+    let llm = r.provider.requests(Kind::Llm);
+    assert_eq!(llm.len(), 1);
+    let m = messages(llm[0]);
+    let greeting = m[1]["content"].as_str().unwrap();
+    assert!(
+        greeting.ends_with("[interrupted by the caller]"),
+        "{greeting}"
+    );
+    assert_eq!(m.last().unwrap()["content"], "No.");
+    assert_eq!(r.transcripts(Role::User), [("No.".to_string(), false)]);
+    // The answer came: the check's transcription stood in for the turn's.
+    assert_eq!(r.latencies(Stage::Stt), [LAT.stt]);
+    assert!(
+        r.transcripts(Role::Agent)
+            .contains(&("Sorry, go ahead.".to_string(), false))
+    );
+}

@@ -2,6 +2,7 @@
 //! [`crate::Action`]s and talk to providers only through [`crate::agent::ProviderCommand`]s.
 pub mod elevenlabs;
 
+pub mod backchannel;
 pub mod cascade;
 pub mod context;
 pub mod http_tools;

@@ -13,19 +13,27 @@
 //! - the turn ends shorter than `backchannel_max_ms` (a backchannel, when that is set) or is
 //!   dropped as a blip → resumed, and a backchannel is not a turn
 //!   ([`Event::UserSpeechDiscarded`]);
+//! - with an agent that knows a backchannel by its words ([`crate::Agent::checks_backchannels`])
+//!   the turn ends shorter than `backchannel_check_ms` → the hold stays and the agent is asked
+//!   ([`crate::Agent::on_backchannel_check`]); its [`Action::BackchannelVerdict`] resumes (a
+//!   backchannel, not a turn) or confirms and hands the turn over. No verdict within
+//!   `resume_after_ms` of the question, or the caller speaking again first: the turn stands.
+//!   Voice spanning `backchannel_check_ms` confirms at once, and so does `resume_after_ms`
+//!   passing while the caller still speaks, voice spanning `min_utterance_ms` (a real barge-in
+//!   of a second or so would otherwise be resumed before its turn ends);
 //! - `resume_after_ms` pass without either → resumed (noise held the turn open).
 //!
 //! Resumed: [`Event::PlaybackResumed`], and the agent's audio goes on from the last echoed
-//! mark; the agent never learns of the hold.
+//! mark; the agent never learns of the hold (only, with a word check, of the check).
 
 use std::time::{Duration, Instant};
 
 use super::{Call, Event, Pending};
-use crate::agent::Action;
+use crate::agent::{Action, UserTurn};
 use crate::twilio;
 
 /// A held barge-in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Hold {
     /// When the audio was held.
     pub(super) at: Instant,
@@ -33,6 +41,20 @@ pub(super) struct Hold {
     pub(super) speech_start_ms: u64,
     /// Media time of the decision.
     pub(super) decided_ms: u64,
+    /// The short turn the agent is checking the words of, if it was asked.
+    pub(super) check: Option<WordCheck>,
+}
+
+/// A caller turn that ended over a hold, waiting for the agent's
+/// [`Action::BackchannelVerdict`].
+#[derive(Debug, Clone)]
+pub(super) struct WordCheck {
+    /// When the agent was asked.
+    asked: Instant,
+    /// When the caller's voice ended (the turn's end-of-turn latency counts from here).
+    speech_end_at: Instant,
+    /// The turn as handed to the agent, again, if it stands.
+    turn: UserTurn,
 }
 
 impl Call {
@@ -62,6 +84,7 @@ impl Call {
             at,
             speech_start_ms,
             decided_ms,
+            check: None,
         });
         self.event(Event::PlaybackPaused {
             speech_start_ms,
@@ -93,25 +116,98 @@ impl Call {
         });
     }
 
-    /// When a hold runs out, if one is in place.
+    /// When a hold runs out (or, with a word check waiting, the agent's time to answer), if
+    /// one is in place.
     pub(super) fn hold_deadline(&self) -> Option<Instant> {
-        let h = self.hold?;
-        Some(h.at + Duration::from_millis(self.cfg.turn.resume_after_ms as u64))
+        let h = self.hold.as_ref()?;
+        let from = h.check.as_ref().map_or(h.at, |c| c.asked);
+        Some(from + Duration::from_millis(self.cfg.turn.resume_after_ms as u64))
     }
 
     /// After each frame and timeout: confirms a hold once the caller's voice is long enough,
-    /// resumes one whose time ran out.
+    /// resumes one whose time ran out (a word check whose time ran out: the turn stands).
     pub(super) fn check_hold(&mut self, at: Instant, actions: &mut Vec<Action>) {
-        if self.hold.is_none() {
+        let Some(h) = &self.hold else {
             return;
-        }
+        };
         let t = &self.cfg.turn;
-        let need = t.backchannel_max_ms.max(t.min_utterance_ms) as u64;
-        let long = self.turn.is_speaking() && self.turn.voiced_span_ms() >= need;
-        if long {
+        let bound = if self.words_check {
+            t.backchannel_check_ms
+        } else {
+            t.backchannel_max_ms
+        };
+        let need = bound.max(t.min_utterance_ms) as u64;
+        let span = self.turn.is_speaking().then(|| self.turn.voiced_span_ms());
+        let long = span.is_some_and(|s| s >= need);
+        // Still speaking when the time runs out, voice spanning `min_utterance_ms`: speech (a
+        // caller saying a second or so, judged by words only once it ends), not a blip.
+        let speech = span.is_some_and(|s| s >= t.min_utterance_ms as u64);
+        let due = self.hold_deadline().is_some_and(|d| d <= at);
+        if h.check.is_some() {
+            if due {
+                self.settle_word_check(at, false, actions);
+            }
+        } else if long || (due && speech && self.words_check) {
             self.confirm_hold(at, actions);
-        } else if self.hold_deadline().is_some_and(|d| d <= at) {
+        } else if due {
             self.resume_hold(at, false);
+        }
+    }
+
+    /// Whether a turn that just ended over a hold goes to the agent's word check: the agent
+    /// can tell, none is waiting, the turn was not forced and is shorter than
+    /// `backchannel_check_ms`.
+    pub(super) fn asks_for_words(&self, start_ms: u64, end_ms: u64, forced: bool) -> bool {
+        self.words_check
+            && !forced
+            && self.hold.as_ref().is_some_and(|h| h.check.is_none())
+            && end_ms.saturating_sub(start_ms) < self.cfg.turn.backchannel_check_ms as u64
+    }
+
+    /// Keeps the hold and asks the agent whether the turn that just ended was a backchannel.
+    pub(super) fn ask_for_words(
+        &mut self,
+        at: Instant,
+        start_ms: u64,
+        end_ms: u64,
+        actions: &mut Vec<Action>,
+    ) {
+        let speech_end_at = self.last_voiced_at.unwrap_or(at);
+        let turn = UserTurn {
+            start_ms,
+            end_ms,
+            audio: self.take_utterance(end_ms),
+            rate: self.cfg.agent_rate,
+        };
+        self.agent.on_backchannel_check(at, &turn, actions);
+        if let Some(h) = self.hold.as_mut() {
+            h.check = Some(WordCheck {
+                asked: at,
+                speech_end_at,
+                turn,
+            });
+        }
+    }
+
+    /// The word check's outcome (the agent's verdict, its time running out, or the caller
+    /// speaking again): a backchannel resumes the agent and is no turn; otherwise the barge-in
+    /// is confirmed and the turn handed over. Nothing when no check is waiting.
+    pub(super) fn settle_word_check(
+        &mut self,
+        at: Instant,
+        backchannel: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(c) = self.hold.as_mut().and_then(|h| h.check.take()) else {
+            return;
+        };
+        let (start_ms, end_ms) = (c.turn.start_ms, c.turn.end_ms);
+        if backchannel {
+            self.resume_hold(at, true);
+            self.discard(start_ms, end_ms);
+        } else {
+            self.confirm_hold(at, actions);
+            self.hand_turn(at, c.turn, c.speech_end_at, false, actions);
         }
     }
 

@@ -31,39 +31,56 @@ impl Call {
         forced: bool,
         actions: &mut Vec<Action>,
     ) {
-        self.stats.turns += 1;
         let speech_end_at = self.last_voiced_at.unwrap_or(at);
+        let turn = UserTurn {
+            start_ms,
+            end_ms,
+            audio: self.take_utterance(end_ms),
+            rate: self.cfg.agent_rate,
+        };
+        self.hand_turn(at, turn, speech_end_at, forced, actions);
+    }
+
+    /// The open utterance's audio up to media time `end_ms` (empty when the agent does not
+    /// ask for it), taken out of the call.
+    pub(super) fn take_utterance(&mut self, end_ms: u64) -> Vec<i16> {
+        if !self.needs.utterance_audio {
+            return Vec::new();
+        }
+        let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
+        let keep = self
+            .cfg
+            .agent_rate
+            .samples_in_ms(keep_ms)
+            .min(self.utterance.len());
+        self.utterance.truncate(keep);
+        std::mem::take(&mut self.utterance)
+    }
+
+    /// Records the end of `turn` (the caller's voice ended at `speech_end_at`) and hands it to
+    /// the agent.
+    pub(super) fn hand_turn(
+        &mut self,
+        at: Instant,
+        turn: UserTurn,
+        speech_end_at: Instant,
+        forced: bool,
+        actions: &mut Vec<Action>,
+    ) {
+        self.stats.turns += 1;
         // Unless its answer has already begun (a provider endpointed first).
         if !std::mem::take(&mut self.open_turn_answered) {
             self.user_end_at = Some(speech_end_at);
         }
-        let audio = if self.needs.utterance_audio {
-            let keep_ms = end_ms.saturating_sub(self.utterance_start_ms);
-            let keep = self
-                .cfg
-                .agent_rate
-                .samples_in_ms(keep_ms)
-                .min(self.utterance.len());
-            self.utterance.truncate(keep);
-            std::mem::take(&mut self.utterance)
-        } else {
-            Vec::new()
-        };
-        let turn = self.book.end();
+        let id = self.book.end();
         self.event(Event::UserTurnEnded {
-            turn,
-            start_ms,
-            end_ms,
+            turn: id,
+            start_ms: turn.start_ms,
+            end_ms: turn.end_ms,
             speech_end_at,
             at,
             forced,
         });
-        let user_turn = UserTurn {
-            start_ms,
-            end_ms,
-            audio,
-            rate: self.cfg.agent_rate,
-        };
-        self.agent.on_user_turn(at, user_turn, actions);
+        self.agent.on_user_turn(at, turn, actions);
     }
 }

@@ -36,6 +36,7 @@
 //! | `HARK_TRANSFER_FAILED_TEXT` | `Sorry, I couldn't transfer your call right now…` | said when a transfer fails; the call goes on |
 //! | `HARK_TOOLS` | `end_call,transfer_call` | tools offered to the model; `none` for none |
 //! | `HARK_TRANSFER_ALLOW` | — | comma-separated numbers `transfer_call` may dial (all when unset) |
+//! | `HARK_BACKCHANNEL_WORDS` | `uh huh, mm hmm, mhm, yeah, okay, right, …` | comma-separated phrases: a short turn over the agent (under `HARK_BACKCHANNEL_CHECK_MS`) made only of these, or of no words, lets it play on; `off` for no word check |
 //! | `HARK_STT_TIMEOUT_MS` | 1500 | first transcription event (or the JSON answer), from the request |
 //! | `HARK_LLM_TIMEOUT_MS` | 1500 | first content or tool-call token, from the request |
 //! | `HARK_TTS_TIMEOUT_MS` | 1200 | first audio bytes, from the request |
@@ -267,6 +268,10 @@ fn conversation(v: &Values, c: &mut CascadeConfig) -> Result<(), ConfigError> {
         }
         c.tools.transfer_allow = allow;
     }
+    if let Some(words) = v.list("HARK_BACKCHANNEL_WORDS", ',') {
+        let off = matches!(words.as_slice(), [w] if unless_off(w.clone()).is_none());
+        c.backchannel_words = if off { Vec::new() } else { words };
+    }
     Ok(())
 }
 
@@ -485,6 +490,15 @@ parameters = { type = "object" }
         );
         assert_eq!(c.filler_text.as_deref(), Some("One moment."));
         assert_eq!(c.filler_after_ms, 1800);
+        assert!(c.backchannel_words.iter().any(|w| w == "uh huh"));
+        let s = read(&[
+            ("OPENAI_API_KEY", "k"),
+            ("HARK_BACKCHANNEL_WORDS", "oui, d'accord ,ah bon"),
+        ])
+        .unwrap();
+        assert_eq!(s.config.backchannel_words, ["oui", "d'accord", "ah bon"]);
+        let s = read(&[("OPENAI_API_KEY", "k"), ("HARK_BACKCHANNEL_WORDS", "off")]).unwrap();
+        assert!(s.config.backchannel_words.is_empty());
         let s = read(&[
             ("OPENAI_API_KEY", "k"),
             ("HARK_PROVIDER_IDLE_MS", "2000"),

@@ -76,6 +76,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_MIN_INTERRUPTION_MS", "call.min_interruption_ms"),
     s("HARK_RESUME_AFTER_MS", "call.resume_after_ms"),
     s("HARK_BACKCHANNEL_MAX_MS", "call.backchannel_max_ms"),
+    s("HARK_BACKCHANNEL_CHECK_MS", "call.backchannel_check_ms"),
     s("HARK_END_OF_TURN", "call.end_of_turn"),
     s(
         "HARK_TURN_MODEL_THRESHOLD_PCT",
@@ -172,6 +173,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
     l("HARK_TOOLS", "agent.cascade.tools", ','),
     l("HARK_TRANSFER_ALLOW", "agent.cascade.transfer_allow", ','),
+    l(
+        "HARK_BACKCHANNEL_WORDS",
+        "agent.cascade.backchannel_words",
+        ',',
+    ),
     s("HARK_FILLER_TEXT", "agent.cascade.filler_text"),
     s("HARK_FILLER_AFTER_MS", "agent.cascade.filler_after_ms"),
     s("HARK_IDLE_REPROMPT_MS", "agent.cascade.idle_reprompt_ms"),

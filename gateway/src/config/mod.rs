@@ -450,6 +450,10 @@ impl Config {
             ),
             ("HARK_RESUME_AFTER_MS", &mut call.turn.resume_after_ms),
             ("HARK_BACKCHANNEL_MAX_MS", &mut call.turn.backchannel_max_ms),
+            (
+                "HARK_BACKCHANNEL_CHECK_MS",
+                &mut call.turn.backchannel_check_ms,
+            ),
             ("HARK_LEAD_MS", &mut call.playout.lead_ms),
             ("HARK_MARK_EVERY_MS", &mut call.playout.mark_every_ms),
         ] {

@@ -226,6 +226,14 @@ pub struct CascadeConfig {
     /// Tool-call rounds per caller turn (default 3): a model that keeps calling tools that
     /// need another round is stopped with the fallback phrase.
     pub max_tool_rounds: u32,
+    /// Phrases that make a short caller turn over the agent a backchannel
+    /// ([`crate::agents::backchannel`]; default [`crate::agents::backchannel::DEFAULT_WORDS`]):
+    /// when the call asks ([`crate::Agent::on_backchannel_check`], turns shorter than
+    /// [`crate::config::TurnConfig::backchannel_check_ms`]), the turn's audio is transcribed and
+    /// a transcript of nothing but these (or no words at all) lets the agent play on; anything
+    /// else interrupts it and is answered, with no second transcription. Empty: no word check
+    /// (the call decides by duration).
+    pub backchannel_words: Vec<String>,
 }
 
 /// The default system prompt.
@@ -303,6 +311,10 @@ impl Default for CascadeConfig {
             },
             request_timeout_ms: 60_000,
             max_tool_rounds: 3,
+            backchannel_words: crate::agents::backchannel::DEFAULT_WORDS
+                .iter()
+                .map(|w| w.to_string())
+                .collect(),
         }
     }
 }

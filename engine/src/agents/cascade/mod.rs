@@ -156,6 +156,7 @@ mod turn;
 mod utterance;
 mod voicemail;
 pub mod wire;
+mod words;
 
 use std::time::{Duration, Instant};
 
@@ -236,6 +237,8 @@ pub struct CascadeAgent {
     idle: idle::Idle,
     /// An answering machine took the call: the message being left ([`voicemail`]).
     voicemail: Option<voicemail::Voicemail>,
+    /// A short caller turn over the agent being transcribed for its words ([`words`]).
+    words: Option<words::WordCheck>,
 }
 
 impl std::fmt::Debug for CascadeAgent {
@@ -292,6 +295,7 @@ impl CascadeAgent {
             variables: std::collections::BTreeMap::new(),
             idle: idle::Idle::default(),
             voicemail: None,
+            words: None,
         })
     }
 
@@ -342,7 +346,7 @@ impl CascadeAgent {
     ) -> PeerId {
         let c = &self.cfg;
         let wait = match role {
-            Pipe::Stt { .. } => Wait {
+            Pipe::Stt { .. } | Pipe::Words => Wait {
                 first_ms: c.stt.timeout_ms,
                 stall_ms: c.stt.stall_ms,
                 waiting_for: "a transcript",
@@ -490,6 +494,11 @@ impl CascadeAgent {
                 self.on_context(now, peer, Ok(t.as_bytes()), out)
             }
             (Pipe::Context, ProviderMessage::Binary(b)) => self.on_context(now, peer, Ok(&b), out),
+            (Pipe::Words, ProviderMessage::Text(t)) => self.on_words_message(now, peer, &t, out),
+            (Pipe::Words, ProviderMessage::Binary(b)) => {
+                let t = String::from_utf8_lossy(&b).into_owned();
+                self.on_words_message(now, peer, &t, out)
+            }
         }
     }
 
@@ -513,6 +522,10 @@ impl CascadeAgent {
                 let f = ProviderFault::new(FaultKind::Dropped, "no answer body");
                 self.on_context(now, peer, Err(&f), out);
             }
+            Pipe::Words => {
+                let f = ProviderFault::new(FaultKind::Dropped, "ended without a transcript");
+                self.words_failed(peer, &f, out);
+            }
         }
     }
 }
@@ -529,6 +542,15 @@ impl Agent for CascadeAgent {
             // is talking again.
             streaming_audio: true,
         }
+    }
+
+    fn checks_backchannels(&self) -> bool {
+        !self.cfg.backchannel_words.is_empty()
+    }
+
+    fn on_backchannel_check(&mut self, now: Instant, turn: &UserTurn, out: &mut Vec<Action>) {
+        self.check_words(now, turn, out);
+        self.settle(now, out);
     }
 
     fn on_audio(&mut self, now: Instant, frame: &AudioFrame<'_>, _out: &mut Vec<Action>) {
@@ -593,7 +615,11 @@ impl Agent for CascadeAgent {
         // over with both texts.
         let restart = self.may_restart();
         self.stop_other_utterances(now, restart, out);
-        self.take_turn(now, wav, filler, restart, out);
+        match self.checked_words(&turn, out) {
+            // Its words are known from the check: no second transcription.
+            Some(text) => self.take_text_turn(now, text, filler, restart, out),
+            None => self.take_turn(now, wav, filler, restart, out),
+        }
         self.settle(now, out);
     }
 
@@ -676,6 +702,10 @@ impl Agent for CascadeAgent {
             ProviderEvent::Failed { fault: f, .. } if role == Pipe::Context => {
                 self.on_context(now, peer, Err(&f), out);
             }
+            ProviderEvent::Failed { fault: f, .. } if role == Pipe::Words => {
+                self.pipes.ended(peer);
+                self.words_failed(peer, &f, out);
+            }
             ProviderEvent::Failed { fault: f, .. } => {
                 self.pipes.ended(peer);
                 let ours = match role {
@@ -685,7 +715,7 @@ impl Agent for CascadeAgent {
                         .map(|s| s.attempt.peer = None)
                         .is_some(),
                     Pipe::Llm { .. } => self.is_chat_pipe(peer),
-                    Pipe::Tts { .. } | Pipe::Phrase(_) | Pipe::Context => true,
+                    Pipe::Tts { .. } | Pipe::Phrase(_) | Pipe::Context | Pipe::Words => true,
                 };
                 if ours {
                     self.fault(now, role, f, out);
@@ -709,6 +739,8 @@ impl Agent for CascadeAgent {
             }
             if role == Pipe::Context {
                 self.on_context(now, peer, Err(&f), out);
+            } else if role == Pipe::Words {
+                self.words_failed(peer, &f, out);
             } else if !matches!(role, Pipe::Llm { .. }) || self.is_chat_pipe(peer) {
                 self.fault(now, role, f, out);
             }

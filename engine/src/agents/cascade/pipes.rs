@@ -16,6 +16,8 @@ use crate::playout::UtteranceId;
 pub(super) enum Pipe {
     /// Transcribing caller audio `seg` of turn `turn`.
     Stt { turn: u64, seg: u64 },
+    /// Transcribing a short caller turn over the agent, to tell a backchannel by its words.
+    Words,
     /// A chat round of turn `turn`.
     Llm { turn: u64 },
     /// Synthesising sentence `sid` of utterance `utt`.
@@ -30,7 +32,7 @@ impl Pipe {
     /// The `provider` label of its faults.
     pub fn provider(self) -> &'static str {
         match self {
-            Pipe::Stt { .. } => PROVIDER_STT,
+            Pipe::Stt { .. } | Pipe::Words => PROVIDER_STT,
             Pipe::Llm { .. } => PROVIDER_LLM,
             Pipe::Tts { .. } | Pipe::Phrase(_) => PROVIDER_TTS,
             Pipe::Context => crate::agents::context::PROVIDER_CONTEXT,

@@ -163,8 +163,9 @@ impl CascadeAgent {
                 Phrase::Rendering { attempt, .. } => Some(attempt),
                 _ => None,
             },
-            // The context is not retried: its deadline is the greeting's.
-            Pipe::Context => None,
+            // The context is not retried: its deadline is the greeting's. A word check that
+            // fails is a turn (`words.rs`), transcribed again as one.
+            Pipe::Context | Pipe::Words => None,
         }
     }
 
@@ -197,7 +198,7 @@ impl CascadeAgent {
                     self.render_phrase(now, k, out);
                 }
             }
-            Pipe::Context => {}
+            Pipe::Context | Pipe::Words => {}
         }
     }
 
@@ -211,7 +212,7 @@ impl CascadeAgent {
                 *self.phrase_mut(k) = Phrase::Chime;
                 self.phrase_settled(now, k, out);
             }
-            Pipe::Context => {}
+            Pipe::Context | Pipe::Words => {}
         }
     }
 

@@ -5,18 +5,23 @@
 //!
 //! While the agent scene plays, [`Talker`] keeps the agent talking: it speaks at the start,
 //! again when an answer has played out, after a caller turn ends, and [`TALKER_RESUME`] after a
-//! barge-in that left no turn; so a sound the caller makes finds the agent speaking.
+//! barge-in that left no turn; so a sound the caller makes finds the agent speaking. Like the
+//! cascade agent it can check a short turn over its held audio by its words
+//! ([`Talker::with_words`]): its "STT" knows the scene's annotations (module docs there).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hark_engine::agent::{Action, Agent, AgentNeeds, AudioFrame, CallInfo, UserTurn};
+use hark_engine::agents::backchannel::{DEFAULT_WORDS, is_backchannel};
 use hark_engine::playout::{AgentAudio, Interrupted, UtteranceId};
 use hark_engine::sim::{Phone, Received};
 use hark_engine::smart_turn::SmartTurn;
 use hark_engine::twilio::{self, Start};
 use hark_engine::{Call, CallConfig, Event, Input, Output, TurnCheck};
+
+use super::corpus::{EventKind, SceneEvent};
 
 /// The stream's SID in every bench call (the phone checks every message carries it).
 const SID: &str = "MZ7e11a9c0b1e0d6f3a2c4b5d6e7f80912";
@@ -30,6 +35,17 @@ pub const MODEL_LATENCY: Duration = Duration::from_millis(150);
 
 /// How long [`Talker`] waits after a barge-in that no caller turn followed before it talks again.
 pub const TALKER_RESUME: Duration = Duration::from_millis(2_000);
+
+/// How long [`Talker`]'s word check takes to answer in virtual time by default (`hark bench
+/// turns --stt-ms`): a transcription of a clip under a second from an OpenAI-compatible STT
+/// (the cascade's word check sends one such request).
+pub const DEFAULT_STT_MS: u64 = 300;
+
+/// What [`Talker`]'s word check "hears" for a turn that overlaps none of the scene's
+/// backchannels or barge-ins (noise, a cough, a click): not a backchannel, as an STT that
+/// transcribes something from noise would make it. So the check helps only where a real STT
+/// would hear the words; it never hides a false barge-in.
+pub const NOT_WORDS: &str = "[unintelligible]";
 
 /// One of the call's events, stamped with the media time (ms of caller audio fed so far) at
 /// which the call emitted it.
@@ -102,6 +118,37 @@ pub struct Talker {
     current: Option<UtteranceId>,
     /// When to talk again after a barge-in that no turn followed.
     resume_at: Option<Instant>,
+    /// The word check, when on.
+    words: Option<Words>,
+}
+
+/// [`Talker`]'s word check: an STT that hears exactly the annotated words.
+#[derive(Debug)]
+struct Words {
+    /// How long it takes to answer.
+    latency: Duration,
+    /// The scene's sounds with words (backchannels, barge-ins): start and end ms, label.
+    said: Vec<(u64, u64, String)>,
+    /// The verdict due, and when.
+    due: Option<(Instant, bool)>,
+}
+
+impl Words {
+    /// The words of the sounds overlapping `start_ms`–`end_ms` (100 ms of slack for the
+    /// VAD's edges), or [`NOT_WORDS`].
+    fn transcript(&self, start_ms: u64, end_ms: u64) -> String {
+        let heard: Vec<&str> = self
+            .said
+            .iter()
+            .filter(|(s, e, _)| *s < end_ms + 100 && *e + 100 > start_ms)
+            .map(|(_, _, w)| w.as_str())
+            .collect();
+        if heard.is_empty() {
+            NOT_WORDS.to_string()
+        } else {
+            heard.join(" ")
+        }
+    }
 }
 
 impl Talker {
@@ -124,6 +171,28 @@ impl Talker {
             next: 0,
             current: None,
             resume_at: None,
+            words: None,
+        }
+    }
+
+    /// A talker that checks short turns over its held audio by their words
+    /// ([`Agent::checks_backchannels`]) as the cascade does, with the default phrases
+    /// ([`hark_engine::agents::backchannel::DEFAULT_WORDS`]): its "STT" answers after `latency`
+    /// with the labels of the scene's `events` the turn overlaps (backchannels and barge-ins;
+    /// coughs and clicks have no words), else [`NOT_WORDS`].
+    pub fn with_words(events: &[SceneEvent], latency: Duration) -> Self {
+        let said = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Backchannel | EventKind::BargeIn))
+            .map(|e| (e.start_ms, e.end_ms, e.label.clone()))
+            .collect();
+        Talker {
+            words: Some(Words {
+                latency,
+                said,
+                due: None,
+            }),
+            ..Talker::new()
         }
     }
 
@@ -163,6 +232,18 @@ impl Agent for Talker {
     fn on_start(&mut self, _: Instant, _: &CallInfo, out: &mut Vec<Action>) {
         self.talk(out);
     }
+    fn checks_backchannels(&self) -> bool {
+        self.words.is_some()
+    }
+    fn on_backchannel_check(&mut self, now: Instant, turn: &UserTurn, out: &mut Vec<Action>) {
+        let Some(w) = self.words.as_mut() else {
+            return;
+        };
+        let text = w.transcript(turn.start_ms, turn.end_ms);
+        let at = now + w.latency;
+        w.due = Some((at, is_backchannel(&text, DEFAULT_WORDS)));
+        out.push(Action::WakeAt(at));
+    }
     fn on_user_turn(&mut self, _: Instant, _: UserTurn, out: &mut Vec<Action>) {
         self.talk(out);
     }
@@ -179,6 +260,12 @@ impl Agent for Talker {
         }
     }
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Some(w) = self.words.as_mut()
+            && let Some((_, backchannel)) = w.due.filter(|(t, _)| *t <= now)
+        {
+            w.due = None;
+            out.push(Action::BackchannelVerdict { backchannel });
+        }
         if self.resume_at.is_some_and(|t| t <= now) {
             self.talk(out);
         }

@@ -71,6 +71,12 @@ pub struct TurnsArgs {
     /// (`hark_min_interruption_ms=60`, …; see README "Per call"), comma-separated.
     #[arg(long = "param", value_name = "NAME=VALUE", value_delimiter = ',')]
     pub params: Vec<String>,
+    /// The agent's word check (the cascade's, on by default): a short turn over the held agent
+    /// is judged by its words, from an "STT" that hears the annotated words and answers in this
+    /// many ms of virtual time (coughs, clicks and noise are heard as words that are no
+    /// backchannel). `0`: no word check, as for agents without one (the duration rule).
+    #[arg(long, value_name = "MS", default_value_t = drive::DEFAULT_STT_MS)]
+    pub stt_ms: u64,
     /// Worker threads (each runs whole conditions).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -134,18 +140,26 @@ pub fn config_for(vad: &str) -> Result<CallConfig, String> {
     Ok(cfg)
 }
 
-/// Runs the three scenes in one condition with one VAD (the default configuration otherwise)
-/// and scores them.
+/// Runs the three scenes in one condition with one VAD (the default configuration otherwise,
+/// the agent's word check answering in [`drive::DEFAULT_STT_MS`]) and scores them.
 pub fn run_condition(corpus: &Corpus, vad: &str, condition: &Condition) -> Result<Row, String> {
-    run_config(corpus, vad, config_for(vad)?, condition)
+    run_config(
+        corpus,
+        vad,
+        config_for(vad)?,
+        condition,
+        drive::DEFAULT_STT_MS,
+    )
 }
 
-/// [`run_condition`] with a whole call configuration; `vad` labels the row.
+/// [`run_condition`] with a whole call configuration and the word check's latency `stt_ms`
+/// (0: the agent checks no words); `vad` labels the row.
 pub fn run_config(
     corpus: &Corpus,
     vad: &str,
     cfg: CallConfig,
     condition: &Condition,
+    stt_ms: u64,
 ) -> Result<Row, String> {
     let level = corpus.annotation.active_level_dbfs;
     let noise = match &condition.noise {
@@ -169,7 +183,12 @@ pub fn run_config(
     let mut frames = score::Frames::default();
     frames.add(&turns_voiced.borrow(), &scenes.turns.speech);
     frames.add(&pauses_voiced.borrow(), &scenes.pauses.speech);
-    let a = drive::run(cfg, Box::new(Talker::new()), &agent_audio)?;
+    let talker = if stt_ms > 0 {
+        Talker::with_words(&scenes.agent.events, Duration::from_millis(stt_ms))
+    } else {
+        Talker::new()
+    };
+    let a = drive::run(cfg, Box::new(talker), &agent_audio)?;
     let busy: Duration = t.busy + p.busy + a.busy;
     let n_frames = t.frames + p.frames + a.frames;
     let checks = t.model_checks + p.model_checks + a.model_checks;
@@ -294,7 +313,7 @@ pub fn run_all(
                     };
                     let row = config_for(vad)
                         .and_then(|cfg| with_args(cfg, args))
-                        .and_then(|cfg| run_config(corpus, vad, cfg, cond));
+                        .and_then(|cfg| run_config(corpus, vad, cfg, cond, args.stt_ms));
                     if let Ok(mut r) = results.lock() {
                         r.push((idx, row));
                     }
