@@ -402,3 +402,28 @@ fn long_speech_over_the_hold_is_confirmed_without_a_check() {
     assert_eq!(c.barge_ins().len(), 1);
     assert!(resumed(&c).is_empty());
 }
+
+#[test]
+fn a_hold_whose_time_runs_out_in_the_silence_before_the_turn_ends_waits_for_its_check() {
+    // A 2 s end-of-turn silence (as an end-of-turn model's "unfinished" wait): the hold's
+    // 1.5 s run out while the caller is silent, before their 400 ms turn ends. It neither plays
+    // on nor cuts then: the turn's end asks for the words.
+    let cfg = CallConfig::default();
+    let audio = caller(400, 7_000);
+    let (c, told) = judged(
+        cfg,
+        &[("hark_stop_ms", "2000")],
+        Some(Words::After(300, true)),
+        &audio,
+    );
+    let t = told.borrow();
+    assert_eq!(t.checked.len(), 1, "asked at the turn's end");
+    assert!(t.barge_ins.is_empty() && t.handed.is_empty());
+    assert_eq!(resumed(&c), [true], "resumed once, as a backchannel");
+    let paused = c.pick(|_, e| match e {
+        Event::PlaybackPaused { at, .. } => Some(*at),
+        _ => None,
+    });
+    let held = t.checked[0].0.duration_since(paused[0]).as_millis();
+    assert!(held > 2_000, "held {held} ms, past resume_after_ms");
+}

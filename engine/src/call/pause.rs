@@ -20,7 +20,9 @@
 //!   `resume_after_ms` of the question, or the caller speaking again first: the turn stands.
 //!   Voice spanning `backchannel_check_ms` confirms at once, and so does `resume_after_ms`
 //!   passing while the caller still speaks, voice spanning `min_utterance_ms` (a real barge-in
-//!   of a second or so would otherwise be resumed before its turn ends);
+//!   of a second or so would otherwise be resumed before its turn ends); passing in the
+//!   silence before such a turn's end (an end-of-turn model's "unfinished"), the hold waits
+//!   for that end and its check;
 //! - `resume_after_ms` pass without either → resumed (noise held the turn open).
 //!
 //! Resumed: [`Event::PlaybackResumed`], and the agent's audio goes on from the last echoed
@@ -43,7 +45,14 @@ pub(super) struct Hold {
     pub(super) decided_ms: u64,
     /// The short turn the agent is checking the words of, if it was asked.
     pub(super) check: Option<WordCheck>,
+    /// The time ran out in the silence before the caller's turn ended: the hold waits for
+    /// that end (and its word check) instead.
+    pub(super) until_turn_end: bool,
 }
+
+/// Caller silence after the last voiced frame from which a speaker is taken to have stopped
+/// (the hold's time running out then waits for the turn's end), ms of media.
+const TRAILING_SILENCE_MS: u64 = 100;
 
 /// A caller turn that ended over a hold, waiting for the agent's
 /// [`Action::BackchannelVerdict`].
@@ -85,6 +94,7 @@ impl Call {
             speech_start_ms,
             decided_ms,
             check: None,
+            until_turn_end: false,
         });
         self.event(Event::PlaybackPaused {
             speech_start_ms,
@@ -120,6 +130,9 @@ impl Call {
     /// one is in place.
     pub(super) fn hold_deadline(&self) -> Option<Instant> {
         let h = self.hold.as_ref()?;
+        if h.until_turn_end && h.check.is_none() {
+            return None;
+        }
         let from = h.check.as_ref().map_or(h.at, |c| c.asked);
         Some(from + Duration::from_millis(self.cfg.turn.resume_after_ms as u64))
     }
@@ -137,18 +150,37 @@ impl Call {
             t.backchannel_max_ms
         };
         let need = bound.max(t.min_utterance_ms) as u64;
-        let span = self.turn.is_speaking().then(|| self.turn.voiced_span_ms());
-        let long = span.is_some_and(|s| s >= need);
-        // Still speaking when the time runs out, voice spanning `min_utterance_ms`: speech (a
-        // caller saying a second or so, judged by words only once it ends), not a blip.
-        let speech = span.is_some_and(|s| s >= t.min_utterance_ms as u64);
+        let (long, speech, trailing) = match self.turn.speech_start_ms() {
+            Some(start) => {
+                let span = self.turn.voiced_span_ms();
+                let silent = self.media_ms.saturating_sub(start + span);
+                (
+                    span >= need,
+                    span >= t.min_utterance_ms as u64,
+                    silent > TRAILING_SILENCE_MS,
+                )
+            }
+            None => (false, false, false),
+        };
         let due = self.hold_deadline().is_some_and(|d| d <= at);
         if h.check.is_some() {
             if due {
                 self.settle_word_check(at, false, actions);
             }
-        } else if long || (due && speech && self.words_check) {
+        } else if long {
             self.confirm_hold(at, actions);
+        } else if due && speech && self.words_check {
+            // Speech (voice spanning `min_utterance_ms`) when the time runs out. Still
+            // talking: a real barge-in of a second or so, confirmed. In the silence before
+            // its turn ends (an end-of-turn model's "unfinished" waits a second): that end
+            // decides, by the words.
+            if trailing {
+                if let Some(h) = self.hold.as_mut() {
+                    h.until_turn_end = true;
+                }
+            } else {
+                self.confirm_hold(at, actions);
+            }
         } else if due {
             self.resume_hold(at, false);
         }
