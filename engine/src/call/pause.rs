@@ -204,13 +204,7 @@ impl Call {
         end_ms: u64,
         actions: &mut Vec<Action>,
     ) {
-        let speech_end_at = self.last_voiced_at.unwrap_or(at);
-        let turn = UserTurn {
-            start_ms,
-            end_ms,
-            audio: self.take_utterance(end_ms),
-            rate: self.cfg.agent_rate,
-        };
+        let (turn, speech_end_at) = self.closed_turn(at, start_ms, end_ms);
         self.agent.on_backchannel_check(at, &turn, actions);
         if let Some(h) = self.hold.as_mut() {
             h.check = Some(WordCheck {

@@ -31,6 +31,18 @@ impl Call {
         forced: bool,
         actions: &mut Vec<Action>,
     ) {
+        let (turn, speech_end_at) = self.closed_turn(at, start_ms, end_ms);
+        self.hand_turn(at, turn, speech_end_at, forced, actions);
+    }
+
+    /// The turn that just ended (media time `start_ms`–`end_ms`, its audio taken out of the
+    /// call), and when the caller's voice ended (`at` if it never was voiced).
+    pub(super) fn closed_turn(
+        &mut self,
+        at: Instant,
+        start_ms: u64,
+        end_ms: u64,
+    ) -> (UserTurn, Instant) {
         let speech_end_at = self.last_voiced_at.unwrap_or(at);
         let turn = UserTurn {
             start_ms,
@@ -38,12 +50,12 @@ impl Call {
             audio: self.take_utterance(end_ms),
             rate: self.cfg.agent_rate,
         };
-        self.hand_turn(at, turn, speech_end_at, forced, actions);
+        (turn, speech_end_at)
     }
 
     /// The open utterance's audio up to media time `end_ms` (empty when the agent does not
     /// ask for it), taken out of the call.
-    pub(super) fn take_utterance(&mut self, end_ms: u64) -> Vec<i16> {
+    fn take_utterance(&mut self, end_ms: u64) -> Vec<i16> {
         if !self.needs.utterance_audio {
             return Vec::new();
         }

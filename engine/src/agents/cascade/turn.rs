@@ -382,23 +382,7 @@ impl CascadeAgent {
         s.attempt.peer = None;
         s.text = Some(text.clone());
         let end_at = s.end_at;
-        report(
-            out,
-            AgentReport::Latency {
-                stage: Stage::Stt,
-                ms: since_ms(now, end_at),
-            },
-        );
-        if !text.is_empty() {
-            report(
-                out,
-                AgentReport::Transcript {
-                    role: Role::User,
-                    text,
-                    interrupted: false,
-                },
-            );
-        }
+        report_transcript(out, since_ms(now, end_at), text);
         self.maybe_start_llm(now, out);
     }
 
@@ -713,5 +697,27 @@ impl CascadeAgent {
             self.utterances[i].closed = true;
         }
         self.pump_utterance(now, utt, out);
+    }
+}
+
+/// Reports a transcription: its STT latency (`ms` from the turn's end) and, if not empty, the
+/// caller's words.
+pub(super) fn report_transcript(out: &mut Vec<Action>, ms: u64, text: String) {
+    report(
+        out,
+        AgentReport::Latency {
+            stage: Stage::Stt,
+            ms,
+        },
+    );
+    if !text.is_empty() {
+        report(
+            out,
+            AgentReport::Transcript {
+                role: Role::User,
+                text,
+                interrupted: false,
+            },
+        );
     }
 }

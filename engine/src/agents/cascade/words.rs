@@ -17,9 +17,10 @@
 use std::time::Instant;
 
 use super::pipes::Pipe;
+use super::turn::report_transcript;
 use super::wire::{self, SttEvent};
 use super::{CascadeAgent, audio, report, since_ms};
-use crate::agent::{Action, AgentReport, FaultKind, PeerId, ProviderFault, Role, Stage, UserTurn};
+use crate::agent::{Action, AgentReport, FaultKind, PeerId, ProviderFault, UserTurn};
 use crate::agents::backchannel::is_backchannel;
 use crate::agents::cascade::PROVIDER_STT;
 
@@ -111,21 +112,7 @@ impl CascadeAgent {
             self.words = None;
         } else {
             w.text = Some(text.clone());
-            report(
-                out,
-                AgentReport::Latency {
-                    stage: Stage::Stt,
-                    ms: since_ms(now, asked),
-                },
-            );
-            report(
-                out,
-                AgentReport::Transcript {
-                    role: Role::User,
-                    text,
-                    interrupted: false,
-                },
-            );
+            report_transcript(out, since_ms(now, asked), text);
         }
         out.push(Action::BackchannelVerdict { backchannel });
     }
