@@ -46,6 +46,8 @@ enum Words {
     After(u64, bool),
     /// Never answers.
     Never,
+    /// Cuts its own audio instead ([`Action::Clear`], as for an answering machine's beep).
+    Clear,
 }
 
 struct Speaker(Rc<RefCell<Told>>, Option<Words>, Option<(Instant, bool)>);
@@ -86,10 +88,14 @@ impl Agent for Speaker {
     }
     fn on_backchannel_check(&mut self, now: Instant, turn: &UserTurn, out: &mut Vec<Action>) {
         self.0.borrow_mut().checked.push((now, turn.clone()));
-        if let Some(Words::After(ms, backchannel)) = self.1 {
-            let at = now + common::ms(ms);
-            self.2 = Some((at, backchannel));
-            out.push(Action::WakeAt(at));
+        match self.1 {
+            Some(Words::After(ms, backchannel)) => {
+                let at = now + common::ms(ms);
+                self.2 = Some((at, backchannel));
+                out.push(Action::WakeAt(at));
+            }
+            Some(Words::Clear) => out.push(Action::Clear),
+            _ => {}
         }
     }
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -426,4 +432,20 @@ fn a_hold_whose_time_runs_out_in_the_silence_before_the_turn_ends_waits_for_its_
     });
     let held = t.checked[0].0.duration_since(paused[0]).as_millis();
     assert!(held > 2_000, "held {held} ms, past resume_after_ms");
+}
+
+#[test]
+fn the_agent_clearing_its_audio_during_a_word_check_keeps_the_callers_turn() {
+    let cfg = CallConfig::default();
+    let (c, told) = judged(cfg, &[], Some(Words::Clear), &caller(400, 6_000));
+    let t = told.borrow();
+    assert_eq!(t.checked.len(), 1);
+    assert_eq!(
+        t.handed,
+        [t.checked[0].1.clone()],
+        "the words waiting were handed over"
+    );
+    assert_eq!(t.barge_ins.len(), 1, "the agent heard its own clear");
+    assert!(c.barge_ins().is_empty(), "not the caller's barge-in");
+    assert!(resumed(&c).is_empty());
 }

@@ -73,13 +73,18 @@ impl Call {
         if self.stopped {
             return;
         }
-        let Some((_, interrupted)) = self.cut_playout(true) else {
-            return;
-        };
-        self.answer_of = None;
-        self.open_turn_answered = false;
+        // A caller turn waiting for the agent's word check loses its hold here, not its words:
+        // it is handed over after the clear.
+        let waiting = self.hold.as_mut().and_then(|h| h.check.take());
         let mut more = Vec::new();
-        self.agent.on_barge_in(at, &interrupted, &mut more);
+        if let Some((_, interrupted)) = self.cut_playout(true) {
+            self.answer_of = None;
+            self.open_turn_answered = false;
+            self.agent.on_barge_in(at, &interrupted, &mut more);
+        }
+        if let Some(c) = waiting {
+            self.hand_word_checked(at, c, &mut more);
+        }
         if !more.is_empty() {
             self.run_actions(at, &mut more);
         }

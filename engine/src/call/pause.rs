@@ -233,8 +233,18 @@ impl Call {
             self.discard(start_ms, end_ms);
         } else {
             self.confirm_hold(at, actions);
-            self.hand_turn(at, c.turn, c.speech_end_at, false, actions);
+            self.hand_word_checked(at, c, actions);
         }
+    }
+
+    /// Hands the turn of a word check over as a turn.
+    pub(super) fn hand_word_checked(
+        &mut self,
+        at: Instant,
+        c: WordCheck,
+        actions: &mut Vec<Action>,
+    ) {
+        self.hand_turn(at, c.turn, c.speech_end_at, false, actions);
     }
 
     /// Whether a turn that just ended over a hold was a backchannel (shorter than
