@@ -400,9 +400,11 @@ async fn the_end_of_turn_model_runs_on_its_pool_and_its_answer_reaches_the_call(
     let mut msg = String::new();
     let sid = "MZ00000000000000000000000000000001";
     let silence = [0xFF_u8; 160];
+    // Silence after the speech long enough (2 s at this pace) for an answer from a loaded
+    // machine: the test ends as soon as one comes.
     let frames = ulaw
         .chunks(160)
-        .chain(std::iter::repeat_n(&silence[..], 100));
+        .chain(std::iter::repeat_n(&silence[..], 1_000));
     for (i, frame) in frames.enumerate() {
         twilio::inbound::media(
             i as u64 + 2,
