@@ -33,8 +33,6 @@ pub(super) struct WordCheck {
     asked: Instant,
     /// The turn's media times, to match it when it is handed over.
     span: (u64, u64),
-    /// Streamed transcript so far.
-    deltas: String,
     /// The transcript of a turn that was not a backchannel, for [`CascadeAgent::checked_words`].
     text: Option<String>,
 }
@@ -60,7 +58,6 @@ impl CascadeAgent {
             peer: Some(peer),
             asked: now,
             span: (turn.start_ms, turn.end_ms),
-            deltas: String::new(),
             text: None,
         });
     }
@@ -77,11 +74,6 @@ impl CascadeAgent {
             return;
         }
         match wire::parse_stt(data) {
-            SttEvent::Delta(d) => {
-                if let Some(w) = self.words.as_mut() {
-                    w.deltas.push_str(&d);
-                }
-            }
             SttEvent::Done(text) => {
                 self.pipes.ended(peer);
                 self.words_heard(now, text.trim().to_string(), out);
@@ -96,7 +88,9 @@ impl CascadeAgent {
                 let f = ProviderFault::new(FaultKind::ContentType, e);
                 self.words_failed(peer, &f, out);
             }
-            SttEvent::Ignore => {}
+            // Deltas only move the stall deadline (`on_message`); the verdict needs the whole
+            // transcript.
+            SttEvent::Delta(_) | SttEvent::Ignore => {}
         }
     }
 
