@@ -99,8 +99,7 @@ impl Agent for Speaker {
         }
     }
     fn on_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if let Some((at, backchannel)) = self.2.filter(|(at, _)| *at <= now) {
-            let _ = at;
+        if let Some((_, backchannel)) = self.2.filter(|(at, _)| *at <= now) {
             self.2 = None;
             out.push(Action::BackchannelVerdict { backchannel });
         }
@@ -169,11 +168,7 @@ fn a_backchannel_holds_the_answer_and_it_plays_on_from_what_was_heard() {
     cfg.turn.backchannel_max_ms = 700;
     let (c, told) = call(cfg, 400, 6_000);
     assert_eq!(clears(&c).len(), 1, "the answer is held at once");
-    let resumed: Vec<bool> = c.pick(|_, e| match e {
-        Event::PlaybackResumed { backchannel, .. } => Some(*backchannel),
-        _ => None,
-    });
-    assert_eq!(resumed, [true], "resumed as a backchannel");
+    assert_eq!(resumed(&c), [true], "resumed as a backchannel");
     assert!(c.barge_ins().is_empty());
     assert!(
         told.borrow().barge_ins.is_empty(),

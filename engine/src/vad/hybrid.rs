@@ -195,11 +195,18 @@ impl HybridVad {
         };
         // On stationary noise the soft ends of the caller's words sink under the level stage's
         // floor + 3 dB while Silero still hears them: its verdict holds alone there.
-        let heard = self.running && self.silero.speech();
-        let stationary = !self.clean_line() && self.voices < STATIONARY_SHARE;
+        // Cheapest tests first: on a clean line Silero is idle, and the line's levels (a
+        // logarithm) are not computed for this.
+        let stationary_hold = || {
+            self.running
+                && self.since_foreground <= STATIONARY_HOLD_FRAMES
+                && self.silero.speech()
+                && self.voices < STATIONARY_SHARE
+                && !self.clean_line()
+        };
         let voiced = near
             || ((speech || fast) && self.since_foreground <= FOREGROUND_HOLD_FRAMES)
-            || (stationary && heard && self.since_foreground <= STATIONARY_HOLD_FRAMES);
+            || stationary_hold();
         if voiced {
             self.run_frames = self.run_frames.saturating_add(1);
             self.run_silero |= speech;
