@@ -236,6 +236,12 @@ pub struct PlayoutConfig {
     pub lead_ms: u32,
     /// Audio per outbound `media` message (default 20, as Twilio sends inbound).
     pub frame_ms: u32,
+    /// Top-up size (default 60): once audio is playing, hark waits until the audio queued at
+    /// Twilio has fallen `refill_ms` below `lead_ms` (or `refill_ms - frame_ms` when the call
+    /// wakes anyway, e.g. for an inbound frame) and then tops it up to `lead_ms` in one write,
+    /// so a playing call costs one socket write per `refill_ms` instead of one wake-up and
+    /// one write per frame. Clamped to `frame_ms..=lead_ms`; `frame_ms` sends frame by frame.
+    pub refill_ms: u32,
     /// A `mark` is sent after at least this much audio (default 100) and at the end of every
     /// utterance. "Heard" is known to this granularity.
     pub mark_every_ms: u32,
@@ -246,6 +252,7 @@ impl Default for PlayoutConfig {
         PlayoutConfig {
             lead_ms: 200,
             frame_ms: 20,
+            refill_ms: 60,
             mark_every_ms: 100,
         }
     }

@@ -9,6 +9,9 @@
 //! - **Pacing.** hark keeps at most `lead_ms` of audio queued at Twilio (an estimate from the
 //!   send times, used only for pacing), so a `clear` throws away little and the agent's
 //!   "speaking" state stays honest. Everything else waits here and can be dropped instantly.
+//!   It tops the queue up in steps of `refill_ms` (60 ms: three frames in one socket write,
+//!   usually on a wake-up the call had anyway for an inbound frame) rather than frame by frame,
+//!   so Twilio holds between `lead_ms - refill_ms` and `lead_ms` (140–200 ms) while audio plays.
 //! - **Heard.** What the caller heard is known only from mark echoes: a mark echoed before hark
 //!   sent `clear` was heard; marks pending at the `clear` are resolved as unheard. A mark goes
 //!   out every `mark_every_ms` and at the end of each utterance.
@@ -452,9 +455,10 @@ impl Playout {
             return None;
         }
         let frame = self.frame_ms(avail.min(self.frame_bytes));
+        // Due when the audio queued at Twilio has fallen a top-up (`refill_ms`) below the lead.
         Some(match self.play_end {
             None => now,
-            Some(end) => (end + frame)
+            Some(end) => (end + frame.max(self.refill()))
                 .checked_sub(Duration::from_millis(self.cfg.lead_ms as u64))
                 .map_or(now, |t| t.max(now)),
         })
@@ -462,6 +466,25 @@ impl Playout {
 
     fn frame_ms(&self, bytes: usize) -> Duration {
         Duration::from_micros(bytes as u64 * 125)
+    }
+
+    /// `refill_ms`, clamped to `frame_ms..=lead_ms`.
+    fn refill(&self) -> Duration {
+        let ms = self
+            .cfg
+            .refill_ms
+            .clamp(self.cfg.frame_ms, self.cfg.lead_ms.max(self.cfg.frame_ms));
+        Duration::from_millis(ms as u64)
+    }
+
+    /// How far below the lead the queue at Twilio must be for a pump to start a top-up: a
+    /// frame short of [`Playout::refill`], so a wake-up for another reason (an inbound frame
+    /// every 20 ms) does the top-up before the playout's own deadline (at the full refill)
+    /// comes, and that deadline rarely needs a wake-up of its own.
+    fn top_up_at(&self, frame: Duration) -> Duration {
+        self.refill()
+            .saturating_sub(Duration::from_millis(self.cfg.frame_ms as u64))
+            .max(frame)
     }
 
     fn sending(&self) -> Option<&Utterance> {
@@ -480,6 +503,8 @@ impl Playout {
         if self.paused {
             return;
         }
+        // Once a top-up has started, it fills the queue at Twilio up to the lead.
+        let mut topping_up = false;
         loop {
             let Some(idx) = self.utts.iter().position(|u| !u.final_mark_sent) else {
                 return;
@@ -523,9 +548,11 @@ impl Playout {
             let queued = self
                 .play_end
                 .map_or(Duration::ZERO, |e| e.saturating_duration_since(now));
-            if queued + d > lead {
+            let room = if topping_up { d } else { self.top_up_at(d) };
+            if queued + room > lead {
                 return;
             }
+            topping_up = true;
             self.play_end = Some(self.play_end.map_or(now, |e| e.max(now)) + d);
             let u = &mut self.utts[idx];
             self.frame.clear();

@@ -234,9 +234,9 @@ fn heard_ms_comes_from_mark_echoes_not_the_clock() {
     r.p.finish(U1).unwrap();
     r.run_until(r.at(150));
     assert!(r.p.is_speaking());
-    // 200 ms lead at t0, then one frame per 20 ms up to 140 ms: 340 ms sent, a mark every
-    // 100 ms.
-    assert_eq!(r.media().len(), 340 * 8);
+    // 200 ms lead at t0, then a 60 ms top-up (`refill_ms`) whenever 60 ms have played (at 60
+    // and 120 ms): 320 ms sent, a mark every 100 ms.
+    assert_eq!(r.media().len(), 320 * 8);
     assert_eq!(r.marks(), vec!["hark-1", "hark-2", "hark-3"]);
     // By the clock 150 ms have played; only the first mark (100 ms) has been echoed.
     assert!(r.echo("hark-1"));
@@ -249,7 +249,7 @@ fn heard_ms_comes_from_mark_echoes_not_the_clock() {
     let i = r.clear().expect("something was playing");
     assert_eq!(i.id, U1);
     assert_eq!(i.heard_ms, 100, "heard from echoes before the clear");
-    assert_eq!(i.sent_ms, 340);
+    assert_eq!(i.sent_ms, 320);
     assert_eq!(i.produced_ms, 1000);
     assert!(i.dropped.is_empty());
     assert_eq!(i.heard_text, None, "no text was given");
@@ -755,4 +755,65 @@ fn nothing_to_hold_once_everything_was_heard() {
     assert!(!r.pause());
     r.run_out();
     assert_eq!(r.played(), vec![(U1, 300)]);
+}
+
+/// While audio plays, the call wakes for an inbound frame every 20 ms (at an odd phase here)
+/// and pumps the playout then, besides its own deadline: the queue at Twilio is topped up in
+/// steps of `refill_ms`, mostly on those wake-ups, and stays within `lead - refill ..= lead`.
+/// With `refill_ms = frame_ms` it goes frame by frame, as before the top-ups.
+#[test]
+fn playing_audio_tops_the_queue_up_in_refill_steps() {
+    for refill_ms in [60u32, 20] {
+        let cfg = PlayoutConfig {
+            refill_ms,
+            ..PlayoutConfig::default()
+        };
+        let mut r = Rig::new(cfg);
+        r.push_ulaw(U1, vec![0x11; 16_000], None); // 2 s
+        r.p.finish(U1).unwrap();
+        let (mut min_q, mut max_q) = (u64::MAX, 0);
+        let mut inbound = r.at(7);
+        while r.now < r.at(1500) {
+            r.run_until(inbound);
+            inbound += ms(20);
+            let q = r.queued_ms();
+            max_q = max_q.max(q);
+            min_q = min_q.min(q);
+        }
+        // Media messages per send time: the first burst, then the top-ups.
+        let mut groups: Vec<(Instant, usize)> = Vec::new();
+        for (at, s) in &r.log {
+            if let Sent::Media(_) = s {
+                match groups.last_mut() {
+                    Some((t, n)) if t == at => *n += 1,
+                    _ => groups.push((*at, 1)),
+                }
+            }
+        }
+        // Wake-ups the call has anyway: an inbound frame, a mark echo.
+        let on_inbound = groups
+            .iter()
+            .filter(|(t, _)| {
+                t.duration_since(r.t0).as_millis() % 20 == 7
+                    || r.echoed.iter().any(|(e, _, _)| e == t)
+            })
+            .count();
+        let top_ups: Vec<usize> = groups[1..].iter().map(|g| g.1).collect();
+        assert_eq!(groups[0].1, 10, "the first 200 ms at once");
+        assert!(max_q <= 200, "refill {refill_ms}: {max_q} ms queued");
+        assert!(
+            min_q + u64::from(refill_ms) >= 200,
+            "refill {refill_ms}: queue fell to {min_q} ms"
+        );
+        if refill_ms == 60 {
+            assert!(top_ups.iter().all(|&n| (2..=3).contains(&n)), "{top_ups:?}");
+            assert!(
+                on_inbound == top_ups.len(),
+                "top-ups ride on other wake-ups: {on_inbound} of {}",
+                top_ups.len()
+            );
+        } else {
+            assert!(top_ups.iter().all(|&n| n == 1), "{top_ups:?}");
+        }
+    }
 }

@@ -462,6 +462,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     }
 }
 
+/// Queued output written at once by [`TwilioSocket::queue`] when it reaches this many bytes
+/// (≈ 1 s of `media` messages).
+pub const QUEUE_FLUSH_BYTES: usize = 64 * 1024;
+
 /// How long a close frame may take to write when hark closes a socket.
 const CLOSE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -509,10 +513,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TwilioSocket for Socket<S> {
     }
 
     async fn send(&mut self, text: &str) -> Result<(), SocketError> {
+        self.queue(text).await?;
+        self.flush_output().await.map_err(io_error)
+    }
+
+    /// Appends the frame to the output buffer; writes only when [`QUEUE_FLUSH_BYTES`] are
+    /// waiting (a long burst of audio is not held in memory).
+    async fn queue(&mut self, text: &str) -> Result<(), SocketError> {
         if self.close_sent {
             return Err(SocketError::Io("send after close".into()));
         }
         put_frame(&mut self.output, op::TEXT, text.as_bytes());
+        if self.output.len() >= QUEUE_FLUSH_BYTES {
+            self.flush_output().await.map_err(io_error)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), SocketError> {
         self.flush_output().await.map_err(io_error)
     }
 
@@ -763,6 +781,79 @@ mod tests {
             (opcode, payload),
             (op::CLOSE, 1000u16.to_be_bytes().to_vec())
         );
+    }
+
+    /// A stream that counts the writes it is given.
+    struct CountWrites {
+        inner: tokio::io::DuplexStream,
+        writes: usize,
+    }
+
+    impl AsyncRead for CountWrites {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for CountWrites {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes += 1;
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_leave_in_one_write_at_the_flush() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut sock = Socket::new(CountWrites {
+            inner: server,
+            writes: 0,
+        });
+        for i in 0..10 {
+            sock.queue(&text(i)).await.expect("queue");
+        }
+        assert_eq!(sock.io.writes, 0, "nothing written before the flush");
+        sock.flush().await.expect("flush");
+        assert_eq!(sock.io.writes, 1, "ten frames, one write");
+        for i in 0..10 {
+            let (opcode, payload) = read_server_frame(&mut client).await;
+            assert_eq!((opcode, payload), (op::TEXT, text(i).into_bytes()));
+        }
+        // A long burst is not held in memory: it is written as it reaches the bound.
+        let frame_bytes = text(0).len() + 4;
+        let n = QUEUE_FLUSH_BYTES / frame_bytes + 2;
+        let reader = tokio::spawn(async move {
+            for _ in 0..n {
+                read_server_frame(&mut client).await;
+            }
+        });
+        for i in 0..n {
+            sock.queue(&text(i)).await.expect("queue");
+        }
+        assert_eq!(sock.io.writes, 2, "one write at the bound");
+        assert!(sock.output.len() < QUEUE_FLUSH_BYTES);
+        sock.flush().await.expect("flush");
+        reader.await.expect("every frame arrived");
     }
 
     #[test]

@@ -374,7 +374,11 @@ impl ApiState {
             }
             None => None,
         };
-        let writer = recorder::Writer::start(store.clone(), settings.store_queue);
+        let writer = recorder::Writer::start(
+            store.clone(),
+            settings.store_queue,
+            Duration::from_millis(settings.store_commit_ms),
+        );
         let credentials = Credentials::from_lookup(|name| match name {
             crate::token::ENV_ACCOUNT_SID => settings.account_sid.clone(),
             crate::token::ENV_API_KEY => settings.api_key_sid.clone(),

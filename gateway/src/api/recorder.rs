@@ -7,9 +7,12 @@
 //! - Webhook handlers wait for room for at most [`ENQUEUE_WAIT`], then answer 503 so Twilio's
 //!   retry (or the operator) can follow up; the record itself is written after the 200.
 //! - Group commit: the writer takes everything queued (up to [`MAX_BATCH`] records) and commits
-//!   it in one transaction as soon as it is free, so a record waits only for the batch before
-//!   it; no timer holds records back. The time from queueing to commit is measured per record
-//!   in `hark_record_commit_lag_seconds{op}` (and [`WriterStats`]). A committed record survives
+//!   it in one transaction, at most once per `HARK_STORE_COMMIT_MS` (default 20 ms): a record
+//!   arriving after a quiet spell is committed at once, one arriving sooner after the last
+//!   commit waits out the rest of the interval with the records queued meanwhile. A commit per
+//!   record cost a quarter of a busy node's CPU (README, Performance); the interval bounds what
+//!   a killed process can lose. The time from queueing to commit is measured per record in
+//!   `hark_record_commit_lag_seconds{op}` (and [`WriterStats`]). A committed record survives
 //!   the process being killed (SQLite WAL; `synchronous = NORMAL` gives up only the last
 //!   commits on power loss, not on a crash of the process).
 //! - A failed batch is retried [`RETRY_BACKOFF`]`.len()` times with growing pauses. If it fails
@@ -327,11 +330,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task on the current runtime.
-    pub(crate) fn start(store: Store, capacity: usize) -> Writer {
+    /// Starts the writer task on the current runtime: a queue of `capacity` records, and at
+    /// most one commit per `commit_every` (`HARK_STORE_COMMIT_MS`; zero: commit whenever free).
+    pub(crate) fn start(store: Store, capacity: usize, commit_every: Duration) -> Writer {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
-        tokio::spawn(run(store, rx, counters.clone()));
+        tokio::spawn(run(store, rx, counters.clone(), commit_every));
         Writer {
             tx,
             counters,
@@ -410,10 +414,26 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Queued>, counters: Arc<Counters>) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Queued>,
+    counters: Arc<Counters>,
+    commit_every: Duration,
+) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut stopping: Vec<oneshot::Sender<()>> = Vec::new();
+    // When the last commit started: a record arriving sooner than `commit_every` after it waits
+    // out the rest, and so do the records queued meanwhile, which then share its transaction.
+    // A flush or a shutdown does not wait.
+    let mut last_commit: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
+        let urgent = matches!(first.op, Op::Flush(_) | Op::Shutdown(_));
+        if let Some(due) = last_commit.map(|t| t + commit_every)
+            && !urgent
+        {
+            tokio::time::sleep_until(due).await;
+        }
+        last_commit = Some(tokio::time::Instant::now());
         let mut items = vec![first];
         while items.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -668,7 +688,7 @@ mod tests {
             .expect("in-memory store");
         // Virtual time from here, so the retry pauses take no wall time.
         tokio::time::pause();
-        let writer = Writer::start(store.clone(), 16);
+        let writer = Writer::start(store.clone(), 16, Duration::ZERO);
         store.close().await;
         let rec = writer.recorder();
         rec.turn("CA1", TurnRow::default());
@@ -697,7 +717,7 @@ mod tests {
     #[tokio::test]
     async fn records_queued_together_are_committed_together_and_the_lag_is_measured() {
         for store in crate::api::store::test_stores().await {
-            let writer = Writer::start(store.clone(), 4096);
+            let writer = Writer::start(store.clone(), 4096, Duration::ZERO);
             let rec = writer.recorder();
             for call in 0..20u32 {
                 let sid = format!("CA{call}");
@@ -719,10 +739,54 @@ mod tests {
         }
     }
 
+    /// Polls the writer's stats until `done` holds (at most 10 s of real time).
+    async fn until(writer: &Writer, done: impl Fn(&WriterStats) -> bool) -> WriterStats {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = writer.stats();
+            if done(&s) || Instant::now() > deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_spaced_by_the_commit_interval_and_a_quiet_writer_commits_at_once() {
+        // Real time (the store's own threads do not follow a paused clock); the interval is
+        // long enough that "not yet" cannot be a scheduling accident.
+        let every = Duration::from_millis(1500);
+        for store in crate::api::store::test_stores().await {
+            let writer = Writer::start(store.clone(), 4096, every);
+            let rec = writer.recorder();
+            let t0 = Instant::now();
+            rec.stream_started("CA1", "MZ1", &[]);
+            let s = until(&writer, |s| s.written == 1).await;
+            let first = t0.elapsed();
+            assert_eq!((s.written, s.batches), (1, 1), "{s:?}");
+            assert!(first < every, "a quiet writer commits at once: {first:?}");
+            // Records within the interval wait for the next commit, all in one transaction.
+            for i in 0..10u32 {
+                rec.turn("CA1", turn(i, i64::from(i) * 2000));
+            }
+            tokio::time::sleep(every / 3).await;
+            assert_eq!(writer.stats().written, 1, "held until the interval is over");
+            let s = until(&writer, |s| s.written == 11).await;
+            assert_eq!((s.written, s.batches), (11, 2), "{s:?}");
+            assert!(t0.elapsed() >= every, "{:?}", t0.elapsed());
+            // A flush does not wait out the interval.
+            let t1 = Instant::now();
+            rec.stream_stopped("CA1", StreamSummary::default());
+            assert!(writer.flush().await);
+            assert_eq!(writer.stats().written, 12);
+            assert!(t1.elapsed() < every, "flush waited: {:?}", t1.elapsed());
+        }
+    }
+
     #[tokio::test]
     async fn a_turn_stored_again_replaces_its_row() {
         for store in crate::api::store::test_stores().await {
-            let writer = Writer::start(store.clone(), 64);
+            let writer = Writer::start(store.clone(), 64, Duration::ZERO);
             let rec = writer.recorder();
             rec.turn("CA1", turn(0, 1000));
             let mut answered = turn(0, 1000);
@@ -741,7 +805,7 @@ mod tests {
     #[tokio::test]
     async fn stop_writes_everything_queued_then_refuses() {
         for store in crate::api::store::test_stores().await {
-            let writer = Writer::start(store.clone(), 8192);
+            let writer = Writer::start(store.clone(), 8192, Duration::ZERO);
             let rec = writer.recorder();
             for i in 0..3000u32 {
                 rec.turn("CA1", turn(i, i64::from(i) * 10));
@@ -770,7 +834,7 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let store = Store::open("sqlite::memory:").await.expect("store");
-            let writer = Writer::start(store, 16);
+            let writer = Writer::start(store, 16, Duration::ZERO);
             assert_eq!(writer.live_recorders(), 0);
             let a = writer.recorder();
             let b = a.clone();

@@ -48,6 +48,8 @@ pub const ENV_RATE_LIMIT_PER_MIN: &str = "HARK_RATE_LIMIT_PER_MIN";
 pub const ENV_RATE_LIMIT_BURST: &str = "HARK_RATE_LIMIT_BURST";
 /// `HARK_STORE_QUEUE`.
 pub const ENV_STORE_QUEUE: &str = "HARK_STORE_QUEUE";
+/// `HARK_STORE_COMMIT_MS`.
+pub const ENV_STORE_COMMIT_MS: &str = "HARK_STORE_COMMIT_MS";
 /// `HARK_NODE_ID`.
 pub const ENV_NODE_ID: &str = "HARK_NODE_ID";
 /// `HARK_NODE_LOST_AFTER_S`.
@@ -73,6 +75,10 @@ pub const DEFAULT_RATE_LIMIT_PER_MIN: u32 = 120;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 20;
 /// Default capacity of the store write queue, records.
 pub const DEFAULT_STORE_QUEUE: usize = 4096;
+/// Default of `HARK_STORE_COMMIT_MS`: at most 50 record transactions a second. Measured with
+/// `hark bench` (250 echo calls on one pinned core): a commit per record cost the server about a
+/// quarter of its CPU (the writer's and SQLite's threads); see the README's Performance section.
+pub const DEFAULT_STORE_COMMIT_MS: u64 = 20;
 
 /// Development-only switches from `HARK_DEV_INSECURE` (comma-separated): `open-tokens` lets
 /// anyone mint tokens and use the Conversations endpoints without credentials; `no-signatures`
@@ -145,6 +151,13 @@ pub struct ApiSettings {
     /// `HARK_STORE_QUEUE`: records the store write queue holds (16..=1_000_000), default
     /// [`DEFAULT_STORE_QUEUE`]; when full, live-call records are dropped and counted.
     pub store_queue: usize,
+    /// `HARK_STORE_COMMIT_MS`: the shortest time between two commits of the store writer, ms
+    /// (0..=1000), default [`DEFAULT_STORE_COMMIT_MS`]. A record queued within it of the last
+    /// commit waits for the next one, with everything else queued by then (one transaction);
+    /// a record queued after a quiet spell is committed at once. It bounds the commit lag
+    /// (what a killed process can lose) and the transactions per second; 0 commits as soon as
+    /// the writer is free.
+    pub store_commit_ms: u64,
     /// `HARK_NODE_ID`: this hark process's name in the call records (1..=128 visible ASCII
     /// characters), default the host name. At start, `hark serve` closes the calls its node
     /// left open as `ended: crashed` and no others: every process sharing a database needs its
@@ -190,6 +203,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limit_per_min", &self.rate_limit_per_min)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("store_queue", &self.store_queue)
+            .field("store_commit_ms", &self.store_commit_ms)
             .field("node_id", &self.node_id)
             .field("node_lost_after_s", &self.node_lost_after_s)
             .field("operator", &self.operator)
@@ -222,6 +236,7 @@ impl Default for ApiSettings {
             rate_limit_per_min: DEFAULT_RATE_LIMIT_PER_MIN,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
             store_queue: DEFAULT_STORE_QUEUE,
+            store_commit_ms: DEFAULT_STORE_COMMIT_MS,
             node_id: None,
             node_lost_after_s: DEFAULT_NODE_LOST_AFTER_S,
             operator: crate::operator::OperatorSettings::default(),
@@ -356,6 +371,9 @@ impl ApiSettings {
         }
         if let Some(n) = v.num_in(ENV_STORE_QUEUE, 16, 1_000_000)? {
             self.store_queue = n;
+        }
+        if let Some(n) = v.num_in(ENV_STORE_COMMIT_MS, 0, 1000)? {
+            self.store_commit_ms = n;
         }
         if let Some(id) = v.text(ENV_NODE_ID) {
             if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {

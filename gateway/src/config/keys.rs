@@ -85,6 +85,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_TURN_MODEL_STOP_MS", "call.turn_model_stop_ms"),
     s("HARK_TURN_MODEL_THREADS", "call.turn_model_threads"),
     s("HARK_LEAD_MS", "call.lead_ms"),
+    s("HARK_REFILL_MS", "call.refill_ms"),
     s("HARK_MARK_EVERY_MS", "call.mark_every_ms"),
     // twilio: account, credentials and REST bases.
     s("TWILIO_ACCOUNT_SID", "twilio.account_sid"),
@@ -117,6 +118,7 @@ pub const SETTINGS: &[Setting] = &[
     // records: the call records' database.
     s("HARK_DATABASE_URL", "records.database_url"),
     s("HARK_STORE_QUEUE", "records.store_queue"),
+    s("HARK_STORE_COMMIT_MS", "records.store_commit_ms"),
     s("HARK_NODE_ID", "records.node_id"),
     s("HARK_NODE_LOST_AFTER_S", "records.node_lost_after_s"),
     // recording: call audio recorded by hark.

@@ -455,6 +455,7 @@ impl Config {
                 &mut call.turn.backchannel_check_ms,
             ),
             ("HARK_LEAD_MS", &mut call.playout.lead_ms),
+            ("HARK_REFILL_MS", &mut call.playout.refill_ms),
             ("HARK_MARK_EVERY_MS", &mut call.playout.mark_every_ms),
         ] {
             if let Some(ms) = v.num(var)? {

@@ -150,6 +150,17 @@ impl<S: TwilioSocket> TwilioSocket for RecordingSocket<S> {
         self.inner.send(text).await
     }
 
+    async fn queue(&mut self, text: &str) -> Result<(), SocketError> {
+        if matches!(self.tap, Tap::On(_)) {
+            self.outbound(now(), text);
+        }
+        self.inner.queue(text).await
+    }
+
+    async fn flush(&mut self) -> Result<(), SocketError> {
+        self.inner.flush().await
+    }
+
     async fn close(&mut self) {
         self.inner.close().await;
     }

@@ -3,9 +3,10 @@
 //!
 //! ## A step
 //! A step runs `N` call slots against the server (in this process by default, or `--url`).
-//! Slot `i` starts at `ramp · i / N` (which also spreads the calls' 20 ms frame phases), then
-//! plays caller sessions back to back — the bundled `fixtures/bench` sessions in turn, with fresh
-//! SIDs — until `--duration-s` has passed; a call in progress always plays to its end, so every
+//! Slot `i` starts at `ramp · i / N` plus an offset within the 20 ms frame (`frac(i · 0.618…)
+//! · 20 ms`, which spreads the calls' frame phases evenly whatever `N`: the ramp alone put
+//! every call of a 250-call step on one phase), then plays caller sessions back to back — the
+//! bundled `fixtures/bench` sessions in turn, with fresh SIDs — until `--duration-s` has passed; a call in progress always plays to its end, so every
 //! call is measured whole. Each call is [`crate::simulator::run_call`] at speed 1 (real time):
 //! a 20 ms `media` frame on an absolute schedule, a virtual phone ([`hark_engine::sim::Phone`])
 //! that plays the agent's audio in real time, echoes marks, and honours `clear`.

@@ -234,11 +234,21 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Slot `i`'s offset within a 20 ms frame: `frac(i · φ) · 20 ms` (φ the golden ratio's
+/// conjugate), which spreads the calls' frame phases evenly over the frame for any number of
+/// calls. The ramp alone does not: with a 5 s ramp and 250, 500 or 1,000 calls the starts are
+/// 20, 10 or 5 ms apart, so every call's frames would fall due at one, two or four instants
+/// per 20 ms, a burst no set of real calls (which start at random times) sends.
+fn frame_phase(i: usize) -> Duration {
+    const PHI_CONJUGATE: f64 = 0.618_033_988_749_894_9;
+    Duration::from_millis(crate::simulator::FRAME_MS).mul_f64((i as f64 * PHI_CONJUGATE).fract())
+}
+
 /// When a step starts its calls, stops starting them, and gives up.
 struct Clock {
     /// The step's start.
     t0: Instant,
-    /// Slot `i` of `n` starts at `t0 + ramp · i / n`.
+    /// Slot `i` of `n` starts at `t0 + ramp · i / n + frame_phase(i)`.
     ramp: Duration,
     /// No call starts after it (`t0 + --duration-s`).
     deadline: Instant,
@@ -367,7 +377,7 @@ impl Ctx<'_> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
-            let start_at = clock.t0 + clock.ramp.mul_f64(i as f64 / n as f64);
+            let start_at = clock.t0 + clock.ramp.mul_f64(i as f64 / n as f64) + frame_phase(i);
             set.spawn_on(
                 slot(
                     i,
