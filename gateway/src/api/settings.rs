@@ -75,9 +75,10 @@ pub const DEFAULT_RATE_LIMIT_PER_MIN: u32 = 120;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 20;
 /// Default capacity of the store write queue, records.
 pub const DEFAULT_STORE_QUEUE: usize = 4096;
-/// Default of `HARK_STORE_COMMIT_MS`: at most 50 record transactions a second. Measured with
-/// `hark bench` (250 echo calls on one pinned core): a commit per record cost the server about a
-/// quarter of its CPU (the writer's and SQLite's threads); see the README's Performance section.
+/// Default of `HARK_STORE_COMMIT_MS`: at most 50 record transactions a second. Profiled under
+/// `hark bench` (500 echo calls, server pinned to one core): a commit per record cost the server
+/// about a quarter of its CPU (SQLite's thread and the writer's runtime); see the README's
+/// Performance section.
 pub const DEFAULT_STORE_COMMIT_MS: u64 = 20;
 
 /// Development-only switches from `HARK_DEV_INSECURE` (comma-separated): `open-tokens` lets
