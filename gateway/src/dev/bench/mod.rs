@@ -6,10 +6,11 @@
 //! Slot `i` starts at `ramp · i / N` plus an offset within the 20 ms frame (`frac(i · 0.618…)
 //! · 20 ms`, which spreads the calls' frame phases evenly whatever `N`: the ramp alone put
 //! every call of a 250-call step on one phase), then plays caller sessions back to back — the
-//! bundled `fixtures/bench` sessions in turn, with fresh SIDs — until `--duration-s` has passed; a call in progress always plays to its end, so every
-//! call is measured whole. Each call is [`crate::simulator::run_call`] at speed 1 (real time):
-//! a 20 ms `media` frame on an absolute schedule, a virtual phone ([`hark_engine::sim::Phone`])
-//! that plays the agent's audio in real time, echoes marks, and honours `clear`.
+//! bundled `fixtures/bench` sessions in turn, with fresh SIDs — until `--duration-s` has
+//! passed; a call in progress always plays to its end, so every call is measured whole. Each
+//! call is [`crate::simulator::run_call`] at speed 1 (real time): a 20 ms `media` frame on an
+//! absolute schedule, a virtual phone ([`hark_engine::sim::Phone`]) that plays the agent's
+//! audio in real time, echoes marks, and honours `clear`.
 //!
 //! ## What a step reports
 //! - **underruns**: gaps in agent audio at the phone inside an answer (the phone ran dry and
