@@ -791,7 +791,7 @@ fn playing_audio_tops_the_queue_up_in_refill_steps() {
             }
         }
         // Wake-ups the call has anyway: an inbound frame, a mark echo.
-        let on_inbound = groups
+        let on_other_wakeups = groups
             .iter()
             .filter(|(t, _)| {
                 t.duration_since(r.t0).as_millis() % 20 == 7
@@ -807,10 +807,10 @@ fn playing_audio_tops_the_queue_up_in_refill_steps() {
         );
         if refill_ms == 60 {
             assert!(top_ups.iter().all(|&n| (2..=3).contains(&n)), "{top_ups:?}");
-            assert!(
-                on_inbound == top_ups.len(),
-                "top-ups ride on other wake-ups: {on_inbound} of {}",
-                top_ups.len()
+            assert_eq!(
+                on_other_wakeups,
+                top_ups.len(),
+                "every top-up rides on another wake-up"
             );
         } else {
             assert!(top_ups.iter().all(|&n| n == 1), "{top_ups:?}");

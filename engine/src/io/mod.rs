@@ -573,8 +573,9 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
         match call.poll_output() {
             // Queued; everything this turn of the loop transmits leaves in one write below.
             Output::Transmit(text) => {
-                let r = tokio::time::timeout(cfg.send_timeout, socket.queue(text)).await;
-                sent(call, observer, r, cfg)?;
+                bounded(cfg, socket.queue(text))
+                    .await
+                    .map_err(|e| finish(call, observer, Ended::Failed(e)))?;
             }
             Output::Provider(c) => providers.execute(c),
             Output::Event(e) => observer.event(call, &e),
@@ -585,8 +586,9 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
             }
             Output::Close(reason) => {
                 // What was queued goes out now, not after a transfer in flight settles.
-                let r = tokio::time::timeout(cfg.send_timeout, socket.flush()).await;
-                sent(call, observer, r, cfg)?;
+                bounded(cfg, socket.flush())
+                    .await
+                    .map_err(|e| finish(call, observer, Ended::Failed(e)))?;
                 let reason = match in_flight.transfer.take() {
                     Some(t) => settle_transfer(call, observer, providers, t)
                         .await
@@ -601,30 +603,24 @@ async fn carry_out<S: TwilioSocket, P: Providers, C: CallControl, O: Observer>(
                 in_flight.check = Some((c.id, turn_model::pool().check(c.audio)));
             }
             Output::Timeout(t) => {
-                let r = tokio::time::timeout(cfg.send_timeout, socket.flush()).await;
-                sent(call, observer, r, cfg)?;
+                bounded(cfg, socket.flush())
+                    .await
+                    .map_err(|e| finish(call, observer, Ended::Failed(e)))?;
                 return Ok(t);
             }
         }
     }
 }
 
-/// The outcome of a socket write bounded by the send timeout: a failed or stalled write ends
-/// the call.
-fn sent<O: Observer>(
-    call: &mut Call,
-    observer: &mut O,
-    r: Result<Result<(), SocketError>, tokio::time::error::Elapsed>,
+/// A socket write bounded by the send timeout; a stalled write is
+/// [`SocketError::SendTimeout`]. Either error ends the call.
+async fn bounded(
     cfg: DriveConfig,
-) -> Result<(), Ended> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(finish(call, observer, Ended::Failed(e))),
-        Err(_) => {
-            let e = SocketError::SendTimeout(cfg.send_timeout);
-            Err(finish(call, observer, Ended::Failed(e)))
-        }
-    }
+    write: impl Future<Output = Result<(), SocketError>>,
+) -> Result<(), SocketError> {
+    tokio::time::timeout(cfg.send_timeout, write)
+        .await
+        .unwrap_or(Err(SocketError::SendTimeout(cfg.send_timeout)))
 }
 
 /// What a call waits for besides its socket, providers and timers.
