@@ -575,6 +575,52 @@ async fn a_server_that_does_not_close_is_closed_after_the_timeout() {
     assert!(report.errors[0].contains("did not close"));
 }
 
+/// A server that stops reading (its socket's receive buffer full, the simulator's send buffer
+/// full behind it) is reported after `close_timeout` without progress, and the call ends: frames
+/// are not piled up without bound in the simulator's write buffer meanwhile.
+#[tokio::test]
+async fn a_server_that_stops_reading_is_reported_and_the_call_ends() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(4).unwrap();
+    let url = format!("ws://{}/media-stream", listener.local_addr().unwrap());
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // `connected`, then `start`; then nothing more is read until the test is done.
+        for _ in 0..2 {
+            ws.next().await.unwrap().unwrap();
+        }
+        let _ = released.await;
+    });
+    // Ten minutes of audio at speed 0: far more than the two sockets' buffers hold.
+    let frames = 30_000u64;
+    let mut setup = CallSetup::new(url, Arc::from(vec![0xFFu8; frames as usize * 160]));
+    setup.speed = 0.0;
+    setup.tail_ms = 0;
+    setup.close_timeout = Duration::from_millis(300);
+    let t = Instant::now();
+    let report = simulator::run_call(setup).await.unwrap();
+    let took = t.elapsed();
+    let _ = release.send(());
+    server.await.unwrap();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        report.errors.iter().any(|e| e.contains("stopped reading")),
+        "{:?}",
+        report.errors
+    );
+    // Stuck well before the end, and not by an unbounded write buffer: what the simulator
+    // counts as sent is what the kernel's buffers took plus one flush's worth.
+    assert!(
+        report.inbound_frames > 10 && report.inbound_frames < frames / 2,
+        "{} frames sent",
+        report.inbound_frames
+    );
+}
+
 /// Many calls share one audio buffer and one speech analysis (what `hark bench` does), each
 /// with its own SIDs.
 #[tokio::test]

@@ -14,6 +14,23 @@ struct Script {
     closed_flag: std::rc::Rc<std::cell::Cell<bool>>,
     /// Wait this long before each message (none: all at once).
     pace: Option<Duration>,
+    /// Where writing stops: a Twilio that stopped reading.
+    stall: Stall,
+    /// Frames handed to `send` or `queue` (and accepted).
+    written: usize,
+    /// Frames queued since the last flush.
+    queued: usize,
+}
+
+/// Where a [`Script`] socket's writes stop completing.
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    /// Every write completes.
+    Never,
+    /// `send` and `queue` never complete.
+    Write,
+    /// `send` and `queue` complete, `flush` never does once something is queued.
+    Flush,
 }
 
 impl TwilioSocket for Script {
@@ -31,6 +48,22 @@ impl TwilioSocket for Script {
         }
     }
     async fn send(&mut self, _text: &str) -> Result<(), SocketError> {
+        if self.stall == Stall::Write {
+            return std::future::pending().await;
+        }
+        self.written += 1;
+        Ok(())
+    }
+    async fn queue(&mut self, text: &str) -> Result<(), SocketError> {
+        self.send(text).await?;
+        self.queued += 1;
+        Ok(())
+    }
+    async fn flush(&mut self) -> Result<(), SocketError> {
+        if self.stall == Stall::Flush && self.queued > 0 {
+            return std::future::pending().await;
+        }
+        self.queued = 0;
         Ok(())
     }
     async fn close(&mut self) {
@@ -201,6 +234,9 @@ fn script(inbound: Vec<String>) -> Script {
         close_code: None,
         closed_flag: Default::default(),
         pace: None,
+        stall: Stall::Never,
+        written: 0,
+        queued: 0,
     }
 }
 
@@ -466,4 +502,60 @@ async fn the_end_of_turn_model_runs_on_its_pool_and_its_answer_reaches_the_call(
         "{answers:?}"
     );
     assert!(call.stats().turn_checks >= answers.len() as u64);
+}
+
+/// Plays a second of audio as soon as the call starts.
+struct Greeter;
+
+impl Agent for Greeter {
+    fn name(&self) -> &'static str {
+        "greeter"
+    }
+    fn needs(&self) -> AgentNeeds {
+        AgentNeeds::default()
+    }
+    fn on_start(&mut self, _: Instant, _: &CallInfo, out: &mut Vec<Action>) {
+        let id = crate::playout::UtteranceId(1);
+        out.push(Action::Play {
+            id,
+            audio: crate::playout::AgentAudio::Mulaw(vec![0x55; 8_000]),
+            text: None,
+        });
+        out.push(Action::Finish(id));
+    }
+    fn on_user_turn(&mut self, _: Instant, _: UserTurn, _: &mut Vec<Action>) {}
+    fn on_barge_in(&mut self, _: Instant, _: &Interrupted, _: &mut Vec<Action>) {}
+}
+
+/// A Twilio socket that stops taking writes (a peer that stopped reading, its TCP window
+/// closed) ends the call with `SendTimeout` after `send_timeout`, whether the write that
+/// stalls is a frame handed over (`queue`) or the flush of the frames queued in one turn of
+/// the loop; the call does not wait on it forever, nor on the idle deadline.
+#[tokio::test(start_paused = true)]
+async fn a_socket_that_stops_taking_writes_ends_the_call_after_the_send_timeout() {
+    let timeout = DriveConfig::default().send_timeout;
+    for stall in [Stall::Write, Stall::Flush] {
+        let (_keep, mut shutdown) = tokio::sync::watch::channel(false);
+        let mut socket = script(started());
+        socket.stall = stall;
+        let t0 = tokio::time::Instant::now();
+        // Bounded, so that a driver waiting on the write forever fails here instead of hanging.
+        let (ended, socket) = tokio::time::timeout(
+            timeout * 3,
+            run_on(socket, Box::new(Greeter), &mut NoCallControl, &mut shutdown),
+        )
+        .await
+        .expect("the call still waits on its stalled socket");
+        assert!(
+            matches!(ended, Ended::Failed(SocketError::SendTimeout(t)) if t == timeout),
+            "{ended:?}"
+        );
+        assert_eq!(t0.elapsed(), timeout);
+        match stall {
+            Stall::Write => assert_eq!(socket.written, 0),
+            // The greeting's first 200 ms (ten frames) and its marks were queued, then the
+            // flush stalled.
+            _ => assert!(socket.written >= 10, "{}", socket.written),
+        }
+    }
 }

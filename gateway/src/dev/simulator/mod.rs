@@ -43,10 +43,11 @@
 //! [`run_call`] takes an already loaded [`CallSetup`]: the audio is an `Arc<[u8]>` and the
 //! caller's speech an `Arc<[Speech]>`, so `hark demo` and `hark bench` can run thousands of
 //! calls over one buffer. The tail noise is generated per frame, not stored. A call's own state
-//! is the phone, a few counters and one outbound message queue of at most [`OUT_CHANNEL`]
-//! messages plus what is due. The phone keeps a timeline of everything it played (8 bytes per
-//! ms, up to the last audio heard) whether or not [`CallSetup::keep_heard`] asks for it: it has
-//! no switch to turn that off.
+//! is the phone, a few counters, one timer and the messages due but not yet written; one task
+//! per call reads and writes its socket (no writer task, no channel), and what falls due in one
+//! wake-up (a frame and the mark echoes with it) leaves in one write. The phone keeps a
+//! timeline of everything it played (8 bytes per ms, up to the last audio heard) whether or not
+//! [`CallSetup::keep_heard`] asks for it: it has no switch to turn that off.
 //!
 //! ## Layout
 //!
@@ -94,9 +95,6 @@ pub const DEFAULT_TAIL_MS: u64 = 3_000;
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default wait for the TCP connect and WebSocket upgrade (Twilio gives up with 31901).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Capacity of the queue between a call's logic and its socket writer, in messages. Small, so
-/// that with `speed` 0 frames go out only as fast as the socket takes them.
-pub const OUT_CHANNEL: usize = 8;
 /// A `clear` this long (media ms) after a stretch of speech ended is still attributed to it.
 pub const BARGE_IN_GRACE_MS: u64 = 1_000;
 /// Errors kept in a [`Report`]; more are counted in one last entry.

@@ -3,15 +3,17 @@
 //! from the server (its mark echoes sent back), `stop`, and the closing handshake.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, StreamExt};
 use hark_engine::sim::{Phone, Received};
 use hark_engine::twilio::{self, Start};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,7 +25,7 @@ use super::args::check_speed;
 use super::caller::{FrameSource, UserSpeech};
 use super::dial::{check_url, signed_url};
 use super::report::{Report, barge_in, match_turns};
-use super::{CallSetup, FRAME_BYTES, FRAME_MS, MAX_ERRORS, OUT_CHANNEL, SimError};
+use super::{CallSetup, FRAME_BYTES, FRAME_MS, MAX_ERRORS, SimError};
 use crate::signature;
 
 /// How long to keep reading for the server's close reply after hark call closed.
@@ -34,6 +36,9 @@ const WAKE_SLACK: Duration = Duration::from_micros(50);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Plays one call against `cfg.url` as Twilio would (see the module docs of
+/// [`crate::simulator`]) and reports what the virtual phone measured. One task per call: it
+/// reads and writes the socket itself.
 ///
 /// # Errors
 /// [`SimError::Invalid`] for a bad URL or speed, [`SimError::Connect`] or
@@ -92,51 +97,30 @@ pub async fn run_call(cfg: CallSetup) -> Result<Report, SimError> {
             after: cfg.connect_timeout,
         })?
         .map_err(connect_err)?;
-    let (sink, stream) = ws.split();
-    let (tx, rx) = mpsc::channel(OUT_CHANNEL);
-    let session = Session::new(&cfg, speech).run(stream, tx);
-    let writer = write_loop(sink, rx);
-    tokio::pin!(session, writer);
-    let mut written = None;
-    let mut report = loop {
-        tokio::select! {
-            report = &mut session => break report,
-            w = &mut writer, if written.is_none() => written = Some(w),
-        }
-    };
-    // The session has ended and dropped its sender: the writer sends what is left and closes,
-    // unless the socket is stuck (a server that stopped reading), then it is dropped.
-    let written = match written {
-        Some(w) => w,
-        None => tokio::time::timeout(CLOSE_DRAIN, writer)
-            .await
-            .unwrap_or(Ok(())),
-    };
-    if let Err(e) = written
-        && !matches!(
-            e,
-            tungstenite::Error::ConnectionClosed
-                | tungstenite::Error::AlreadyClosed
-                | tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing)
-        )
-    {
-        report.errors.push(format!("sending to the server: {e}"));
-    }
-    Ok(report)
+    Ok(Session::new(&cfg, speech).run(ws).await)
 }
 
-/// Sends what the session queues, in order, flushing each message; closes when the queue ends.
-async fn write_loop(
-    mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Message>,
-) -> Result<(), tungstenite::Error> {
-    while let Some(msg) = rx.recv().await {
-        sink.send(msg).await?;
-    }
-    // Completes our side of the closing handshake, or starts it; errors here only mean the
-    // socket is already closed.
-    let _ = sink.close().await;
-    Ok(())
+/// Whether a write error is only the socket being closed already (not worth reporting: the
+/// close itself is reported from the read side).
+fn closed_already(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing)
+    )
+}
+
+/// What woke the call's loop ([`Session::poll_io`]).
+enum Io {
+    /// A message (or the end, or an error) from the socket.
+    Item(Option<Result<Message, tungstenite::Error>>),
+    /// Queued messages were handed to the socket, or a flush completed.
+    Wrote,
+    /// Writing failed: the socket is unusable.
+    WriteFailed(tungstenite::Error),
+    /// The loop's deadline ([`Session::wake`]) passed.
+    Timer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,7 +130,7 @@ enum StopState {
     Sent(Instant),
 }
 
-/// A message waiting for the writer.
+/// A message waiting to be written.
 enum Out {
     /// `connected` or `start`.
     Control(String),
@@ -156,6 +140,13 @@ enum Out {
     Mark(String),
     /// `stop`.
     Stop(String),
+}
+
+impl Out {
+    fn into_text(self) -> String {
+        let (Out::Control(t) | Out::Frame(t) | Out::Mark(t) | Out::Stop(t)) = self;
+        t
+    }
 }
 
 /// One call's logic: schedule, phone, counters.
@@ -184,8 +175,12 @@ struct Session {
     server_closed: bool,
     /// Real time of the server's Close frame, to bound the wait for the TCP close.
     closed_at: Option<Instant>,
-    writer_gone: bool,
-    /// Real time the writer last took a message (or the session started).
+    /// Writing failed: nothing more is written.
+    write_failed: bool,
+    /// Messages were handed to the socket since its last completed flush.
+    unflushed: bool,
+    /// Real time writing last made progress: a message handed to the socket or a flush
+    /// completed (or the session started).
     last_handed: Instant,
     late_frames: u64,
     max_late_us: u64,
@@ -216,7 +211,8 @@ impl Session {
             errors_dropped: 0,
             server_closed: false,
             closed_at: None,
-            writer_gone: false,
+            write_failed: false,
+            unflushed: false,
             last_handed: t0,
             late_frames: 0,
             max_late_us: 0,
@@ -327,7 +323,7 @@ impl Session {
         if let Some(closed) = self.closed_at {
             at(closed + self.close_timeout);
         }
-        if !self.outq.is_empty() {
+        if self.writing() {
             at(self.last_handed + self.close_timeout);
         }
         if self.stop == StopState::NotYet && !self.server_closed && self.speed > 0.0 {
@@ -341,7 +337,12 @@ impl Session {
         wake
     }
 
-    /// A message was handed to the writer.
+    /// Output is waiting: queued messages, or handed ones not yet flushed.
+    fn writing(&self) -> bool {
+        !self.write_failed && (!self.outq.is_empty() || self.unflushed)
+    }
+
+    /// A message was handed to the socket.
     fn handed(&mut self, out: &Out) {
         self.last_handed = Instant::now();
         match out {
@@ -442,12 +443,69 @@ impl Session {
         self.outq.clear();
     }
 
-    async fn run(mut self, mut stream: SplitStream<Ws>, tx: mpsc::Sender<Message>) -> Report {
+    /// Writes what is queued and waits for the next thing to do, in one poll: every queued
+    /// message is handed to the socket and flushed with one write (a frame and the mark echoes
+    /// due with it leave together), then the socket is read, then the deadline checked. No new
+    /// message is handed while a flush is pending, so a server that stops reading holds the
+    /// queue (and [`Session::run`] reports it after `close_timeout`).
+    fn poll_io(&mut self, ws: &mut Ws, sleep: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Io> {
+        let mut wrote = false;
+        if !self.write_failed {
+            if !self.unflushed {
+                while !self.outq.is_empty() {
+                    match Pin::new(&mut *ws).poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e)),
+                        Poll::Pending => break,
+                    }
+                    let Some(out) = self.outq.pop_front() else {
+                        break;
+                    };
+                    self.handed(&out);
+                    if let Err(e) = Pin::new(&mut *ws).start_send(Message::text(out.into_text())) {
+                        return Poll::Ready(Io::WriteFailed(e));
+                    }
+                    self.unflushed = true;
+                    wrote = true;
+                }
+            }
+            if self.unflushed {
+                match Pin::new(&mut *ws).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.unflushed = false;
+                        self.last_handed = Instant::now();
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if let Poll::Ready(item) = ws.poll_next_unpin(cx) {
+            return Poll::Ready(Io::Item(item));
+        }
+        if wrote {
+            return Poll::Ready(Io::Wrote);
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Io::Timer);
+        }
+        Poll::Pending
+    }
+
+    async fn run(mut self, mut ws: Ws) -> Report {
         self.outq
             .push_back(Out::Control(twilio::inbound::connected()));
         self.seq = 1;
         self.outq
             .push_back(Out::Control(twilio::inbound::start(1, &self.start)));
+        // One timer for the whole call, moved to each new deadline (a new `Sleep` per loop turn
+        // registers and drops a timer entry every time).
+        let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        // The deadline `sleep` is set to; `None`: parked far ahead.
+        let mut armed: Option<Instant> = None;
         let mut done = false;
         loop {
             let real = Instant::now();
@@ -472,7 +530,7 @@ impl Session {
                 done = true;
                 break;
             }
-            if !self.outq.is_empty() && real >= self.last_handed + self.close_timeout {
+            if self.writing() && real >= self.last_handed + self.close_timeout {
                 let ms = self.media_ms_now();
                 self.error(format!(
                     "{ms} ms: the server stopped reading: nothing could be sent for {:?}",
@@ -481,46 +539,58 @@ impl Session {
                 self.lost();
                 break;
             }
-            let wake = self.wake().map(tokio::time::Instant::from_std);
-            let sending = !self.outq.is_empty() && !self.writer_gone;
-            tokio::select! {
-                biased;
-                item = stream.next() => {
+            let wake = self.wake();
+            if wake != armed {
+                armed = wake;
+                let at = wake.map_or_else(far, tokio::time::Instant::from_std);
+                sleep.as_mut().reset(at);
+            }
+            match poll_fn(|cx| self.poll_io(&mut ws, sleep.as_mut(), cx)).await {
+                Io::Item(item) => {
                     if self.on_socket(item) {
                         done = true;
                         break;
                     }
                 }
-                permit = tx.reserve(), if sending => match permit {
-                    Ok(permit) => {
-                        if let Some(out) = self.outq.pop_front() {
-                            self.handed(&out);
-                            let (Out::Control(t) | Out::Frame(t) | Out::Mark(t) | Out::Stop(t)) = out;
-                            permit.send(Message::text(t));
-                        }
+                Io::WriteFailed(e) => {
+                    if !closed_already(&e) {
+                        self.error(format!("sending to the server: {e}"));
                     }
-                    Err(_) => {
-                        // The writer failed; its error is reported by `run_call`.
-                        self.writer_gone = true;
+                    self.write_failed = true;
+                    // After the server's Close frame, reading goes on to the TCP close (and its
+                    // timeout); otherwise the connection is lost.
+                    if !self.server_closed {
                         self.lost();
                         break;
                     }
-                },
-                () = sleep_until_opt(wake) => {}
+                }
+                Io::Wrote => {}
+                Io::Timer => {
+                    // An elapsed `Sleep` stays ready: park it until the next deadline is set.
+                    armed = None;
+                    sleep.as_mut().reset(far());
+                }
             }
         }
-        if !done {
-            // We close: send a Close frame, then read until the server's reply (bounded).
-            if !self.server_closed && !self.writer_gone {
-                let close = Message::Close(Some(CloseFrame {
+        if done {
+            // The server closed: complete our side of the handshake if the socket still takes it.
+            let _ = tokio::time::timeout(CLOSE_DRAIN, ws.close(None)).await;
+        } else {
+            // We close: send a Close frame (unless the socket is unusable), then read until the
+            // server's reply (bounded).
+            if !self.server_closed && !self.write_failed {
+                let close = CloseFrame {
                     code: CloseCode::Normal,
                     reason: "".into(),
-                }));
-                let _ = tokio::time::timeout(CLOSE_DRAIN, tx.send(close)).await;
+                };
+                if let Ok(Err(e)) = tokio::time::timeout(CLOSE_DRAIN, ws.close(Some(close))).await
+                    && !closed_already(&e)
+                {
+                    self.error(format!("sending to the server: {e}"));
+                }
             }
-            drop(tx);
             let _ = tokio::time::timeout(CLOSE_DRAIN, async {
-                while let Some(item) = stream.next().await {
+                while let Some(item) = ws.next().await {
                     if let Ok(Message::Text(t)) = item {
                         self.on_text(t.as_str());
                     }
@@ -574,12 +644,5 @@ impl Session {
             errors: self.errors,
             heard,
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
