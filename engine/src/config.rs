@@ -289,11 +289,12 @@ impl Default for CallConfig {
 /// The custom parameters (TwiML `<Parameter name="…" value="…"/>` inside `<Stream>`, seen in
 /// the `start` message's `customParameters`) that set a call's own turn-taking, over the
 /// server's configuration: the `HARK_*` variable of the same name, lower case.
-pub const CALL_PARAMETERS: [&str; 11] = [
+pub const CALL_PARAMETERS: [&str; 12] = [
     "hark_vad",
     "hark_vad_threshold_pct",
     "hark_stop_ms",
     "hark_min_utterance_ms",
+    "hark_start_voiced_ms",
     "hark_min_interruption_ms",
     "hark_resume_after_ms",
     "hark_backchannel_max_ms",
@@ -345,6 +346,7 @@ impl CallConfig {
                 "hark_vad_threshold_pct" => pct().map(|n| cfg.vad.speech_threshold_pct = n),
                 "hark_stop_ms" => num().map(|n| cfg.turn.stop_ms = n),
                 "hark_min_utterance_ms" => num().map(|n| cfg.turn.min_utterance_ms = n),
+                "hark_start_voiced_ms" => num().map(|n| cfg.turn.start_voiced_ms = n),
                 "hark_min_interruption_ms" => num().map(|n| cfg.turn.min_interruption_ms = n),
                 "hark_resume_after_ms" => num().map(|n| cfg.turn.resume_after_ms = n),
                 "hark_backchannel_max_ms" => num().map(|n| cfg.turn.backchannel_max_ms = n),
@@ -458,6 +460,13 @@ mod tests {
         ]));
         assert_eq!(cfg, base);
         assert!(errors[0].contains("ignored"), "{errors:?}");
+        // Speech start: at most the 100 ms window.
+        let (cfg, errors) = base.with_parameters(&params(&[("hark_start_voiced_ms", "40")]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.turn.start_voiced_ms, 40);
+        let (cfg, errors) = base.with_parameters(&params(&[("hark_start_voiced_ms", "120")]));
+        assert_eq!(cfg, base);
+        assert!(errors[0].contains("start_voiced_ms"), "{errors:?}");
         for p in CALL_PARAMETERS {
             let (_, errors) = base.with_parameters(&params(&[(p, "nope")]));
             assert_eq!(errors.len(), 1, "{p}");

@@ -73,6 +73,7 @@ pub const SETTINGS: &[Setting] = &[
     s("HARK_NOISE_MARGIN_DB", "call.noise_margin_db"),
     s("HARK_STOP_MS", "call.stop_ms"),
     s("HARK_MIN_UTTERANCE_MS", "call.min_utterance_ms"),
+    s("HARK_START_VOICED_MS", "call.start_voiced_ms"),
     s("HARK_MIN_INTERRUPTION_MS", "call.min_interruption_ms"),
     s("HARK_RESUME_AFTER_MS", "call.resume_after_ms"),
     s("HARK_BACKCHANNEL_MAX_MS", "call.backchannel_max_ms"),
