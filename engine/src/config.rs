@@ -1,9 +1,10 @@
 //! Per-call settings: VAD, turn-taking, barge-in and playout. All durations are in ms.
 //!
 //! Defaults follow `DESIGN.md` ("Turn-taking defaults") and what peer systems use
-//! (`shared/reference/anchors.md`): speech start after 60 ms of voice within 100 ms, end of turn
-//! after 600 ms of silence, barge-in after 80 ms of caller voice, ≤ 200 ms of agent audio
-//! queued at Twilio.
+//! (`shared/reference/anchors.md`): end of turn after 600 ms of silence, ≤ 200 ms of agent
+//! audio queued at Twilio. Speech start and barge-in need 40 ms of caller voice (the anchors'
+//! 60 and 80 ms until 2026-12-04; 40 measured on `hark bench turns`: see
+//! [`TurnConfig::min_interruption_ms`]).
 
 use hark_codecs::SampleRate;
 
@@ -118,19 +119,23 @@ impl Default for VadConfig {
 pub struct TurnConfig {
     /// Window in which voiced frames are counted to declare speech start (default 100).
     pub start_window_ms: u32,
-    /// Voiced ms needed within `start_window_ms` to declare speech start (default 60).
+    /// Voiced ms needed within `start_window_ms` to declare speech start (default 40, i.e. two
+    /// voiced 20 ms frames; 60 until 2026-12-04). A barge-in needs it as well as
+    /// `min_interruption_ms`.
     pub start_voiced_ms: u32,
     /// Silence after the last voiced frame that ends the caller's turn (default 600).
     pub stop_ms: u32,
     /// Utterances shorter than this (first to last voiced frame) are discarded as noise
     /// rather than handed to the agent as a turn (default 200).
     pub min_utterance_ms: u32,
-    /// Caller voice needed while the agent speaks before it counts as a barge-in (default 60,
+    /// Caller voice needed while the agent speaks before it counts as a barge-in (default 40,
     /// the same as the speech start's `start_voiced_ms`, below which nothing is speech anyway).
-    /// Shorter sounds (a cough, a click) do not stop the agent. With the defaults `clear` is
-    /// emitted 60 ms of media after the first voiced frame began on a clean line. Against 80,
-    /// `hark bench turns` measured `clear` p90 20–40 ms sooner in babble, café, pink, brown and
-    /// line noise at 10 dB, with the same false barge-ins and coughs cut.
+    /// Shorter sounds (a one-frame click) do not stop the agent. With the defaults `clear` is
+    /// emitted 40 ms of media after the first voiced frame began on a clean line. `hark bench
+    /// turns` (README "Turn-taking benchmark"): 80 → 60 made `clear` p90 20–40 ms sooner in
+    /// noise at 10 dB with the same false barge-ins; 60 → 40 (with `start_voiced_ms`) another
+    /// 20 ms at p50 and p90 (10 dB p90 118–137 ms), at the price of more false barge-ins in
+    /// pink noise at 5 dB.
     pub min_interruption_ms: u32,
     /// A barge-in first only holds the agent's audio (Twilio `clear`, the unheard rest kept):
     /// once the caller's voice spans `min_utterance_ms` (or `backchannel_max_ms` when set) it
@@ -211,10 +216,10 @@ impl Default for TurnConfig {
     fn default() -> Self {
         TurnConfig {
             start_window_ms: 100,
-            start_voiced_ms: 60,
+            start_voiced_ms: 40,
             stop_ms: 600,
             min_utterance_ms: 200,
-            min_interruption_ms: 60,
+            min_interruption_ms: 40,
             resume_after_ms: 1_500,
             backchannel_max_ms: 0,
             backchannel_check_ms: 1_000,

@@ -280,16 +280,36 @@ mod tests {
     }
 
     #[test]
-    fn speech_starts_after_60_ms_of_voice_in_100_ms() {
+    fn speech_starts_after_start_voiced_ms_of_voice_in_the_window() {
+        // The default: 40 ms voiced within 100 ms, i.e. two voiced frames.
         let mut d = TurnDetector::new(TurnConfig::default());
-        // Two voiced frames, a gap, one more: 60 ms voiced within 100 ms.
+        let ev = run(&mut d, "..##", 0);
+        assert_eq!(ev, vec![(80, TurnEvent::SpeechStart { start_ms: 40 })]);
+        // At 60 ms: two voiced frames, a gap, one more.
+        let mut d = TurnDetector::new(TurnConfig {
+            start_voiced_ms: 60,
+            ..TurnConfig::default()
+        });
+        assert!(run(&mut d, "..##.", 0).is_empty());
+        let mut d = TurnDetector::new(TurnConfig {
+            start_voiced_ms: 60,
+            ..TurnConfig::default()
+        });
         let ev = run(&mut d, "..##.#", 0);
         assert_eq!(ev, vec![(120, TurnEvent::SpeechStart { start_ms: 40 })]);
     }
 
     #[test]
     fn isolated_clicks_do_not_start_speech() {
+        // One-frame clicks 100 ms apart never put two voiced frames in one window.
         let mut d = TurnDetector::new(TurnConfig::default());
+        assert!(run(&mut d, "#....#....#....#....", 0).is_empty());
+        assert!(!d.is_speaking());
+        // At 60 ms, two-frame clicks do not either.
+        let mut d = TurnDetector::new(TurnConfig {
+            start_voiced_ms: 60,
+            ..TurnConfig::default()
+        });
         assert!(run(&mut d, "#....#....#....##...", 0).is_empty());
         assert!(!d.is_speaking());
     }

@@ -2,7 +2,8 @@
 //! where the answer is known from the configuration. On clean speech with webrtc-vad and a
 //! 600 ms end-of-turn silence, every 800 ms inner pause must end the turn and no 400 ms one
 //! may; turns end 600–700 ms after the speech; every real barge-in interrupts the agent within
-//! the 60 ms of voice it needs plus the detector's onset; and a run is deterministic.
+//! the `min_interruption_ms` of voice it needs plus the detector's onset; and a run is
+//! deterministic.
 
 use std::path::PathBuf;
 

@@ -191,8 +191,8 @@ pub struct Config {
     pub limits: crate::conns::Limits,
     /// Per-call engine settings (`[call]`): `HARK_VAD_MODE` (0–3, default 2), `HARK_VAD_RATE`
     /// (8000 or 16000 Hz), `HARK_NOISE_MARGIN_DB` (default 10 dB), `HARK_STOP_MS` (600 ms),
-    /// `HARK_MIN_UTTERANCE_MS` (200 ms), `HARK_START_VOICED_MS` (60 ms),
-    /// `HARK_MIN_INTERRUPTION_MS` (60 ms), `HARK_LEAD_MS`
+    /// `HARK_MIN_UTTERANCE_MS` (200 ms), `HARK_START_VOICED_MS` (40 ms),
+    /// `HARK_MIN_INTERRUPTION_MS` (40 ms), `HARK_LEAD_MS`
     /// (200 ms), `HARK_MARK_EVERY_MS` (100 ms).
     pub call: CallConfig,
     /// The gateway API's settings (`[twilio]`, `[api]`, `[records]`), which `hark serve`

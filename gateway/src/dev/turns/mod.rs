@@ -91,6 +91,8 @@ pub struct Row {
     pub condition: String,
     /// Frame F1 over the `turns` and `pauses` scenes.
     pub f1: f64,
+    /// The frame counts behind `f1` (precision and recall follow from them).
+    pub frames: score::Frames,
     /// Caller turns scored.
     pub utterances: usize,
     /// See [`score`].
@@ -209,6 +211,7 @@ pub fn run_config(
         vad: vad.to_string(),
         condition: condition.label(),
         f1: frames.f1(),
+        frames,
         utterances: ts.utterances,
         missed_onsets: ts.missed_onsets,
         never_heard: ts.never_heard,

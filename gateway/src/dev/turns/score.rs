@@ -20,8 +20,11 @@
 //!   held the answer, which then played on ([`Event::PlaybackPaused`], then
 //!   [`Event::PlaybackResumed`]), is counted apart as "held". A barge-in near no sound is a
 //!   **false barge-in**, counted per minute of agent speech over quiet caller audio (more than
-//!   1 s from any sound). Only sounds that begin while the agent is audible count. **Clear
-//!   delay**: the first `clear` (hold or barge-in) decision − the sound's annotated start.
+//!   1 s from any sound). Only sounds that begin while the agent is audible count: audible
+//!   at the annotated start, or [`EARLY_MS`] before it (a fast detector can `clear` the agent
+//!   a few ms before the annotated start, on breath or a soft onset: the sound still met a
+//!   speaking agent). **Clear delay**: the first `clear` (hold or barge-in) decision − the
+//!   sound's annotated start (0 if it came before).
 
 use serde::Serialize;
 
@@ -208,6 +211,10 @@ pub fn pauses(scene: &Scene, events: &[Stamped]) -> Pauses {
     Pauses { by_pause: by }
 }
 
+/// How long before a sound's annotated start a speech start decided for it may lie, ms: the
+/// annotation marks the first clearly audible sound, a VAD may hear breath or a soft onset.
+pub const EARLY_MS: u64 = 200;
+
 /// Whether the agent was speaking, per 20 ms of media: from an utterance's first audio to its
 /// barge-in or its end.
 fn speaking(events: &[Stamped], ms: u64) -> Vec<bool> {
@@ -266,8 +273,17 @@ pub fn agent(scene: &Scene, events: &[Stamped]) -> AgentScene {
             _ => None,
         })
         .collect();
+    // Audible when the sound began: at its start, or just before it if the sound itself was
+    // heard first (then the `clear` it caused ended the agent's audio before the start).
+    let met = |e: &super::corpus::SceneEvent| {
+        at(e.start_ms)
+            || (at(e.start_ms.saturating_sub(EARLY_MS))
+                && clears
+                    .iter()
+                    .any(|&(_, d)| d + EARLY_MS >= e.start_ms && d <= e.start_ms))
+    };
     let near = |e: &super::corpus::SceneEvent, (start, decided): (u64, u64)| {
-        (start + 200 >= e.start_ms && start <= e.end_ms + 300)
+        (start + EARLY_MS >= e.start_ms && start <= e.end_ms + 300)
             || (decided >= e.start_ms && decided <= e.end_ms + 600)
     };
     let mut out = AgentScene::default();
@@ -280,11 +296,7 @@ pub fn agent(scene: &Scene, events: &[Stamped]) -> AgentScene {
         let mut hit = 0;
         let mut held = 0;
         let mut eligible = 0;
-        for e in scene
-            .events
-            .iter()
-            .filter(|e| e.kind == kind && at(e.start_ms))
-        {
+        for e in scene.events.iter().filter(|e| e.kind == kind && met(e)) {
             eligible += 1;
             hit += barge_ins.iter().any(|b| near(e, *b)) as usize;
             held += clears.iter().any(|b| near(e, *b)) as usize;
@@ -346,6 +358,72 @@ mod tests {
         assert_eq!(percentile(&v, 90.0), None);
         assert_eq!(over(&v, 150), 3);
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    /// A sound heard a few ms before its annotated start `clear`s the agent before that
+    /// start: it still met a speaking agent (and its `clear` delay is 0); one that began just
+    /// after the agent's answer ended on its own did not.
+    #[test]
+    fn a_clear_just_before_the_annotated_start_still_met_the_agent() {
+        use super::super::corpus::SceneEvent;
+        let at = std::time::Instant::now();
+        let sound = |start_ms, end_ms| SceneEvent {
+            kind: EventKind::BargeIn,
+            start_ms,
+            end_ms,
+            label: String::new(),
+            synthetic: false,
+        };
+        let scene = Scene {
+            file: String::new(),
+            ms: 10_000,
+            utterances: Vec::new(),
+            // Heard (and the agent cleared) 15 ms before its annotated start.
+            events: vec![sound(2_015, 3_000)],
+            speech: Vec::new(),
+        };
+        let events = vec![
+            Stamped {
+                media_ms: 0,
+                event: Event::AgentAudioStarted {
+                    id: hark_engine::UtteranceId(1),
+                    turn: None,
+                    at,
+                    since_user_end: None,
+                    before_turn_end: false,
+                },
+            },
+            Stamped {
+                media_ms: 2_000,
+                event: Event::PlaybackPaused {
+                    speech_start_ms: 1_960,
+                    decided_ms: 2_000,
+                    at,
+                },
+            },
+        ];
+        let out = agent(&scene, &events);
+        let held = out.held_by_kind.iter().find(|k| k.0 == EventKind::BargeIn);
+        let eligible = out.by_kind.iter().find(|k| k.0 == EventKind::BargeIn);
+        assert_eq!(eligible.map(|k| k.2), Some(1));
+        assert_eq!(held.map(|k| k.1), Some(1));
+        assert_eq!(out.clear_ms, vec![Some(0)]);
+
+        // No clear near the start (the agent's answer simply ended): not eligible.
+        let ended = vec![
+            events[0].clone(),
+            Stamped {
+                media_ms: 2_000,
+                event: Event::UtterancePlayed {
+                    id: hark_engine::UtteranceId(1),
+                    turn: None,
+                    heard_ms: 2_000,
+                },
+            },
+        ];
+        let out = agent(&scene, &ended);
+        let eligible = out.by_kind.iter().find(|k| k.0 == EventKind::BargeIn);
+        assert_eq!(eligible.map(|k| k.2), Some(0));
     }
 
     #[test]
