@@ -153,5 +153,16 @@ fn on_stationary_noise_silero_keeps_the_soft_ends_of_words() {
     let (pause, cut, of) = line.pause_cuts[1];
     assert_eq!((pause, of), (600, 18));
     assert!(cut <= 8, "{:?}", line.pause_cuts);
-    assert!(line.f1 >= 0.88, "{}", line.f1);
+    assert!(line.f1 >= 0.9, "{}", line.f1);
+    // Line noise's crackle sounds like speech to Silero now and then: the line must still
+    // count as stationary. With `STATIONARY_SHARE` at 0.25, 0.815 here (Silero 0.918).
+    let line5 = noisy("line", 5.0);
+    let hybrid = turns::run_condition(&corpus, "hybrid", &line5).unwrap();
+    let silero = turns::run_condition(&corpus, "silero", &line5).unwrap();
+    assert!(
+        hybrid.f1 >= silero.f1 - 0.02,
+        "{} vs {}",
+        hybrid.f1,
+        silero.f1
+    );
 }
