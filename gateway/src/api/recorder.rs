@@ -441,9 +441,9 @@ async fn run(
                     () = &mut wait => break,
                     q = rx.recv(), if items.len() < MAX_BATCH => match q {
                         Some(q) => {
-                            let now = urgent(&q);
+                            let stop_waiting = urgent(&q);
                             items.push(q);
-                            if now {
+                            if stop_waiting {
                                 break;
                             }
                         }
