@@ -2,9 +2,9 @@
 //!
 //! Defaults follow `DESIGN.md` ("Turn-taking defaults") and what peer systems use
 //! (`shared/reference/anchors.md`): end of turn after 600 ms of silence, ≤ 200 ms of agent
-//! audio queued at Twilio. Speech start and barge-in need 40 ms of caller voice (the anchors'
-//! 60 and 80 ms until 2026-12-04; 40 measured on `hark bench turns`: see
-//! [`TurnConfig::min_interruption_ms`]).
+//! audio queued at Twilio. Speech start and barge-in need 40 ms of caller voice (at first the
+//! anchors' 60 and 80 ms; barge-in 60 from 2026-12-03, both 40 from 2026-12-04, measured on
+//! `hark bench turns`: see [`TurnConfig::min_interruption_ms`]).
 
 use hark_codecs::SampleRate;
 
