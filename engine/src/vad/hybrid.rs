@@ -39,10 +39,15 @@
 //!    level stage and the foreground gate counts as voiced even before Silero agrees, for the
 //!    first [`FAST_ONSET_FRAMES`] of a run (after that only with Silero's agreement in the
 //!    run): loud speech near the caller's level starts a turn, and a barge-in, 30–60 ms
-//!    sooner. Noise and background voices rarely reach the caller's level, and a barge-in
+//!    sooner. In the hold after a foreground frame it counts only once Silero has agreed in
+//!    the run (or where Silero is idle, a clean line): a cough or a click reaches the caller's
+//!    level for a frame or two, and webrtc-vad, which hears voice in most bursts, carried its
+//!    tail on until it barged in (`hark bench turns`, coughs and clicks that cut the agent at
+//!    10 dB: babble 13 → 2, café 15 → 3, brown 7 → 0 of 20; at 20 dB 8–15 → 0 but with a
+//!    background conversation, 19 → 18; pink noise at 5 dB 11.8 → 2.9 false barge-ins per
+//!    minute). Noise and background voices rarely reach the caller's level, and a barge-in
 //!    that turns out to be nothing only holds the agent's audio
-//!    ([`crate::config::TurnConfig::resume_after_ms`]). (A cough over babble still passes:
-//!    Silero hears the babble under it; `hark bench turns`.)
+//!    ([`crate::config::TurnConfig::resume_after_ms`]).
 //!
 //! A frame is voiced when the level stage, the foreground gate and Silero or the fast onset
 //! say so, or when Silero or the fast onset says so within the hold after a foreground frame
@@ -104,9 +109,14 @@ pub const VOICES_FRAMES: f64 = 250.0;
 /// and 10 → 4 of 18, babble and café at 5 dB F1 +0.01, café at 5 dB 5.3 → 5.9 false
 /// barge-ins per minute, `talkers` unchanged (`hark bench turns --vad hybrid`).
 pub const STATIONARY_SHARE: f64 = 0.6;
-/// See [`STATIONARY_SHARE`]: 400 ms (`hark bench turns`: with 600 ms, turns in babble and café
-/// at 10 dB ended 20–70 ms later still, for at most 0.01 more F1).
-pub const STATIONARY_HOLD_FRAMES: u32 = 20;
+/// See [`STATIONARY_SHARE`]: 600 ms (`hark bench turns`, 2026-12-04 night, with the fast onset
+/// held to Silero's agreement in the hold: at 400 ms, F1 in line noise at 10/5 dB 0.924/0.907
+/// and brown at 10 dB 0.936, under Silero's 0.927/0.918/0.940; at 600 ms 0.929/0.916/0.941.
+/// The price: babble and café at 10 dB count as stationary much of the time (their share
+/// of voices is 0.00–0.34), and hold some of their background as the caller's word ends:
+/// end of turn p90 797 → 1,033 ms in café, 782 → 879 in babble, F1 −0.007 and −0.010, still
+/// far above Silero's. At 800 ms café let 9 of 40 backchannels interrupt, 3 at 600.)
+pub const STATIONARY_HOLD_FRAMES: u32 = 30;
 
 /// The hybrid detector (module docs). 8 kHz, 20 ms frames of 160 samples.
 #[derive(Debug)]
@@ -211,8 +221,12 @@ impl HybridVad {
                 && self.voices < STATIONARY_SHARE
                 && !self.clean_line()
         };
+        // In the hold webrtc-vad counts only where Silero is idle (a clean line) or has agreed
+        // in this run: otherwise a cough's or a click's tail (webrtc-vad hears voice in most
+        // bursts) carried the run on long enough to barge in.
+        let held_fast = fast && (self.run_silero || !self.running);
         let voiced = near
-            || ((speech || fast) && self.since_foreground <= FOREGROUND_HOLD_FRAMES)
+            || ((speech || held_fast) && self.since_foreground <= FOREGROUND_HOLD_FRAMES)
             || stationary_hold();
         if voiced {
             self.run_frames = self.run_frames.saturating_add(1);

@@ -305,6 +305,21 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         self.turn_in(conn, call_sid, t, now_ms).await?;
+        self.turn_ended_event_in(conn, call_sid, t, now_ms).await
+    }
+
+    /// With events on, the `turn.ended` event of a turn already stored in this transaction
+    /// (once per call and turn index, as [`Store::turn_ended_in`]); nothing with events off.
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn turn_ended_event_in(
+        &self,
+        conn: &mut AnyConnection,
+        call_sid: &str,
+        t: &TurnRow,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         if !self.events_enabled() {
             return Ok(());
         }

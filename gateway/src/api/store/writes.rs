@@ -37,6 +37,27 @@ fn params_json(params: &[(String, String)]) -> String {
 /// record).
 const ENSURE_CALL: &str = "INSERT INTO calls (call_sid, created_at, updated_at) VALUES ($1, $2, $3) ON CONFLICT (call_sid) DO NOTHING";
 
+/// Most rows in one multi-row statement of [`Store::turns_in`]: at 15 bind parameters a
+/// turn, 3,840 parameters, well under SQLite's 32,766 and PostgreSQL's 65,535.
+pub const TURN_ROWS_PER_STATEMENT: usize = 256;
+
+/// `head` + `rows` groups of `per_row` numbered placeholders (`($1, $2), ($3, $4)`) + `tail`.
+fn multi_row(head: &str, per_row: usize, rows: usize, tail: &str) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * per_row * 6);
+    sql.push_str(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..per_row {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}${}", r * per_row + c + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(tail);
+    sql
+}
+
 /// Puts one of hark's own stream events (source `media`) in a call's timeline, once per stream
 /// and event.
 async fn media_event(
@@ -417,7 +438,7 @@ impl Store {
 
     /// Stores one caller turn. A turn with an [`TurnRow::index`] is one row per call and
     /// index: storing it again (as its answer plays) replaces the row's figures. Counts as
-    /// activity on the call (`updated_at`).
+    /// activity on the call (`updated_at`). [`Store::turns_in`] with one turn.
     ///
     /// # Errors
     /// The driver's error.
@@ -428,46 +449,103 @@ impl Store {
         t: &TurnRow,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(ENSURE_CALL)
-            .bind(call_sid)
-            .bind(now_ms)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO turns (call_sid, turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
-                                heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (call_sid, turn_index) DO UPDATE SET
-               user_start_ms = excluded.user_start_ms, user_end_ms = excluded.user_end_ms,
-               latency_ms = excluded.latency_ms, interrupted = excluded.interrupted,
-               heard_ms = excluded.heard_ms, text = excluded.text, agent_text = excluded.agent_text,
-               heard_latency_ms = excluded.heard_latency_ms, stt_ms = excluded.stt_ms,
-               llm_ttft_ms = excluded.llm_ttft_ms, tts_ttfb_ms = excluded.tts_ttfb_ms,
-               first_audio_ms = excluded.first_audio_ms, recorded_at = excluded.recorded_at",
-        )
-        .bind(call_sid)
-        .bind(t.index.map(i64::from))
-        .bind(t.user_start_ms)
-        .bind(t.user_end_ms)
-        .bind(t.latency_ms)
-        .bind(i64::from(t.interrupted))
-        .bind(t.heard_ms)
-        .bind(&t.text)
-        .bind(&t.agent_text)
-        .bind(t.heard_latency_ms)
-        .bind(t.stt_ms)
-        .bind(t.llm_ttft_ms)
-        .bind(t.tts_ttfb_ms)
-        .bind(t.first_audio_ms)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("UPDATE calls SET updated_at = CASE WHEN updated_at > $1 THEN updated_at ELSE $1 END WHERE call_sid = $2")
-            .bind(now_ms)
-            .bind(call_sid)
-            .execute(&mut *conn)
-            .await?;
+        self.turns_in(conn, &[(call_sid, t, now_ms)]).await
+    }
+
+    /// Stores caller turns, each `(call_sid, turn, now_ms)` as [`Store::turn_in`] does, in two
+    /// statements per 256 turns (`TURN_ROWS_PER_STATEMENT`) instead of three per turn: one upsert
+    /// of the calls touched (created if missing; `updated_at` = the latest `now_ms`) and one
+    /// multi-row upsert of the turns. A turn stored more than once here (same call and
+    /// index) keeps its last version, as storing them one after the other would (and
+    /// PostgreSQL refuses an upsert that touches a row twice).
+    ///
+    /// # Errors
+    /// The driver's error.
+    pub async fn turns_in(
+        &self,
+        conn: &mut AnyConnection,
+        turns: &[(&str, &TurnRow, i64)],
+    ) -> Result<(), sqlx::Error> {
+        use std::collections::hash_map::{Entry, HashMap};
+        // The calls, each with its latest time, in order of first appearance.
+        let mut calls: Vec<(&str, i64)> = Vec::new();
+        let mut call_at: HashMap<&str, usize> = HashMap::new();
+        // The turns to write: one per (call, index), the last stored.
+        let mut rows: Vec<usize> = Vec::with_capacity(turns.len());
+        let mut row_at: HashMap<(&str, u32), usize> = HashMap::new();
+        for (i, &(sid, t, now_ms)) in turns.iter().enumerate() {
+            match call_at.entry(sid) {
+                Entry::Occupied(e) => {
+                    let c = &mut calls[*e.get()];
+                    c.1 = c.1.max(now_ms);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(calls.len());
+                    calls.push((sid, now_ms));
+                }
+            }
+            match t.index.map(|ix| row_at.entry((sid, ix))) {
+                Some(Entry::Occupied(e)) => rows[*e.get()] = i,
+                Some(Entry::Vacant(e)) => {
+                    e.insert(rows.len());
+                    rows.push(i);
+                }
+                None => rows.push(i),
+            }
+        }
+        for chunk in calls.chunks(TURN_ROWS_PER_STATEMENT) {
+            let sql = multi_row(
+                "INSERT INTO calls (call_sid, created_at, updated_at) VALUES ",
+                3,
+                chunk.len(),
+                " ON CONFLICT (call_sid) DO UPDATE SET updated_at = CASE
+                   WHEN calls.updated_at > excluded.updated_at THEN calls.updated_at
+                   ELSE excluded.updated_at END",
+            );
+            // Built from constants and placeholder numbers only.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() == 1);
+            for &(sid, now_ms) in chunk {
+                q = q.bind(sid).bind(now_ms).bind(now_ms);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for chunk in rows.chunks(TURN_ROWS_PER_STATEMENT) {
+            let sql = multi_row(
+                "INSERT INTO turns (call_sid, turn_index, user_start_ms, user_end_ms, latency_ms, interrupted, heard_ms, text, agent_text,
+                                    heard_latency_ms, stt_ms, llm_ttft_ms, tts_ttfb_ms, first_audio_ms, recorded_at) VALUES ",
+                15,
+                chunk.len(),
+                " ON CONFLICT (call_sid, turn_index) DO UPDATE SET
+                   user_start_ms = excluded.user_start_ms, user_end_ms = excluded.user_end_ms,
+                   latency_ms = excluded.latency_ms, interrupted = excluded.interrupted,
+                   heard_ms = excluded.heard_ms, text = excluded.text, agent_text = excluded.agent_text,
+                   heard_latency_ms = excluded.heard_latency_ms, stt_ms = excluded.stt_ms,
+                   llm_ttft_ms = excluded.llm_ttft_ms, tts_ttfb_ms = excluded.tts_ttfb_ms,
+                   first_audio_ms = excluded.first_audio_ms, recorded_at = excluded.recorded_at",
+            );
+            // Built from constants and placeholder numbers only.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() == 1);
+            for &i in chunk {
+                let (call_sid, t, now_ms) = turns[i];
+                q = q
+                    .bind(call_sid)
+                    .bind(t.index.map(i64::from))
+                    .bind(t.user_start_ms)
+                    .bind(t.user_end_ms)
+                    .bind(t.latency_ms)
+                    .bind(i64::from(t.interrupted))
+                    .bind(t.heard_ms)
+                    .bind(t.text.as_deref())
+                    .bind(t.agent_text.as_deref())
+                    .bind(t.heard_latency_ms)
+                    .bind(t.stt_ms)
+                    .bind(t.llm_ttft_ms)
+                    .bind(t.tts_ttfb_ms)
+                    .bind(t.first_audio_ms)
+                    .bind(now_ms);
+            }
+            q.execute(&mut *conn).await?;
+        }
         Ok(())
     }
 
@@ -721,5 +799,78 @@ mod tests {
             ("A".to_owned(), "3".to_owned()),
         ];
         assert_eq!(params_json(&p), r#"{"A":["1","3"],"B":"2"}"#);
+    }
+
+    #[tokio::test]
+    async fn turns_stored_together_are_the_turns_stored_one_by_one() {
+        fn turn(index: Option<u32>, start: i64, latency: Option<i64>) -> TurnRow {
+            TurnRow {
+                index,
+                user_start_ms: start,
+                user_end_ms: start + 900,
+                latency_ms: latency,
+                text: Some(format!("it's {start}")),
+                ..TurnRow::default()
+            }
+        }
+        // Both calls twice, turn 0 of CA1 three times (the last wins), rows without an
+        // index kept each, and more rows than one statement takes.
+        let mut batch: Vec<(&str, TurnRow, i64)> = vec![
+            ("CA1", turn(Some(0), 1000, None), 10),
+            ("CA2", turn(Some(0), 2000, Some(500)), 11),
+            ("CA1", turn(Some(0), 1000, Some(640)), 12),
+            ("CA1", turn(None, 7000, None), 13),
+            ("CA1", turn(None, 8000, None), 9),
+            ("CA1", turn(Some(0), 1000, Some(650)), 14),
+        ];
+        for i in 0..TURN_ROWS_PER_STATEMENT as u32 + 10 {
+            batch.push(("CA3", turn(Some(i), i64::from(i) * 3000, None), 20));
+        }
+        let rows: Vec<(&str, &TurnRow, i64)> =
+            batch.iter().map(|(c, t, at)| (*c, t, *at)).collect();
+        for store in test_stores().await {
+            store
+                .write(async |c| store.turns_in(c, &rows).await)
+                .await
+                .unwrap();
+            let ca1 = store.call("CA1").await.unwrap().expect("CA1 created");
+            assert_eq!(ca1.turns.len(), 3, "{:?}", ca1.turns);
+            assert_eq!(ca1.turns[0].index, Some(0));
+            assert_eq!(ca1.turns[0].latency_ms, Some(650), "the last version");
+            assert_eq!(
+                ca1.turns
+                    .iter()
+                    .map(|t| t.user_start_ms)
+                    .collect::<Vec<_>>(),
+                [1000, 7000, 8000]
+            );
+            assert_eq!(
+                ca1.call.updated_at_ms, 14,
+                "the latest time, not the last row's"
+            );
+            let ca2 = store.call("CA2").await.unwrap().expect("CA2 created");
+            assert_eq!(ca2.turns[0].latency_ms, Some(500));
+            assert_eq!(ca2.turns[0].text.as_deref(), Some("it's 2000"));
+            let ca3 = store.call("CA3").await.unwrap().expect("CA3 created");
+            assert_eq!(ca3.turns.len(), TURN_ROWS_PER_STATEMENT + 10);
+            // Stored again, one by one, at an earlier time: the same rows, updated_at kept.
+            for &(sid, t, _) in &rows[..3] {
+                store
+                    .write(async |c| store.turn_in(c, sid, t, 5).await)
+                    .await
+                    .unwrap();
+            }
+            let again = store.call("CA1").await.unwrap().expect("CA1");
+            assert_eq!(again.turns.len(), 3);
+            assert_eq!(
+                again.turns[0].latency_ms,
+                Some(640),
+                "one by one, the last wins too"
+            );
+            assert_eq!(
+                again.call.updated_at_ms, 14,
+                "updated_at only moves forward"
+            );
+        }
     }
 }
