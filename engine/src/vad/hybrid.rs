@@ -50,8 +50,9 @@
 //!    ([`crate::config::TurnConfig::resume_after_ms`]).
 //!
 //! A frame is voiced when the level stage, the foreground gate and Silero or the fast onset
-//! say so, or when Silero or the fast onset says so within the hold after a foreground frame
-//! (on stationary noise, Silero alone within its own hold, below the level stage too).
+//! say so, or when Silero (or the fast onset, once Silero has agreed in the run) says so
+//! within the hold after a foreground frame (on stationary noise, Silero alone within its own
+//! hold, below the level stage too).
 //! On a clean line Silero is idle and webrtc-vad's verdict stands in for it.
 
 use super::SileroStream;
