@@ -115,8 +115,8 @@ pub const STATIONARY_SHARE: f64 = 0.6;
 /// and brown at 10 dB 0.936, under Silero's 0.927/0.918/0.940; at 600 ms 0.929/0.916/0.941.
 /// The price: babble and café at 10 dB count as stationary much of the time (their share
 /// of voices is 0.00–0.34), and hold some of their background as the caller's word ends:
-/// end of turn p90 797 → 1,033 ms in café, 782 → 879 in babble, F1 −0.007 and −0.010, still
-/// far above Silero's. At 800 ms café let 9 of 40 backchannels interrupt, 3 at 600.)
+/// end of turn p90 797 → 879 ms in babble and 797 → 1,033 in café, F1 −0.003 and −0.007,
+/// still far above Silero's, café's backchannels cutting the agent 0 → 3 of 40 (9 at 800 ms).
 pub const STATIONARY_HOLD_FRAMES: u32 = 30;
 
 /// The hybrid detector (module docs). 8 kHz, 20 ms frames of 160 samples.
