@@ -169,7 +169,8 @@ fn on_stationary_noise_silero_keeps_the_soft_ends_of_words() {
 /// voice in most bursts: when the fast onset still counted alone in the hold after it, the
 /// burst's tail carried the run on until it barged in (13 of 20 coughs and clicks cut the
 /// agent in babble at 10 dB, and pink noise at 5 dB gave 11.8 false barge-ins per minute and
-/// `clear` p90 ∞, 23 of 26 real barge-ins cut). Real barge-ins must still all cut it.
+/// `clear` p90 ∞, 23 of 26 real barge-ins cut). Real barge-ins must still cut it: all of them
+/// in babble, nine in ten in pink noise at 5 dB (28 of 29), within 150 ms p90.
 #[test]
 fn coughs_clicks_and_noise_bursts_do_not_interrupt_on_a_noisy_line() {
     let corpus = corpus();

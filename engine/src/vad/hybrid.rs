@@ -30,9 +30,10 @@
 //!    hum, pink or brown noise), Silero's verdict alone counts within
 //!    [`STATIONARY_HOLD_FRAMES`] of a foreground frame, below the level stage too: the soft
 //!    ends of words sink under the noise floor + 3 dB there while Silero still hears them
-//!    (`hark bench turns`: F1 in pink, brown and line noise at 10/5 dB 0.88/0.83, 0.92/0.91,
-//!    0.82/0.75 → 0.93/0.91, 0.94/0.93, 0.90/0.82; 600 ms inner pauses cut 12, 10, 17 of 18 →
-//!    7, 9, 6 at 10 dB).
+//!    (`hark bench turns`, when it came with a 400 ms hold and a 0.25 share: F1 in pink, brown
+//!    and line noise at 10/5 dB 0.88/0.83, 0.92/0.91, 0.82/0.75 → 0.93/0.91, 0.94/0.93,
+//!    0.90/0.82; 600 ms inner pauses cut 12, 10, 17 of 18 → 7, 9, 6 at 10 dB; today's figures
+//!    are in the constants' docs and the README).
 //!
 //! 5. **Fast onset.** Silero needs a window or two to rise; webrtc-vad (about 1 µs a frame)
 //!    answers at once but also to noise. A frame webrtc-vad calls voice that also passes the

@@ -454,7 +454,8 @@ impl Store {
 
     /// Stores caller turns, each `(call_sid, turn, now_ms)` as [`Store::turn_in`] does, in two
     /// statements per 256 turns (`TURN_ROWS_PER_STATEMENT`) instead of three per turn: one upsert
-    /// of the calls touched (created if missing; `updated_at` = the latest `now_ms`) and one
+    /// of the calls touched (created if missing, `created_at` = the call's first `now_ms` here;
+    /// `updated_at` = its latest, never moved back) and one
     /// multi-row upsert of the turns. A turn stored more than once here (same call and
     /// index) keeps its last version, as storing them one after the other would (and
     /// PostgreSQL refuses an upsert that touches a row twice).
@@ -467,8 +468,9 @@ impl Store {
         turns: &[(&str, &TurnRow, i64)],
     ) -> Result<(), sqlx::Error> {
         use std::collections::hash_map::{Entry, HashMap};
-        // The calls, each with its latest time, in order of first appearance.
-        let mut calls: Vec<(&str, i64)> = Vec::new();
+        // The calls in order of first appearance, each with its first time (`created_at` if
+        // the row is new, as storing the turns one by one would set it) and its latest.
+        let mut calls: Vec<(&str, i64, i64)> = Vec::new();
         let mut call_at: HashMap<&str, usize> = HashMap::new();
         // The turns to write: one per (call, index), the last stored.
         let mut rows: Vec<usize> = Vec::with_capacity(turns.len());
@@ -477,11 +479,11 @@ impl Store {
             match call_at.entry(sid) {
                 Entry::Occupied(e) => {
                     let c = &mut calls[*e.get()];
-                    c.1 = c.1.max(now_ms);
+                    c.2 = c.2.max(now_ms);
                 }
                 Entry::Vacant(e) => {
                     e.insert(calls.len());
-                    calls.push((sid, now_ms));
+                    calls.push((sid, now_ms, now_ms));
                 }
             }
             match t.index.map(|ix| row_at.entry((sid, ix))) {
@@ -504,8 +506,8 @@ impl Store {
             );
             // Built from constants and placeholder numbers only.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() == 1);
-            for &(sid, now_ms) in chunk {
-                q = q.bind(sid).bind(now_ms).bind(now_ms);
+            for &(sid, first_ms, latest_ms) in chunk {
+                q = q.bind(sid).bind(first_ms).bind(latest_ms);
             }
             q.execute(&mut *conn).await?;
         }
@@ -847,6 +849,10 @@ mod tests {
             assert_eq!(
                 ca1.call.updated_at_ms, 13,
                 "the latest time, not the last row's"
+            );
+            assert_eq!(
+                ca1.call.created_at_ms, 10,
+                "created at its first turn's time"
             );
             let ca2 = store.call("CA2").await.unwrap().expect("CA2 created");
             assert_eq!(ca2.turns[0].latency_ms, Some(500));
