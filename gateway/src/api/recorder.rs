@@ -458,8 +458,8 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let urgent = |q: &Queued| matches!(q.op, Op::Flush(_) | Op::Shutdown(_));
         let mut items = vec![first];
+        // A flush or a shutdown taken as `first` is counted in `pending` too.
         if let Some(due) = last_commit.map(|t| t + commit_every)
-            && !urgent(&items[0])
             && stopping.is_empty()
             && urgent_ops.pending.load(Ordering::SeqCst) == 0
         {
@@ -552,13 +552,13 @@ async fn write_batch(store: &Store, batch: &[Queued]) -> Result<Vec<bool>, sqlx:
     let mut fresh = Vec::with_capacity(batch.len());
     let mut rest = batch;
     while let Some(first) = rest.first() {
-        // A run of turn records (most of a busy node's records): their rows in two
-        // statements, then the events of the finished ones, in order.
+        // A run of turn records (most of a busy node's records, often one alone): their rows
+        // in two statements, then the events of the finished ones, in order.
         let run = rest
             .iter()
             .take_while(|q| matches!(q.op, Op::Turn { .. }))
             .count();
-        if run < 2 {
+        if run == 0 {
             fresh.push(write(store, &mut tx, &first.op).await?);
             rest = &rest[1..];
             continue;
