@@ -50,11 +50,6 @@
 //!    that turns out to be nothing only holds the agent's audio
 //!    ([`crate::config::TurnConfig::resume_after_ms`]).
 //!
-//! 6. **Doubt.** Voice for [`DOUBT_AFTER_FRAMES`] (8 s) without a pause of
-//!    [`DOUBT_PAUSE_FRAMES`] is probably not the caller's alone: until such a pause every frame
-//!    counts in both backgrounds, so a conversation heard from the first second, on a line that
-//!    looked clean, stops holding the caller's turns open.
-//!
 //! A frame is voiced when the level stage, the foreground gate and Silero or the fast onset
 //! say so, or when Silero (or the fast onset, once Silero has agreed in the run) says so
 //! within the hold after a foreground frame (on stationary noise, Silero alone within its own
@@ -125,24 +120,6 @@ pub const STATIONARY_SHARE: f64 = 0.6;
 /// still far above Silero's, café's backchannels cutting the agent 0 → 3 of 40 (9 at 800 ms).
 pub const STATIONARY_HOLD_FRAMES: u32 = 30;
 
-/// Frames (20 ms) without a single unvoiced stretch of [`DOUBT_PAUSE_FRAMES`] after which the
-/// detector doubts that what it hears is the caller (8 s): from then on, until such a pause,
-/// every frame counts in both backgrounds, voiced or not. A conversation behind the caller
-/// from the first second of a call, on a line otherwise silent, passes the foreground gate
-/// (the caller's level is still its prior and the line's background is its gaps' silence,
-/// so the gate keeps [`FOREGROUND_MAX_DB`]); webrtc-vad calls it voice, so it never enters
-/// the background, the line stays clean and Silero idle, and it holds the caller's turns open
-/// until the caller's level sinks far enough (`hark bench turns`, `talkers` at 10 dB: the first
-/// 20 s, three turns that never ended and one that ended 3.2 s late; with this, one, then
-/// 0.7–0.9 s: turns over 1.5 s 11 → 6 %, F1 0.893 → 0.902; at 5 dB 46 → 43 %, but false
-/// barge-ins 28 → 38 a minute). A caller seldom talks 8 s without a 600 ms pause; one who does
-/// narrows the gate around their louder frames for a few seconds (Silero holds the rest): no
-/// other condition moved, clean speech and the pause scenes included.
-pub const DOUBT_AFTER_FRAMES: u32 = 400;
-/// Unvoiced frames in a row (600 ms, hark's default end-of-turn silence) that end the stretch
-/// [`DOUBT_AFTER_FRAMES`] counts.
-pub const DOUBT_PAUSE_FRAMES: u32 = 30;
-
 /// The hybrid detector (module docs). 8 kHz, 20 ms frames of 160 samples.
 #[derive(Debug)]
 pub struct HybridVad {
@@ -167,10 +144,6 @@ pub struct HybridVad {
     run_frames: u32,
     /// Silero agreed on a frame of that run.
     run_silero: bool,
-    /// Unvoiced frames in a row so far.
-    unvoiced_frames: u32,
-    /// Frames since the last [`DOUBT_PAUSE_FRAMES`] unvoiced in a row.
-    since_pause: u32,
 }
 
 impl HybridVad {
@@ -198,8 +171,6 @@ impl HybridVad {
             voices: 0.0,
             run_frames: 0,
             run_silero: false,
-            unvoiced_frames: 0,
-            since_pause: 0,
         }
     }
 
@@ -297,28 +268,15 @@ impl HybridVad {
     }
 
     /// Updates the caller's level with a foreground frame's (`near`), the background's with a
-    /// frame not voiced, and the gate's background with any frame not `near` (module docs);
-    /// both backgrounds with any frame after [`DOUBT_AFTER_FRAMES`] without a pause.
+    /// frame not voiced, and the gate's background with any frame not `near` (module docs).
     fn track(&mut self, level: f64, near: bool, voiced: bool) {
         // Slow means (about 3 s, 150 frames) in power, not dB: the gaps of a background
         // conversation must not drag them down.
         let power = 10f64.powf(level / 10.0);
-        if voiced {
-            self.unvoiced_frames = 0;
-        } else {
-            self.unvoiced_frames = self.unvoiced_frames.saturating_add(1);
-        }
-        self.since_pause = if self.unvoiced_frames >= DOUBT_PAUSE_FRAMES {
-            0
-        } else {
-            self.since_pause.saturating_add(1)
-        };
-        // Voice for 8 s without a pause: maybe not the caller's (DOUBT_AFTER_FRAMES).
-        let doubt = self.since_pause > DOUBT_AFTER_FRAMES;
-        if !voiced || doubt {
+        if !voiced {
             self.background.add(power);
         }
-        if !near || doubt {
+        if !near {
             self.gate_background.add(power);
         }
         let bg = self.background.db().unwrap_or(level);
@@ -465,41 +423,6 @@ mod tests {
         v.track(-18.0, true, true);
         assert!(v.caller_db > caller);
         assert_eq!(v.gate_background.db().unwrap(), gate_bg);
-    }
-
-    #[test]
-    fn voice_for_8_s_without_a_pause_enters_the_backgrounds_until_a_pause() {
-        let mut v = HybridVad::new(&VadConfig::default());
-        v.caller_db = -20.0;
-        v.background = at_db(-80.0);
-        v.gate_background = at_db(-80.0);
-        // A clean line: a voice at -35 dBFS passes the gate as the caller's.
-        assert!(v.clean_line() && v.foreground(-35.0));
-        // It talks on, its short gaps (under 600 ms) silent: at first the backgrounds stay put.
-        let talk = |v: &mut HybridVad, frames: u32| {
-            for k in 0..frames {
-                if k % 20 < 15 {
-                    v.track(-35.0, true, true);
-                } else {
-                    v.track(-80.0, false, false);
-                }
-            }
-        };
-        talk(&mut v, DOUBT_AFTER_FRAMES);
-        let bg = v.background.db().unwrap();
-        assert!(bg < -75.0, "background {bg:.1} dBFS");
-        // After 8 s without a pause it counts in both: the line is no longer clean.
-        talk(&mut v, 300);
-        let (bg, gate_bg) = (v.background.db().unwrap(), v.gate_background.db().unwrap());
-        assert!(bg > -42.0 && gate_bg > -42.0, "{bg:.1} {gate_bg:.1}");
-        assert!(!v.clean_line());
-        // A 600 ms pause ends the doubt: voice is the caller's again, the backgrounds hold.
-        for _ in 0..DOUBT_PAUSE_FRAMES {
-            v.track(-80.0, false, false);
-        }
-        let bg = v.background.db().unwrap();
-        v.track(-35.0, true, true);
-        assert_eq!(v.background.db().unwrap(), bg);
     }
 
     #[test]
