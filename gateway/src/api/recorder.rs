@@ -481,7 +481,11 @@ async fn run(
         }
         for q in items {
             if urgent(&q) {
-                urgent_ops.pending.fetch_sub(1, Ordering::SeqCst);
+                // Saturating: a flush queued some other way than `Writer::control` was never
+                // counted, and must not wrap the count (the writer would then never wait).
+                let _ = urgent_ops
+                    .pending
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             }
             match q.op {
                 Op::Flush(done) => {
@@ -894,6 +898,22 @@ mod tests {
             assert_eq!(writer.stats().written, 1 + 2 * u64::from(n));
             assert!(t1.elapsed() < every / 3, "stop waited: {:?}", t1.elapsed());
         }
+    }
+
+    #[tokio::test]
+    async fn a_flush_queued_as_a_record_leaves_the_pending_count_alone() {
+        let store = Store::open("sqlite::memory:")
+            .await
+            .expect("in-memory store");
+        let writer = Writer::start(store, 16, Duration::from_millis(50));
+        let (done, wait) = oneshot::channel();
+        writer.enqueue(Op::Flush(done)).await.expect("queued");
+        wait.await.expect("the writer answers");
+        // Not counted on the way in, not taken off on the way out (it would wrap, and no
+        // batch would ever wait its commit interval again).
+        assert_eq!(writer.urgent.pending.load(Ordering::SeqCst), 0);
+        assert!(writer.flush().await);
+        assert_eq!(writer.urgent.pending.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
