@@ -1,11 +1,11 @@
 //! A caller who talks on and on, their level changing by 10 dB and more from one sentence to
 //! the next, on a clean line: the turn-taking corpus's clean utterances (`fixtures/turns`,
-//! several speakers), joined with 300 ms gaps into a 40 s monologue, never lose a second
-//! inside a sentence, keep most of their speech
-//! frames, and Silero stays idle once the caller stops. A guard for any rule that doubts long
-//! voice: one that counted voice after 8 s without a 600 ms pause in the line's background
-//! (to stop a background conversation heard from the first second holding turns open) cut
-//! 1.6 s out of this monologue, a quieter sentence after a louder one.
+//! several speakers), joined with 300 ms gaps into a 40 s monologue, never lose a second inside
+//! a sentence, keep most of their speech frames, and Silero stays idle once the caller stops.
+//! A guard for any rule that doubts long voice: one that counted every frame in the line's
+//! backgrounds after 8 s of voice without a 600 ms pause (to stop a background conversation
+//! heard from the first second holding turns open) lost 1.2 s of one sentence here, a quieter
+//! sentence after a louder one, once the gate had narrowed around the louder.
 
 mod common;
 
