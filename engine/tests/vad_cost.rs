@@ -39,13 +39,7 @@ fn clean_lines_run_no_network_and_noisy_ones_do() {
     }
     // The support session with babble (the turn-taking corpus's) 10 dB below its speech.
     let speech = pcm(&std::fs::read(common::fixture("bench/support.ulaw")).unwrap());
-    let wav = common::fixture("turns/noise/babble.wav");
-    let bytes = std::fs::read(wav).unwrap();
-    // A 44-byte canonical header, then s16le mono 8 kHz (fixtures/README.md).
-    let babble: Vec<i16> = bytes[44..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let babble = common::wav_s16("turns/noise/babble.wav");
     // The babble is at −26 dBFS RMS; the session's speech is about 10 dB louder than that.
     let noisy: Vec<i16> = speech
         .iter()

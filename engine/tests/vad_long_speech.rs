@@ -12,14 +12,9 @@ mod common;
 use hark_engine::config::{VadConfig, VadKind};
 use hark_engine::vad::VoiceDetector;
 
-/// The corpus's `turns` scene: 8 kHz s16le mono after a 44-byte canonical header
-/// (`fixtures/README.md`), and its utterances' `(start_ms, end_ms)`.
+/// The corpus's `turns` scene (8 kHz) and its utterances' `(start_ms, end_ms)`.
 fn scene() -> (Vec<i16>, Vec<(usize, usize)>) {
-    let bytes = std::fs::read(common::fixture("turns/scenes/turns.wav")).unwrap();
-    let pcm: Vec<i16> = bytes[44..]
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let pcm = common::wav_s16("turns/scenes/turns.wav");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(common::fixture("turns/scenes.json")).unwrap())
             .unwrap();

@@ -22,6 +22,16 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The samples of a committed fixture WAV (`rel` under `fixtures/`): a 44-byte canonical
+/// header, then s16le mono 8 kHz (`fixtures/README.md`).
+pub fn wav_s16(rel: &str) -> Vec<i16> {
+    let bytes = std::fs::read(fixture(rel)).unwrap();
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
 pub struct Session {
     pub lines: Vec<String>,
     pub ann: serde_json::Value,
